@@ -1,0 +1,1 @@
+"""Diffusion Playground: see how latent diffusion works while you use it."""

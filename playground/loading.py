@@ -1,0 +1,120 @@
+"""Resolve the model source and load its components once, with an explicit dtype.
+
+Sources: "auto" (SD 1.5 in fp16 when CUDA is present, otherwise the bundled offline model),
+"bundled", a Hugging Face model id, or a local diffusers directory. When the chosen weights cannot
+be loaded (offline and not cached, a bad id), the bundled model is loaded instead and
+`LoadedModel.reason` says why, for the UI's banner.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from playground.settings import BUNDLED_MODEL, Settings
+from playground.tiny.untrained import MARKER
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+@dataclass
+class LoadedModel:
+    pipe: StableDiffusionPipeline  # the one pipeline of this process; tabs borrow its components
+    name: str  # written into PNG metadata as "Model"
+    source: str  # hub id or directory it came from
+    reason: str  # why this model is the one loaded (shown in the banner)
+    trained: bool  # False for the random-weight stand-in
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def native_size(self) -> int:
+        """Pixels per side the UNet was built for (512 for SD 1.5)."""
+        return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+def pick_device(name: str) -> torch.device:
+    """"auto" -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" -> float16 on cuda (SD's usual), float32 elsewhere (CPUs are slow or wrong in fp16)."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}; choose one of: auto, {', '.join(DTYPES)}") from None
+
+
+def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True) -> StableDiffusionPipeline:
+    """StableDiffusionPipeline.from_pretrained for a hub id or a directory, with an explicit dtype."""
+    kwargs: dict = {"dtype": dtype}
+    if not safety_checker:
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline.from_pretrained(str(source), **kwargs)
+    if safety_checker and getattr(pipe, "safety_checker", None) is not None:
+        log.info("safety checker kept (%s)", type(pipe.safety_checker).__name__)
+    elif not safety_checker:
+        log.warning("safety checker disabled by --no-safety-checker")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _marker(source: str | Path) -> dict:
+    path = Path(source) / MARKER
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, device: torch.device,
+            dtype: torch.dtype) -> LoadedModel:
+    pipe.to(device)
+    marker = _marker(source)
+    name = marker.get("name") or (Path(source).name if Path(source).is_dir() else str(source))
+    return LoadedModel(pipe=pipe, name=name, source=str(source), reason=reason,
+                       trained=bool(marker.get("trained", True)), device=device, dtype=dtype)
+
+
+def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> LoadedModel:
+    """Load the model the settings ask for, falling back to the bundled model with a reason."""
+    device = pick_device(settings.device)
+    dtype = pick_dtype(settings.dtype, device)
+    # the bundled model is small: fp32 unless a dtype was asked for explicitly
+    bundled_dtype = dtype if settings.dtype != "auto" else torch.float32
+
+    if settings.model == "bundled":
+        wanted, why = None, "chosen with --model bundled"
+    elif settings.model == "auto" and device.type != "cuda":
+        wanted, why = None, f"no CUDA GPU found ({device.type}), so the bundled offline model is used"
+    elif settings.model == "auto":
+        wanted, why = settings.gpu_default_model, f"CUDA GPU found: {settings.gpu_default_model} in {dtype}"
+    else:
+        wanted, why = settings.model, f"chosen with --model {settings.model}"
+
+    if wanted is not None:
+        try:
+            pipe = load_pipeline(wanted, dtype, settings.safety_checker)
+            return _finish(pipe, wanted, why, device, dtype)
+        except Exception as exc:  # offline, not cached, bad id, broken directory: fall back, say why
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            log.warning("could not load %s (%s); falling back to the bundled model", wanted, first)
+            why = f"{wanted} could not be loaded ({type(exc).__name__}: {first}), so the bundled offline model is used"
+
+    pipe = load_pipeline(bundled, bundled_dtype, settings.safety_checker)
+    return _finish(pipe, bundled, why, device, bundled_dtype)

@@ -1,0 +1,76 @@
+"""All configuration in one place: environment variables, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+BUNDLED_MODEL = ASSETS / "offline-model"
+SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not an integer") from None
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    # which weights: "auto" (SD 1.5 on CUDA, else the bundled model), "bundled", a hub id or a directory
+    model: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_MODEL", "auto"))
+    # the hub id "auto" tries when CUDA is present
+    gpu_default_model: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_GPU_MODEL", SD15))
+    # "auto" (cuda if available, else cpu), "cuda", "cpu", "mps"
+    device: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DEVICE", "auto"))
+    # "auto" (float16 on cuda, float32 elsewhere), "float16", "bfloat16", "float32"
+    dtype: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DTYPE", "auto"))
+    # keep the model's safety checker when it ships one
+    safety_checker: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_SAFETY_CHECKER", False))
+    # request limits (a public Space wants these small)
+    max_steps: int = field(default_factory=lambda: _env_int("MAX_STEPS", 100))
+    max_size: int = field(default_factory=lambda: _env_int("MAX_SIZE", 1024))  # pixels, per side
+    max_images: int = field(default_factory=lambda: _env_int("MAX_IMAGES", 4))
+    max_grid_cells: int = field(default_factory=lambda: _env_int("MAX_GRID_CELLS", 24))
+    # serving
+    host: str = field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    port: int = field(default_factory=lambda: _env_int("GRADIO_SERVER_PORT", 7860))
+    gpu_concurrency: int = field(default_factory=lambda: _env_int("GPU_CONCURRENCY", 1))  # jobs on the model at once
+    queue_size: int = field(default_factory=lambda: _env_int("QUEUE_SIZE", 64))  # waiting jobs before "busy"
+    share: bool = False
+    # where generated PNGs are written before the browser fetches them
+    output_dir: Path = field(default_factory=lambda: Path(os.environ.get("PLAYGROUND_OUTPUT_DIR", "outputs")))
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Settings from the environment, then from flags (flags win)."""
+    s = Settings()
+    p = argparse.ArgumentParser(description="Diffusion Playground")
+    p.add_argument("--model", default=s.model, help="auto | bundled | HUB_ID | DIR (env PLAYGROUND_MODEL)")
+    p.add_argument("--device", default=s.device, help="auto | cuda | cpu | mps (env PLAYGROUND_DEVICE)")
+    p.add_argument("--dtype", default=s.dtype, help="auto | float16 | bfloat16 | float32 (env PLAYGROUND_DTYPE)")
+    p.add_argument("--no-safety-checker", action="store_true", default=not s.safety_checker,
+                   help="drop the model's safety checker (env PLAYGROUND_NO_SAFETY_CHECKER=1)")
+    p.add_argument("--host", default=s.host, help="address to listen on (env GRADIO_SERVER_NAME)")
+    p.add_argument("--port", type=int, default=s.port, help="port (env GRADIO_SERVER_PORT)")
+    p.add_argument("--share", action="store_true", help="make a public gradio.live link")
+    p.add_argument("--output-dir", type=Path, default=s.output_dir, help="where PNGs are written")
+    a = p.parse_args(argv)
+    s.model, s.device, s.dtype = a.model, a.device, a.dtype
+    s.safety_checker = not a.no_safety_checker
+    s.host, s.port, s.share, s.output_dir = a.host, a.port, a.share, a.output_dir
+    return s
