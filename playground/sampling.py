@@ -96,11 +96,22 @@ class Cancelled(Exception):
     """Raised inside the loop when the caller's cancel event is set."""
 
 
+# Fast tokenizers set padding/truncation on the shared Rust object before each call, so two
+# threads tokenizing with different settings could see each other's: one lock for all calls.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def tokenize(tokenizer: CLIPTokenizer, texts: list[str], **kwargs):
+    """tokenizer(texts, **kwargs), safe to call from several request threads at once."""
+    with _TOKENIZER_LOCK:
+        return tokenizer(texts, **kwargs)
+
+
 def encode_prompts(c: Components, prompts: Sequence[str]) -> torch.Tensor:
     """(len(prompts), 77, D) CLIP hidden states; each distinct prompt is encoded once."""
     unique = list(dict.fromkeys(prompts))
-    tokens = c.tokenizer(unique, padding="max_length", max_length=c.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
+    tokens = tokenize(c.tokenizer, unique, padding="max_length", max_length=c.tokenizer.model_max_length,
+                      truncation=True, return_tensors="pt")
     mask = None
     if getattr(c.text_encoder.config, "use_attention_mask", False):
         mask = tokens.attention_mask.to(c.text_encoder.device)

@@ -1,0 +1,104 @@
+"""The PNG "parameters" text chunk, in the format AUTOMATIC1111's web UI writes and reads.
+
+    a red circle on a blue background
+    Negative prompt: blurry
+    Steps: 25, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+KEY = "parameters"
+# one "Key: value" pair of the last line; values with commas are JSON-quoted (as A1111 does)
+_PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+@dataclass(frozen=True)
+class Params:
+    prompt: str
+    negative_prompt: str
+    steps: int
+    sampler: str
+    cfg_scale: float
+    seed: int
+    width: int
+    height: int
+    model: str = ""
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value) if any(ch in value for ch in ',:"\n') else value
+
+
+def _number(x: float) -> str:
+    return f"{x:g}"
+
+
+def format_parameters(p: Params) -> str:
+    """A1111's three-part text: prompt, 'Negative prompt: ...', then the settings line."""
+    pairs = {
+        "Steps": str(p.steps),
+        "Sampler": p.sampler,
+        "CFG scale": _number(p.cfg_scale),
+        "Seed": str(p.seed),
+        "Size": f"{p.width}x{p.height}",
+        "Model": p.model,
+        "Version": "diffusion-playground",
+    }
+    line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v != "")
+    text = p.prompt
+    if p.negative_prompt:
+        text += f"\nNegative prompt: {p.negative_prompt}"
+    return f"{text}\n{line}"
+
+
+def parse_parameters(text: str) -> Params:
+    """Read A1111-style parameters (ours or another tool's); raises ValueError when it isn't that."""
+    lines = text.strip().split("\n")
+    pairs = dict(_PAIR.findall(lines[-1])) if lines else {}
+    if len(pairs) < 3:
+        raise ValueError("no Stable Diffusion settings line found in the PNG's parameters text")
+    pairs = {k.strip(): (json.loads(v) if v.startswith('"') else v.strip()) for k, v in pairs.items()}
+    prompt, negative, in_negative = [], [], False
+    for line in lines[:-1]:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    sampler = pairs.get("Sampler", "")
+    schedule = pairs.get("Schedule type", "")
+    if schedule.lower() == "karras" and not sampler.endswith("Karras"):  # A1111 >= 1.9 splits them
+        sampler = f"{sampler} Karras"
+    width, _, height = pairs.get("Size", "0x0").partition("x")
+    try:
+        return Params(prompt="\n".join(prompt), negative_prompt="\n".join(negative), steps=int(pairs.get("Steps", 0)),
+                      sampler=sampler, cfg_scale=float(pairs.get("CFG scale", 0)), seed=int(pairs.get("Seed", -1)),
+                      width=int(width), height=int(height), model=pairs.get("Model", ""))
+    except ValueError as exc:
+        raise ValueError(f"unreadable settings line {lines[-1]!r}: {exc}") from None
+
+
+def save_png(image: Image.Image, params: Params, path: str | Path) -> Path:
+    """Write `image` as PNG with the parameters chunk."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text(KEY, format_parameters(params))
+    image.save(path, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def read_png(path: str | Path) -> Params:
+    """Settings stored in a PNG; ValueError (naming the file) when it has none."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            text = im.info.get(KEY) or getattr(im, "text", {}).get(KEY)
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"{Path(path).name} is not a readable image ({exc})") from None
+    if not text:
+        raise ValueError(f"{Path(path).name} has no 'parameters' text chunk (was it made by a Stable Diffusion tool?)")
+    return parse_parameters(text)

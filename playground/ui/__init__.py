@@ -1,0 +1,44 @@
+"""The gradio UI: the only package that imports gradio. One module per tab."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+
+from playground.engine import Engine
+from playground.settings import Settings
+from playground.ui import prompt
+
+CSS = """
+#banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
+#banner.untrained {border-left: 6px solid #e0a000;}
+.token-count {font-size: 0.85em; opacity: 0.85; margin-top: -8px;}
+"""
+
+GPU = "gpu"  # the one concurrency group every tab's model work goes through
+
+
+def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
+    """The whole playground: banner, then one tab per activity, all on the same Engine."""
+    with gr.Blocks(title="Diffusion Playground") as demo:
+        gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
+        gr.Markdown(engine.banner(), elem_id="banner",
+                    elem_classes=[] if engine.model.trained else ["untrained"])
+        with gr.Tab("Prompt"):
+            prompt.build(
+                generate=engine.generate,
+                count_tokens=engine.count_tokens,
+                scheduler_names=engine.scheduler_names,
+                native_size=engine.native_size,
+                settings=settings,
+                concurrency_id=GPU,
+            )
+    return demo
+
+
+def launch_options(settings: Settings) -> dict:
+    """Keyword arguments for Blocks.launch (gradio 6 takes theme and css here)."""
+    out = Path(settings.output_dir).resolve()
+    return dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS,
+                theme=gr.themes.Soft(), allowed_paths=[str(out)], max_file_size="25mb")

@@ -1,0 +1,164 @@
+"""Prompt tab: text to image with a live preview, token counter and reproducible PNGs."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from playground.engine import GenerateRequest, GenerateResult, InvalidRequest, Progress, TokenCount
+from playground.metadata import read_png, save_png
+from playground.sampling import Cancelled
+from playground.settings import Settings
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def token_text(count: TokenCount) -> str:
+    """'12 / 77 tokens', with a warning and the dropped words past the limit."""
+    text = f"{count.used} / {count.limit} tokens"
+    if count.dropped:
+        text = f"⚠️ {text}: CLIP only reads {count.limit}, so it will not see: “{count.dropped}”"
+    return text
+
+
+def summary(result: GenerateResult) -> str:
+    r = result.request
+    n = len(result.images)
+    lines = [
+        f"**Seed {r.seed}**" + (f" (images use {r.seed}…{r.seed + n - 1})" if n > 1 else ""),
+        f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}",
+        f"{result.unet_calls} model evaluations per image; {result.seconds:.2f} s ({result.seconds / n:.2f} s per image)",
+    ]
+    if any(g.nsfw for g in result.images):
+        lines.append("⚠️ The model's safety checker blacked out at least one image.")
+    return "  \n".join(lines)
+
+
+def save_outputs(result: GenerateResult, out_dir: Path) -> list[tuple[str, str]]:
+    """Each image as a PNG carrying its parameters; (path, caption) pairs for the gallery."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    items = []
+    for k, g in enumerate(result.images):
+        path = out_dir / f"{stamp}-{threading.get_ident() % 10000:04d}-{k}-seed{g.params.seed}.png"
+        save_png(g.image, g.params, path)
+        items.append((str(path), f"seed {g.params.seed}"))
+    return items
+
+
+def build(
+    generate: Callable[..., GenerateResult],
+    count_tokens: Callable[[str], TokenCount],
+    scheduler_names: list[str],
+    native_size: int,
+    settings: Settings,
+    concurrency_id: str = "gpu",
+) -> None:
+    """Lay out the tab inside the current Blocks and wire its events."""
+    defaults = GenerateRequest()
+
+    # -- layout -------------------------------------------------------------------------------
+    with gr.Row():
+        with gr.Column(scale=5):
+            prompt_box = gr.Textbox(label="Prompt", lines=3, placeholder="a red circle on a blue background")
+            prompt_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
+            negative_box = gr.Textbox(label="Negative prompt", lines=2, placeholder="what you don't want (optional)")
+            negative_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", scale=3)
+                stop = gr.Button("Stop", variant="stop", scale=1)
+            with gr.Row():
+                scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler (sampler)")
+                steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
+            with gr.Row():
+                cfg_box = gr.Slider(0, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale",
+                                info="1 = no guidance; higher follows the prompt harder")
+                images_box = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            with gr.Row():
+                width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
+                height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
+            with gr.Row():
+                seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", scale=3)
+                reuse = gr.Button("♻ Reuse last seed", scale=1)
+            restore = gr.File(label="Drop a PNG made here (or by A1111) to restore its settings",
+                              file_types=[".png"], type="filepath", height=90)
+        with gr.Column(scale=6):
+            preview = gr.Image(label="Live preview (predicted clean image, from latents)", format="png",
+                               interactive=False, height=256)
+            gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
+                                 object_fit="contain", height=420)
+            info = gr.Markdown(label="Run info")
+            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+
+    # -- handlers -----------------------------------------------------------------------------
+    def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
+                    progress=gr.Progress()):
+        req = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                              cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height,
+                              num_images=num_images)
+        events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+
+        def work():
+            try:
+                events.put(("done", generate(req, on_progress=lambda p: events.put(("step", p)), cancel=cancel)))
+            except BaseException as exc:  # handed to the request's thread, raised there as gr.Error
+                events.put(("error", exc))
+
+        threading.Thread(target=work, daemon=True, name="generate").start()
+        try:
+            while True:
+                kind, item = events.get()
+                while kind == "step" and not events.empty():  # skip stale previews, show the newest
+                    kind, item = events.get()
+                if kind == "step":
+                    p: Progress = item
+                    progress((p.step, p.total), desc="denoising", unit="steps")
+                    yield p.preview, gr.skip(), gr.skip(), gr.skip()
+                elif kind == "error":
+                    if isinstance(item, InvalidRequest):
+                        raise gr.Error(str(item))
+                    if isinstance(item, Cancelled):
+                        raise gr.Error(f"Stopped: {item}")
+                    raise gr.Error(f"Generation failed: {type(item).__name__}: {item}")
+                else:
+                    result: GenerateResult = item
+                    files = save_outputs(result, Path(settings.output_dir))
+                    yield files[0][0], files, summary(result), result.request.seed
+                    return
+        finally:
+            cancel.set()  # the browser left or Stop was pressed: the worker stops at its next step
+
+    def on_restore(path):
+        if not path:
+            return [gr.skip()] * 9
+        try:
+            p = read_png(path)
+        except ValueError as exc:
+            raise gr.Error(str(exc))
+        if p.sampler not in scheduler_names:
+            gr.Warning(f"Sampler {p.sampler!r} is not in this playground; the scheduler was left as it was")
+        return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
+                p.sampler if p.sampler in scheduler_names else gr.skip(), p.width, p.height,
+                f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
+
+    # -- events -------------------------------------------------------------------------------
+    inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box]
+    # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
+    # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
+    gen = run.click(on_generate, inputs, [preview, gallery, info, seed_used], api_name="generate", preprocess=False,
+                    concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
+    prompt_box.submit(on_generate, inputs, [preview, gallery, info, seed_used], api_visibility="private",
+                      preprocess=False, concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
+    stop.click(None, cancels=[gen], api_visibility="private")
+    for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
+        box.change(lambda text: token_text(count_tokens(text)), box, counter, show_progress="hidden",
+                   trigger_mode="always_last", api_visibility="private", queue=False)
+    reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
+    restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
+                                         width_box, height_box, info],
+                   api_name="restore")

@@ -1,0 +1,83 @@
+"""The launched app on 127.0.0.1, driven through gradio_client like an API user would."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from playground.engine import Engine, GenerateRequest
+from playground.metadata import read_png
+from playground.ui import build_app, launch_options
+
+from conftest import tiny_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model, tiny_dir, tmp_path_factory):
+    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path_factory.mktemp("outputs"))
+    engine = Engine(tiny_model, settings)
+    demo = build_app(engine, settings)
+    demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+    yield engine, client
+    client.close()
+    demo.close()
+
+
+def call_generate(client, prompt="a red circle", negative="", seed=3, steps=4, cfg=7.5, scheduler="Euler a",
+                  width=64, height=64, n=2):
+    return client.predict(prompt, negative, seed, steps, cfg, scheduler, width, height, n, api_name="/generate")
+
+
+def test_generate_returns_pngs_with_parameters(served):
+    engine, client = served
+    preview, gallery, info, seed_used = call_generate(client)
+    assert seed_used == 3 and "Seed 3" in info and "4 model evaluations per image" in info
+    assert len(gallery) == 2 and Image.open(preview).size == (64, 64)
+    for k, item in enumerate(gallery):
+        with Image.open(item["image"]) as im:
+            assert im.format == "PNG" and im.size == (64, 64)
+            got = np.asarray(im.convert("RGB"))
+        params = read_png(item["image"])
+        assert (params.prompt, params.seed, params.steps, params.sampler) == ("a red circle", 3 + k, 4, "Euler a")
+        # lossless PNG: the image made again alone from its own seed matches (batched maths rounds
+        # differently from a batch of one, so allow one level in 255)
+        want = engine.generate(GenerateRequest(prompt="a red circle", seed=3 + k, steps=4, scheduler="Euler a"))
+        assert np.abs(got.astype(int) - np.asarray(want.images[0].image, dtype=int)).max() <= 1
+
+
+def test_random_seed_is_reported(served):
+    _, client = served
+    _, gallery, info, seed_used = call_generate(client, seed=-1, n=1)
+    assert 0 <= seed_used < 2**32 and f"Seed {seed_used}" in info
+    assert read_png(gallery[0]["image"]).seed == seed_used
+
+
+def test_bad_input_is_a_clear_error_and_server_keeps_serving(served):
+    _, client = served
+    with pytest.raises(Exception, match="width must be a multiple of 8, got 68"):
+        call_generate(client, width=68)
+    with pytest.raises(Exception, match="steps must be an integer from 1 to 50"):
+        call_generate(client, steps=500)
+    assert len(call_generate(client, n=1)[1]) == 1
+
+
+def test_restore_settings_from_png(served, tmp_path):
+    _, client = served
+    _, gallery, _, _ = call_generate(client, prompt="blue star", negative="ugly", seed=9, steps=5, cfg=4,
+                                     scheduler="UniPC", width=72, height=64, n=1)
+    restored = client.predict(handle_file(gallery[0]["image"]), api_name="/restore")
+    assert list(restored[:8]) == ["blue star", "ugly", 9, 5, 4, "UniPC", 72, 64]
+    Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
+    with pytest.raises(Exception, match="no 'parameters' text chunk"):
+        client.predict(handle_file(str(tmp_path / "plain.png")), api_name="/restore")

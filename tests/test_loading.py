@@ -1,0 +1,70 @@
+"""Loading through from_pretrained: local dirs, fallback with a reason, dtype, safety checker."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from transformers import CLIPConfig, CLIPImageProcessor
+
+from playground.engine import Engine, GenerateRequest
+from playground.loading import load_model
+from playground.settings import BUNDLED_MODEL
+from playground.tiny import untrained
+
+from conftest import tiny_settings
+
+
+def test_local_directory_loads_with_explicit_dtype(tiny_dir):
+    m = load_model(tiny_settings(tiny_dir, dtype="bfloat16"))
+    assert m.source == str(tiny_dir) and m.reason == f"chosen with --model {tiny_dir}"
+    assert {p.dtype for p in m.pipe.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in m.pipe.text_encoder.parameters()} == {torch.bfloat16}  # no mixed precision
+    assert m.native_size == 64 and not m.trained
+
+
+def test_bad_source_falls_back_to_bundled_with_reason(tiny_dir, tmp_path):
+    m = load_model(tiny_settings(tmp_path / "does-not-exist"), bundled=tiny_dir)
+    assert m.source == str(tiny_dir)
+    assert "does-not-exist could not be loaded" in m.reason and "bundled offline model" in m.reason
+    assert m.pipe.unet.dtype == torch.float32
+
+
+def test_auto_without_cuda_uses_bundled(tiny_dir):
+    m = load_model(tiny_settings("auto", dtype="auto"), bundled=tiny_dir)
+    assert m.source == str(tiny_dir) and "no CUDA GPU" in m.reason
+
+
+def test_shipped_bundled_model_loads_and_generates():
+    m = load_model(tiny_settings("bundled", dtype="auto", max_size=256))
+    assert m.source == str(BUNDLED_MODEL) and m.native_size == 128 and m.dtype == torch.float32
+    r = Engine(m, tiny_settings("bundled", max_size=256)).generate(GenerateRequest(prompt="a red circle", steps=2, seed=0))
+    assert r.images[0].image.size == (128, 128)
+
+
+def _with_safety_checker(tiny_dir, out):
+    """The tiny model plus a tiny random StableDiffusionSafetyChecker, saved like SD 1.5 is."""
+    base = StableDiffusionPipeline.from_pretrained(tiny_dir, dtype=torch.float32)
+    config = CLIPConfig(text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+                        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=32, patch_size=8),
+                        projection_dim=8)
+    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   unet=base.unet, scheduler=base.scheduler,
+                                   safety_checker=StableDiffusionSafetyChecker(config),
+                                   feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                        crop_size={"height": 32, "width": 32}))
+    pipe.save_pretrained(out)
+    return out
+
+
+def test_safety_checker_kept_unless_disabled(tiny_dir, tmp_path, caplog):
+    src = _with_safety_checker(tiny_dir, tmp_path / "with-checker")
+    kept = load_model(tiny_settings(src))
+    assert kept.pipe.safety_checker is not None
+    r = Engine(kept, tiny_settings(src)).generate(GenerateRequest(prompt="x", steps=1, seed=0))
+    assert isinstance(r.images[0].nsfw, bool)  # the checker ran and gave a verdict per image
+    with caplog.at_level("WARNING"):
+        dropped = load_model(tiny_settings(src, safety_checker=False))
+    assert dropped.pipe.safety_checker is None
+    assert "safety checker disabled" in caplog.text
