@@ -13,7 +13,7 @@ from playground.ui import prompt
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
 #banner.untrained {border-left: 6px solid #e0a000;}
-.token-count {font-size: 0.85em; opacity: 0.85; margin-top: -8px;}
+.token-count {font-size: 0.85em; opacity: 0.85; padding: 0 4px;}
 """
 
 GPU = "gpu"  # the one concurrency group every tab's model work goes through

@@ -1,0 +1,41 @@
+"""Drive the running app in headless Chromium and save the README's screenshots.
+
+    python app.py &                       # the bundled model, on 127.0.0.1:7860
+    python docs/screenshots.py http://127.0.0.1:7860/
+
+Needs `pip install playwright` and Debian's chromium (/usr/bin/chromium); no browser download.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+DOCS = Path(__file__).resolve().parent
+
+
+def prompt_tab(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_label("Prompt", exact=True).fill("a red circle on a blue background, simple shapes")
+    page.get_by_label("Negative prompt").fill("blurry")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("model evaluations per image").wait_for(timeout=60_000)
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(DOCS / "prompt-tab.png"), full_page=True)
+
+
+def main(url: str = "http://127.0.0.1:7860/") -> None:
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        prompt_tab(page, url)
+        browser.close()
+    print("saved", DOCS / "prompt-tab.png")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
