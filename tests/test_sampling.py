@@ -127,3 +127,55 @@ def test_cancel_stops_the_loop(tiny_model):
     with pytest.raises(Cancelled):
         ours(tiny_model, "Euler", steps=8, n=1, observer=observer, cancel=cancel)
     assert calls == [0, 1]
+
+
+def _controlnet(model, zero: bool):
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(0)
+    net = ControlNetModel.from_unet(model.pipe.unet, conditioning_embedding_out_channels=(4, 4, 8, 8))  # 3 downsamples: f=8
+    if not zero:  # a trained ControlNet's zero convolutions are no longer zero
+        for name, p in net.named_parameters():
+            if "zero" in name or "controlnet_down_blocks" in name or "controlnet_mid_block" in name:
+                torch.nn.init.normal_(p, std=0.5)
+    return net.eval()
+
+
+def test_controlnet_hook_matches_diffusers_controlnet_pipeline(tiny_model):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from playground.sampling import Control
+
+    net = _controlnet(tiny_model, zero=False)
+    cond = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    base = tiny_model.pipe
+    ref = StableDiffusionControlNetPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                            unet=base.unet, controlnet=net,
+                                            scheduler=schedulers.make("DDIM", base.scheduler.config),
+                                            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    want = ref(PROMPT, negative_prompt=NEGATIVE, image=cond, num_inference_steps=6, guidance_scale=7.5, height=64,
+               width=64, controlnet_conditioning_scale=0.8, control_guidance_start=0.2, control_guidance_end=0.8,
+               output_type="np", generator=[torch.Generator("cpu").manual_seed(7)]).images
+    job = Job([PROMPT], [NEGATIVE], [7.5], [torch.Generator("cpu").manual_seed(7)], steps=6, height=64, width=64,
+              control=Control(model=net, image=cond, scale=0.8, start=0.2, end=0.8))
+    got = denoise(Components.from_pipeline(base), schedulers.make("DDIM", base.scheduler.config), job).images
+    got = (got / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got - want).max() <= 1e-4
+    plain, _ = ours(tiny_model, "DDIM", n=1, steps=6)
+    assert (plain.images - denoise(Components.from_pipeline(base), schedulers.make("DDIM", base.scheduler.config),
+                                   job).images).abs().max() > 1e-3  # a nonzero ControlNet changes the image
+
+
+def test_zero_initialised_controlnet_changes_nothing(tiny_model):
+    """The ControlNet paper's zero convolutions: a fresh ControlNet leaves the output identical."""
+    from playground.sampling import Control
+
+    net = _controlnet(tiny_model, zero=True)
+    cond = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    base = tiny_model.pipe
+    job = Job([PROMPT], [NEGATIVE], [7.5], [torch.Generator("cpu").manual_seed(7)], steps=6, height=64, width=64,
+              control=Control(model=net, image=cond, scale=1.0))
+    got = denoise(Components.from_pipeline(base), schedulers.make("DDIM", base.scheduler.config), job).images
+    plain, _ = ours(tiny_model, "DDIM", n=1, steps=6)
+    assert (plain.images - got).abs().max() <= 1e-5

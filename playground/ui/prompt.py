@@ -158,10 +158,13 @@ def build(
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
+    # progress and errors show on the preview only: the gallery keeps the last images in view
     gen = run.click(on_generate, inputs, [preview, gallery, info, seed_used], api_name="generate", preprocess=False,
-                    concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
+                    show_progress_on=preview, concurrency_id=concurrency_id,
+                    concurrency_limit=settings.gpu_concurrency)
     prompt_box.submit(on_generate, inputs, [preview, gallery, info, seed_used], api_visibility="private",
-                      preprocess=False, concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
+                      preprocess=False, show_progress_on=preview, concurrency_id=concurrency_id,
+                      concurrency_limit=settings.gpu_concurrency)
     stop.click(None, cancels=[gen], api_visibility="private")
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
         box.change(lambda text: token_text(count_tokens(text)), box, counter, show_progress="hidden",
