@@ -28,13 +28,27 @@ def prompt_tab(page, url: str) -> None:
     page.screenshot(path=str(DOCS / "prompt-tab.png"), full_page=True)
 
 
+def grid_tab(page, url: str) -> None:
+    page.goto(url)
+    page.get_by_role("tab", name="Grid").click()
+    page.get_by_label("Prompt", exact=True).last.fill("a red circle on a blue background")
+    for name in ("DDIM", "Heun"):
+        page.get_by_label(name, exact=True).check()
+    page.get_by_label("CFG scales (columns)").fill("1, 3, 7.5, 12")
+    page.get_by_role("button", name="Run grid").click()
+    page.get_by_text("model evaluations in all").wait_for(timeout=120_000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(DOCS / "grid-tab.png"), full_page=True)
+
+
 def main(url: str = "http://127.0.0.1:7860/") -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         prompt_tab(page, url)
+        grid_tab(page, url)
         browser.close()
-    print("saved", DOCS / "prompt-tab.png")
+    print("saved", DOCS / "prompt-tab.png", DOCS / "grid-tab.png")
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+import numpy as np
 import torch
 from PIL import Image
 
 from playground import latents, schedulers, settings as settings_mod
+from playground.grid import parse_scales
 from playground.loading import LoadedModel
 from playground.metadata import Params
 from playground.sampling import Components, Job, denoise, tokenize
@@ -49,6 +51,7 @@ class Generated:
     image: Image.Image
     params: Params  # everything needed to make this image again (its own seed)
     nsfw: bool = False  # blacked out by the model's safety checker
+    array: np.ndarray | None = None  # (H, W, 3) float32 in [0, 1], before 8-bit rounding
 
 
 @dataclass
@@ -65,6 +68,36 @@ class Progress:
     step: int  # model evaluations done
     total: int
     preview: Image.Image | None  # cheap RGB view of the predicted clean image (first image)
+    label: str = "denoising"  # what is running, e.g. "Euler a: cells 5-8 of 16"
+
+
+@dataclass(frozen=True)
+class GridRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1  # resolved once; every cell starts from this seed's noise
+    steps: int = 20
+    schedulers: tuple[str, ...] = ("Euler a", "DPM++ 2M Karras")  # rows
+    cfg_scales: str | tuple[float, ...] = "1, 3, 7.5, 12"  # columns: a list or text like "2-12 (+2)"
+    width: int = 0  # 0: the model's native size
+    height: int = 0
+
+
+@dataclass
+class GridCell:
+    scheduler: str
+    cfg_scale: float
+    generated: Generated
+    unet_calls: int  # model evaluations for this cell
+    seconds: float  # its share of its row's batched pass
+
+
+@dataclass
+class GridResult:
+    request: GridRequest  # validated: seed resolved, scales as a tuple of floats, size filled in
+    cells: list[list[GridCell]]  # rows (schedulers) x columns (CFG scales)
+    sigmas: dict[str, list[float]]  # noise level at each model evaluation, per scheduler
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -189,16 +222,95 @@ class Engine:
         start = time.perf_counter()
         out = denoise(self.components, scheduler, job, observer=observer, cancel=cancel, sigma_space=spec.sigma_space)
 
-        # 5. Safety checker (when the model has one), then to PIL
-        images, nsfw = pipe.run_safety_checker(out.images, self.model.device, out.images.dtype)
-        nsfw = list(nsfw) if nsfw is not None else [False] * n
-        pil = pipe.image_processor.postprocess(images, output_type="pil", do_denormalize=[not x for x in nsfw])
-        seconds = time.perf_counter() - start
 
-        made = [
-            Generated(image=im, nsfw=bool(flag), params=Params(
-                prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
-                cfg_scale=req.cfg_scale, seed=seed, width=req.width, height=req.height, model=self.model.name))
-            for im, flag, seed in zip(pil, nsfw, seeds)
-        ]
+        # 5. Safety checker (when the model has one), then to PIL
+        made = self._finish(out.images, [
+            Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
+                   cfg_scale=req.cfg_scale, seed=seed, width=req.width, height=req.height, model=self.model.name)
+            for seed in seeds
+        ])
+        seconds = time.perf_counter() - start
         return GenerateResult(images=made, request=req, unet_calls=out.unet_calls, seconds=seconds, sigmas=out.sigmas)
+
+    def grid(
+        self,
+        req: GridRequest,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> GridResult:
+        """Schedulers x CFG scales from one seed: all scales of a scheduler in one batched pass."""
+        # 1. Check inputs (everything, before any work) and resolve the seed once
+        req = self.validate_grid(req)
+        rows, scales = list(req.schedulers), list(req.cfg_scales)
+        pipe = self.model.pipe
+
+        # 2. How many model evaluations the whole grid takes, for one progress bar over all of it
+        calls = {}
+        for name in rows:
+            probe = schedulers.make(name, pipe.scheduler.config)
+            probe.set_timesteps(req.steps)
+            calls[name] = len(probe.timesteps)
+        total, done = sum(calls.values()), 0
+
+        # 3. One batched pass per scheduler: batch = scales, guidance per sample, identical noise
+        cells, sigmas, start = [], {}, time.perf_counter()
+        for r, name in enumerate(rows):
+            label = f"{name}: cells {r * len(scales) + 1}-{(r + 1) * len(scales)} of {len(rows) * len(scales)}"
+            observer = None
+            if on_progress is not None:
+                def observer(step, done=done, label=label):
+                    on_progress(Progress(done + step.index + 1, total, None, label))
+            job = Job(prompts=[req.prompt] * len(scales), negative_prompts=[req.negative_prompt] * len(scales),
+                      guidance=scales, generators=[torch.Generator("cpu").manual_seed(req.seed) for _ in scales],
+                      steps=req.steps, height=req.height, width=req.width)
+            row_start = time.perf_counter()
+            out = denoise(self.components, schedulers.make(name, pipe.scheduler.config), job, observer=observer,
+                          cancel=cancel, sigma_space=schedulers.spec(name).sigma_space)
+            made = self._finish(out.images, [
+                Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=name,
+                       cfg_scale=g, seed=req.seed, width=req.width, height=req.height, model=self.model.name)
+                for g in scales
+            ])
+            share = (time.perf_counter() - row_start) / len(scales)
+            cells.append([GridCell(name, g, m, out.unet_calls, share) for g, m in zip(scales, made)])
+            sigmas[name] = out.sigmas
+            done += calls[name]
+        return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start)
+
+    def validate_grid(self, req: GridRequest) -> GridRequest:
+        """A checked copy of a grid request (seed resolved, scales parsed); InvalidRequest otherwise."""
+        try:
+            scales = parse_scales(req.cfg_scales) if isinstance(req.cfg_scales, str) else list(req.cfg_scales)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        names = [req.schedulers] if isinstance(req.schedulers, str) else list(req.schedulers or [])
+        names = list(dict.fromkeys(names))  # a scheduler picked twice is one row
+        if not names:
+            raise InvalidRequest("pick at least one scheduler for the grid's rows")
+        if not scales:
+            raise InvalidRequest("give at least one CFG scale for the grid's columns")
+        cells, limit = len(names) * len(scales), self.settings.max_grid_cells
+        if cells > limit:
+            raise InvalidRequest(f"{len(names)} schedulers x {len(scales)} CFG scales = {cells} cells; "
+                                 f"the limit is {limit} (MAX_GRID_CELLS)")
+        first = None
+        for name in names:
+            for g in scales:  # the Prompt tab's checks, cell by cell, with the cell's own values
+                checked = self.validate(GenerateRequest(prompt=req.prompt, negative_prompt=req.negative_prompt,
+                                                        seed=req.seed, steps=req.steps, cfg_scale=g, scheduler=name,
+                                                        width=req.width, height=req.height))
+                first = first or checked
+        seed = first.seed if first.seed != -1 else secrets.randbelow(MAX_SEED + 1)
+        return replace(req, prompt=first.prompt, negative_prompt=first.negative_prompt, seed=seed, steps=first.steps,
+                       schedulers=tuple(names), cfg_scales=tuple(float(g) for g in scales), width=first.width,
+                       height=first.height)
+
+    # -- shared steps -------------------------------------------------------------------------
+    def _finish(self, images: torch.Tensor, params: list[Params]) -> list[Generated]:
+        """(B, 3, H, W) in [-1, 1] -> safety checker (when the model has one) -> PIL + float pixels."""
+        pipe = self.model.pipe
+        images, nsfw = pipe.run_safety_checker(images, self.model.device, images.dtype)
+        nsfw = [bool(x) for x in nsfw] if nsfw is not None else [False] * len(params)
+        arrays = pipe.image_processor.postprocess(images, output_type="np", do_denormalize=[not x for x in nsfw])
+        pil = pipe.image_processor.numpy_to_pil(arrays)
+        return [Generated(image=im, params=p, nsfw=flag, array=a) for im, p, flag, a in zip(pil, params, nsfw, arrays)]

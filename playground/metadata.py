@@ -30,6 +30,7 @@ class Params:
     width: int
     height: int
     model: str = ""
+    extra: tuple[tuple[str, str], ...] = ()  # more "Key: value" pairs for the settings line
 
 
 def _quote(value: str) -> str:
@@ -49,6 +50,7 @@ def format_parameters(p: Params) -> str:
         "Seed": str(p.seed),
         "Size": f"{p.width}x{p.height}",
         "Model": p.model,
+        **dict(p.extra),
         "Version": "diffusion-playground",
     }
     line = ", ".join(f"{k}: {_quote(v)}" for k, v in pairs.items() if v != "")

@@ -8,7 +8,7 @@ import gradio as gr
 
 from playground.engine import Engine
 from playground.settings import Settings
-from playground.ui import prompt
+from playground.ui import grid, prompt
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
@@ -29,6 +29,14 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
             prompt.build(
                 generate=engine.generate,
                 count_tokens=engine.count_tokens,
+                scheduler_names=engine.scheduler_names,
+                native_size=engine.native_size,
+                settings=settings,
+                concurrency_id=GPU,
+            )
+        with gr.Tab("Grid"):
+            grid.build(
+                grid=engine.grid,
                 scheduler_names=engine.scheduler_names,
                 native_size=engine.native_size,
                 settings=settings,

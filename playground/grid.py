@@ -1,0 +1,86 @@
+"""Grid helpers (pure Python and PIL): CFG scale lists and the labelled grid image."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from PIL import Image, ImageDraw, ImageFont
+
+_RANGE_STEP = re.compile(r"^(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)$")  # 2-12 (+2)
+_RANGE_COUNT = re.compile(r"^(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\[\s*(\d+)\s*\]$")  # 2-12 [6]
+
+
+def _float(text: str, whole: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} in CFG scales {whole!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} in CFG scales {whole!r} is not a finite number")
+    return value
+
+
+def parse_scales(text: str, limit: int = 1000) -> list[float]:
+    """'1, 3, 7.5' or ranges like '2-12 (+2)' (step) and '2-12 [6]' (count), A1111's X/Y/Z syntax."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("CFG scales are empty; write a list such as '1, 3, 7.5' or a range such as '2-12 (+2)'")
+    out: list[float] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        if m := _RANGE_STEP.match(part):
+            lo, hi, step = (_float(g, text) for g in m.groups())
+            if step <= 0:
+                raise ValueError(f"the step in {part!r} must be above 0")
+            count = math.floor((hi - lo) / step + 1e-9) + 1
+            if count < 1 or count > limit:
+                raise ValueError(f"{part!r} gives {count} values; at most {limit}")
+            out += [round(lo + k * step, 6) for k in range(count)]
+        elif m := _RANGE_COUNT.match(part):
+            lo, hi = _float(m.group(1), text), _float(m.group(2), text)
+            count = int(m.group(3))
+            if not 1 <= count <= limit:
+                raise ValueError(f"{part!r} asks for {count} values; from 1 to {limit}")
+            out += [lo] if count == 1 else [round(lo + (hi - lo) * k / (count - 1), 6) for k in range(count)]
+        else:
+            out.append(_float(part, text))
+        if len(out) > limit:
+            raise ValueError(f"CFG scales {text!r} give more than {limit} values")
+    if not out:
+        raise ValueError(f"no CFG scale found in {text!r}")
+    return out
+
+
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's bundled scalable font (needs FreeType; falls back to the bitmap one)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
+
+
+def layout(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str],
+           title: str = "") -> Image.Image:
+    """Cells (rows x cols, one size) in a white sheet, row labels on the left, column labels on top."""
+    rows, cols = len(cells), len(cells[0]) if cells else 0
+    if rows != len(row_labels) or any(len(r) != cols for r in cells) or cols != len(col_labels):
+        raise ValueError("cells must be rows x cols with one label per row and per column")
+    w, h = cells[0][0].size
+    size = max(14, min(w, h) // 9)
+    f = font(size)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = int(max(measure.textlength(t, font=f) for t in row_labels)) + 2 * size
+    top = 2 * size + (2 * size if title else 0)
+    gap = max(2, w // 64)
+    sheet = Image.new("RGB", (left + cols * (w + gap), top + rows * (h + gap)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((left, size // 2), title, fill="black", font=f)
+    for c, label in enumerate(col_labels):
+        draw.text((left + c * (w + gap) + w // 2, top - size // 2), label, fill="black", font=f, anchor="mb")
+    for r, label in enumerate(row_labels):
+        draw.text((left - size, top + r * (h + gap) + h // 2), label, fill="black", font=f, anchor="rm")
+        for c in range(cols):
+            sheet.paste(cells[r][c], (left + c * (w + gap), top + r * (h + gap)))
+    return sheet

@@ -1,0 +1,134 @@
+"""Grid tab: schedulers x CFG scales from one seed, labelled, with what each cell cost."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+import pandas as pd
+
+from playground.engine import GridRequest, GridResult, Progress
+from playground.grid import layout
+from playground.metadata import save_png
+from playground.settings import Settings
+from playground.ui.common import stream
+
+TABLE_HEADERS = ["scheduler", "CFG scale", "seed", "steps", "model evaluations", "seconds (share of row)", "size"]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def scale_label(g: float) -> str:
+    return f"CFG {g:g}"
+
+
+def noise_table(result: GridResult) -> pd.DataFrame:
+    """One row per model evaluation and scheduler: sigma and SNR in dB (SNR = 1 / sigma^2)."""
+    rows = []
+    for name, sigmas in result.sigmas.items():
+        for k, sigma in enumerate(sigmas):
+            rows.append({"model evaluation": k + 1, "scheduler": name, "sigma": round(sigma, 4),
+                         "SNR (dB)": round(-20 * math.log10(max(sigma, 1e-4)), 2)})
+    return pd.DataFrame(rows, columns=["model evaluation", "scheduler", "sigma", "SNR (dB)"])
+
+
+def cell_table(result: GridResult) -> list[list]:
+    r = result.request
+    return [[c.scheduler, c.cfg_scale, r.seed, r.steps, c.unet_calls, round(c.seconds, 3), f"{r.width}x{r.height}"]
+            for row in result.cells for c in row]
+
+
+def summary(result: GridResult) -> str:
+    r = result.request
+    rows, cols = len(result.cells), len(result.cells[0])
+    evals = sum(c.unet_calls for row in result.cells for c in row)
+    return "  \n".join([
+        f"**Seed {r.seed}**, the same starting noise in every cell",
+        f"{rows} schedulers x {cols} CFG scales = {rows * cols} cells; {r.steps} steps; {r.width}x{r.height}",
+        f"{evals} model evaluations in all; {result.seconds:.2f} s (each scheduler's scales ran as one batch)",
+    ])
+
+
+def save_outputs(result: GridResult, out_dir: Path) -> tuple[str, list[tuple[str, str]]]:
+    """The labelled grid and every cell as PNGs with their parameters; (grid path, gallery items)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-grid"
+    r = result.request
+    items = []
+    for row in result.cells:
+        for c in row:
+            path = save_png(c.generated.image, c.generated.params,
+                            f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-cfg{c.cfg_scale:g}.png")
+            items.append((str(path), f"{c.scheduler} · {scale_label(c.cfg_scale)}"))
+    title = f"“{r.prompt[:80]}{'…' if len(r.prompt) > 80 else ''}”  seed {r.seed}, {r.steps} steps"
+    sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),
+                   [scale_label(g) for g in r.cfg_scales], title=title)
+    first = result.cells[0][0].generated.params
+    params = replace(first, extra=(("Grid", "schedulers x CFG scales"), ("Schedulers", ", ".join(r.schedulers)),
+                                   ("CFG scales", ", ".join(f"{g:g}" for g in r.cfg_scales))))
+    return str(save_png(sheet, params, f"{stem}.png")), items
+
+
+def build(
+    grid: Callable[..., GridResult],
+    scheduler_names: list[str],
+    native_size: int,
+    settings: Settings,
+    concurrency_id: str = "gpu",
+) -> None:
+    """Lay out the tab inside the current Blocks and wire its events."""
+    defaults = GridRequest()
+
+    # -- layout -------------------------------------------------------------------------------
+    gr.Markdown("Rows are schedulers, columns are CFG scales, and every cell starts from the **same noise**: "
+                "the only thing that changes is the setting you compare. All scales of a scheduler run as one "
+                f"batch. At most {settings.max_grid_cells} cells. The downloaded grid and every cell are PNGs with their "
+                "settings inside: drop a cell on the Prompt tab's restore box to make it again.")
+    with gr.Row():
+        with gr.Column(scale=5):
+            prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
+            negative_box = gr.Textbox(label="Negative prompt", lines=1)
+            schedulers_box = gr.CheckboxGroup(scheduler_names, value=list(defaults.schedulers),
+                                              label="Schedulers (rows)")
+            scales_box = gr.Textbox(value=defaults.cfg_scales, label="CFG scales (columns)",
+                                    info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
+            with gr.Row():
+                steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
+                seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random, one for all cells)")
+            with gr.Row():
+                width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
+                height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
+            with gr.Row():
+                run = gr.Button("Run grid", variant="primary", scale=3)
+                stop = gr.Button("Stop", variant="stop", scale=1)
+            info = gr.Markdown()
+        with gr.Column(scale=7):
+            sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath")
+    with gr.Row():
+        plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
+                           label="Noise level at each model evaluation (SNR = 1/sigma², in dB: higher is cleaner)")
+    cells = gr.Gallery(label="Cells", format="png", columns=6, object_fit="contain", height=320)
+    table = gr.Dataframe(headers=TABLE_HEADERS, label="What each cell cost", interactive=False)
+
+    # -- handlers -----------------------------------------------------------------------------
+    def on_grid(prompt, negative_prompt, seed, steps, schedulers, cfg_scales, width, height, progress=gr.Progress()):
+        req = GridRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                          schedulers=schedulers, cfg_scales=cfg_scales, width=width, height=height)
+        for item in stream(grid, req):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc=item.label, unit="evaluations")
+            else:
+                path, items = save_outputs(item, Path(settings.output_dir))
+                yield path, items, cell_table(item), noise_table(item), summary(item)
+
+    # -- events -------------------------------------------------------------------------------
+    inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, scales_box, width_box, height_box]
+    # preprocess=False: plain values; the Engine's checks name the bad value before any work starts
+    event = run.click(on_grid, inputs, [sheet, cells, table, plot, info], api_name="grid", preprocess=False,
+                      show_progress_on=sheet, concurrency_id=concurrency_id,
+                      concurrency_limit=settings.gpu_concurrency)
+    stop.click(None, cancels=[event], api_visibility="private")

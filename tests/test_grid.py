@@ -1,0 +1,143 @@
+"""Grid: scale parsing, the labelled layout, cell == Prompt tab output, limits, the API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from playground import engine as engine_mod
+from playground.engine import Engine, GenerateRequest, GridRequest, InvalidRequest
+from playground.grid import layout, parse_scales
+from playground.metadata import read_png
+
+from conftest import tiny_settings
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_dir):
+    return Engine(tiny_model, tiny_settings(tiny_dir, max_grid_cells=6))
+
+
+@pytest.mark.parametrize("text,want", [
+    ("1, 3, 5, 7.5, 10, 15", [1, 3, 5, 7.5, 10, 15]),
+    ("2-12 (+2)", [2, 4, 6, 8, 10, 12]),
+    ("1-10 [4]", [1, 4, 7, 10]),
+    ("7", [7]),
+    ("0-1 (+0.25), 7.5", [0, 0.25, 0.5, 0.75, 1, 7.5]),
+    (" 3 ,4, ", [3, 4]),
+])
+def test_parse_scales(text, want):
+    assert parse_scales(text) == pytest.approx(want)
+
+
+@pytest.mark.parametrize("text,words", [
+    ("", "empty"), ("  ,  ", "no CFG scale"), ("a, 2", "'a'"), ("1-5 (+0)", "above 0"), ("inf", "finite"),
+    ("1-5 [0]", "from 1"),
+])
+def test_parse_scales_errors_name_the_value(text, words):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace("+", r"\+")):
+        parse_scales(text)
+
+
+def test_layout_puts_cells_in_place_and_labels_in_margins():
+    red, blue = Image.new("RGB", (64, 48), "red"), Image.new("RGB", (64, 48), "blue")
+    sheet = layout([[red, blue], [blue, red]], ["Euler a", "DPM++ 2M Karras"], ["CFG 1", "CFG 7.5"])
+    px = np.asarray(sheet)
+    left = sheet.width - 2 * 64 - 2 * 2  # label margin (gap is 2 px for 64-px cells)
+    top = sheet.height - 2 * 48 - 2 * 2
+    assert left > 64 and top >= 28  # room for the longest row label and a line of text
+    assert tuple(px[top + 10, left + 10]) == (255, 0, 0) and tuple(px[top + 10, left + 64 + 2 + 10]) == (0, 0, 255)
+    assert tuple(px[top + 48 + 2 + 10, left + 10]) == (0, 0, 255)
+    assert (px[top:, :left - 4] < 128).any()  # dark label pixels in the left margin
+    assert (px[:top - 2, left:] < 128).any()  # and in the top margin
+
+
+def test_every_cell_equals_the_prompt_tab(engine):
+    result = engine.grid(GridRequest(prompt="a red circle", negative_prompt="blurry", seed=5, steps=4,
+                                     schedulers=("Euler a", "DPM++ 2M SDE Karras"), cfg_scales="1, 4, 9",
+                                     width=64, height=64))
+    assert [[(c.scheduler, c.cfg_scale) for c in row] for row in result.cells] == [
+        [("Euler a", 1.0), ("Euler a", 4.0), ("Euler a", 9.0)],
+        [("DPM++ 2M SDE Karras", 1.0), ("DPM++ 2M SDE Karras", 4.0), ("DPM++ 2M SDE Karras", 9.0)]]
+    for row in result.cells:
+        for cell in row:
+            alone = engine.generate(GenerateRequest(prompt="a red circle", negative_prompt="blurry", seed=5, steps=4,
+                                                    scheduler=cell.scheduler, cfg_scale=cell.cfg_scale))
+            assert np.abs(cell.generated.array - alone.images[0].array).max() <= 1e-4
+            assert cell.generated.params == alone.images[0].params  # so the cell's PNG restores to it
+    a, b = result.cells[0][0].generated.array, result.cells[0][2].generated.array
+    assert np.abs(a - b).max() > 1e-3  # the CFG scale does change the picture
+
+
+def test_costs_and_noise_levels(engine):
+    result = engine.grid(GridRequest(prompt="x", seed=1, steps=4, schedulers=("Heun", "DDIM"), cfg_scales="1, 7",
+                                     width=64, height=64))
+    assert [row[0].unet_calls for row in result.cells] == [7, 4]  # Heun: two evaluations per step but the last
+    assert len(result.sigmas["Heun"]) == 7 and len(result.sigmas["DDIM"]) == 4
+    assert result.sigmas["DDIM"] == sorted(result.sigmas["DDIM"], reverse=True)  # noise goes down
+    assert all(c.seconds > 0 for row in result.cells for c in row)
+
+
+def test_random_seed_resolves_once(engine):
+    result = engine.grid(GridRequest(prompt="x", seed=-1, steps=2, schedulers=("Euler",), cfg_scales="1, 5",
+                                     width=64, height=64))
+    seeds = {c.generated.params.seed for row in result.cells for c in row}
+    assert seeds == {result.request.seed} and 0 <= result.request.seed < 2**32
+
+
+def test_progress_covers_the_whole_grid(engine):
+    seen = []
+    engine.grid(GridRequest(prompt="x", seed=1, steps=3, schedulers=("Euler", "Heun"), cfg_scales="1, 5",
+                            width=64, height=64), on_progress=seen.append)
+    assert [p.step for p in seen] == list(range(1, 3 + 5 + 1)) and {p.total for p in seen} == {8}
+    assert seen[0].label == "Euler: cells 1-2 of 4" and seen[-1].label == "Heun: cells 3-4 of 4"
+
+
+@pytest.mark.parametrize("change,words", [
+    (dict(schedulers=()), "at least one scheduler"),
+    (dict(schedulers=("Euler", "Nope")), "unknown scheduler 'Nope'"),
+    (dict(cfg_scales="1, 2, 3, 4"), "2 schedulers x 4 CFG scales = 8 cells; the limit is 6"),
+    (dict(cfg_scales="1, x"), "'x'"),
+    (dict(cfg_scales="1, 45"), "CFG scale must be a number from 0 to 30, got 45"),
+    (dict(cfg_scales=""), "empty"),
+    (dict(steps=0), "steps"),
+    (dict(width=70), "width must be a multiple of 8"),
+])
+def test_limits_fail_before_any_work(engine, monkeypatch, change, words):
+    def no_work(*args, **kwargs):
+        raise AssertionError("denoise must not run for an invalid grid")
+
+    monkeypatch.setattr(engine_mod, "denoise", no_work)
+    req = GridRequest(**{**dict(prompt="x", seed=1, steps=2, schedulers=("Euler", "DDIM"), cfg_scales="1, 5",
+                                width=64, height=64), **change})
+    with pytest.raises(InvalidRequest, match=words.replace("(", r"\(").replace("+", r"\+")):
+        engine.grid(req)
+
+
+def test_grid_through_gradio_client(tiny_model, tiny_dir, tmp_path):
+    from gradio_client import Client
+
+    from playground.ui import build_app, launch_options
+    from test_app import free_port
+
+    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, max_grid_cells=6)
+    demo = build_app(Engine(tiny_model, settings), settings)
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    try:
+        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        sheet, cells, table, plot, info = client.predict("a red circle", "", 11, 3, ["Euler a", "Heun"], "2-6 (+2)",
+                                                         64, 64, api_name="/grid")
+        with Image.open(sheet) as im:
+            assert im.format == "PNG" and im.width > 3 * 64 and im.height > 2 * 64
+            assert "Schedulers: \"Euler a, Heun\"" in im.info["parameters"]
+        assert [c["caption"] for c in cells] == ["Euler a · CFG 2", "Euler a · CFG 4", "Euler a · CFG 6",
+                                                 "Heun · CFG 2", "Heun · CFG 4", "Heun · CFG 6"]
+        assert read_png(cells[4]["image"]).cfg_scale == 4 and read_png(cells[4]["image"]).sampler == "Heun"
+        assert [row[4] for row in table["data"]] == [3, 3, 3, 5, 5, 5]  # model evaluations per cell
+        assert "Seed 11" in info and "6 cells" in info
+        with pytest.raises(Exception, match="the limit is 6"):
+            client.predict("x", "", 1, 2, ["Euler", "DDIM", "LMS"], "1-4 [4]", 64, 64, api_name="/grid")
+        client.close()
+    finally:
+        demo.close()
