@@ -8,11 +8,13 @@ nothing of gradio.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,7 +24,7 @@ from PIL import Image
 from playground import latents, schedulers, settings as settings_mod
 from playground.grid import parse_scales
 from playground.loading import LoadedModel
-from playground.metadata import Params
+from playground.metadata import Params, format_parameters
 from playground.sampling import Components, Job, denoise, tokenize
 
 MAX_PROMPT_CHARS = 20_000  # far past CLIP's 77 tokens; stops megabyte prompts before tokenizing
@@ -107,6 +109,55 @@ class TokenCount:
     dropped: str  # the text CLIP will not see ("" when it fits)
 
 
+@dataclass
+class Trajectory:
+    """One recorded generation: every model evaluation of the denoising loop (per-session state)."""
+
+    request: GenerateRequest  # validated, seed resolved
+    params: Params
+    image: Image.Image  # the final picture
+    tensors: dict[str, torch.Tensor]  # x_t, x0, out_cond, [out_uncond], out: (N, 4, h, w) fp16; timesteps, sigmas
+    sigma_space: bool  # latents are x0 + sigma * eps (Euler-like) rather than sqrt(a) x0 + sqrt(1-a) eps
+    seconds: float
+    decoded: dict[int, Image.Image] = field(default_factory=dict)  # VAE decodes of x0, made on demand
+
+    @property
+    def steps(self) -> int:
+        return int(self.tensors["x_t"].shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+@dataclass
+class StepView:
+    """What the inspector shows for one step of a trajectory."""
+
+    index: int
+    total: int
+    timestep: float
+    sigma: float
+    snr_db: float
+    channels: list[Image.Image]  # the 4 channels of x_t, diverging colours, one shared scale
+    stats: list[latents.ChannelStats]
+    scale: float  # the shared colour scale: +-scale saturates
+    rgb_x_t: Image.Image  # linear RGB approximation of x_t (brought back to unit scale)
+    rgb_x0: Image.Image  # linear RGB approximation of the predicted x0
+    guidance: list[tuple[str, Image.Image]]  # (caption, image): cond, uncond, their difference (with CFG)
+
+
+@dataclass
+class RoundTrip:
+    original: Image.Image  # the input fitted to the VAE (multiple of 8, at most MAX_SIZE)
+    reconstruction: Image.Image
+    channels: list[Image.Image]
+    stats: list[latents.ChannelStats]
+    latent_shape: tuple[int, int, int]  # (4, h, w)
+    ratio: float  # numbers in the image / numbers in the latent: 48 for SD
+    psnr: float  # dB
+
+
 def _integer(name: str, value, lo: int, hi: int) -> int:
     ok = isinstance(value, int) and not isinstance(value, bool)
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
@@ -139,6 +190,12 @@ class Engine:
         self.model = model
         self.settings = settings
         self.components = Components.from_pipeline(model.pipe)
+        self.rgb_map  # fit (or pick) the latent -> RGB map now, not inside a request
+
+    @functools.cached_property
+    def rgb_map(self) -> latents.RGBMap:
+        """Latent -> RGB linear map for this model's VAE (published for SD, else fitted once)."""
+        return latents.rgb_map_for(self.model.pipe.vae)
 
     # -- facts the UI shows -------------------------------------------------------------------
     @property
@@ -213,7 +270,8 @@ class Engine:
         observer = None
         if on_progress is not None:
             def observer(step):
-                on_progress(Progress(step.index + 1, step.total, latents.preview(step.x0[0], self.components.vae_scale_factor)))
+                on_progress(Progress(step.index + 1, step.total,
+                                     latents.preview(step.x0[0], self.components.vae_scale_factor, self.rgb_map)))
 
         # 4. Denoise
         job = Job(prompts=[req.prompt] * n, negative_prompts=[req.negative_prompt] * n, guidance=[req.cfg_scale] * n,
@@ -305,7 +363,139 @@ class Engine:
                        schedulers=tuple(names), cfg_scales=tuple(float(g) for g in scales), width=first.width,
                        height=first.height)
 
+    def inspect(
+        self,
+        req: GenerateRequest,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Trajectory:
+        """Generate one image while recording every step of the trajectory."""
+        # 1. Check inputs: one image, its seed resolved
+        req = self.validate(replace(req, num_images=1))
+        if req.seed == -1:
+            req = replace(req, seed=secrets.randbelow(MAX_SEED + 1))
+        spec = schedulers.spec(req.scheduler)
+
+        # 2. Observers: the recorder, plus progress (previews come from the recording itself)
+        recorder = latents.Recorder()
+
+        def observer(step):
+            recorder(step)
+            if on_progress is not None:
+                on_progress(Progress(step.index + 1, step.total, None, "denoising (recording every step)"))
+
+        # 3. Denoise
+        job = Job(prompts=[req.prompt], negative_prompts=[req.negative_prompt], guidance=[req.cfg_scale],
+                  generators=[torch.Generator("cpu").manual_seed(req.seed)], steps=req.steps, height=req.height,
+                  width=req.width)
+        start = time.perf_counter()
+        out = denoise(self.components, schedulers.make(req.scheduler, self.model.pipe.scheduler.config), job,
+                      observer=observer, cancel=cancel, sigma_space=spec.sigma_space)
+        params = Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
+                        cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
+                        model=self.model.name)
+        made = self._finish(out.images, [params])[0]
+        return Trajectory(request=req, params=params, image=made.image, tensors=recorder.tensors(),
+                          sigma_space=spec.sigma_space, seconds=time.perf_counter() - start)
+
+    def step_view(self, traj: Trajectory, index: int) -> StepView:
+        """Channel images, statistics and RGB approximations for step `index` of a trajectory."""
+        index = _integer("step", index, 0, traj.steps - 1)
+        t = traj.tensors
+        x_t = t["x_t"][index].float()  # (4, h, w)
+        sigma = float(t["sigmas"][index])
+        scale = float(x_t.abs().max())
+        channels = [self._channel_image(c, scale) for c in x_t.numpy()]
+        # Euler-like latents carry sqrt(1 + sigma^2) times the unit scale the RGB map expects
+        unit = x_t / math.sqrt(1 + sigma**2) if traj.sigma_space else x_t
+        f = self.components.vae_scale_factor
+        guidance = []
+        if "out_uncond" in t:
+            cond, uncond = t["out_cond"][index].float(), t["out_uncond"][index].float()
+            s = float(torch.maximum(cond.abs().max(), uncond.abs().max()))
+            diff = cond - uncond
+            for caption, x, sc in (("prompt (conditional)", cond, s), ("negative / empty prompt (unconditional)",
+                                                                         uncond, s),
+                                   ("difference: what CFG multiplies", diff, float(diff.abs().max()))):
+                guidance.append((f"{caption}, ±{sc:.2f}", self._strip(x, sc)))
+        return StepView(index=index, total=traj.steps, timestep=float(t["timesteps"][index]), sigma=sigma,
+                        snr_db=latents.snr_db(sigma), channels=channels, stats=latents.channel_stats(x_t.numpy()),
+                        scale=scale, rgb_x_t=latents.preview(unit, f, self.rgb_map),
+                        rgb_x0=latents.preview(t["x0"][index], f, self.rgb_map), guidance=guidance)
+
+    @torch.no_grad()
+    def decode_x0(self, traj: Trajectory, index: int) -> Image.Image:
+        """The predicted clean latent of step `index` through the VAE decoder (cached per trajectory)."""
+        index = _integer("step", index, 0, traj.steps - 1)
+        if index not in traj.decoded:
+            vae = self.model.pipe.vae
+            x0 = traj.tensors["x0"][index : index + 1].to(device=vae.device, dtype=vae.dtype)
+            image = vae.decode(x0 / vae.config.scaling_factor, return_dict=False)[0]
+            traj.decoded[index] = self.model.pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
+        return traj.decoded[index]
+
+    def save_trajectory(self, traj: Trajectory, path: str | Path) -> Path:
+        """All recorded tensors as one .safetensors file, the generation parameters in its metadata."""
+        from safetensors.torch import save_file
+
+        meta = {"parameters": format_parameters(traj.params), "sigma_space": str(traj.sigma_space),
+                "model": self.model.name, "layout": "x_t, x0, out_*: (steps, 4, H/8, W/8) float16, sample 0",
+                "prediction_type": str(self.model.pipe.scheduler.config.get("prediction_type", "epsilon"))}
+        save_file({k: v.contiguous() for k, v in traj.tensors.items()}, str(path), metadata=meta)
+        return Path(path)
+
+    @torch.no_grad()
+    def roundtrip(self, image: Image.Image | str | Path) -> RoundTrip:
+        """Encode an image with the VAE, show its latent channels, decode it back, measure the loss."""
+        # 1. Read and fit: RGB, at most MAX_SIZE per side, each side a multiple of the VAE's factor
+        if not isinstance(image, Image.Image):
+            try:
+                with Image.open(image) as im:
+                    im.draft("RGB", (self.settings.max_size, self.settings.max_size))  # cheap JPEG downscale
+                    image = im.convert("RGB")
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise InvalidRequest(f"{Path(str(image)).name} is not a readable image ({exc})") from None
+        image = image.convert("RGB")
+        f, limit = self.components.vae_scale_factor, self.settings.max_size
+        if max(image.size) > limit:
+            image = image.copy()
+            image.thumbnail((limit, limit), Image.Resampling.LANCZOS)
+        w, h = (image.width // f) * f, (image.height // f) * f
+        if w < f or h < f:
+            raise InvalidRequest(f"image is {image.width}x{image.height}; it must be at least {f}x{f} pixels")
+        image = image.crop((0, 0, w, h))
+
+        # 2. Encode (the distribution's mode: deterministic) and decode
+        vae, proc = self.model.pipe.vae, self.model.pipe.image_processor
+        x = proc.preprocess(image).to(device=vae.device, dtype=vae.dtype)  # (1, 3, H, W) in [-1, 1]
+        z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor  # (1, 4, H/8, W/8)
+        back = vae.decode(z / vae.config.scaling_factor, return_dict=False)[0]
+        recon = proc.postprocess(back.float(), output_type="pil")[0]
+
+        # 3. What it cost: sizes and PSNR
+        zc = z[0].float().cpu()
+        scale = float(zc.abs().max())
+        return RoundTrip(original=image, reconstruction=recon,
+                         channels=[self._channel_image(c, scale) for c in zc.numpy()],
+                         stats=latents.channel_stats(zc.numpy()), latent_shape=tuple(zc.shape),
+                         ratio=(3 * w * h) / zc.numel(),
+                         psnr=latents.psnr(np.asarray(image), np.asarray(recon)))
+
     # -- shared steps -------------------------------------------------------------------------
+    def _channel_image(self, channel: np.ndarray, scale: float) -> Image.Image:
+        """One latent channel in diverging colours, upscaled (nearest) so each latent pixel shows."""
+        im = Image.fromarray(latents.diverging(channel, scale))
+        k = max(1, 256 // max(im.size))
+        return im.resize((im.width * k, im.height * k), Image.Resampling.NEAREST)
+
+    def _strip(self, x: torch.Tensor, scale: float) -> Image.Image:
+        """The 4 channels of (4, h, w) side by side, one shared diverging scale."""
+        parts = [self._channel_image(c, scale) for c in x.numpy()]
+        strip = Image.new("RGB", (sum(p.width for p in parts) + 4 * (len(parts) - 1), parts[0].height), "white")
+        for k, p in enumerate(parts):
+            strip.paste(p, (k * (p.width + 4), 0))
+        return strip
+
     def _finish(self, images: torch.Tensor, params: list[Params]) -> list[Generated]:
         """(B, 3, H, W) in [-1, 1] -> safety checker (when the model has one) -> PIL + float pixels."""
         pipe = self.model.pipe

@@ -8,7 +8,7 @@ import gradio as gr
 
 from playground.engine import Engine
 from playground.settings import Settings
-from playground.ui import grid, prompt
+from playground.ui import grid, inspector, prompt
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
@@ -37,6 +37,18 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
         with gr.Tab("Grid"):
             grid.build(
                 grid=engine.grid,
+                scheduler_names=engine.scheduler_names,
+                native_size=engine.native_size,
+                settings=settings,
+                concurrency_id=GPU,
+            )
+        with gr.Tab("Latent inspector"):
+            inspector.build(
+                inspect=engine.inspect,
+                step_view=engine.step_view,
+                decode_x0=engine.decode_x0,
+                save_trajectory=engine.save_trajectory,
+                roundtrip=engine.roundtrip,
                 scheduler_names=engine.scheduler_names,
                 native_size=engine.native_size,
                 settings=settings,

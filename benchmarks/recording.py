@@ -1,0 +1,65 @@
+"""Inspector recording overhead: the same generation with and without recording every step.
+
+Same process, alternating A/B, median after a warm-up, reported as a ratio; plus the state size.
+
+    python benchmarks/recording.py                    # bundled model
+    python benchmarks/recording.py --model sd15-shaped --size 512 --steps 50 --dtype float16   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from grid import engine_for, sync  # noqa: E402
+
+from playground.engine import GenerateRequest  # noqa: E402
+from playground.settings import Settings  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="bundled")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--size", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--runs", type=int, default=7)
+    a = ap.parse_args()
+
+    engine = engine_for(a.model, a.dtype, Settings(max_size=2048, max_steps=200))
+    size = a.size or engine.native_size
+    req = GenerateRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1, steps=a.steps,
+                          cfg_scale=7.5, scheduler="DPM++ 2M Karras", width=size, height=size)
+    device = engine.model.device
+    variants = {"generate (no recording)": lambda: engine.generate(req),
+                "inspect (records x_t, x0, 3 model outputs per step)": lambda: engine.inspect(req)}
+    for fn in variants.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(a.runs):
+        for name, fn in variants.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["generate (no recording)"]
+    traj = engine.inspect(req)
+    hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# Recording overhead, {engine.model.name} {size}x{size}, {a.steps} steps, {hw}, {time.strftime('%Y-%m-%d')}\n")
+    print(f"| what | seconds (median of {a.runs}) | ratio |\n|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.3f} | {v / base:.3f}x |")
+    print(f"\nState kept per session: {traj.nbytes / 1e6:.2f} MB for {traj.steps} steps at {size}x{size}.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Latent inspector tab: scrub every step of a generation, channel by channel; a VAE round trip."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+import pandas as pd
+
+from playground.engine import GenerateRequest, InvalidRequest, Progress, RoundTrip, StepView, Trajectory
+from playground.metadata import save_png
+from playground.settings import Settings
+from playground.ui.common import stream
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def noise_plot(traj: Trajectory, index: int) -> pd.DataFrame:
+    """sigma and SNR (dB) at every step (1-based, like the slider), plus a vertical line at the selected step."""
+    sigmas = [float(s) for s in traj.tensors["sigmas"]]
+    rows = []
+    for k, sigma in enumerate(sigmas):
+        rows.append({"step": k + 1, "value": round(sigma, 4), "series": "sigma"})
+        rows.append({"step": k + 1, "value": round(-20 * math.log10(max(sigma, 1e-6)), 3),
+                     "series": "SNR (dB)"})
+    values = [r["value"] for r in rows]
+    rows += [{"step": index + 1, "value": min(values), "series": "selected step"},
+             {"step": index + 1, "value": max(values), "series": "selected step"}]
+    return pd.DataFrame(rows)
+
+
+def step_text(v: StepView) -> str:
+    stats = "  \n".join(f"channel {k}: min {s.min:+.3f} · mean {s.mean:+.3f} · std {s.std:.3f}"
+                        for k, s in enumerate(v.stats))
+    return (f"**Step {v.index + 1} of {v.total}**: timestep {v.timestep:.0f}, noise σ = {v.sigma:.3f}, "
+            f"SNR = {v.snr_db:+.1f} dB. Colours: blue < 0 < red, white = 0, saturating at ±{v.scale:.2f}.  \n{stats}")
+
+
+def roundtrip_text(r: RoundTrip) -> str:
+    c, h, w = r.latent_shape
+    H, W = r.original.height, r.original.width
+    return (f"**{W}x{H}x3 = {W * H * 3:,} numbers → {w}x{h}x{c} = {w * h * c:,} numbers: {r.ratio:.0f}x smaller.**  \n"
+            f"Reconstruction PSNR: **{r.psnr:.2f} dB** (higher is closer; above ~30 dB differences are hard to see).")
+
+
+def build(
+    inspect: Callable[..., Trajectory],
+    step_view: Callable[[Trajectory, int], StepView],
+    decode_x0: Callable[[Trajectory, int], object],
+    save_trajectory: Callable[[Trajectory, str | Path], Path],
+    roundtrip: Callable[..., RoundTrip],
+    scheduler_names: list[str],
+    native_size: int,
+    settings: Settings,
+    concurrency_id: str = "gpu",
+) -> None:
+    """Lay out the tab inside the current Blocks and wire its events."""
+    defaults = GenerateRequest()
+    out_dir = Path(settings.output_dir)
+
+    # -- layout -------------------------------------------------------------------------------
+    # the recorded trajectory lives in this browser session only; freed when the tab closes (or after an hour)
+    traj_state = gr.State(None, time_to_live=3600)
+    with gr.Tab("Trajectory"):
+        gr.Markdown("Run a generation that **records every step**, then scrub through it: the 4 latent channels the "
+                    "model works on, what it currently believes the clean image is, and how much noise is left.")
+        with gr.Row():
+            with gr.Column(scale=5):
+                prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
+                negative_box = gr.Textbox(label="Negative prompt", lines=1)
+                with gr.Row():
+                    scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler")
+                    steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
+                with gr.Row():
+                    cfg_box = gr.Slider(0, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale")
+                    seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                with gr.Row():
+                    width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
+                    height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
+                with gr.Row():
+                    run = gr.Button("Generate and record", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
+                info = gr.Markdown()
+                download = gr.File(label="Download the trajectory (.safetensors: every x_t, x0 and model output)")
+            with gr.Column(scale=4):
+                final = gr.Image(label="Final image", format="png", interactive=False, type="filepath", height=300)
+        step_slider = gr.Slider(1, 2, value=1, step=1, label="Step (drag to scrub the trajectory)", interactive=False)
+        step_info = gr.Markdown()
+        channels = gr.Gallery(label="x_t: the 4 latent channels at this step (one shared colour scale)", columns=4,
+                              height=300, object_fit="contain", format="png", allow_preview=False)
+        with gr.Row():
+            rgb_x_t = gr.Image(label="x_t as RGB (linear map, no VAE)", format="png", interactive=False, height=260)
+            rgb_x0 = gr.Image(label="predicted x0 as RGB (linear map)", format="png", interactive=False, height=260)
+            decoded = gr.Image(label="predicted x0 through the VAE decoder", format="png", interactive=False,
+                               height=260)
+        noise = gr.LinePlot(x="step", y="value", color="series", label="Noise level over the steps", height=260)
+        gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts the noise twice, with the prompt "
+                    "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
+        cfg_text = gr.Markdown()
+        cfg_cond = gr.Image(label="with the prompt (conditional): channels 0-3", format="png", interactive=False,
+                            height=220)
+        cfg_uncond = gr.Image(label="negative or empty prompt (unconditional): channels 0-3", format="png",
+                              interactive=False, height=220)
+        cfg_diff = gr.Image(label="difference, what CFG multiplies: channels 0-3", format="png", interactive=False,
+                            height=220)
+
+    with gr.Tab("VAE round trip"):
+        gr.Markdown("Upload a picture and watch the VAE squeeze it into 4 channels at 1/8 the width and height, then "
+                    "decode it back. The diffusion model only ever works on that small latent.")
+        with gr.Row():
+            upload = gr.Image(label="Your image", type="filepath", sources=["upload", "clipboard"], height=300)
+            with gr.Column():
+                trip = gr.Button("Encode and decode", variant="primary")
+                trip_info = gr.Markdown()
+        with gr.Row():
+            trip_orig = gr.Image(label="Original (fitted to a multiple of 8)", format="png", interactive=False)
+            trip_recon = gr.Image(label="Reconstruction (decoded latent)", format="png", interactive=False)
+        trip_channels = gr.Gallery(label="The latent: 4 channels", columns=4, height=280, object_fit="contain",
+                                   format="png", allow_preview=False)
+
+    # -- handlers -----------------------------------------------------------------------------
+    def show_step(traj: Trajectory | None, step: int):
+        if traj is None:
+            return [gr.skip()] * 9
+        v = step_view(traj, int(step) - 1)
+        if v.guidance:
+            cfg = "Each strip is the model's 4-channel output; colour scales: " + "; ".join(c for c, _ in v.guidance)
+            images = [im for _, im in v.guidance]
+        else:
+            cfg, images = "This run used CFG scale 1: no unconditional pass, so nothing to compare.", [None] * 3
+        return (step_text(v), [(im, f"channel {k}") for k, im in enumerate(v.channels)], v.rgb_x_t, v.rgb_x0,
+                noise_plot(traj, v.index), cfg, *images)
+
+    def on_inspect(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, progress=gr.Progress()):
+        req = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                              cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height)
+        for item in stream(inspect, req):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc=item.label, unit="steps")
+                continue
+            traj: Trajectory = item
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stem = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-seed{traj.request.seed}"
+            image = save_png(traj.image, traj.params, f"{stem}.png")
+            file = save_trajectory(traj, f"{stem}-trajectory.safetensors")
+            r = traj.request
+            text = (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}.  \n"
+                    f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session; "
+                    f"{traj.seconds:.2f} s.")
+            slider = gr.Slider(1, traj.steps, value=traj.steps, step=1, interactive=True)
+            yield (traj, str(image), text, str(file), slider, None, *show_step(traj, traj.steps))
+
+    def on_decode(traj: Trajectory | None, step: int):
+        return None if traj is None else decode_x0(traj, int(step) - 1)
+
+    def on_roundtrip(path):
+        if not path:
+            raise gr.Error("Upload an image first")
+        try:
+            r = roundtrip(path)
+        except InvalidRequest as exc:
+            raise gr.Error(str(exc)) from None
+        return r.original, r.reconstruction, [(im, f"channel {k}") for k, im in enumerate(r.channels)], roundtrip_text(r)
+
+    # -- events -------------------------------------------------------------------------------
+    inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box]
+    step_outputs = [step_info, channels, rgb_x_t, rgb_x0, noise, cfg_text, cfg_cond, cfg_uncond, cfg_diff]
+    event = run.click(on_inspect, inputs, [traj_state, final, info, download, step_slider, decoded, *step_outputs],
+                      api_name="inspect", preprocess=False, show_progress_on=final, concurrency_id=concurrency_id,
+                      concurrency_limit=settings.gpu_concurrency)
+    event.then(on_decode, [traj_state, step_slider], decoded, api_visibility="private",
+               concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
+    stop.click(None, cancels=[event], api_visibility="private")
+    step_slider.change(show_step, [traj_state, step_slider], step_outputs, show_progress="hidden",
+                       trigger_mode="always_last", api_visibility="private")
+    step_slider.release(on_decode, [traj_state, step_slider], decoded, show_progress="minimal",
+                        trigger_mode="always_last", api_visibility="private", concurrency_id=concurrency_id,
+                        concurrency_limit=settings.gpu_concurrency)
+    trip.click(on_roundtrip, upload, [trip_orig, trip_recon, trip_channels, trip_info], api_name="vae_roundtrip",
+               concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
