@@ -8,7 +8,9 @@ nothing of gradio.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import math
 import secrets
 import threading
@@ -31,8 +33,31 @@ MAX_PROMPT_CHARS = 20_000  # far past CLIP's 77 tokens; stops megabyte prompts b
 MAX_SEED = 2**32 - 1
 
 
+MAX_UPLOAD_PIXELS = 100_000_000  # larger uploads are refused before decoding (PIL's bomb guard is ~179 MP)
+
+
 class InvalidRequest(ValueError):
     """A request value out of range; the message names it and the allowed range."""
+
+
+class OutOfMemory(InvalidRequest):
+    """The device ran out of memory; the message suggests what to make smaller."""
+
+
+@contextlib.contextmanager
+def memory_guard(what: str):
+    """Turn an out-of-memory error into OutOfMemory, after releasing what the failed request held."""
+    failed = False
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        failed = True  # leave the except block first: its traceback still references the tensors
+    if failed:
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise OutOfMemory(f"out of GPU memory while making {what}; try a smaller width and height, "
+                          "fewer images or grid cells")
 
 
 @dataclass(frozen=True)
@@ -278,7 +303,9 @@ class Engine:
                   generators=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                   steps=req.steps, height=req.height, width=req.width)
         start = time.perf_counter()
-        out = denoise(self.components, scheduler, job, observer=observer, cancel=cancel, sigma_space=spec.sigma_space)
+        with memory_guard(f"{n} image(s) of {req.width}x{req.height}"):
+            out = denoise(self.components, scheduler, job, observer=observer, cancel=cancel,
+                          sigma_space=spec.sigma_space)
 
 
         # 5. Safety checker (when the model has one), then to PIL
@@ -322,8 +349,9 @@ class Engine:
                       guidance=scales, generators=[torch.Generator("cpu").manual_seed(req.seed) for _ in scales],
                       steps=req.steps, height=req.height, width=req.width)
             row_start = time.perf_counter()
-            out = denoise(self.components, schedulers.make(name, pipe.scheduler.config), job, observer=observer,
-                          cancel=cancel, sigma_space=schedulers.spec(name).sigma_space)
+            with memory_guard(f"a row of {len(scales)} cells of {req.width}x{req.height}"):
+                out = denoise(self.components, schedulers.make(name, pipe.scheduler.config), job, observer=observer,
+                              cancel=cancel, sigma_space=schedulers.spec(name).sigma_space)
             made = self._finish(out.images, [
                 Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=name,
                        cfg_scale=g, seed=req.seed, width=req.width, height=req.height, model=self.model.name)
@@ -337,8 +365,16 @@ class Engine:
 
     def validate_grid(self, req: GridRequest) -> GridRequest:
         """A checked copy of a grid request (seed resolved, scales parsed); InvalidRequest otherwise."""
+        raw = req.cfg_scales
         try:
-            scales = parse_scales(req.cfg_scales) if isinstance(req.cfg_scales, str) else list(req.cfg_scales)
+            if raw is None or isinstance(raw, str):
+                scales = parse_scales(raw or "")
+            elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+                scales = [raw]  # one number: one column
+            elif isinstance(raw, (list, tuple)):
+                scales = list(raw)  # each value is checked below like the Prompt tab's CFG scale
+            else:
+                raise ValueError(f"CFG scales must be text such as '1, 3, 7.5' or a list of numbers, got {raw!r}")
         except ValueError as exc:
             raise InvalidRequest(str(exc)) from None
         names = [req.schedulers] if isinstance(req.schedulers, str) else list(req.schedulers or [])
@@ -389,8 +425,9 @@ class Engine:
                   generators=[torch.Generator("cpu").manual_seed(req.seed)], steps=req.steps, height=req.height,
                   width=req.width)
         start = time.perf_counter()
-        out = denoise(self.components, schedulers.make(req.scheduler, self.model.pipe.scheduler.config), job,
-                      observer=observer, cancel=cancel, sigma_space=spec.sigma_space)
+        with memory_guard(f"a recorded {req.width}x{req.height} image"):
+            out = denoise(self.components, schedulers.make(req.scheduler, self.model.pipe.scheduler.config), job,
+                          observer=observer, cancel=cancel, sigma_space=spec.sigma_space)
         params = Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
                         cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
                         model=self.model.name)
@@ -449,12 +486,18 @@ class Engine:
         """Encode an image with the VAE, show its latent channels, decode it back, measure the loss."""
         # 1. Read and fit: RGB, at most MAX_SIZE per side, each side a multiple of the VAE's factor
         if not isinstance(image, Image.Image):
+            name = Path(str(image)).name
             try:
                 with Image.open(image) as im:
+                    if im.width * im.height > MAX_UPLOAD_PIXELS:  # from the header, before decoding
+                        raise InvalidRequest(f"{name} is {im.width}x{im.height} = {im.width * im.height / 1e6:.0f} "
+                                             f"megapixels; the limit is {MAX_UPLOAD_PIXELS / 1e6:.0f}")
                     im.draft("RGB", (self.settings.max_size, self.settings.max_size))  # cheap JPEG downscale
                     image = im.convert("RGB")
-            except (OSError, ValueError, Image.DecompressionBombError) as exc:
-                raise InvalidRequest(f"{Path(str(image)).name} is not a readable image ({exc})") from None
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                if isinstance(exc, InvalidRequest):
+                    raise
+                raise InvalidRequest(f"{name} is not a readable image ({exc})") from None
         image = image.convert("RGB")
         f, limit = self.components.vae_scale_factor, self.settings.max_size
         if max(image.size) > limit:
@@ -467,9 +510,10 @@ class Engine:
 
         # 2. Encode (the distribution's mode: deterministic) and decode
         vae, proc = self.model.pipe.vae, self.model.pipe.image_processor
-        x = proc.preprocess(image).to(device=vae.device, dtype=vae.dtype)  # (1, 3, H, W) in [-1, 1]
-        z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor  # (1, 4, H/8, W/8)
-        back = vae.decode(z / vae.config.scaling_factor, return_dict=False)[0]
+        with memory_guard(f"a {w}x{h} round trip"):
+            x = proc.preprocess(image).to(device=vae.device, dtype=vae.dtype)  # (1, 3, H, W) in [-1, 1]
+            z = vae.encode(x).latent_dist.mode() * vae.config.scaling_factor  # (1, 4, H/8, W/8)
+            back = vae.decode(z / vae.config.scaling_factor, return_dict=False)[0]
         recon = proc.postprocess(back.float(), output_type="pil")[0]
 
         # 3. What it cost: sizes and PSNR

@@ -51,6 +51,7 @@ class Settings:
     port: int = field(default_factory=lambda: _env_int("GRADIO_SERVER_PORT", 7860))
     gpu_concurrency: int = field(default_factory=lambda: _env_int("GPU_CONCURRENCY", 1))  # jobs on the model at once
     queue_size: int = field(default_factory=lambda: _env_int("QUEUE_SIZE", 64))  # waiting jobs before "busy"
+    max_upload_mb: int = field(default_factory=lambda: _env_int("MAX_UPLOAD_MB", 25))  # per uploaded file
     share: bool = False
     # where generated PNGs are written before the browser fetches them
     output_dir: Path = field(default_factory=lambda: Path(os.environ.get("PLAYGROUND_OUTPUT_DIR", "outputs")))

@@ -61,4 +61,4 @@ def launch_options(settings: Settings) -> dict:
     """Keyword arguments for Blocks.launch (gradio 6 takes theme and css here)."""
     out = Path(settings.output_dir).resolve()
     return dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS,
-                theme=gr.themes.Soft(), allowed_paths=[str(out)], max_file_size="25mb")
+                theme=gr.themes.Soft(), allowed_paths=[str(out)], max_file_size=f"{settings.max_upload_mb}mb")

@@ -15,6 +15,7 @@ import pandas as pd
 from playground.engine import GridRequest, GridResult, Progress
 from playground.grid import layout
 from playground.metadata import save_png
+from playground.gpu import gpu
 from playground.settings import Settings
 from playground.ui.common import stream
 
@@ -128,7 +129,7 @@ def build(
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, scales_box, width_box, height_box]
     # preprocess=False: plain values; the Engine's checks name the bad value before any work starts
-    event = run.click(on_grid, inputs, [sheet, cells, table, plot, info], api_name="grid", preprocess=False,
+    event = run.click(gpu(on_grid), inputs, [sheet, cells, table, plot, info], api_name="grid", preprocess=False,
                       show_progress_on=sheet, concurrency_id=concurrency_id,
                       concurrency_limit=settings.gpu_concurrency)
     stop.click(None, cancels=[event], api_visibility="private")

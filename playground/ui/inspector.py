@@ -13,6 +13,7 @@ import pandas as pd
 
 from playground.engine import GenerateRequest, InvalidRequest, Progress, RoundTrip, StepView, Trajectory
 from playground.metadata import save_png
+from playground.gpu import gpu
 from playground.settings import Settings
 from playground.ui.common import stream
 
@@ -156,7 +157,9 @@ def build(
     def on_decode(traj: Trajectory | None, step: int):
         return None if traj is None else decode_x0(traj, int(step) - 1)
 
-    def on_roundtrip(path):
+    def on_roundtrip(upload):
+        # preprocess=False: the raw upload, so a corrupt file reaches the Engine, whose error names it
+        path = upload.get("path") if isinstance(upload, dict) else upload
         if not path:
             raise gr.Error("Upload an image first")
         try:
@@ -168,16 +171,17 @@ def build(
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box]
     step_outputs = [step_info, channels, rgb_x_t, rgb_x0, noise, cfg_text, cfg_cond, cfg_uncond, cfg_diff]
-    event = run.click(on_inspect, inputs, [traj_state, final, info, download, step_slider, decoded, *step_outputs],
+    event = run.click(gpu(on_inspect), inputs, [traj_state, final, info, download, step_slider, decoded, *step_outputs],
                       api_name="inspect", preprocess=False, show_progress_on=final, concurrency_id=concurrency_id,
                       concurrency_limit=settings.gpu_concurrency)
-    event.then(on_decode, [traj_state, step_slider], decoded, api_visibility="private",
+    event.then(gpu(on_decode), [traj_state, step_slider], decoded, api_visibility="private",
                concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
     stop.click(None, cancels=[event], api_visibility="private")
     step_slider.change(show_step, [traj_state, step_slider], step_outputs, show_progress="hidden",
                        trigger_mode="always_last", api_visibility="private")
-    step_slider.release(on_decode, [traj_state, step_slider], decoded, show_progress="minimal",
+    step_slider.release(gpu(on_decode), [traj_state, step_slider], decoded, show_progress="minimal",
                         trigger_mode="always_last", api_visibility="private", concurrency_id=concurrency_id,
                         concurrency_limit=settings.gpu_concurrency)
-    trip.click(on_roundtrip, upload, [trip_orig, trip_recon, trip_channels, trip_info], api_name="vae_roundtrip",
+    trip.click(gpu(on_roundtrip), upload, [trip_orig, trip_recon, trip_channels, trip_info], api_name="vae_roundtrip",
+               preprocess=False,
                concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)

@@ -11,6 +11,7 @@ import gradio as gr
 
 from playground.engine import GenerateRequest, GenerateResult, Progress, TokenCount
 from playground.metadata import read_png, save_png
+from playground.gpu import gpu
 from playground.settings import Settings
 from playground.ui.common import stream
 
@@ -133,10 +134,10 @@ def build(
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the preview only: the gallery keeps the last images in view
-    gen = run.click(on_generate, inputs, [preview, gallery, info, seed_used], api_name="generate", preprocess=False,
+    gen = run.click(gpu(on_generate), inputs, [preview, gallery, info, seed_used], api_name="generate", preprocess=False,
                     show_progress_on=preview, concurrency_id=concurrency_id,
                     concurrency_limit=settings.gpu_concurrency)
-    prompt_box.submit(on_generate, inputs, [preview, gallery, info, seed_used], api_visibility="private",
+    prompt_box.submit(gpu(on_generate), inputs, [preview, gallery, info, seed_used], api_visibility="private",
                       preprocess=False, show_progress_on=preview, concurrency_id=concurrency_id,
                       concurrency_limit=settings.gpu_concurrency)
     stop.click(None, cancels=[gen], api_visibility="private")
