@@ -68,3 +68,20 @@ def test_safety_checker_kept_unless_disabled(tiny_dir, tmp_path, caplog):
         dropped = load_model(tiny_settings(src, safety_checker=False))
     assert dropped.pipe.safety_checker is None
     assert "safety checker disabled" in caplog.text
+
+
+def test_loading_never_runs_remote_code(tiny_dir, monkeypatch):
+    """Public Spaces: from_pretrained gets dtype (and the safety-checker choice), never remote code."""
+    seen = {}
+    real = StableDiffusionPipeline.from_pretrained.__func__
+
+    def spy(cls, source, **kwargs):
+        seen.update(kwargs)
+        return real(cls, source, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", classmethod(spy))
+    load_model(tiny_settings(tiny_dir))
+    assert set(seen) == {"dtype"} and seen["dtype"] == torch.float32
+    load_model(tiny_settings(tiny_dir, safety_checker=False))
+    assert set(seen) == {"dtype", "safety_checker", "requires_safety_checker"}
+    assert "trust_remote_code" not in seen and "custom_pipeline" not in seen

@@ -1,0 +1,147 @@
+"""End to end in a real browser: the launched app driven by Playwright in Debian's Chromium.
+
+Every tab: fill the inputs, click, wait for the outputs, assert on what the page shows, screenshot.
+The README's screenshots come from these runs:  PLAYGROUND_SCREENSHOTS=docs python -m pytest tests/test_browser.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from playground.engine import Engine
+from playground.loading import load_model
+from playground.settings import ASSETS, Settings
+from playground.ui import build_app, launch_options
+
+from test_app import free_port
+
+CHROMIUM = os.environ.get("PLAYGROUND_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"]
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover
+    sync_playwright = None
+
+if sync_playwright is None or not shutil.which(CHROMIUM):
+    if os.environ.get("CI"):
+        raise RuntimeError(f"browser tests need playwright and {CHROMIUM}; .ci/run installs both")
+    pytest.skip(f"needs playwright and {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    where = os.environ.get("PLAYGROUND_SCREENSHOTS")
+    return Path(where) if where else tmp_path_factory.mktemp("screenshots")
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    """The app as a user gets it on a CPU machine: the bundled model, default limits."""
+    settings = Settings(model="bundled", device="cpu", port=free_port(), output_dir=tmp_path_factory.mktemp("out"))
+    demo = build_app(Engine(load_model(settings), settings), settings)
+    demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    yield f"http://127.0.0.1:{settings.port}/"
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, url):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_text("Diffusion Playground").first.wait_for()
+    yield page
+    context.close()
+
+
+def visible(locator):
+    return locator.filter(visible=True).first
+
+
+def test_prompt_tab(page, shots):
+    assert "UNTRAINED" in page.locator("#banner").inner_text()
+    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle on a blue background, simple shapes")
+    page.get_by_label("Negative prompt").first.fill("blurry")
+    page.get_by_text("12 / 77 tokens").wait_for()
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("model evaluations per image").wait_for(timeout=60_000)
+    assert page.locator("button.thumbnail-item img, .gallery img, [data-testid='detailed-image'] img").count() >= 1 \
+        or page.locator("img[src*='seed']").count() >= 1
+    seed = page.get_by_label("Seed used").input_value()
+    assert seed.isdigit()
+    page.mouse.wheel(0, 2000)  # lazily loaded images below the fold
+    page.wait_for_timeout(800)
+    page.screenshot(path=str(shots / "prompt-tab.png"), full_page=True)
+
+    # too long a prompt: the counter warns and shows what CLIP drops
+    visible(page.get_by_label("Prompt", exact=True)).fill(" ".join(["red circle"] * 40))
+    page.get_by_text("CLIP only reads 77").wait_for()
+    # a bad value: an error that names it, and the page keeps working
+    width = page.get_by_label("number input for Width")
+    width.fill("68")
+    width.press("Enter")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("width must be a multiple of 8, got 68").first.wait_for(timeout=30_000)
+    width.fill("128")
+    width.press("Enter")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("Seed ").last.wait_for(timeout=60_000)
+
+
+def test_grid_tab(page, shots):
+    page.get_by_role("tab", name="Grid").click()
+    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle on a blue background")
+    for name in ("DDIM", "Heun"):
+        page.get_by_label(name, exact=True).check()
+    scales = page.get_by_label("CFG scales (columns)")
+    scales.fill("1, x")
+    page.get_by_role("button", name="Run grid").click()
+    page.get_by_text("'x' in CFG scales").first.wait_for(timeout=30_000)
+    scales.fill("1, 3, 7.5, 12")
+    page.get_by_role("button", name="Run grid").click()
+    page.get_by_text("model evaluations in all").wait_for(timeout=120_000)
+    assert page.get_by_text("4 schedulers x 4 CFG scales = 16 cells").is_visible()
+    page.mouse.wheel(0, 3000)  # the table and the images below the fold render when scrolled to
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(shots / "grid-tab.png"), full_page=True)
+    # the cost table (a virtualised list, ~12 rows in view): DDIM's 4 rows, besides its checkbox
+    assert page.get_by_text("DDIM", exact=True).filter(visible=True).count() >= 5
+
+
+def test_inspector_tab(page, shots):
+    page.get_by_role("tab", name="Latent inspector").click()
+    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle on a blue background")
+    page.get_by_role("button", name="Generate and record").click()
+    page.get_by_text("Recorded 25 model evaluations").wait_for(timeout=60_000)
+    step = page.get_by_label("number input for Step (drag to scrub the trajectory)")
+    step.fill("10")
+    step.press("Enter")
+    page.get_by_text("Step 10 of 25").wait_for(timeout=30_000)
+    for k in range(4):
+        assert page.get_by_text(f"channel {k}: min").is_visible()
+    page.mouse.wheel(0, 4000)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(shots / "inspector-step.png"), full_page=True)
+
+    page.get_by_role("tab", name="VAE round trip").click()
+    page.locator("input[type=file]").last.set_input_files(str(ASSETS / "examples" / "scene.png"))
+    page.wait_for_timeout(1000)
+    page.get_by_role("button", name="Encode and decode").click()
+    page.get_by_text("Reconstruction PSNR").wait_for(timeout=60_000)
+    assert page.get_by_text("48x smaller").is_visible()
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(shots / "inspector-roundtrip.png"), full_page=True)
