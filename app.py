@@ -12,7 +12,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = parse_args()
     engine = Engine(load_model(settings), settings)
-    logging.getLogger("playground").info(engine.banner())
+    log = logging.getLogger("playground")
+    log.info(engine.banner())
+    if settings.compile:
+        log.info("warming up the compiled model at %dx%d ...", engine.native_size, engine.native_size)
+        log.info("compiled and warmed up in %.1f s", engine.warm_up())
     demo = build_app(engine, settings)
     demo.queue(max_size=settings.queue_size).launch(**launch_options(settings))
 

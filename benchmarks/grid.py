@@ -56,11 +56,24 @@ def main() -> None:
     ap.add_argument("--scales", type=int, default=4, help="columns (from %s)" % ", ".join(map(str, SCALES)))
     a = ap.parse_args()
 
-    settings = Settings(max_grid_cells=64, max_size=2048)
-    engine = engine_for(a.model, a.dtype, settings)
+    engine = engine_for(a.model, a.dtype, Settings(max_grid_cells=64, max_size=2048))
     size = a.size or engine.native_size
-    rows, cols = SCHEDULERS[: a.schedulers], SCALES[: a.scales]
-    req = GridRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1, steps=a.steps,
+    seq, mine = measure(engine, SCHEDULERS[: a.schedulers], SCALES[: a.scales], a.steps, size, a.runs)
+    device = engine.model.device
+    hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    cells = a.schedulers * a.scales
+    print(f"# Grid {a.schedulers} x {a.scales}, {engine.model.name} {size}x{size}, {a.steps} steps, "
+          f"{str(engine.model.dtype).removeprefix('torch.')}, {hw}, torch {torch.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}\n")
+    print("| what | seconds (median of %d) | ratio |\n|---|---|---|" % a.runs)
+    print(f"| {cells} cells one by one, diffusers StableDiffusionPipeline | {seq:.2f} | 1.00x |")
+    print(f"| our grid, one batched pass per scheduler | {mine:.2f} | {mine / seq:.2f}x |")
+
+
+def measure(engine: Engine, rows: tuple[str, ...], cols: tuple[float, ...], steps: int, size: int,
+            runs: int) -> tuple[float, float]:
+    """Median seconds: (the cells one by one through diffusers, our batched grid)."""
+    req = GridRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1, steps=steps,
                       schedulers=rows, cfg_scales=cols, width=size, height=size)
     base = engine.model.pipe
     ref = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
@@ -77,25 +90,18 @@ def main() -> None:
         for name in rows:
             for g in cols:
                 ref.scheduler = schedulers.make(name, base.scheduler.config)
-                ref(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=a.steps, guidance_scale=g,
+                ref(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=steps, guidance_scale=g,
                     height=size, width=size, generator=torch.Generator("cpu").manual_seed(1))
         sync(device)
 
     ours(), sequential()  # warm-up
     times = {"ours": [], "sequential": []}
-    for _ in range(a.runs):
+    for _ in range(runs):
         for name, fn in (("sequential", sequential), ("ours", ours)):
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    seq, mine = statistics.median(times["sequential"]), statistics.median(times["ours"])
-    hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# Grid {len(rows)} x {len(cols)}, {engine.model.name} {size}x{size}, {a.steps} steps, "
-          f"{str(engine.model.dtype).removeprefix('torch.')}, {hw}, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}\n")
-    print("| what | seconds (median of %d) | ratio |\n|---|---|---|" % a.runs)
-    print(f"| {len(rows) * len(cols)} cells one by one, diffusers StableDiffusionPipeline | {seq:.2f} | 1.00x |")
-    print(f"| our grid, one batched pass per scheduler | {mine:.2f} | {mine / seq:.2f}x |")
+    return statistics.median(times["sequential"]), statistics.median(times["ours"])
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def loop_vs_diffusers(engine: Engine, req: GenerateRequest, runs: int) -> dict[str, float]:
+def diffusers_call(engine: Engine, req: GenerateRequest):
+    """A function making req's image with diffusers' own StableDiffusionPipeline on the same components."""
     base = engine.model.pipe
     ref = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=base.unet,
                                   scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
@@ -46,8 +47,12 @@ def loop_vs_diffusers(engine: Engine, req: GenerateRequest, runs: int) -> dict[s
         ref(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
             height=req.height, width=req.width, generator=torch.Generator("cpu").manual_seed(req.seed))
 
+    return theirs
+
+
+def loop_vs_diffusers(engine: Engine, req: GenerateRequest, runs: int) -> dict[str, float]:
     variants = {
-        "diffusers StableDiffusionPipeline": theirs,
+        "diffusers StableDiffusionPipeline": diffusers_call(engine, req),
         "ours (Engine.generate)": lambda: engine.generate(req),
         "ours + live preview every step": lambda: engine.generate(req, on_progress=lambda p: None),
     }

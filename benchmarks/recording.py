@@ -37,28 +37,33 @@ def main() -> None:
     size = a.size or engine.native_size
     req = GenerateRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1, steps=a.steps,
                           cfg_scale=7.5, scheduler="DPM++ 2M Karras", width=size, height=size)
+    med, nbytes = measure(engine, req, a.runs)
+    base = med["generate (no recording)"]
+    device = engine.model.device
+    hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"# Recording overhead, {engine.model.name} {size}x{size}, {a.steps} steps, {hw}, {time.strftime('%Y-%m-%d')}\n")
+    print(f"| what | seconds (median of {a.runs}) | ratio |\n|---|---|---|")
+    for k, v in med.items():
+        print(f"| {k} | {v:.3f} | {v / base:.3f}x |")
+    print(f"\nState kept per session: {nbytes / 1e6:.2f} MB for {req.steps} steps at {size}x{size}.")
+
+
+def measure(engine, req: GenerateRequest, runs: int) -> tuple[dict[str, float], int]:
+    """Median seconds with and without recording (alternating), and the recorded state's size."""
     device = engine.model.device
     variants = {"generate (no recording)": lambda: engine.generate(req),
                 "inspect (records x_t, x0, 3 model outputs per step)": lambda: engine.inspect(req)}
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(a.runs):
+    for _ in range(runs):
         for name, fn in variants.items():
             sync(device)
             start = time.perf_counter()
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    base = med["generate (no recording)"]
-    traj = engine.inspect(req)
-    hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"# Recording overhead, {engine.model.name} {size}x{size}, {a.steps} steps, {hw}, {time.strftime('%Y-%m-%d')}\n")
-    print(f"| what | seconds (median of {a.runs}) | ratio |\n|---|---|---|")
-    for k, v in med.items():
-        print(f"| {k} | {v:.3f} | {v / base:.3f}x |")
-    print(f"\nState kept per session: {traj.nbytes / 1e6:.2f} MB for {traj.steps} steps at {size}x{size}.")
+    return {k: statistics.median(v) for k, v in times.items()}, engine.inspect(req).nbytes
 
 
 if __name__ == "__main__":

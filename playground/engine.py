@@ -29,6 +29,7 @@ from playground.loading import LoadedModel
 from playground.metadata import Params, format_parameters
 from playground.sampling import Components, Job, denoise, tokenize
 
+PREVIEW_INTERVAL = 0.2  # seconds between live previews (progress itself is reported every step)
 MAX_PROMPT_CHARS = 20_000  # far past CLIP's 77 tokens; stops megabyte prompts before tokenizing
 MAX_SEED = 2**32 - 1
 
@@ -94,7 +95,7 @@ class GenerateResult:
 class Progress:
     step: int  # model evaluations done
     total: int
-    preview: Image.Image | None  # cheap RGB view of the predicted clean image (first image)
+    preview: Image.Image | None  # cheap RGB view of the predicted x0 (first image); None between previews
     label: str = "denoising"  # what is running, e.g. "Euler a: cells 5-8 of 16"
 
 
@@ -214,6 +215,10 @@ class Engine:
     def __init__(self, model: LoadedModel, settings: settings_mod.Settings):
         self.model = model
         self.settings = settings
+        if settings.compile and not model.compiled:
+            from playground.loading import compile_model
+
+            compile_model(model, settings.compile_backend)
         self.components = Components.from_pipeline(model.pipe)
         self.rgb_map  # fit (or pick) the latent -> RGB map now, not inside a request
 
@@ -235,7 +240,16 @@ class Engine:
         """One line for the top of the page: which model, on what, and why."""
         m = self.model
         trained = "" if m.trained else " — UNTRAINED (random weights: images are noise-like; it shows the mechanics)"
-        return f"Model: {m.name} on {m.device.type} ({str(m.dtype).removeprefix('torch.')}){trained}. Why: {m.reason}."
+        compiled = (f" Compiled with torch.compile ({m.compiled}): a new size or batch compiles once, "
+                    "so its first request takes longer." if m.compiled else "")
+        return (f"Model: {m.name} on {m.device.type} ({str(m.dtype).removeprefix('torch.')}){trained}. "
+                f"Why: {m.reason}.{compiled}")
+
+    def warm_up(self) -> float:
+        """One short generation at the native size (with CFG), so compiling happens before users come."""
+        start = time.perf_counter()
+        self.generate(GenerateRequest(prompt="warm-up", steps=2, seed=0))
+        return time.perf_counter() - start
 
     def count_tokens(self, text: str) -> TokenCount:
         """How many of CLIP's tokens `text` uses, and what gets cut off past the limit."""
@@ -291,12 +305,19 @@ class Engine:
         scheduler = schedulers.make(req.scheduler, pipe.scheduler.config)
         spec = schedulers.spec(req.scheduler)
 
-        # 3. Observer: progress and a cheap preview of the predicted clean image
+        # 3. Observer: progress every step; a cheap preview of the predicted clean image a few times a
+        #    second (each one copies to the CPU, a device sync; an eye needs no more)
         observer = None
         if on_progress is not None:
+            last_preview = -math.inf
+
             def observer(step):
-                on_progress(Progress(step.index + 1, step.total,
-                                     latents.preview(step.x0[0], self.components.vae_scale_factor, self.rgb_map)))
+                nonlocal last_preview
+                preview = None
+                if time.monotonic() - last_preview >= PREVIEW_INTERVAL or step.index + 1 == step.total:
+                    last_preview = time.monotonic()
+                    preview = latents.preview(step.x0[0], self.components.vae_scale_factor, self.rgb_map)
+                on_progress(Progress(step.index + 1, step.total, preview))
 
         # 4. Denoise
         job = Job(prompts=[req.prompt] * n, negative_prompts=[req.negative_prompt] * n, guidance=[req.cfg_scale] * n,
@@ -309,11 +330,7 @@ class Engine:
 
 
         # 5. Safety checker (when the model has one), then to PIL
-        made = self._finish(out.images, [
-            Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
-                   cfg_scale=req.cfg_scale, seed=seed, width=req.width, height=req.height, model=self.model.name)
-            for seed in seeds
-        ])
+        made = self._finish(out.images, [self._params(req, req.scheduler, req.cfg_scale, seed) for seed in seeds])
         seconds = time.perf_counter() - start
         return GenerateResult(images=made, request=req, unet_calls=out.unet_calls, seconds=seconds, sigmas=out.sigmas)
 
@@ -352,11 +369,7 @@ class Engine:
             with memory_guard(f"a row of {len(scales)} cells of {req.width}x{req.height}"):
                 out = denoise(self.components, schedulers.make(name, pipe.scheduler.config), job, observer=observer,
                               cancel=cancel, sigma_space=schedulers.spec(name).sigma_space)
-            made = self._finish(out.images, [
-                Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=name,
-                       cfg_scale=g, seed=req.seed, width=req.width, height=req.height, model=self.model.name)
-                for g in scales
-            ])
+            made = self._finish(out.images, [self._params(req, name, g, req.seed) for g in scales])
             share = (time.perf_counter() - row_start) / len(scales)
             cells.append([GridCell(name, g, m, out.unet_calls, share) for g, m in zip(scales, made)])
             sigmas[name] = out.sigmas
@@ -428,9 +441,7 @@ class Engine:
         with memory_guard(f"a recorded {req.width}x{req.height} image"):
             out = denoise(self.components, schedulers.make(req.scheduler, self.model.pipe.scheduler.config), job,
                           observer=observer, cancel=cancel, sigma_space=spec.sigma_space)
-        params = Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
-                        cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height,
-                        model=self.model.name)
+        params = self._params(req, req.scheduler, req.cfg_scale, req.seed)
         made = self._finish(out.images, [params])[0]
         return Trajectory(request=req, params=params, image=made.image, tensors=recorder.tensors(),
                           sigma_space=spec.sigma_space, seconds=time.perf_counter() - start)
@@ -526,6 +537,11 @@ class Engine:
                          psnr=latents.psnr(np.asarray(image), np.asarray(recon)))
 
     # -- shared steps -------------------------------------------------------------------------
+    def _params(self, req: GenerateRequest | GridRequest, sampler: str, cfg_scale: float, seed: int) -> Params:
+        """The settings of one image made for `req`, as its PNG will carry them."""
+        return Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=sampler,
+                      cfg_scale=cfg_scale, seed=seed, width=req.width, height=req.height, model=self.model.name)
+
     def _channel_image(self, channel: np.ndarray, scale: float) -> Image.Image:
         """One latent channel in diverging colours, upscaled (nearest) so each latent pixel shows."""
         im = Image.fromarray(latents.diverging(channel, scale))

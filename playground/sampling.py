@@ -184,9 +184,10 @@ def denoise(
     cond = encode_prompts(c, job.prompts)
     embeds = torch.cat([encode_prompts(c, job.negative_prompts), cond]) if use_cfg else cond
 
-    # 4. Prepare timesteps
+    # 4. Prepare timesteps (plus a CPU copy for the noise-level maths: no device sync per step)
     scheduler.set_timesteps(job.steps, device=device)
     timesteps = scheduler.timesteps
+    timesteps_cpu = timesteps.cpu()
 
     # 5. Prepare latents: (B, 4, H/8, W/8) ~ N(0, 1) from CPU generators, scaled for the scheduler
     f = c.vae_scale_factor
@@ -231,7 +232,7 @@ def denoise(
         x_t = latents
         latents = scheduler.step(out, t, x_t, **step_kwargs, return_dict=False)[0]
 
-        sigma = noise_level(scheduler, t)
+        sigma = noise_level(scheduler, timesteps_cpu[i])
         sigmas_seen.append(sigma)
         if observer is not None:
             x0 = predict_x0(x_t, out, sigma, sigma_space, prediction_type)
@@ -240,4 +241,4 @@ def denoise(
     # 8. Decode: (B, 3, H, W) in [-1, 1]
     images = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=job.generators)[0]
     return Denoised(images=images, latents=latents, unet_calls=total,
-                    timesteps=[float(t) for t in timesteps], sigmas=sigmas_seen)
+                    timesteps=[float(t) for t in timesteps_cpu], sigmas=sigmas_seen)

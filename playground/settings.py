@@ -39,6 +39,9 @@ class Settings:
     device: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DEVICE", "auto"))
     # "auto" (float16 on cuda, float32 elsewhere), "float16", "bfloat16", "float32"
     dtype: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DTYPE", "auto"))
+    # torch.compile the UNet and VAE decoder, warming the native size up at start (slow to start, faster after)
+    compile: bool = field(default_factory=lambda: _env_bool("PLAYGROUND_COMPILE", False))
+    compile_backend: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_COMPILE_BACKEND", "inductor"))
     # keep the model's safety checker when it ships one
     safety_checker: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_SAFETY_CHECKER", False))
     # request limits (a public Space wants these small)
@@ -64,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--model", default=s.model, help="auto | bundled | HUB_ID | DIR (env PLAYGROUND_MODEL)")
     p.add_argument("--device", default=s.device, help="auto | cuda | cpu | mps (env PLAYGROUND_DEVICE)")
     p.add_argument("--dtype", default=s.dtype, help="auto | float16 | bfloat16 | float32 (env PLAYGROUND_DTYPE)")
+    p.add_argument("--compile", action="store_true", default=s.compile,
+                   help="torch.compile the UNet and VAE decoder (env PLAYGROUND_COMPILE=1)")
     p.add_argument("--no-safety-checker", action="store_true", default=not s.safety_checker,
                    help="drop the model's safety checker (env PLAYGROUND_NO_SAFETY_CHECKER=1)")
     p.add_argument("--host", default=s.host, help="address to listen on (env GRADIO_SERVER_NAME)")
@@ -73,5 +78,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     a = p.parse_args(argv)
     s.model, s.device, s.dtype = a.model, a.device, a.dtype
     s.safety_checker = not a.no_safety_checker
+    s.compile = a.compile
     s.host, s.port, s.share, s.output_dir = a.host, a.port, a.share, a.output_dir
     return s

@@ -90,8 +90,17 @@ def test_progress_reports_every_step_with_a_preview(engine):
     seen = []
     engine.generate(GenerateRequest(**{**OK, "steps": 4}, scheduler="Euler"), on_progress=seen.append)
     assert [p.step for p in seen] == [1, 2, 3, 4] and all(p.total == 4 for p in seen)
-    assert seen[-1].preview.size == (64, 64)
+    assert seen[0].preview is not None and seen[-1].preview.size == (64, 64)  # first and last always
     assert not np.array_equal(np.asarray(seen[0].preview), np.asarray(seen[-1].preview))  # it moves
+
+
+def test_previews_are_throttled(engine, monkeypatch):
+    from playground import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "PREVIEW_INTERVAL", 3600)
+    seen = []
+    engine.generate(GenerateRequest(**{**OK, "steps": 6}, scheduler="Euler"), on_progress=seen.append)
+    assert [p.preview is not None for p in seen] == [True, False, False, False, False, True]
 
 
 def test_model_evaluations_are_counted(engine):

@@ -16,9 +16,6 @@ from playground.settings import Settings
 from playground.ui.common import stream
 
 
-PREVIEW_INTERVAL = 0.2  # seconds between live previews sent to the browser
-
-
 # -- helpers ----------------------------------------------------------------------------------
 def token_text(count: TokenCount) -> str:
     """'12 / 77 tokens', with a warning and the dropped words past the limit."""
@@ -103,14 +100,12 @@ def build(
         req = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                               cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height,
                               num_images=num_images)
-        last_preview = 0.0
         for item in stream(generate, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
-                # every yield is encoded and sent to the browser; a few per second is all an eye
-                # needs; sending every step made a 50-step request 1.5x slower on 2 CPU cores
-                if time.monotonic() - last_preview >= PREVIEW_INTERVAL or item.step == item.total:
-                    last_preview = time.monotonic()
+                # the Engine makes a preview a few times a second: each yield is encoded and sent to
+                # the browser, and sending one every step made a 50-step request 1.5x slower on 2 cores
+                if item.preview is not None:
                     yield item.preview, gr.skip(), gr.skip(), gr.skip()
             else:
                 files = save_outputs(item, Path(settings.output_dir))
