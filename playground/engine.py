@@ -25,7 +25,7 @@ from PIL import Image
 
 from playground import latents, schedulers, settings as settings_mod
 from playground.grid import parse_scales
-from playground.loading import LoadedModel
+from playground.loading import LoadedModel, compile_model
 from playground.metadata import Params, format_parameters
 from playground.sampling import Components, Job, denoise, tokenize
 
@@ -88,7 +88,6 @@ class GenerateResult:
     request: GenerateRequest  # validated, seed resolved
     unet_calls: int  # model evaluations per image
     seconds: float
-    sigmas: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -150,6 +149,11 @@ class Trajectory:
     @property
     def steps(self) -> int:
         return int(self.tensors["x_t"].shape[0])
+
+    @property
+    def sigmas(self) -> list[float]:
+        """Noise level at each recorded model evaluation."""
+        return [float(x) for x in self.tensors["sigmas"]]
 
     @property
     def nbytes(self) -> int:
@@ -216,8 +220,6 @@ class Engine:
         self.model = model
         self.settings = settings
         if settings.compile and not model.compiled:
-            from playground.loading import compile_model
-
             compile_model(model, settings.compile_backend)
         self.components = Components.from_pipeline(model.pipe)
         self.rgb_map  # fit (or pick) the latent -> RGB map now, not inside a request
@@ -332,7 +334,7 @@ class Engine:
         # 5. Safety checker (when the model has one), then to PIL
         made = self._finish(out.images, [self._params(req, req.scheduler, req.cfg_scale, seed) for seed in seeds])
         seconds = time.perf_counter() - start
-        return GenerateResult(images=made, request=req, unet_calls=out.unet_calls, seconds=seconds, sigmas=out.sigmas)
+        return GenerateResult(images=made, request=req, unet_calls=out.unet_calls, seconds=seconds)
 
     def grid(
         self,

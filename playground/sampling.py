@@ -176,9 +176,8 @@ def denoise(
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
 
     # 2. Guidance: one scale per sample, shape [B]; skip the unconditional pass when all are 1
-    guidance = torch.tensor(job.guidance, dtype=torch.float32, device=device)
-    use_cfg = bool((guidance != 1.0).any())
-    g = guidance.to(dtype)[:, None, None, None]  # (B, 1, 1, 1)
+    use_cfg = any(scale != 1.0 for scale in job.guidance)
+    g = torch.tensor(job.guidance, dtype=torch.float32, device=device).to(dtype)[:, None, None, None]  # (B, 1, 1, 1)
 
     # 3. Encode prompts: (2B, 77, D) as [uncond..., cond...] with CFG, else (B, 77, D)
     cond = encode_prompts(c, job.prompts)

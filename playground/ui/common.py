@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+import uuid
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
@@ -46,3 +49,9 @@ def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]
                 return
     finally:
         cancel.set()
+
+
+def output_stem(out_dir: Path) -> Path:
+    """A fresh, sortable file stem in the output folder (made if missing): 20261126-131427-2cfb48."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

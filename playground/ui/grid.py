@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import time
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
@@ -16,8 +13,9 @@ from playground.engine import GridRequest, GridResult, Progress
 from playground.grid import layout
 from playground.metadata import save_png
 from playground.gpu import gpu
+from playground.latents import snr_db
 from playground.settings import Settings
-from playground.ui.common import stream
+from playground.ui.common import output_stem, stream
 
 TABLE_HEADERS = ["scheduler", "CFG scale", "seed", "steps", "model evaluations", "seconds (share of row)", "size"]
 
@@ -33,7 +31,7 @@ def noise_table(result: GridResult) -> pd.DataFrame:
     for name, sigmas in result.sigmas.items():
         for k, sigma in enumerate(sigmas):
             rows.append({"model evaluation": k + 1, "scheduler": name, "sigma": round(sigma, 4),
-                         "SNR (dB)": round(-20 * math.log10(max(sigma, 1e-4)), 2)})
+                         "SNR (dB)": round(snr_db(sigma), 2)})
     return pd.DataFrame(rows, columns=["model evaluation", "scheduler", "sigma", "SNR (dB)"])
 
 
@@ -56,8 +54,7 @@ def summary(result: GridResult) -> str:
 
 def save_outputs(result: GridResult, out_dir: Path) -> tuple[str, list[tuple[str, str]]]:
     """The labelled grid and every cell as PNGs with their parameters; (grid path, gallery items)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-grid"
+    stem = f"{output_stem(out_dir)}-grid"
     r = result.request
     items = []
     for row in result.cells:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -14,19 +11,18 @@ import pandas as pd
 from playground.engine import GenerateRequest, InvalidRequest, Progress, RoundTrip, StepView, Trajectory
 from playground.metadata import save_png
 from playground.gpu import gpu
+from playground.latents import snr_db
 from playground.settings import Settings
-from playground.ui.common import stream
+from playground.ui.common import output_stem, stream
 
 
 # -- helpers ----------------------------------------------------------------------------------
 def noise_plot(traj: Trajectory, index: int) -> pd.DataFrame:
     """sigma and SNR (dB) at every step (1-based, like the slider), plus a vertical line at the selected step."""
-    sigmas = [float(s) for s in traj.tensors["sigmas"]]
     rows = []
-    for k, sigma in enumerate(sigmas):
+    for k, sigma in enumerate(traj.sigmas):
         rows.append({"step": k + 1, "value": round(sigma, 4), "series": "sigma"})
-        rows.append({"step": k + 1, "value": round(-20 * math.log10(max(sigma, 1e-6)), 3),
-                     "series": "SNR (dB)"})
+        rows.append({"step": k + 1, "value": round(snr_db(sigma), 3), "series": "SNR (dB)"})
     values = [r["value"] for r in rows]
     rows += [{"step": index + 1, "value": min(values), "series": "selected step"},
              {"step": index + 1, "value": max(values), "series": "selected step"}]
@@ -143,8 +139,7 @@ def build(
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 continue
             traj: Trajectory = item
-            out_dir.mkdir(parents=True, exist_ok=True)
-            stem = out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}-seed{traj.request.seed}"
+            stem = f"{output_stem(out_dir)}-seed{traj.request.seed}"
             image = save_png(traj.image, traj.params, f"{stem}.png")
             file = save_trajectory(traj, f"{stem}-trajectory.safetensors")
             r = traj.request

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -13,7 +11,7 @@ from playground.engine import GenerateRequest, GenerateResult, Progress, TokenCo
 from playground.metadata import read_png, save_png
 from playground.gpu import gpu
 from playground.settings import Settings
-from playground.ui.common import stream
+from playground.ui.common import output_stem, stream
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -40,11 +38,10 @@ def summary(result: GenerateResult) -> str:
 
 def save_outputs(result: GenerateResult, out_dir: Path) -> list[tuple[str, str]]:
     """Each image as a PNG carrying its parameters; (path, caption) pairs for the gallery."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    stem = output_stem(out_dir)
     items = []
     for k, g in enumerate(result.images):
-        path = out_dir / f"{stamp}-{k}-seed{g.params.seed}.png"
+        path = f"{stem}-{k}-seed{g.params.seed}.png"
         save_png(g.image, g.params, path)
         items.append((str(path), f"seed {g.params.seed}"))
     return items
