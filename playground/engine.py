@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from playground import latents, schedulers, settings as settings_mod
+from playground import control as control_mod, latents, schedulers, settings as settings_mod
 from playground.grid import parse_scales
-from playground.loading import LoadedModel, compile_model
+from playground.loading import LoadedModel, compile_model, controlnet_source, load_controlnet
 from playground.metadata import Params, format_parameters
-from playground.sampling import Components, Job, denoise, tokenize
+from playground.sampling import Components, Control, Job, denoise, tokenize
 
 PREVIEW_INTERVAL = 0.2  # seconds between live previews (progress itself is reported every step)
 MAX_PROMPT_CHARS = 20_000  # far past CLIP's 77 tokens; stops megabyte prompts before tokenizing
@@ -134,6 +134,42 @@ class TokenCount:
     dropped: str  # the text CLIP will not see ("" when it fits)
 
 
+@dataclass(frozen=True)
+class ControlRequest:
+    image: Image.Image | str | Path | None = None  # the photo, or a ready control map
+    mode: str = "canny"  # a preprocessor: "canny" (edges from the photo) or "image" (it is the map already)
+    controlnet: str = "canny"  # which ControlNet reads the map: "canny" or "openpose"
+    low: int = 100  # Canny thresholds, 0..255
+    high: int = 200
+    resize: str = "crop"  # how the image is fitted to width x height: see control.RESIZE_MODES
+    conditioning_scale: float = 1.0  # 0..2: how hard the map steers
+    guidance_start: float = 0.0  # fraction of the steps before the ControlNet starts
+    guidance_end: float = 1.0  # fraction after which it stops
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    steps: int = 25
+    cfg_scale: float = 7.5
+    scheduler: str = "DPM++ 2M Karras"
+    width: int = 0
+    height: int = 0
+    num_images: int = 1
+
+
+@dataclass
+class ControlResult:
+    control_map: Image.Image  # what the ControlNet saw, at the generation size
+    images: list[Generated]
+    request: GenerateRequest  # the generation settings, validated, seed resolved
+    controlnet: str  # where the ControlNet weights came from
+    unet_calls: int
+    seconds: float
+
+
+class ControlNetUnavailable(InvalidRequest):
+    """The ControlNet's weights could not be loaded (offline, not cached, bad id)."""
+
+
 @dataclass
 class Trajectory:
     """One recorded generation: every model evaluation of the denoising loop (per-session state)."""
@@ -222,6 +258,8 @@ class Engine:
         if settings.compile and not model.compiled:
             compile_model(model, settings.compile_backend)
         self.components = Components.from_pipeline(model.pipe)
+        self._controlnets: dict[str, tuple] = {}  # kind -> (ControlNetModel, source): weights, loaded once each
+        self._controlnet_lock = threading.Lock()
         self.rgb_map  # fit (or pick) the latent -> RGB map now, not inside a request
 
     @functools.cached_property
@@ -498,24 +536,8 @@ class Engine:
     def roundtrip(self, image: Image.Image | str | Path) -> RoundTrip:
         """Encode an image with the VAE, show its latent channels, decode it back, measure the loss."""
         # 1. Read and fit: RGB, at most MAX_SIZE per side, each side a multiple of the VAE's factor
-        if not isinstance(image, Image.Image):
-            name = Path(str(image)).name
-            try:
-                with Image.open(image) as im:
-                    if im.width * im.height > MAX_UPLOAD_PIXELS:  # from the header, before decoding
-                        raise InvalidRequest(f"{name} is {im.width}x{im.height} = {im.width * im.height / 1e6:.0f} "
-                                             f"megapixels; the limit is {MAX_UPLOAD_PIXELS / 1e6:.0f}")
-                    im.draft("RGB", (self.settings.max_size, self.settings.max_size))  # cheap JPEG downscale
-                    image = im.convert("RGB")
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-                if isinstance(exc, InvalidRequest):
-                    raise
-                raise InvalidRequest(f"{name} is not a readable image ({exc})") from None
-        image = image.convert("RGB")
-        f, limit = self.components.vae_scale_factor, self.settings.max_size
-        if max(image.size) > limit:
-            image = image.copy()
-            image.thumbnail((limit, limit), Image.Resampling.LANCZOS)
+        image = self._open_image(image)
+        f = self.components.vae_scale_factor
         w, h = (image.width // f) * f, (image.height // f) * f
         if w < f or h < f:
             raise InvalidRequest(f"image is {image.width}x{image.height}; it must be at least {f}x{f} pixels")
@@ -538,7 +560,114 @@ class Engine:
                          ratio=(3 * w * h) / zc.numel(),
                          psnr=latents.psnr(np.asarray(image), np.asarray(recon)))
 
+    def preprocess(self, req: ControlRequest) -> Image.Image:
+        """The control map for `req`: the image opened, fitted to the generation size, preprocessed."""
+        if req.mode not in control_mod.PREPROCESSORS:
+            raise InvalidRequest(f"unknown control mode {req.mode!r}; choose one of: "
+                                 f"{', '.join(control_mod.PREPROCESSORS)}")
+        if req.controlnet not in settings_mod.CONTROLNETS:
+            raise InvalidRequest(f"unknown ControlNet {req.controlnet!r}; choose one of: "
+                                 f"{', '.join(settings_mod.CONTROLNETS)}")
+        if req.mode == "canny" and req.controlnet != "canny":
+            raise InvalidRequest("Canny edges need the canny ControlNet; pick 'canny', or give a ready map")
+        if req.resize not in control_mod.RESIZE_MODES:
+            raise InvalidRequest(f"unknown resize mode {req.resize!r}; choose one of: "
+                                 f"{', '.join(control_mod.RESIZE_MODES)}")
+        size = self.validate(GenerateRequest(width=req.width, height=req.height))
+        image = control_mod.fit(self._open_image(req.image), size.width, size.height, req.resize)
+        if req.mode == "canny":
+            low = _integer("Canny low threshold", req.low, 0, 255)
+            high = _integer("Canny high threshold", req.high, 0, 255)
+            if low > high:
+                raise InvalidRequest(f"Canny low threshold ({low}) must not be above the high one ({high})")
+            return control_mod.canny(image, low, high)
+        return control_mod.as_is(image)
+
+    def control(
+        self,
+        req: ControlRequest,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> ControlResult:
+        """Text to image steered by a ControlNet, on the shared UNet, VAE and text encoder."""
+        # 1. Check inputs: the generation settings, the ControlNet's, then the map itself
+        gen = self.validate(GenerateRequest(prompt=req.prompt, negative_prompt=req.negative_prompt, seed=req.seed,
+                                            steps=req.steps, cfg_scale=req.cfg_scale, scheduler=req.scheduler,
+                                            width=req.width, height=req.height, num_images=req.num_images))
+        scale = _number("conditioning scale", req.conditioning_scale, 0.0, 2.0)
+        start = _number("guidance start", req.guidance_start, 0.0, 1.0)
+        end = _number("guidance end", req.guidance_end, 0.0, 1.0)
+        if start >= end:
+            raise InvalidRequest(f"guidance start ({start:g}) must be below guidance end ({end:g})")
+        control_map = self.preprocess(replace(req, width=gen.width, height=gen.height))
+        if gen.seed == -1:
+            gen = replace(gen, seed=secrets.randbelow(MAX_SEED + 1))
+        net, source = self._controlnet(req.controlnet)
+
+        # 2. The map as (B, 3, H, W) in [0, 1], one per image
+        n = gen.num_images
+        pixels = torch.from_numpy(np.asarray(control_map, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        image = pixels[None].expand(n, -1, -1, -1).to(device=self.model.device, dtype=self.model.dtype)
+
+        # 3. Denoise with the ControlNet's residuals added to the shared UNet
+        observer = None
+        if on_progress is not None:
+            def observer(step):
+                on_progress(Progress(step.index + 1, step.total, None, f"denoising with the {req.controlnet} ControlNet"))
+        seeds = [gen.seed + i for i in range(n)]
+        job = Job(prompts=[gen.prompt] * n, negative_prompts=[gen.negative_prompt] * n, guidance=[gen.cfg_scale] * n,
+                  generators=[torch.Generator("cpu").manual_seed(s) for s in seeds], steps=gen.steps,
+                  height=gen.height, width=gen.width,
+                  control=Control(model=net, image=image, scale=scale, start=start, end=end))
+        started = time.perf_counter()
+        with memory_guard(f"{n} controlled image(s) of {gen.width}x{gen.height}"):
+            out = denoise(self.components, schedulers.make(gen.scheduler, self.model.pipe.scheduler.config), job,
+                          observer=observer, cancel=cancel, sigma_space=schedulers.spec(gen.scheduler).sigma_space)
+        extra = (("ControlNet", req.controlnet), ("Control mode", req.mode), ("Control weight", f"{scale:g}"),
+                 ("Guidance start", f"{start:g}"), ("Guidance end", f"{end:g}"))
+        made = self._finish(out.images, [replace(self._params(gen, gen.scheduler, gen.cfg_scale, s), extra=extra)
+                                         for s in seeds])
+        return ControlResult(control_map=control_map, images=made, request=gen, controlnet=source,
+                             unet_calls=out.unet_calls, seconds=time.perf_counter() - started)
+
+    def controlnet_source(self, kind: str) -> str:
+        """Where the `kind` ControlNet is (or would be) loaded from."""
+        return controlnet_source(kind, self.settings, self.model)
+
+    def _controlnet(self, kind: str):
+        """The `kind` ControlNet, loaded on first use and kept (weights only: no per-request state)."""
+        with self._controlnet_lock:
+            if kind not in self._controlnets:
+                source = self.controlnet_source(kind)
+                try:
+                    self._controlnets[kind] = (load_controlnet(source, self.model), source)
+                except Exception as exc:  # offline and not cached, a bad id or folder
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                    raise ControlNetUnavailable(
+                        f"the {kind} ControlNet ({source}) could not be loaded: {first}. Without a download, set "
+                        f"PLAYGROUND_CONTROLNET_{kind.upper()} to a local folder") from None
+            return self._controlnets[kind]
+
     # -- shared steps -------------------------------------------------------------------------
+    def _open_image(self, image: Image.Image | str | Path | None) -> Image.Image:
+        """An upload as RGB, refused over MAX_UPLOAD_PIXELS, at most MAX_SIZE on its longer side."""
+        if image is None or image == "":
+            raise InvalidRequest("no image given; upload one first")
+        if not isinstance(image, Image.Image):
+            name = Path(str(image)).name
+            try:
+                with Image.open(image) as im:
+                    if im.width * im.height > MAX_UPLOAD_PIXELS:  # from the header, before decoding
+                        raise InvalidRequest(f"{name} is {im.width}x{im.height} = {im.width * im.height / 1e6:.0f} "
+                                             f"megapixels; the limit is {MAX_UPLOAD_PIXELS / 1e6:.0f}")
+                    im.draft("RGB", (self.settings.max_size, self.settings.max_size))  # cheap JPEG downscale
+                    image = im.convert("RGB")
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+                if isinstance(exc, InvalidRequest):
+                    raise
+                raise InvalidRequest(f"{name} is not a readable image ({exc})") from None
+        return control_mod.downscale(image.convert("RGB"), self.settings.max_size)
+
     def _params(self, req: GenerateRequest | GridRequest, sampler: str, cfg_scale: float, seed: int) -> Params:
         """The settings of one image made for `req`, as its PNG will carry them."""
         return Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=sampler,

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import ControlNetModel, StableDiffusionPipeline
 
-from playground.settings import BUNDLED_MODEL, Settings
+from playground.settings import BUNDLED_MODEL, CONTROLNETS, Settings
 from playground.tiny.untrained import MARKER
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,21 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
     name = marker.get("name") or (Path(source).name if Path(source).is_dir() else str(source))
     return LoadedModel(pipe=pipe, name=name, source=str(source), reason=reason,
                        trained=bool(marker.get("trained", True)), device=device, dtype=dtype)
+
+
+def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:
+    """Where the `kind` ControlNet comes from: the setting, a controlnet-<kind> folder in the model, or the hub."""
+    chosen = {"canny": settings.controlnet_canny, "openpose": settings.controlnet_openpose}[kind]
+    if chosen:
+        return chosen
+    local = Path(model.source) / f"controlnet-{kind}"
+    return str(local) if local.is_dir() else CONTROLNETS[kind]
+
+
+def load_controlnet(source: str, model: LoadedModel) -> ControlNetModel:
+    """A ControlNet in the base model's dtype, on its device (from_pretrained: hub id or folder)."""
+    net = ControlNetModel.from_pretrained(source, dtype=model.dtype)
+    return net.to(model.device).eval()
 
 
 def compile_model(model: LoadedModel, backend: str = "inductor") -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL = ASSETS / "offline-model"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+CONTROLNETS = {"canny": "lllyasviel/control_v11p_sd15_canny", "openpose": "lllyasviel/control_v11p_sd15_openpose"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -35,6 +36,9 @@ class Settings:
     model: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_MODEL", "auto"))
     # the hub id "auto" tries when CUDA is present
     gpu_default_model: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_GPU_MODEL", SD15))
+    # ControlNets, loaded on first use: "" = a controlnet-<kind> folder inside a local model, else the SD 1.5 one
+    controlnet_canny: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_CONTROLNET_CANNY", ""))
+    controlnet_openpose: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_CONTROLNET_OPENPOSE", ""))
     # "auto" (cuda if available, else cpu), "cuda", "cpu", "mps"
     device: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DEVICE", "auto"))
     # "auto" (float16 on cuda, float32 elsewhere), "float16", "bfloat16", "float32"

@@ -145,3 +145,19 @@ def test_inspector_tab(page, shots):
     assert page.get_by_text("48x smaller").is_visible()
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shots / "inspector-roundtrip.png"), full_page=True)
+
+
+def test_controlnet_tab(page, shots):
+    page.get_by_role("tab", name="ControlNet").click()
+    page.locator("img[src*='scene']").filter(visible=True).first.click()  # the example, as a user would
+    page.wait_for_timeout(1500)
+    page.get_by_role("button", name="Preview the control map").click()
+    page.locator("img[src*='image.png']").filter(visible=True).first.wait_for(timeout=30_000)  # the map
+    visible(page.get_by_label("Prompt", exact=True)).fill("a cosy cottage on a hill, sunny day")
+    page.get_by_role("button", name="Generate").filter(visible=True).click()
+    info = page.get_by_text("of the steps")
+    info.wait_for(timeout=60_000)
+    assert "controlnet-canny" in info.inner_text() and "at scale 1 from 0 to 1" in info.inner_text()
+    page.mouse.wheel(0, 2000)
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(shots / "control-tab.png"), full_page=True)

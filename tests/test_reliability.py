@@ -37,6 +37,12 @@ VALID = {
                   cfg_scales="1, 5", width=64, height=64),
     "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
                      width=64, height=64),
+    "/preprocess": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
+                        resize="crop", width=64, height=64),
+    "/control": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
+                     resize="crop", conditioning_scale=1.0, guidance_start=0.0, guidance_end=1.0,
+                     prompt="a red circle", negative_prompt="", seed=1, steps=2, cfg_scale=7.5, scheduler="Euler",
+                     width=64, height=64, num_images=1),
 }
 
 # Bad values per parameter, with words the error must contain; every endpoint with that parameter
@@ -60,6 +66,15 @@ BAD = {
                    (2.5, ["number of images", "2.5"])],
     "schedulers": [([], ["at least one scheduler"]), (["Euler", "Nope"], ["'Nope'"]),
                    (["Euler", "DDIM", "LMS", "Heun"], ["4 schedulers x 2 CFG scales = 8 cells", "limit is 6"])],
+    "image": [(None, ["no image given"])],  # corrupt files: test_bad_uploads and test_control
+    "mode": [("depth", ["control mode", "'depth'"]), (None, ["control mode", "None"])],
+    "controlnet": [("depth", ["ControlNet", "'depth'"]), ("openpose", ["Canny edges need the canny ControlNet"])],
+    "low": [(-1, ["Canny low threshold", "-1"]), (300, ["Canny low threshold", "300"]), ("x", ["low", "'x'"])],
+    "high": [(256, ["Canny high threshold", "256"]), (50, ["must not be above the high one (50)"])],
+    "resize": [("zoom", ["resize mode", "'zoom'"])],
+    "conditioning_scale": [(2.5, ["conditioning scale", "0 to 2", "2.5"]), (NAN, ["conditioning scale", "nan"])],
+    "guidance_start": [(-0.1, ["guidance start", "-0.1"]), (1.0, ["guidance start (1) must be below"])],
+    "guidance_end": [(1.5, ["guidance end", "1.5"]), (NAN, ["guidance end", "nan"])],
     "cfg_scales": [("", ["empty"]), ("1, x", ["'x'"]), ("1, 45", ["CFG scale", "45"]), ("1-5 (+0)", ["above 0"]),
                    ("0-30 [7]", ["2 schedulers x 7 CFG scales = 14 cells"]), (None, ["CFG scales", "empty"]),
                    ({"a": 1}, ["CFG scales", "{'a': 1}"]), ([1, "x"], ["CFG scale", "'x'"])],
@@ -69,13 +84,22 @@ CASES = [(ep, name, value, words) for ep, params in VALID.items() for name in pa
 
 @pytest.fixture(scope="module")
 def app(tiny_model, tiny_dir, tmp_path_factory):
+    from diffusers import ControlNetModel
+
+    canny = tmp_path_factory.mktemp("controlnet") / "canny"
+    ControlNetModel.from_unet(tiny_model.pipe.unet, conditioning_embedding_out_channels=(4, 4, 8, 8)).save_pretrained(canny)
     settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path_factory.mktemp("out"), max_grid_cells=6,
-                             gpu_concurrency=4, queue_size=64)
+                             gpu_concurrency=4, queue_size=64, controlnet_canny=str(canny))
     engine = Engine(tiny_model, settings)
     demo = build_app(engine, settings)
     demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
     url = f"http://127.0.0.1:{settings.port}/"
     client = Client(url, verbose=False)
+    with httpx.Client(base_url=url, timeout=60) as http:  # the example scene, uploaded once like a browser does
+        uploaded = http.post("gradio_api/upload", files={"files": SCENE.open("rb")}).json()[0]
+    for params in VALID.values():
+        if params.get("image") == "SCENE":
+            params["image"] = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
     yield engine, client, url
     client.close()
     demo.close()
@@ -157,13 +181,16 @@ def load_jobs() -> list[tuple[str, list]]:
         jobs.append(("/inspect", [f"inspect {k}", "", 300 + k, 3, 3.0 + k, ["Euler a", "DDIM", "UniPC", "LMS"][k], 64,
                                   64]))
     jobs += [("/vae_roundtrip", [handle_file(str(SCENE))])] * 2
+    for k in range(2):
+        jobs.append(("/control", [handle_file(str(SCENE)), "Canny edges from the photo", "canny", 80 + 20 * k, 200,
+                                  "crop", 1.0, 0.0, 1.0, f"control {k}", "", 400 + k, 3, 7.5, "DDIM", 64, 64, 1]))
     return jobs
 
 
 def fingerprint(endpoint: str, out) -> list[np.ndarray]:
     if endpoint == "/generate":
         return [pixels(item["image"]) for item in out[1]]
-    if endpoint == "/grid":
+    if endpoint in ("/grid", "/control"):
         return [pixels(item["image"]) for item in out[1]]
     if endpoint == "/inspect":
         from safetensors.torch import load_file
@@ -187,7 +214,7 @@ def test_concurrent_load_mixed_across_tabs(app):
         assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want)), (ep, args)
     for c in clients:
         c.close()
-    print(f"\n{len(jobs)} concurrent jobs across 4 endpoints: all completed in {elapsed:.1f} s, 0 errors, "
+    print(f"\n{len(jobs)} concurrent jobs across 5 endpoints: all completed in {elapsed:.1f} s, 0 errors, "
           f"each identical to the same request run alone")
 
 

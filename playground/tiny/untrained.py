@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from playground.tiny.vocab import build_tokenizer
@@ -111,10 +111,16 @@ def write(out_dir: str | Path, preset: Preset = BUNDLED, seed: int = 0, dtype: t
     out = Path(out_dir)
     pipe = build(preset, seed).to(dtype=dtype)
     pipe.save_pretrained(out, safe_serialization=True)
+    # Fresh ControlNets, as training starts them: the encoder copied from the UNet, zero convolutions
+    # zero, so they change nothing yet (Zhang et al. 2023). Found by the app as controlnet-<kind>.
+    for kind in ("canny", "openpose"):
+        net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32, 64, 128))
+        net.to(dtype=dtype).save_pretrained(out / f"controlnet-{kind}", safe_serialization=True)
     marker = {
         "name": "playground-offline-untrained",
         "trained": False,
-        "description": "random weights (untrained): it shows how the pipeline works, not what a trained model draws",
+        "description": "random weights (untrained): it shows how the pipeline works, not what a trained model draws; "
+                       "its ControlNets are freshly initialised (zero convolutions), so they change nothing yet",
         "native_size": preset.image_size,
         "preset": asdict(preset),
         "seed": seed,

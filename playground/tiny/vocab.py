@@ -1,10 +1,11 @@
-"""A small CLIP-style BPE tokenizer trained on the playground's own word list (no download)."""
+"""A small CLIP-style BPE tokenizer built from the playground's own word list (no download)."""
 
 from __future__ import annotations
 
-import json
+import math
+import re
 
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import CLIPTokenizer
 
 # Words the offline model's tokenizer keeps whole: the procedural world's captions plus everyday
@@ -21,34 +22,38 @@ detailed blurry ugly bad quality best high low resolution art style realistic ca
 """.split()
 
 SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
+_PIECES = re.compile(r"[^\W\d_]+|\d|[^\s\w]+")  # CLIP's split for ASCII text: letter runs, digits, symbols
 
-# CLIP's own pre-tokenizer split (same regex transformers' CLIPTokenizer uses).
-_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+def _apply(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Byte-pair encoding (Sennrich et al. 2016): merge the lowest-ranked adjacent pair until none applies."""
+    while len(symbols) > 1:
+        rank, i = min((ranks.get(pair, math.inf), i) for i, pair in enumerate(zip(symbols, symbols[1:])))
+        if rank == math.inf:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2:]
+    return symbols
+
+
+def build_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Merges that make every piece of every word one token; the same list on every build."""
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    pieces = sorted({p for w in words for p in _PIECES.findall(w.lower())})
+    for piece in pieces:
+        symbols = _apply(list(piece[:-1]) + [piece[-1] + "</w>"], ranks)
+        while len(symbols) > 1:  # join the first two pieces left; a new last merge cannot split earlier words
+            ranks[(symbols[0], symbols[1])] = len(merges)
+            merges.append((symbols[0], symbols[1]))
+            symbols = _apply(symbols, ranks)
+    return merges
 
 
 def build_tokenizer(words: list[str] = WORDS, model_max_length: int = 77) -> CLIPTokenizer:
-    """Train a byte-level BPE whose merges make every word in `words` a single token."""
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_SPLIT), behavior="removed", invert=True),
-            pre_tokenizers.ByteLevel(add_prefix_space=False),
-        ]
-    )
-    trainer = trainers.BpeTrainer(
-        vocab_size=100_000,  # never reached: training stops when every word is one token
-        special_tokens=SPECIAL,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    bpe.train_from_iterator([" ".join(words)] * 2, trainer=trainer)
-
-    vocab = dict(bpe.get_vocab())
-    # Every byte must also be able to end a word, or unseen words would map to <unk>.
-    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        if ch + "</w>" not in vocab:
-            vocab[ch + "</w>"] = len(vocab)
-    merges = json.loads(bpe.to_str())["model"]["merges"]
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges]
+    """A CLIPTokenizer (transformers 5, from vocab and merges objects) whose merges keep `words` whole."""
+    merges = build_merges(words)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    # every byte alone and at a word's end, so unseen text never maps to <unk>; then the merged tokens
+    tokens = alphabet + [ch + "</w>" for ch in alphabet] + [a + b for a, b in merges]
+    vocab = {t: i for i, t in enumerate(SPECIAL + list(dict.fromkeys(tokens)))}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)

@@ -8,7 +8,7 @@ import gradio as gr
 
 from playground.engine import Engine
 from playground.settings import Settings
-from playground.ui import grid, inspector, prompt
+from playground.ui import control, grid, inspector, prompt
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
@@ -37,6 +37,16 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
         with gr.Tab("Grid"):
             grid.build(
                 grid=engine.grid,
+                scheduler_names=engine.scheduler_names,
+                native_size=engine.native_size,
+                settings=settings,
+                concurrency_id=GPU,
+            )
+        with gr.Tab("ControlNet"):
+            control.build(
+                control=engine.control,
+                preprocess=engine.preprocess,
+                controlnet_source=engine.controlnet_source,
                 scheduler_names=engine.scheduler_names,
                 native_size=engine.native_size,
                 settings=settings,

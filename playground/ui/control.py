@@ -1,0 +1,135 @@
+"""ControlNet tab: a photo (or a ready map) -> a control map -> images that follow its structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import gradio as gr
+
+from playground.control import RESIZE_MODES
+from playground.engine import ControlRequest, ControlResult, InvalidRequest, Progress
+from playground.gpu import gpu
+from playground.metadata import save_png
+from playground.settings import ASSETS, Settings
+from playground.ui.common import output_stem, stream
+
+MODES = {"Canny edges from the photo": "canny", "My image is already the control map": "image"}
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def upload_path(upload) -> str | None:
+    """A raw upload (preprocess=False) as a path: a corrupt file then reaches the Engine, which names it."""
+    return upload.get("path") if isinstance(upload, dict) else upload
+
+
+def save_outputs(result: ControlResult, out_dir: Path) -> list[tuple[str, str]]:
+    stem = output_stem(out_dir)
+    result.control_map.save(f"{stem}-control-map.png")
+    items = [(f"{stem}-control-map.png", "control map")]
+    for k, g in enumerate(result.images):
+        path = save_png(g.image, g.params, f"{stem}-{k}-seed{g.params.seed}.png")
+        items.append((str(path), f"seed {g.params.seed}"))
+    return items
+
+
+def build(
+    control: Callable[..., ControlResult],
+    preprocess: Callable[[ControlRequest], object],
+    controlnet_source: Callable[[str], str],
+    scheduler_names: list[str],
+    native_size: int,
+    settings: Settings,
+    concurrency_id: str = "gpu",
+) -> None:
+    """Lay out the tab inside the current Blocks and wire its events."""
+    defaults = ControlRequest()
+    sources = ", ".join(f"**{k}**: `{controlnet_source(k)}`" for k in ("canny", "openpose"))
+
+    # -- layout -------------------------------------------------------------------------------
+    gr.Markdown("Upload a picture, turn it into a **control map**, and generate images that follow its structure. "
+                f"ControlNets (loaded on first use, sharing the model's UNet, VAE and text encoder): {sources}.")
+    with gr.Row():
+        with gr.Column(scale=5):
+            image_box = gr.Image(label="Photo or control map", type="filepath", sources=["upload", "clipboard"],
+                                 height=260)
+            mode_box = gr.Radio(list(MODES), value=list(MODES)[0], label="Control map")
+            net_box = gr.Radio(["canny", "openpose"], value=defaults.controlnet, label="ControlNet",
+                               info="Canny edges need 'canny'; a ready pose drawing needs 'openpose'")
+            with gr.Row():
+                low_box = gr.Slider(0, 255, value=defaults.low, step=1, label="Canny low threshold")
+                high_box = gr.Slider(0, 255, value=defaults.high, step=1, label="Canny high threshold")
+            resize_box = gr.Radio(list(RESIZE_MODES), value=defaults.resize, label="Fit to the size by",
+                                  info="; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items()))
+            show_map = gr.Button("Preview the control map")
+            gr.Examples([[str(ASSETS / "examples" / "scene.png")]], inputs=[image_box], label="A drawn scene")
+        with gr.Column(scale=5):
+            prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a cosy cottage on a hill, sunny day")
+            negative_box = gr.Textbox(label="Negative prompt", lines=1)
+            with gr.Row():
+                scale_box = gr.Slider(0, 2, value=defaults.conditioning_scale, step=0.05, label="Conditioning scale")
+                start_box = gr.Slider(0, 1, value=defaults.guidance_start, step=0.05, label="Guidance start")
+                end_box = gr.Slider(0, 1, value=defaults.guidance_end, step=0.05, label="Guidance end")
+            with gr.Row():
+                scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler")
+                steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
+                cfg_box = gr.Slider(0, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale")
+            with gr.Row():
+                width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
+                height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
+            with gr.Row():
+                seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
+                images_box = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", scale=3)
+                stop = gr.Button("Stop", variant="stop", scale=1)
+    with gr.Row():
+        map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
+                            height=300)
+        gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height=300,
+                             object_fit="contain")
+    info = gr.Markdown()
+
+    # -- handlers -----------------------------------------------------------------------------
+    def request(image, mode, controlnet, low, high, resize, conditioning_scale=1.0, guidance_start=0.0,
+                guidance_end=1.0, prompt="", negative_prompt="", seed=-1, steps=25, cfg_scale=7.5,
+                scheduler="DPM++ 2M Karras", width=0, height=0, num_images=1) -> ControlRequest:
+        return ControlRequest(image=upload_path(image), mode=MODES.get(mode, mode), controlnet=controlnet, low=low,
+                              high=high, resize=resize, conditioning_scale=conditioning_scale,
+                              guidance_start=guidance_start, guidance_end=guidance_end, prompt=prompt,
+                              negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
+                              scheduler=scheduler, width=width, height=height, num_images=num_images)
+
+    def on_preprocess(image, mode, controlnet, low, high, resize, width, height):
+        try:
+            return preprocess(request(image, mode, controlnet, low, high, resize, width=width, height=height))
+        except InvalidRequest as exc:
+            raise gr.Error(str(exc)) from None
+
+    def on_control(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start, guidance_end,
+                   prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
+                   progress=gr.Progress()):
+        req = request(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start, guidance_end,
+                      prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images)
+        for item in stream(control, req):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc=item.label, unit="steps")
+            else:
+                files = save_outputs(item, Path(settings.output_dir))
+                r = item.request
+                text = (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}; "
+                        f"ControlNet `{item.controlnet}` at scale {req.conditioning_scale:g} from "
+                        f"{req.guidance_start:g} to {req.guidance_end:g} of the steps; {item.seconds:.2f} s")
+                yield files[0][0], files, text
+
+    # -- events -------------------------------------------------------------------------------
+    map_inputs = [image_box, mode_box, net_box, low_box, high_box, resize_box]
+    # preprocess=False: plain values and the raw upload; the Engine's checks name a bad value or file
+    show_map.click(gpu(on_preprocess), [*map_inputs, width_box, height_box], map_view, api_name="preprocess",
+                   preprocess=False)
+    inputs = [*map_inputs, scale_box, start_box, end_box, prompt_box, negative_box, seed_box, steps_box, cfg_box,
+              scheduler_box, width_box, height_box, images_box]
+    event = run.click(gpu(on_control), inputs, [map_view, gallery, info], api_name="control", preprocess=False,
+                      show_progress_on=map_view, concurrency_id=concurrency_id,
+                      concurrency_limit=settings.gpu_concurrency)
+    stop.click(None, cancels=[event], api_visibility="private")
