@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from playground.engine import Engine
-from playground.settings import Settings
+from playground.settings import ASSETS, Settings
 from playground.ui import control, grid, inspector, prompt
 
 CSS = """
@@ -70,5 +70,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
 def launch_options(settings: Settings) -> dict:
     """Keyword arguments for Blocks.launch (gradio 6 takes theme and css here)."""
     out = Path(settings.output_dir).resolve()
+    examples = ASSETS / "examples"  # served to gr.Examples wherever the app was started from
     return dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS,
-                theme=gr.themes.Soft(), allowed_paths=[str(out)], max_file_size=f"{settings.max_upload_mb}mb")
+                theme=gr.themes.Soft(), allowed_paths=[str(out), str(examples)],
+                max_file_size=f"{settings.max_upload_mb}mb")
