@@ -573,15 +573,16 @@ class Engine:
         if req.resize not in control_mod.RESIZE_MODES:
             raise InvalidRequest(f"unknown resize mode {req.resize!r}; choose one of: "
                                  f"{', '.join(control_mod.RESIZE_MODES)}")
-        size = self.validate(GenerateRequest(width=req.width, height=req.height))
-        image = control_mod.fit(self._open_image(req.image), size.width, size.height, req.resize)
+        params = {}
         if req.mode == "canny":
             low = _integer("Canny low threshold", req.low, 0, 255)
             high = _integer("Canny high threshold", req.high, 0, 255)
             if low > high:
                 raise InvalidRequest(f"Canny low threshold ({low}) must not be above the high one ({high})")
-            return control_mod.canny(image, low, high)
-        return control_mod.as_is(image)
+            params = {"low": low, "high": high}
+        size = self.validate(GenerateRequest(width=req.width, height=req.height))
+        image = control_mod.fit(self._open_image(req.image), size.width, size.height, req.resize)
+        return control_mod.PREPROCESSORS[req.mode](image, **params)
 
     def control(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -86,10 +86,8 @@ Observer = Callable[[Step], None]
 @dataclass
 class Denoised:
     images: torch.Tensor  # (B, 3, H, W) decoded, in [-1, 1]
-    latents: torch.Tensor  # (B, 4, H/8, W/8) final latents
     unet_calls: int  # model evaluations per sample (a CFG call evaluates cond and uncond in one batch)
-    timesteps: list[float] = field(default_factory=list)
-    sigmas: list[float] = field(default_factory=list)  # noise level at each evaluation
+    sigmas: list[float]  # noise level at each evaluation
 
 
 class Cancelled(Exception):
@@ -239,5 +237,4 @@ def denoise(
 
     # 8. Decode: (B, 3, H, W) in [-1, 1]
     images = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=job.generators)[0]
-    return Denoised(images=images, latents=latents, unet_calls=total,
-                    timesteps=[float(t) for t in timesteps_cpu], sigmas=sigmas_seen)
+    return Denoised(images=images, unet_calls=total, sigmas=sigmas_seen)
