@@ -37,6 +37,14 @@ MAX_SEED = 2**32 - 1
 MAX_UPLOAD_PIXELS = 100_000_000  # larger uploads are refused before decoding (PIL's bomb guard is ~179 MP)
 
 
+# prompts for a general text-to-image model (SD 1.5 and friends)
+SD_EXAMPLES = (
+    "a watercolor painting of a lighthouse on a cliff at sunset",
+    "a photo of a red fox in a snowy forest, detailed, high quality",
+    "a cosy cottage on a hill, sunny day, cartoon style",
+)
+
+
 class InvalidRequest(ValueError):
     """A request value out of range; the message names it and the allowed range."""
 
@@ -282,8 +290,14 @@ class Engine:
         trained = "" if m.trained else " — UNTRAINED (random weights: images are noise-like; it shows the mechanics)"
         compiled = (f" Compiled with torch.compile ({m.compiled}): a new size or batch compiles once, "
                     "so its first request takes longer." if m.compiled else "")
+        knows = f" It is {m.description}." if m.description else ""
         return (f"Model: {m.name} on {m.device.type} ({str(m.dtype).removeprefix('torch.')}){trained}. "
-                f"Why: {m.reason}.{compiled}")
+                f"Why: {m.reason}.{knows}{compiled}")
+
+    @property
+    def examples(self) -> list[str]:
+        """Example prompts for the tabs: the model's own (the offline model's marker lists what it knows)."""
+        return list(self.model.examples) or list(SD_EXAMPLES)
 
     def warm_up(self) -> float:
         """One short generation at the native size (with CFG), so compiling happens before users come."""

@@ -34,6 +34,8 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     compiled: str = ""  # the torch.compile backend, when --compile is on
+    description: str = ""  # what the model knows, from the offline model's marker
+    examples: tuple[str, ...] = ()  # prompts it understands, from the marker (the UI's gr.Examples)
 
     @property
     def native_size(self) -> int:
@@ -92,7 +94,9 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
     marker = _marker(source)
     name = marker.get("name") or (Path(source).name if Path(source).is_dir() else str(source))
     return LoadedModel(pipe=pipe, name=name, source=str(source), reason=reason,
-                       trained=bool(marker.get("trained", True)), device=device, dtype=dtype)
+                       trained=bool(marker.get("trained", True)), device=device, dtype=dtype,
+                       description=marker.get("description", "") if marker.get("trained") else "",
+                       examples=tuple(marker.get("examples", ())))
 
 
 def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:

@@ -32,6 +32,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 scheduler_names=engine.scheduler_names,
                 native_size=engine.native_size,
                 settings=settings,
+                examples=engine.examples,
                 concurrency_id=GPU,
             )
         with gr.Tab("Grid"):
@@ -40,6 +41,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 scheduler_names=engine.scheduler_names,
                 native_size=engine.native_size,
                 settings=settings,
+                examples=engine.examples,
                 concurrency_id=GPU,
             )
         with gr.Tab("ControlNet"):
@@ -50,6 +52,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 scheduler_names=engine.scheduler_names,
                 native_size=engine.native_size,
                 settings=settings,
+                examples=engine.examples,
                 concurrency_id=GPU,
             )
         with gr.Tab("Latent inspector"):
@@ -62,6 +65,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 scheduler_names=engine.scheduler_names,
                 native_size=engine.native_size,
                 settings=settings,
+                examples=engine.examples,
                 concurrency_id=GPU,
             )
     return demo

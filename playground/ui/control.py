@@ -18,6 +18,23 @@ MODES = {"Canny edges from the photo": "canny", "My image is already the control
 
 
 # -- helpers ----------------------------------------------------------------------------------
+def control_examples(prompts: list[str]) -> list[list]:
+    """[image, mode, ControlNet, prompt] rows: the shapes and landscape scenes, then every pose preset."""
+    folder = ASSETS / "examples"
+    offline = bool(prompts) and "background" in prompts[0]  # the offline model's captions end so
+    canny_mode, ready = list(MODES)[0], list(MODES)[1]
+    rows = [[str(folder / "shapes.png"), canny_mode, "canny",
+             "a yellow star on the left and a purple ring on the right on a black background" if offline
+             else "two glowing paper lanterns at night"],
+            [str(folder / "scene.png"), canny_mode, "canny",
+             "a red square on a white background" if offline else "a cosy cottage on a hill, sunny day"]]
+    colours = ["red", "blue", "green", "orange", "purple", "cyan"]
+    for colour, pose in zip(colours, sorted(folder.glob("pose-*.png"))):
+        prompt = f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} person on a white background" if offline else f"an astronaut in a {colour} suit, full body"
+        rows.append([str(pose), ready, "openpose", prompt])
+    return rows
+
+
 def upload_path(upload) -> str | None:
     """A raw upload (preprocess=False) as a path: a corrupt file then reaches the Engine, which names it."""
     return upload.get("path") if isinstance(upload, dict) else upload
@@ -40,6 +57,7 @@ def build(
     scheduler_names: list[str],
     native_size: int,
     settings: Settings,
+    examples: list[str] = (),
     concurrency_id: str = "gpu",
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
@@ -62,7 +80,6 @@ def build(
             resize_box = gr.Radio(list(RESIZE_MODES), value=defaults.resize, label="Fit to the size by",
                                   info="; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items()))
             show_map = gr.Button("Preview the control map")
-            gr.Examples([[str(ASSETS / "examples" / "scene.png")]], inputs=[image_box], label="A drawn scene")
         with gr.Column(scale=5):
             prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a cosy cottage on a hill, sunny day")
             negative_box = gr.Textbox(label="Negative prompt", lines=1)
@@ -83,6 +100,9 @@ def build(
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
+    # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
+    gr.Examples(control_examples(examples), inputs=[image_box, mode_box, net_box, prompt_box],
+                label="Examples (no download): click one, then Generate", examples_per_page=8)
     with gr.Row():
         map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
                             height=300)

@@ -52,6 +52,7 @@ def build(
     scheduler_names: list[str],
     native_size: int,
     settings: Settings,
+    examples: list[str] = (),
     concurrency_id: str = "gpu",
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
@@ -67,6 +68,8 @@ def build(
         with gr.Row():
             with gr.Column(scale=5):
                 prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
+                if examples:
+                    gr.Examples([[e] for e in examples], inputs=[prompt_box], label="Prompts this model knows")
                 negative_box = gr.Textbox(label="Negative prompt", lines=1)
                 with gr.Row():
                     scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler")

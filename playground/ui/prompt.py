@@ -53,6 +53,7 @@ def build(
     scheduler_names: list[str],
     native_size: int,
     settings: Settings,
+    examples: list[str] = (),
     concurrency_id: str = "gpu",
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
@@ -63,6 +64,8 @@ def build(
         with gr.Column(scale=5):
             prompt_box = gr.Textbox(label="Prompt", lines=3, placeholder="a red circle on a blue background")
             prompt_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
+            if examples:
+                gr.Examples([[e] for e in examples], inputs=[prompt_box], label="Prompts this model knows")
             negative_box = gr.Textbox(label="Negative prompt", lines=2, placeholder="what you don't want (optional)")
             negative_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
             with gr.Row():

@@ -1,0 +1,378 @@
+"""Train the offline model on the procedural world, one component at a time, top to bottom.
+
+    python -m playground.tiny.train vae       --minutes 10   # 1. the autoencoder (f=8, 4 channels)
+    python -m playground.tiny.train unet      --minutes 50   # 2. the UNet and the text encoder, jointly
+    python -m playground.tiny.train canny     --minutes 12   # 3. a ControlNet on Canny edges
+    python -m playground.tiny.train openpose  --minutes 12   # 4. a ControlNet on OpenPose maps
+    python -m playground.tiny.train export assets/offline-model   # 5. fp16 diffusers folder for the app
+
+Every stage is resumable: it keeps `<run>/<stage>.pt` (weights, optimiser, step, EMA) and carries on
+from it, so a long run can be done in chunks (`--minutes` or `--steps`), on CPU or CUDA. Data is
+drawn afresh from `world.sample(seed)` with seeds that follow the step, so a resumed run sees new
+scenes, and two runs with the same arguments see the same ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from playground.tiny import world
+from playground.tiny.untrained import SD15_SCHEDULER
+from playground.tiny.vocab import build_tokenizer
+
+RUN = Path("runs/offline-model")
+CFG_DROPOUT = 0.1  # the empty caption this often, so one model is both conditional and unconditional
+SEED_STRIDE = {"vae": 0, "unet": 10_000_000, "canny": 20_000_000, "openpose": 30_000_000}
+
+ARCH = dict(
+    vae=dict(block_out_channels=(16, 32, 64, 64), norm_num_groups=4, layers_per_block=1),
+    unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=8, norm_num_groups=8),
+    text=dict(hidden_size=96, layers=3, heads=4),
+)
+
+
+# ---------------------------------------------------------------- models
+
+def new_vae() -> AutoencoderKL:
+    a = ARCH["vae"]
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=a["block_out_channels"],
+                         layers_per_block=a["layers_per_block"], latent_channels=4, norm_num_groups=a["norm_num_groups"],
+                         sample_size=world.SIZE)
+    # start the posterior narrow (std ~0.05): at the default std 1 the sampled latent is all noise and
+    # the decoder learns nothing but the mean colour for hundreds of steps
+    with torch.no_grad():
+        vae.quant_conv.bias[4:] = -6.0
+    return vae
+
+
+def new_text_encoder(tokenizer) -> CLIPTextModel:
+    a = ARCH["text"]
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=a["hidden_size"], intermediate_size=a["hidden_size"] * 4,
+        num_hidden_layers=a["layers"], num_attention_heads=a["heads"], max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def new_unet() -> UNet2DConditionModel:
+    a = ARCH["unet"]
+    return UNet2DConditionModel(
+        sample_size=world.SIZE // 8, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=a["block_out_channels"], layers_per_block=a["layers_per_block"],
+        cross_attention_dim=ARCH["text"]["hidden_size"], attention_head_dim=a["attention_head_dim"],
+        norm_num_groups=a["norm_num_groups"])
+
+
+# ---------------------------------------------------------------- data
+
+def to_tensor(images) -> torch.Tensor:
+    """PIL images -> [B, 3, H, W] in [-1, 1]."""
+    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
+
+
+def batch(stage: str, step: int, size: int, kind: str | None = None):
+    first = SEED_STRIDE[stage] + step * size
+    return [world.sample(first + i, kind) for i in range(size)]
+
+
+def control_map(stage: str, scene: world.Scene):
+    return world.canny_map(scene.image) if stage == "canny" else world.pose_map(scene.keypoints)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+class Checkpoint:
+    """`<run>/<stage>.pt`: the state to resume from, written atomically."""
+
+    def __init__(self, run: Path, stage: str):
+        self.path = Path(run) / f"{stage}.pt"
+
+    def load(self):
+        return torch.load(self.path, map_location="cpu", weights_only=False) if self.path.exists() else None
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(self.path)
+
+
+class Budget:
+    def __init__(self, minutes: float | None, steps: int | None):
+        self.deadline = time.monotonic() + minutes * 60 if minutes else math.inf
+        self.steps = steps
+
+    def more(self, done_here: int) -> bool:
+        return time.monotonic() < self.deadline and (self.steps is None or done_here < self.steps)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def log(stage: str, step: int, loss: float, started: float, seen: int) -> None:
+    rate = seen / max(time.monotonic() - started, 1e-9)
+    print(f"[{stage}] step {step:6d}  loss {loss:.4f}  {rate:6.1f} samples/s", flush=True)
+
+
+# ---------------------------------------------------------------- 1. VAE
+
+def edge_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """L1 between image gradients: keeps the shapes' edges sharp."""
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
+    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
+
+
+def train_vae(args) -> None:
+    """L1 + edge loss + a light KL, on random 64 px crops (the VAE is convolutional; 4x cheaper)."""
+    ckpt = Checkpoint(args.run, "vae")
+    vae = new_vae().to(args.device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr or 1e-3, weight_decay=0.0)
+    state = ckpt.load()
+    step = 0
+    if state:
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        step = state["step"]
+    budget, started, done, crop = Budget(args.minutes, args.steps), time.monotonic(), 0, 64
+    gen = torch.Generator().manual_seed(step)
+    while budget.more(done):
+        x = to_tensor(s.image for s in batch("vae", step, args.batch)).to(args.device)
+        i, j = torch.randint(0, world.SIZE - crop + 1, (2,), generator=gen).tolist()
+        x = x[..., i // 8 * 8: i // 8 * 8 + crop, j // 8 * 8: j // 8 * 8 + crop]
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample()).sample
+        loss = (rec - x).abs().mean() + edge_loss(rec, x) + 1e-4 * posterior.kl().mean() / posterior.mean[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step, done = step + 1, done + 1
+        if step % 25 == 0:
+            log("vae", step, loss.item(), started, done * args.batch)
+        if step % 200 == 0:
+            ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
+    ckpt.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step})
+    print(f"[vae] saved step {step} to {ckpt.path}")
+
+
+def load_vae(run: Path, device: str) -> AutoencoderKL:
+    vae = new_vae()
+    vae.load_state_dict(Checkpoint(run, "vae").load()["model"])
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def latent_scale(vae: AutoencoderKL, device: str, n: int = 256) -> float:
+    """1 / std of the latents over world scenes: SD's `scaling_factor`, measured for this VAE."""
+    with torch.no_grad():
+        x = to_tensor(s.image for s in batch("vae", 10**6, n)).to(device)
+        z = vae.encode(x).latent_dist.mean
+    return float(1 / z.std())
+
+
+# ---------------------------------------------------------------- 2. UNet + text encoder
+
+def encode_captions(tokenizer, text_encoder, captions, device) -> torch.Tensor:
+    ids = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    return text_encoder(ids).last_hidden_state
+
+
+def train_unet(args) -> None:
+    """Epsilon prediction on SD 1.5's noise schedule; the text encoder learns with the UNet."""
+    ckpt = Checkpoint(args.run, "unet")
+    tokenizer = build_tokenizer()
+    vae = load_vae(args.run, args.device)
+    scale = latent_scale(vae, args.device)
+    unet, text = new_unet().to(args.device), new_text_encoder(tokenizer).to(args.device)
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr or 5e-4, weight_decay=0.01)
+    noise_sched = DDPMScheduler.from_config(SD15_SCHEDULER)
+    alphas = noise_sched.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    state = ckpt.load()
+    step = 0
+    if state:
+        unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"]), opt.load_state_dict(state["opt"])
+        step, scale = state["step"], state["scale"]
+    ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text": copy.deepcopy(text).requires_grad_(False)}
+    if state:
+        ema["unet"].load_state_dict(state["ema_unet"]), ema["text"].load_state_dict(state["ema_text"])
+    print(f"[unet] latent scale {scale:.4f}; unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
+          f"text {sum(p.numel() for p in text.parameters()) / 1e6:.2f} M parameters; from step {step}", flush=True)
+
+    def save():
+        ckpt.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
+                   "scale": scale, "ema_unet": ema["unet"].state_dict(), "ema_text": ema["text"].state_dict()})
+
+    budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
+    gen = torch.Generator().manual_seed(SEED_STRIDE["unet"] + step)
+    while budget.more(done):
+        scenes = batch("unet", step, args.batch)
+        with torch.no_grad():
+            latents = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
+        captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
+        noise = torch.randn(latents.shape, generator=gen).to(args.device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(scenes),), generator=gen).to(args.device)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encode_captions(tokenizer, text, captions, args.device)).sample
+        # Min-SNR-5 weighting (Hang et al. 2023): the easy low-noise steps stop dominating; converges faster
+        weight = (snr[t].clamp(max=5.0) / snr[t]).to(args.device)
+        loss = (weight * ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:  # short warm-up, then constant
+            g["lr"] = (args.lr or 5e-4) * min(1.0, (step + 1) / 100)
+        opt.step()
+        decay = min(0.998, (1 + step) / (10 + step))  # EMA with warm-up
+        ema_update(ema["unet"], unet, decay)
+        ema_update(ema["text"], text, decay)
+        step, done = step + 1, done + 1
+        if step % 25 == 0:
+            log("unet", step, loss.item(), started, done * args.batch)
+        if step % 200 == 0:
+            save()
+    save()
+    print(f"[unet] saved step {step} to {ckpt.path}")
+
+
+def load_unet(run: Path, device: str):
+    """The EMA UNet and text encoder, frozen, and the latent scale."""
+    tokenizer = build_tokenizer()
+    state = Checkpoint(run, "unet").load()
+    unet, text = new_unet(), new_text_encoder(tokenizer)
+    unet.load_state_dict(state["ema_unet"]), text.load_state_dict(state["ema_text"])
+    return (unet.to(device).eval().requires_grad_(False), text.to(device).eval().requires_grad_(False),
+            tokenizer, state["scale"])
+
+
+# ---------------------------------------------------------------- 3, 4. ControlNets
+
+def train_controlnet(args) -> None:
+    """A ControlNet (encoder copied from the UNet, zero convolutions) on the frozen model's loss."""
+    stage = args.stage
+    ckpt = Checkpoint(args.run, stage)
+    vae = load_vae(args.run, args.device)
+    unet, text, tokenizer, scale = load_unet(args.run, args.device)
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 128)).to(args.device).train()
+    net.requires_grad_(True)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr or 3e-4, weight_decay=0.0)
+    noise_sched = DDPMScheduler.from_config(SD15_SCHEDULER)
+    state = ckpt.load()
+    step = 0
+    if state:
+        net.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        step = state["step"]
+    kind = "person" if stage == "openpose" else None
+    budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
+    gen = torch.Generator().manual_seed(SEED_STRIDE[stage] + step)
+    while budget.more(done):
+        scenes = batch(stage, step, args.batch, kind)
+        with torch.no_grad():
+            latents = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
+            # half the captions empty: the map alone must carry the layout (ControlNet's prompt dropout)
+            captions = ["" if torch.rand((), generator=gen) < 0.5 else s.caption for s in scenes]
+            hidden = encode_captions(tokenizer, text, captions, args.device)
+        cond = (to_tensor(control_map(stage, s) for s in scenes).to(args.device) + 1) / 2  # [0, 1] like diffusers
+        noise = torch.randn(latents.shape, generator=gen).to(args.device)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(scenes),), generator=gen).to(args.device)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        down, mid = net(noisy, t, hidden, controlnet_cond=cond, return_dict=False)
+        pred = unet(noisy, t, hidden, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step, done = step + 1, done + 1
+        if step % 25 == 0:
+            log(stage, step, loss.item(), started, done * args.batch)
+        if step % 100 == 0:
+            ckpt.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step})
+    ckpt.save({"model": net.state_dict(), "opt": opt.state_dict(), "step": step})
+    print(f"[{stage}] saved step {step} to {ckpt.path}")
+
+
+# ---------------------------------------------------------------- 5. export
+
+def export(args) -> None:
+    """Write the trained model as an fp16 diffusers folder the app loads with `from_pretrained`."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    out = Path(args.out)
+    vae = load_vae(args.run, "cpu")
+    unet, text, tokenizer, scale = load_unet(args.run, "cpu")
+    vae.register_to_config(scaling_factor=scale)
+    scheduler = DDIMScheduler.from_config(SD15_SCHEDULER)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.to(dtype=torch.float16).save_pretrained(out, safe_serialization=True)
+    steps = {}
+    for kind in ("canny", "openpose"):
+        state = Checkpoint(args.run, kind).load()
+        if state is None:
+            continue
+        net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 128))
+        net.load_state_dict(state["model"])
+        net.to(dtype=torch.float16).save_pretrained(out / f"controlnet-{kind}", safe_serialization=True)
+        steps[kind] = state["step"]
+    trained = {name: Checkpoint(args.run, name).load()["step"] for name in ("vae", "unet")} | steps
+    marker = {
+        "name": "playground-offline",
+        "trained": True,
+        "description": "a small latent diffusion model trained by the project on its procedural world of coloured "
+                       "shapes and stick figures (see playground/tiny): it knows 8 colours, 6 shapes, 3 sizes, "
+                       "9 places, 3 backgrounds and 6 poses",
+        "native_size": world.SIZE,
+        "steps": trained,
+        "architecture": ARCH,
+        "examples": [
+            "a large red star in the center on a white background",
+            "a small blue circle at the top left on a black background",
+            "a yellow triangle on the left and a purple ring on the right on a gray background",
+            "a green person with arms raised on a white background",
+        ],
+    }
+    (out / "playground.json").write_text(json.dumps(marker, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB), steps {trained}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["vae", "unet", "canny", "openpose", "export"])
+    parser.add_argument("out", nargs="?", default="assets/offline-model", help="export: the folder to write")
+    parser.add_argument("--run", type=Path, default=RUN, help="checkpoint folder (resumed from)")
+    parser.add_argument("--minutes", type=float, help="stop after this long (a chunk)")
+    parser.add_argument("--steps", type=int, help="stop after this many steps (a chunk)")
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.stage == "export":
+        return export(args)
+    args.batch = args.batch or {"vae": 16, "unet": 32}.get(args.stage, 32)
+    {"vae": train_vae, "unet": train_unet}.get(args.stage, train_controlnet)(args)
+
+
+if __name__ == "__main__":
+    main()

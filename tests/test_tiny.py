@@ -1,0 +1,180 @@
+"""The offline model's world, its analyser, the training script end to end, and the shipped weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from playground import settings as settings_mod
+from playground.engine import ControlRequest, Engine, GenerateRequest
+from playground.loading import load_model
+from playground.tiny import analyse, train, world
+
+
+# ---------------------------------------------------------------- the world
+
+def test_scenes_are_reproducible_from_their_seed():
+    a, b, c = world.sample(42), world.sample(42), world.sample(43)
+    assert a.caption == b.caption and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert a.image.size == (world.SIZE, world.SIZE)
+    assert (a.caption, np.asarray(a.image).tobytes()) != (c.caption, np.asarray(c.image).tobytes())
+
+
+def test_captions_say_what_is_drawn():
+    """For one-shape scenes the analyser (checked on ground truth below) reads the caption's words back."""
+    checked = 0
+    for seed in range(300):
+        scene = world.sample(seed, "shape")
+        words = scene.caption.split()
+        colour = next(w for w in words if w in world.COLOURS)
+        shape = next(w for w in words if w in world.SHAPES)
+        background = words[words.index("background") - 1]
+        found = analyse.analyse(scene.image)
+        assert found.background == background, scene.caption
+        assert found.objects[0].colour == colour, scene.caption
+        checked += found.objects[0].shape == shape
+    assert checked >= 294  # the analyser's shape accuracy is >= 98%
+
+
+def test_people_scenes_carry_their_keypoints_and_pose_word():
+    for seed in range(20):
+        scene = world.sample(seed, "person")
+        assert scene.keypoints.shape == (18, 2)
+        assert any(p in scene.caption for p in world.POSES)
+        figure, _ = analyse.foreground_mask(np.asarray(scene.image))
+        ys, xs = np.nonzero(figure)
+        # the drawn figure spans its keypoints: head to ankles, wrist to wrist
+        assert ys.min() <= scene.keypoints[:, 1].min() + 2 and ys.max() >= scene.keypoints[:, 1].max() - 2
+
+
+def test_training_never_sees_an_evaluation_prompt():
+    prompts = world.evaluation_prompts(240)
+    assert len(prompts) == 240 and len({p["prompt"] for p in prompts}) == 240
+    assert all(world.held_out(p["prompt"]) for p in prompts)
+    captions = {world.sample(seed).caption for seed in range(3000)}
+    assert not captions & {p["prompt"] for p in prompts}
+    assert not any(world.held_out(c) for c in captions)
+
+
+def test_pose_map_is_drawn_like_controlnet_aux():
+    kp = world.pose_keypoints("in a t-pose", 64, 20, 90)
+    pose = np.asarray(world.pose_map(kp))
+    assert pose.shape == (128, 128, 3)
+    # the neck-to-right-shoulder limb is controlnet_aux's first colour, red dimmed to 60%, on black
+    x, y = ((kp[1] + kp[2]) / 2).round().astype(int)
+    r, g, b = pose[y, x].astype(int)
+    assert r > 100 and g < 60 and b < 60
+    assert pose[5, 5].sum() == 0 and pose[y - 20, 5].sum() == 0
+
+
+def test_canny_map_traces_the_shape_outline():
+    scene = world.sample(3, "shape")
+    edges = np.asarray(world.canny_map(scene.image).convert("L")) > 0
+    figure, _ = analyse.foreground_mask(np.asarray(scene.image))
+    outline = figure ^ (np.asarray(Image.fromarray(figure.astype(np.uint8) * 255).filter(
+        __import__("PIL.ImageFilter", fromlist=["MinFilter"]).MinFilter(3))) > 0)
+    near = analyse._near(edges, 2)
+    assert edges.any() and (outline & near).sum() / outline.sum() > 0.9
+
+
+# ---------------------------------------------------------------- the analyser
+
+def test_analyser_is_right_on_ground_truth():
+    accuracy = analyse.accuracy_on_ground_truth(400, seed=5)
+    assert min(accuracy.values()) >= 0.98, accuracy
+
+
+def test_analyser_tells_shapes_apart():
+    for shape in world.SHAPES:
+        image = world.render_shapes([("blue", shape, 64, 64, 60)], "white")
+        assert analyse.analyse(image).objects[0].shape == shape
+
+
+def test_edge_f1_and_skeleton_recall_can_fail():
+    scene = world.sample(11, "shape")
+    edges = np.asarray(world.canny_map(scene.image).convert("L"))
+    blank = Image.new("RGB", (128, 128), (245, 245, 245))
+    assert analyse.edge_f1(edges, scene.image) > 0.95
+    assert analyse.edge_f1(edges, blank) == 0.0
+    other = world.render_shapes([("red", "square", 30, 30, 30)], "white")  # elsewhere: no overlap
+    assert analyse.edge_f1(edges, other) < 0.3
+
+    person = world.sample(12, "person")
+    pose = world.pose_map(person.keypoints)
+    assert analyse.skeleton_recall(pose, person.image) > 0.9
+    assert analyse.skeleton_recall(pose, blank) == 0.0
+
+
+# ---------------------------------------------------------------- training, export, loading
+
+@pytest.fixture(scope="module")
+def small_arch(monkeypatch_module):
+    arch = dict(vae=dict(block_out_channels=(8, 8, 16, 16), norm_num_groups=4, layers_per_block=1),
+                unet=dict(block_out_channels=(16, 32, 32), layers_per_block=1, attention_head_dim=8, norm_num_groups=8),
+                text=dict(hidden_size=32, layers=1, heads=2))
+    monkeypatch_module.setattr(train, "ARCH", arch)
+    return arch
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, small_arch):
+    run = tmp_path_factory.mktemp("run")
+    for stage in ("vae", "unet", "canny", "openpose"):
+        train.main([stage, "--run", str(run), "--steps", "2", "--batch", "2", "--threads", "2"])
+    train.main(["vae", "--run", str(run), "--steps", "1", "--batch", "2"])  # resumes from its checkpoint
+    assert torch.load(run / "vae.pt", weights_only=False)["step"] == 3
+    state = torch.load(run / "unet.pt", weights_only=False)
+    assert state["step"] == 2 and state["scale"] > 0
+
+    out = run / "model"
+    train.main(["export", str(out), "--run", str(run)])
+    assert (out / "controlnet-canny").is_dir() and (out / "controlnet-openpose").is_dir()
+    assert all(f.suffix != ".bin" for f in out.rglob("*"))  # safetensors only
+    settings = settings_mod.Settings(model=str(out), device="cpu", safety_checker=False)
+    model = load_model(settings)
+    assert model.trained and model.name == "playground-offline" and model.native_size == 128
+    assert model.pipe.vae.config.scaling_factor == pytest.approx(state["scale"], rel=1e-3)
+    engine = Engine(model, settings)
+    image = engine.generate(GenerateRequest(prompt="a red circle", seed=1, steps=2, scheduler="DDIM")).images[0]
+    assert image.image.size == (128, 128)
+    controlled = engine.control(ControlRequest(image=world.canny_map(world.sample(1).image), mode="image",
+                                               prompt="a red circle", seed=1, steps=2)).images[0]
+    assert controlled.image.size == (128, 128)
+
+
+# ---------------------------------------------------------------- the shipped model
+
+@pytest.fixture(scope="module")
+def shipped() -> Engine:
+    settings = dataclasses.replace(settings_mod.Settings(model="bundled", device="cpu"), safety_checker=False)
+    return Engine(load_model(settings), settings)
+
+
+def test_shipped_model_is_the_trained_one_within_size(shipped):
+    assert shipped.model.trained and shipped.model.name == "playground-offline"
+    assert shipped.native_size == 128
+    size = sum(f.stat().st_size for f in settings_mod.BUNDLED_MODEL.rglob("*") if f.is_file())
+    assert size <= 60e6
+    tensors = [f for f in settings_mod.BUNDLED_MODEL.rglob("*.safetensors")]
+    assert len(tensors) == 5  # VAE, text encoder, UNet, two ControlNets
+
+
+@pytest.mark.parametrize("colour,shape,background", [
+    ("red", "circle", "white"), ("blue", "square", "black"), ("yellow", "star", "gray"), ("green", "triangle", "white"),
+])
+def test_shipped_model_draws_the_colour_asked_for(shipped, colour, shape, background):
+    prompt = f"a large {colour} {shape} in the center on a {background} background"
+    image = shipped.generate(GenerateRequest(prompt=prompt, seed=0, steps=25, scheduler="DDIM")).images[0].image
+    found = analyse.analyse(image)
+    assert found.objects and found.objects[0].colour == colour, (prompt, found.objects[:1])
+    assert found.background == background
