@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from playground.loading import LoadedModel, load_model
 from playground.settings import Settings
 from playground.tiny import untrained
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("PLAYGROUND_TEST_THREADS", "2")))
 
 
 def tiny_settings(model_dir, **overrides) -> Settings:

@@ -73,10 +73,13 @@ def visible(locator):
 
 
 def test_prompt_tab(page, shots):
-    assert "UNTRAINED" in page.locator("#banner").inner_text()
-    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle on a blue background, simple shapes")
+    banner = page.locator("#banner").inner_text()
+    assert "trained by the project" in banner and "UNTRAINED" not in banner
+    # an example prompt the offline model knows, picked as a user would
+    visible(page.get_by_text("a large red star in the center on a white background")).click()
+    assert visible(page.get_by_label("Prompt", exact=True)).input_value().startswith("a large red star")
+    page.get_by_text("13 / 77 tokens").wait_for()
     page.get_by_label("Negative prompt").first.fill("blurry")
-    page.get_by_text("12 / 77 tokens").wait_for()
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("model evaluations per image").wait_for(timeout=60_000)
     assert page.locator("button.thumbnail-item img, .gallery img, [data-testid='detailed-image'] img").count() >= 1 \
@@ -104,7 +107,7 @@ def test_prompt_tab(page, shots):
 
 def test_grid_tab(page, shots):
     page.get_by_role("tab", name="Grid").click()
-    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle on a blue background")
+    visible(page.get_by_label("Prompt", exact=True)).fill("a small blue circle at the top left on a black background")
     for name in ("DDIM", "Heun"):
         page.get_by_label(name, exact=True).check()
     scales = page.get_by_label("CFG scales (columns)")
@@ -124,7 +127,7 @@ def test_grid_tab(page, shots):
 
 def test_inspector_tab(page, shots):
     page.get_by_role("tab", name="Latent inspector").click()
-    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle on a blue background")
+    visible(page.get_by_label("Prompt", exact=True)).fill("a large red star in the center on a white background")
     page.get_by_role("button", name="Generate and record").click()
     page.get_by_text("Recorded 25 model evaluations").wait_for(timeout=60_000)
     step = page.get_by_label("number input for Step (drag to scrub the trajectory)")
@@ -149,15 +152,22 @@ def test_inspector_tab(page, shots):
 
 def test_controlnet_tab(page, shots):
     page.get_by_role("tab", name="ControlNet").click()
-    page.locator("img[src*='scene']").filter(visible=True).first.click()  # the example, as a user would
+    # Canny: the shapes example, its edges previewed, then generated
+    page.locator("img[src*='shapes']").filter(visible=True).first.click()  # the example, as a user would
     page.wait_for_timeout(1500)
+    assert "yellow star" in visible(page.get_by_label("Prompt", exact=True)).input_value()
     page.get_by_role("button", name="Preview the control map").click()
     page.locator("img[src*='image.png']").filter(visible=True).first.wait_for(timeout=30_000)  # the map
-    visible(page.get_by_label("Prompt", exact=True)).fill("a cosy cottage on a hill, sunny day")
     page.get_by_role("button", name="Generate").filter(visible=True).click()
     info = page.get_by_text("of the steps")
     info.wait_for(timeout=60_000)
     assert "controlnet-canny" in info.inner_text() and "at scale 1 from 0 to 1" in info.inner_text()
+    # OpenPose: a pose preset sets the map, the mode, the ControlNet and a prompt
+    page.locator("img[src*='pose-waving']").filter(visible=True).first.click()
+    page.wait_for_timeout(1500)
+    assert "person" in visible(page.get_by_label("Prompt", exact=True)).input_value()
+    page.get_by_role("button", name="Generate").filter(visible=True).click()
+    page.get_by_text("controlnet-openpose").wait_for(timeout=60_000)
     page.mouse.wheel(0, 2000)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shots / "control-tab.png"), full_page=True)

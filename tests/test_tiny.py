@@ -130,7 +130,7 @@ def monkeypatch_module():
 def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, small_arch):
     run = tmp_path_factory.mktemp("run")
     for stage in ("vae", "unet", "canny", "openpose"):
-        train.main([stage, "--run", str(run), "--steps", "2", "--batch", "2", "--threads", "2"])
+        train.main([stage, "--run", str(run), "--steps", "2", "--batch", "2"])
     train.main(["vae", "--run", str(run), "--steps", "1", "--batch", "2"])  # resumes from its checkpoint
     assert torch.load(run / "vae.pt", weights_only=False)["step"] == 3
     state = torch.load(run / "unet.pt", weights_only=False)
@@ -150,6 +150,14 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     controlled = engine.control(ControlRequest(image=world.canny_map(world.sample(1).image), mode="image",
                                                prompt="a red circle", seed=1, steps=2)).images[0]
     assert controlled.image.size == (128, 128)
+
+    # the evaluation runs the same way on any exported model, and reports every target
+    from playground.tiny import evaluate
+    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1)
+    assert 0 <= result["cfg7.5"]["colour"] <= 1 and 0 <= result["canny_f1"] <= 1 and 0 <= result["pose_recall"] <= 1
+    assert result["analyser"]["shape"] >= 0.98
+    text = evaluate.report(result)
+    assert text.count("target >=") == 6 and "CFG gap" in text
 
 
 # ---------------------------------------------------------------- the shipped model

@@ -89,8 +89,8 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40) -> dict:
         "cfg7.5": at_7,
         "cfg1.0": at_1,
         "cfg_gap": at_7["colour"] - at_1["colour"],
-        "canny_f1": score_canny(engine, n_control),
-        "pose_recall": score_openpose(engine, n_control),
+        "canny_f1": score_canny(engine, n_control) if n_control else None,
+        "pose_recall": score_openpose(engine, n_control) if n_control else None,
         "control_images": n_control,
     }
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -98,9 +98,10 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40) -> dict:
 
 
 def report(r: dict) -> str:
-    def line(name, value, target, higher=True):
-        ok = value >= target if higher else value <= target
-        return f"{name:<42} {value:7.1%}   target >= {target:.0%}   {'met' if ok else 'NOT MET'}"
+    def line(name, value, target):
+        if value is None:
+            return f"{name:<42}     n/a   target >= {target:.0%}   not measured"
+        return f"{name:<42} {value:7.1%}   target >= {target:.0%}   {'met' if value >= target else 'NOT MET'}"
 
     analyser = min(r["analyser"].values())
     return "\n".join([
