@@ -145,8 +145,8 @@ def test_unavailable_controlnet_is_named(tiny_model, tiny_dir, tmp_path):
     assert controlnet_source("openpose", tiny_settings(tiny_dir), hub_model) == "lllyasviel/control_v11p_sd15_openpose"
 
 
-def test_bundled_model_ships_fresh_controlnets():
-    """The offline model's ControlNets load from its folder and, untrained, leave images unchanged."""
+def test_bundled_model_ships_trained_controlnets():
+    """The offline model's ControlNets load from its folder, and, trained, change the image."""
     from playground.loading import load_model
     from playground.settings import BUNDLED_MODEL
 
@@ -156,7 +156,7 @@ def test_bundled_model_ships_fresh_controlnets():
     req = dict(prompt="a house", seed=2, steps=3)
     plain = engine.generate(GenerateRequest(**req)).images[0].array
     steered = engine.control(ControlRequest(image=SCENE, **req))
-    assert steered.control_map.size == (128, 128) and np.abs(plain - steered.images[0].array).max() <= 1e-4
+    assert steered.control_map.size == (128, 128) and np.abs(plain - steered.images[0].array).mean() > 0.02
 
 
 def test_preprocess_and_control_through_gradio_client(tiny_model, tiny_dir, nets, tmp_path):

@@ -130,14 +130,14 @@ def monkeypatch_module():
 def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, small_arch):
     run = tmp_path_factory.mktemp("run")
     for stage in ("vae", "unet", "canny", "openpose"):
-        train.main([stage, "--run", str(run), "--steps", "2", "--batch", "2"])
-    train.main(["vae", "--run", str(run), "--steps", "1", "--batch", "2"])  # resumes from its checkpoint
+        train.main([stage, "--ckpt-dir", str(run), "--steps", "2", "--batch", "2"])
+    train.main(["vae", "--ckpt-dir", str(run), "--steps", "1", "--batch", "2"])  # resumes from its checkpoint
     assert torch.load(run / "vae.pt", weights_only=False)["step"] == 3
     state = torch.load(run / "unet.pt", weights_only=False)
     assert state["step"] == 2 and state["scale"] > 0
 
     out = run / "model"
-    train.main(["export", str(out), "--run", str(run)])
+    train.main(["export", str(out), "--ckpt-dir", str(run)])
     assert (out / "controlnet-canny").is_dir() and (out / "controlnet-openpose").is_dir()
     assert all(f.suffix != ".bin" for f in out.rglob("*"))  # safetensors only
     settings = settings_mod.Settings(model=str(out), device="cpu", safety_checker=False)
@@ -150,6 +150,12 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     controlled = engine.control(ControlRequest(image=world.canny_map(world.sample(1).image), mode="image",
                                                prompt="a red circle", seed=1, steps=2)).images[0]
     assert controlled.image.size == (128, 128)
+
+    # an exported model is the starting point of a later run
+    again = run / "again"
+    train.main(["import", str(out), "--ckpt-dir", str(again)])
+    train.main(["unet", "--ckpt-dir", str(again), "--steps", "1", "--batch", "2"])
+    assert torch.load(again / "unet.pt", weights_only=False)["step"] == 3
 
     # the evaluation runs the same way on any exported model, and reports every target
     from playground.tiny import evaluate

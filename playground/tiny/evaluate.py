@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import textwrap
 import time
 from pathlib import Path
 from statistics import mean
@@ -80,15 +81,16 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40) -> dict:
     started = time.monotonic()
     engine = engine_for(model)
     prompts = world.evaluation_prompts(n_prompts)
-    at_7 = score_prompts(engine, prompts, 7.5)
-    at_1 = score_prompts(engine, prompts, 1.0)
+    none = {"colour": None, "shape": None, "both": None}
+    at_7 = score_prompts(engine, prompts, 7.5) if n_prompts else none
+    at_1 = score_prompts(engine, prompts, 1.0) if n_prompts else none
     result = {
         "model": model,
         "prompts": n_prompts,
         "analyser": analyse.accuracy_on_ground_truth(),
         "cfg7.5": at_7,
         "cfg1.0": at_1,
-        "cfg_gap": at_7["colour"] - at_1["colour"],
+        "cfg_gap": at_7["colour"] - at_1["colour"] if n_prompts else None,
         "canny_f1": score_canny(engine, n_control) if n_control else None,
         "pose_recall": score_openpose(engine, n_control) if n_control else None,
         "control_images": n_control,
@@ -109,20 +111,56 @@ def report(r: dict) -> str:
         line("analyser on ground truth (worst of colour/shape)", analyser, TARGETS["analyser"]),
         line("colour right, CFG 7.5", r["cfg7.5"]["colour"], TARGETS["colour"]),
         line("shape right, CFG 7.5", r["cfg7.5"]["shape"], TARGETS["shape"]),
-        f"{'colour right, CFG 1.0':<42} {r['cfg1.0']['colour']:7.1%}   (shape {r['cfg1.0']['shape']:.1%})",
+        f"{'colour right, CFG 1.0':<42} {r['cfg1.0']['colour'] or 0:7.1%}   (shape {r['cfg1.0']['shape'] or 0:.1%})",
         line("CFG gap (colour 7.5 - colour 1.0)", r["cfg_gap"], TARGETS["cfg_gap"]),
         line(f"Canny ControlNet edge F1 ({r['control_images']} maps)", r["canny_f1"], TARGETS["canny_f1"]),
         line(f"OpenPose ControlNet skeleton recall ({r['control_images']} maps)", r["pose_recall"], TARGETS["pose_recall"]),
     ])
 
 
+def sheet(model: str, path: Path, per_row: int = 6) -> None:
+    """A labelled contact sheet of what the model draws: held-out prompts at CFG 7.5 and 1.0, then
+    both ControlNets (map, result). For the README: `--sheet docs/offline-samples.png`."""
+    from PIL import Image, ImageDraw
+
+    engine = engine_for(model)
+    cells: list[tuple[Image.Image, str]] = []
+    for i, p in enumerate(world.evaluation_prompts(per_row)):
+        img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25, scheduler="DDIM")).images[0].image
+        cells.append((img, p["prompt"]))
+    for i, p in enumerate(world.evaluation_prompts(per_row)):
+        img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25, cfg_scale=1.0,
+                                              scheduler="DDIM")).images[0].image
+        cells.append((img, "same prompt, CFG 1.0"))
+    for kind, scenes in (("canny", control_scenes("canny", per_row // 2, 900_000_000)),
+                         ("openpose", control_scenes("openpose", per_row // 2, 910_000_000))):
+        for i, scene in enumerate(scenes):
+            cmap = world.canny_map(scene.image) if kind == "canny" else world.pose_map(scene.keypoints)
+            prompt = scene.caption if kind == "canny" else f"{world.a(list(world.COLOURS)[i * 3 % 8])} person on a white background"
+            out = engine.control(ControlRequest(image=cmap, mode="image", controlnet=kind, prompt=prompt, seed=i,
+                                                steps=25, scheduler="DDIM")).images[0].image
+            cells += [(cmap, f"{kind} map"), (out, prompt)]
+    w, h = 128 + 8, 128 + 50
+    rows = (len(cells) + per_row - 1) // per_row
+    canvas = Image.new("RGB", (per_row * w + 8, rows * h + 8), "white")
+    draw = ImageDraw.Draw(canvas)
+    for k, (img, text) in enumerate(cells):
+        x, y = 8 + (k % per_row) * w, 8 + (k // per_row) * h
+        canvas.paste(img.convert("RGB").resize((128, 128)), (x, y))
+        draw.multiline_text((x, y + 130), textwrap.fill(text, 21), fill=(30, 30, 30), spacing=1)
+    canvas.save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=str(settings_mod.BUNDLED_MODEL))
-    parser.add_argument("--prompts", type=int, default=240)
-    parser.add_argument("--control", type=int, default=40, help="control maps per ControlNet")
+    parser.add_argument("--prompts", type=int, default=240, help="held-out prompts (0: skip)")
+    parser.add_argument("--control", type=int, default=40, help="control maps per ControlNet (0: skip)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--sheet", type=Path, help="only draw a labelled sample sheet (PNG) to this path")
     args = parser.parse_args()
+    if args.sheet:
+        return sheet(args.model, args.sheet)
     result = evaluate(args.model, args.prompts, args.control)
     print(report(result))
     if args.json:

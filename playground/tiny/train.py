@@ -3,9 +3,11 @@
     python -m playground.tiny.train vae       --minutes 10   # 1. the autoencoder (f=8, 4 channels)
     python -m playground.tiny.train vae --decoder-only ...  #    later: sharpen the decoder, latents unchanged
     python -m playground.tiny.train unet      --minutes 50   # 2. the UNet and the text encoder, jointly
+    torchrun --nproc_per_node 2 -m playground.tiny.train unet --threads 1 ...   # the same, data-parallel
     python -m playground.tiny.train canny     --minutes 12   # 3. a ControlNet on Canny edges
     python -m playground.tiny.train openpose  --minutes 12   # 4. a ControlNet on OpenPose maps
     python -m playground.tiny.train export assets/offline-model   # 5. fp16 diffusers folder for the app
+    python -m playground.tiny.train import assets/offline-model   # later: go on training the shipped model
 
 Every stage is resumable: it keeps `<run>/<stage>.pt` (weights, optimiser, step, EMA) and carries on
 from it, so a long run can be done in chunks (`--minutes` or `--steps`), on CPU or CUDA. Data is
@@ -121,6 +123,47 @@ class Budget:
         return time.monotonic() < self.deadline and (self.steps is None or done_here < self.steps)
 
 
+class Ranks:
+    """Data parallelism over processes (`torchrun --nproc_per_node N`): the same model in each, every
+    process on its own scenes, gradients averaged. On CPU, N single-thread processes beat one N-thread
+    process (2 cores: 36 vs 27 samples/s for the UNet). Without torchrun: one process, no-ops."""
+
+    def __init__(self):
+        import os
+
+        self.size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo")
+            self.dist = dist
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def average_gradients(self, params) -> None:
+        if self.size == 1:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        self.dist.all_reduce(flat)
+        flat /= self.size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def agree(self, more: bool) -> bool:
+        """Go on only while the first process's budget says so (every process stops at the same step)."""
+        if self.size == 1:
+            return more
+        flag = torch.tensor([1.0 if more else 0.0])
+        self.dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+
 def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -172,7 +215,7 @@ def train_vae(args) -> None:
         vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
         if state:
             vae.load_state_dict(state["model"])
-            state.pop("opt")  # a new optimiser over the decoder's parameters
+            state.pop("opt", None)  # a new optimiser over the decoder's parameters
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr or 1e-3, weight_decay=0.0)
     step = 0
     if state:
@@ -239,7 +282,9 @@ def train_unet(args) -> None:
     state = ckpt.load()
     step = 0
     if state:
-        unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"]), opt.load_state_dict(state["opt"])
+        unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
         step, scale = state["step"], state["scale"]
     ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text": copy.deepcopy(text).requires_grad_(False)}
     if state:
@@ -251,10 +296,11 @@ def train_unet(args) -> None:
         ckpt.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
                    "scale": scale, "ema_unet": ema["unet"].state_dict(), "ema_text": ema["text"].state_dict()})
 
+    ranks = Ranks()
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
-    gen = torch.Generator().manual_seed(SEED_STRIDE["unet"] + step)
-    while budget.more(done):
-        scenes = batch("unet", step, args.batch)
+    gen = torch.Generator().manual_seed(SEED_STRIDE["unet"] + step * ranks.size + ranks.rank)
+    while ranks.agree(budget.more(done)):
+        scenes = batch("unet", step * ranks.size + ranks.rank, args.batch)
         with torch.no_grad():
             latents = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
         captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
@@ -267,6 +313,7 @@ def train_unet(args) -> None:
         loss = (weight * ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        ranks.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for g in opt.param_groups:  # short warm-up, then constant
             g["lr"] = (args.lr or 5e-4) * min(1.0, (step + 1) / 100)
@@ -275,12 +322,13 @@ def train_unet(args) -> None:
         ema_update(ema["unet"], unet, decay)
         ema_update(ema["text"], text, decay)
         step, done = step + 1, done + 1
-        if step % 25 == 0:
-            log("unet", step, loss.item(), started, done * args.batch)
-        if step % 200 == 0:
+        if step % 25 == 0 and ranks.main:
+            log("unet", step, loss.item(), started, done * args.batch * ranks.size)
+        if step % 200 == 0 and ranks.main:
             save()
-    save()
-    print(f"[unet] saved step {step} to {ckpt.path}")
+    if ranks.main:
+        save()
+        print(f"[unet] saved step {step} to {ckpt.path}")
 
 
 def load_unet(run: Path, device: str):
@@ -303,12 +351,14 @@ def train_controlnet(args) -> None:
     unet, text, tokenizer, scale = load_unet(args.run, args.device)
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 128)).to(args.device).train()
     net.requires_grad_(True)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr or 3e-4, weight_decay=0.0)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr or 4e-4, weight_decay=0.0)
     noise_sched = DDPMScheduler.from_config(SD15_SCHEDULER)
     state = ckpt.load()
     step = 0
     if state:
-        net.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        net.load_state_dict(state["model"])
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
         step = state["step"]
     kind = "person" if stage == "openpose" else None
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
@@ -329,6 +379,7 @@ def train_controlnet(args) -> None:
         loss = F.mse_loss(pred.float(), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         step, done = step + 1, done + 1
         if step % 25 == 0:
@@ -384,11 +435,31 @@ def export(args) -> None:
     print(f"wrote {out} ({size / 1e6:.1f} MB), steps {trained}")
 
 
+def import_model(args) -> None:
+    """Turn an exported model folder back into checkpoints (no optimiser state), to train it further:
+    the shipped weights are the starting point of a later run (`import assets/offline-model`)."""
+    from diffusers import StableDiffusionPipeline
+
+    src = Path(args.out)
+    pipe = StableDiffusionPipeline.from_pretrained(src, dtype=torch.float32)
+    steps = json.loads((src / "playground.json").read_text()).get("steps", {})
+    vae, unet, text = pipe.vae.state_dict(), pipe.unet.state_dict(), pipe.text_encoder.state_dict()
+    Checkpoint(args.run, "vae").save({"model": vae, "step": steps.get("vae", 0)})
+    Checkpoint(args.run, "unet").save({"unet": unet, "text": text, "ema_unet": unet, "ema_text": text,
+                                       "step": steps.get("unet", 0), "scale": pipe.vae.config.scaling_factor})
+    for kind in ("canny", "openpose"):
+        if (src / f"controlnet-{kind}").is_dir():
+            net = ControlNetModel.from_pretrained(src / f"controlnet-{kind}", dtype=torch.float32)
+            Checkpoint(args.run, kind).save({"model": net.state_dict(), "step": steps.get(kind, 0)})
+    print(f"imported {src} into {args.run}: steps {steps}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["vae", "unet", "canny", "openpose", "export"])
-    parser.add_argument("out", nargs="?", default="assets/offline-model", help="export: the folder to write")
-    parser.add_argument("--run", type=Path, default=RUN, help="checkpoint folder (resumed from)")
+    parser.add_argument("stage", choices=["vae", "unet", "canny", "openpose", "export", "import"])
+    parser.add_argument("out", nargs="?", default="assets/offline-model",
+                        help="export: the folder to write; import: the folder to read")
+    parser.add_argument("--ckpt-dir", dest="run", type=Path, default=RUN, help="checkpoint folder (resumed from)")
     parser.add_argument("--minutes", type=float, help="stop after this long (a chunk)")
     parser.add_argument("--steps", type=int, help="stop after this many steps (a chunk)")
     parser.add_argument("--batch", type=int, default=None)
@@ -400,8 +471,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.stage == "export":
-        return export(args)
+    if args.stage in ("export", "import"):
+        return (export if args.stage == "export" else import_model)(args)
     args.batch = args.batch or {"vae": 16, "unet": 32}.get(args.stage, 32)
     {"vae": train_vae, "unet": train_unet}.get(args.stage, train_controlnet)(args)
 

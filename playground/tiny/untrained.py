@@ -1,10 +1,10 @@
 """Write a random-weight, Stable-Diffusion-shaped pipeline in the diffusers layout.
 
-Until the trained offline model lands, this is what `assets/offline-model` holds: the app loads it
-with the same `from_pretrained` code as SD 1.5, and its banner says it is untrained. Tests use the
-`TEST` preset of the same builder.
+The tests build their tiny models with this (the `TEST` preset: 64 px, 8x8 latents), save them with
+`save_pretrained` and load them back through the app's loader. The shipped offline model is trained
+instead (`playground/tiny/train.py`); `BUNDLED` is the untrained stand-in of its first version.
 
-    python -m playground.tiny.untrained assets/offline-model
+    python -m playground.tiny.untrained /tmp/random-model
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def write(out_dir: str | Path, preset: Preset = BUNDLED, seed: int = 0, dtype: t
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", nargs="?", default="assets/offline-model")
+    parser.add_argument("out_dir", help="where to write (the shipped assets/offline-model is the trained model)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = write(args.out_dir, BUNDLED, args.seed)
