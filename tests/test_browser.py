@@ -7,6 +7,7 @@ The README's screenshots come from these runs:  PLAYGROUND_SCREENSHOTS=docs pyth
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -24,7 +25,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
         "--disable-sync", "--no-first-run", "--disable-quic"]
 
 try:
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 except ImportError:  # pragma: no cover
     sync_playwright = None
 
@@ -77,7 +78,7 @@ def test_prompt_tab(page, shots):
     assert "trained by the project" in banner and "UNTRAINED" not in banner
     # an example prompt the offline model knows, picked as a user would
     visible(page.get_by_text("a large red star in the center on a white background")).click()
-    assert visible(page.get_by_label("Prompt", exact=True)).input_value().startswith("a large red star")
+    expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(re.compile("^a large red star"))
     page.get_by_text("13 / 77 tokens").wait_for()
     page.get_by_label("Negative prompt").first.fill("blurry")
     page.get_by_role("button", name="Generate").click()
@@ -155,7 +156,7 @@ def test_controlnet_tab(page, shots):
     # Canny: the shapes example, its edges previewed, then generated
     page.locator("img[src*='shapes']").filter(visible=True).first.click()  # the example, as a user would
     page.wait_for_timeout(1500)
-    assert "yellow star" in visible(page.get_by_label("Prompt", exact=True)).input_value()
+    expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(re.compile("yellow star"))
     page.get_by_role("button", name="Preview the control map").click()
     page.locator("img[src*='image.png']").filter(visible=True).first.wait_for(timeout=30_000)  # the map
     page.get_by_role("button", name="Generate").filter(visible=True).click()
@@ -165,9 +166,9 @@ def test_controlnet_tab(page, shots):
     # OpenPose: a pose preset sets the map, the mode, the ControlNet and a prompt
     page.locator("img[src*='pose-waving']").filter(visible=True).first.click()
     page.wait_for_timeout(1500)
-    assert "person" in visible(page.get_by_label("Prompt", exact=True)).input_value()
+    expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(re.compile("person"))
     page.get_by_role("button", name="Generate").filter(visible=True).click()
-    page.get_by_text("controlnet-openpose").wait_for(timeout=60_000)
+    expect(page.get_by_text("of the steps")).to_contain_text("controlnet-openpose", timeout=60_000)
     page.mouse.wheel(0, 2000)
     page.wait_for_timeout(1500)
     page.screenshot(path=str(shots / "control-tab.png"), full_page=True)
