@@ -289,14 +289,15 @@ def train_unet(args) -> None:
     ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text": copy.deepcopy(text).requires_grad_(False)}
     if state:
         ema["unet"].load_state_dict(state["ema_unet"]), ema["text"].load_state_dict(state["ema_text"])
-    print(f"[unet] latent scale {scale:.4f}; unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
-          f"text {sum(p.numel() for p in text.parameters()) / 1e6:.2f} M parameters; from step {step}", flush=True)
+    ranks = Ranks()
+    if ranks.main:
+        print(f"[unet] latent scale {scale:.4f}; unet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
+              f"text {sum(p.numel() for p in text.parameters()) / 1e6:.2f} M parameters; from step {step}", flush=True)
 
     def save():
         ckpt.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
                    "scale": scale, "ema_unet": ema["unet"].state_dict(), "ema_text": ema["text"].state_dict()})
 
-    ranks = Ranks()
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
     gen = torch.Generator().manual_seed(SEED_STRIDE["unet"] + step * ranks.size + ranks.rank)
     while ranks.agree(budget.more(done)):
