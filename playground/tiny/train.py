@@ -114,6 +114,17 @@ class Checkpoint:
         tmp.replace(self.path)
 
 
+def resume(state: dict | None, opt: torch.optim.Optimizer, **modules: torch.nn.Module) -> int:
+    """Load a checkpoint's weights (by key) and optimiser state, when there are any; the step to go on from."""
+    if not state:
+        return 0
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    if "opt" in state:  # absent after `import` or for a decoder-only run: a fresh optimiser
+        opt.load_state_dict(state["opt"])
+    return state["step"]
+
+
 class Budget:
     def __init__(self, minutes: float | None, steps: int | None):
         self.deadline = time.monotonic() + minutes * 60 if minutes else math.inf
@@ -214,15 +225,9 @@ def train_vae(args) -> None:
         # once the UNet has learnt the encoder's latents, only the decoder may go on learning
         vae.encoder.requires_grad_(False), vae.quant_conv.requires_grad_(False)
         if state:
-            vae.load_state_dict(state["model"])
             state.pop("opt", None)  # a new optimiser over the decoder's parameters
     opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr or 1e-3, weight_decay=0.0)
-    step = 0
-    if state:
-        vae.load_state_dict(state["model"])
-        if "opt" in state:
-            opt.load_state_dict(state["opt"])
-        step = state["step"]
+    step = resume(state, opt, model=vae)
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
     gen = torch.Generator().manual_seed(step)
     while budget.more(done):
@@ -272,7 +277,6 @@ def train_unet(args) -> None:
     ckpt = Checkpoint(args.run, "unet")
     tokenizer = build_tokenizer()
     vae = load_vae(args.run, args.device)
-    scale = latent_scale(vae, args.device)
     unet, text = new_unet().to(args.device), new_text_encoder(tokenizer).to(args.device)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr or 5e-4, weight_decay=0.01)
@@ -280,12 +284,11 @@ def train_unet(args) -> None:
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
     state = ckpt.load()
-    step = 0
+    step = resume(state, opt, unet=unet, text=text)
     if state:
-        unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
-        if "opt" in state:
-            opt.load_state_dict(state["opt"])
-        step, scale = state["step"], state["scale"]
+        scale = state["scale"]
+    else:  # measured once, on the first chunk; later chunks keep it (the encoder is frozen by then)
+        scale = latent_scale(vae, args.device)
     ema = {"unet": copy.deepcopy(unet).requires_grad_(False), "text": copy.deepcopy(text).requires_grad_(False)}
     if state:
         ema["unet"].load_state_dict(state["ema_unet"]), ema["text"].load_state_dict(state["ema_text"])
@@ -354,13 +357,7 @@ def train_controlnet(args) -> None:
     net.requires_grad_(True)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr or 4e-4, weight_decay=0.0)
     noise_sched = DDPMScheduler.from_config(SD15_SCHEDULER)
-    state = ckpt.load()
-    step = 0
-    if state:
-        net.load_state_dict(state["model"])
-        if "opt" in state:
-            opt.load_state_dict(state["opt"])
-        step = state["step"]
+    step = resume(ckpt.load(), opt, model=net)
     kind = "person" if stage == "openpose" else None
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
     gen = torch.Generator().manual_seed(SEED_STRIDE[stage] + step)
