@@ -5,7 +5,7 @@ import logging
 from playground.engine import Engine
 from playground.loading import load_model
 from playground.settings import parse_args
-from playground.ui import build_app, launch_options
+from playground.ui import banner, build_app, launch_options
 
 
 def main() -> None:
@@ -13,7 +13,7 @@ def main() -> None:
     settings = parse_args()
     engine = Engine(load_model(settings), settings)
     log = logging.getLogger("playground")
-    log.info(engine.banner())
+    log.info(banner(engine.model))
     if settings.compile:
         log.info("warming up the compiled model at %dx%d ...", engine.native_size, engine.native_size)
         log.info("compiled and warmed up in %.1f s", engine.warm_up())

@@ -19,7 +19,8 @@ from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from playground import schedulers  # noqa: E402
-from playground.engine import Engine, GridRequest  # noqa: E402
+from playground.engine import Engine  # noqa: E402
+from playground.requests import GenerateRequest, GridRequest  # noqa: E402
 from playground.loading import LoadedModel, load_model, pick_device  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 
@@ -73,8 +74,8 @@ def main() -> None:
 def measure(engine: Engine, rows: tuple[str, ...], cols: tuple[float, ...], steps: int, size: int,
             runs: int) -> tuple[float, float]:
     """Median seconds: (the cells one by one through diffusers, our batched grid)."""
-    req = GridRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1, steps=steps,
-                      schedulers=rows, cfg_scales=cols, width=size, height=size)
+    req = GridRequest(GenerateRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1,
+                                      steps=steps, width=size, height=size), schedulers=rows, cfg_scales=cols)
     base = engine.model.pipe
     ref = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                                   unet=base.unet, scheduler=base.scheduler, safety_checker=None,
@@ -90,7 +91,7 @@ def measure(engine: Engine, rows: tuple[str, ...], cols: tuple[float, ...], step
         for name in rows:
             for g in cols:
                 ref.scheduler = schedulers.make(name, base.scheduler.config)
-                ref(req.prompt, negative_prompt=req.negative_prompt, num_inference_steps=steps, guidance_scale=g,
+                ref(req.base.prompt, negative_prompt=req.base.negative_prompt, num_inference_steps=steps, guidance_scale=g,
                     height=size, width=size, generator=torch.Generator("cpu").manual_seed(1))
         sync(device)
 

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import engine_for, sync  # noqa: E402
 
-from playground.engine import GenerateRequest  # noqa: E402
+from playground.requests import GenerateRequest  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import grid as grid_bench  # noqa: E402
 import prompt as prompt_bench  # noqa: E402
 import recording as recording_bench  # noqa: E402
 
-from playground.engine import GenerateRequest  # noqa: E402
+from playground.requests import GenerateRequest, GridRequest  # noqa: E402
 from playground.loading import compile_model  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> Path:
     # 2. The 4 x 4 grid vs its 16 cells one by one
     seq, mine = grid_bench.measure(engine, grid_bench.SCHEDULERS, grid_bench.SCALES, a.steps, size, a.runs)
     rows.append(("4x4 grid: 16 cells one by one through diffusers", seq, "1.00x", "-"))
-    greq = grid_bench.GridRequest(prompt=req.prompt, seed=1, steps=a.steps, schedulers=grid_bench.SCHEDULERS,
-                                  cfg_scales=grid_bench.SCALES, width=size, height=size)
+    greq = GridRequest(GenerateRequest(prompt=req.prompt, seed=1, steps=a.steps, width=size, height=size),
+                       schedulers=grid_bench.SCHEDULERS, cfg_scales=grid_bench.SCALES)
     rows.append(("4x4 grid: ours, batched per scheduler", mine, f"{mine / seq:.2f}x",
                  peak_memory(device, lambda: engine.grid(greq))))
 
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> Path:
     # 4. Optional: torch.compile (inductor), compile time included once
     if a.compile:
         start = time.perf_counter()
-        compile_model(engine.model, "inductor")
-        engine.components = type(engine.components).from_pipeline(engine.model.pipe)
+        compile_model(engine.model, "inductor")  # in place: the engine reads its modules from the pipeline
         engine.warm_up()
         engine.generate(req)  # compile at the measured size too
         compile_s = time.perf_counter() - start

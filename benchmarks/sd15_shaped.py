@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from playground.tiny.untrained import SD15_SCHEDULER
+from playground.tiny.arch import SD15_SCHEDULER
 from playground.tiny.vocab import build_tokenizer
 
 

@@ -1,11 +1,16 @@
 """ControlNet preprocessors (image -> control map) and fitting images to the generation size.
 
-Every preprocessor has one signature, fn(image: PIL RGB, **params) -> PIL RGB map, and lives in
-PREPROCESSORS. Pure OpenCV / PIL: no weights needed.
+Every preprocessor has one signature, fn(image: PIL RGB, **params) -> PIL RGB map, and one entry in
+PREPROCESSORS that carries its rules: the label the UI and the API show, its parameters with their
+ranges and defaults, and which ControlNet its maps feed. The UI builds its radio and sliders from
+these entries and `requests.validate_preprocess` checks requests against them, so adding a
+preprocessor is adding an entry. Pure OpenCV / PIL: no weights needed.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -30,7 +35,39 @@ def as_is(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-PREPROCESSORS: dict[str, Callable[..., Image.Image]] = {"canny": canny, "image": as_is}
+def check_canny(low: int, high: int) -> None:
+    if low > high:
+        raise ValueError(f"Canny low threshold ({low}) must not be above the high one ({high})")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One numeric parameter of a preprocessor: its keyword, label and range."""
+
+    name: str  # the keyword fn takes
+    label: str  # what the UI and error messages call it
+    lo: float
+    hi: float
+    default: float
+    integer: bool = True
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    fn: Callable[..., Image.Image]  # fn(image, **params) -> map
+    label: str  # the choice as the UI and the API name it
+    short: str  # the maps it makes, in a sentence: "Canny edges"
+    params: tuple[Param, ...] = ()
+    feeds: str | None = None  # the ControlNet its maps are for (None: whichever the user picks)
+    check: Callable[..., None] | None = None  # raises ValueError for a bad combination of params
+
+
+PREPROCESSORS: dict[str, Preprocessor] = {
+    "canny": Preprocessor(
+        canny, "Canny edges from the photo", "Canny edges", feeds="canny", check=check_canny,
+        params=(Param("low", "Canny low threshold", 0, 255, 100), Param("high", "Canny high threshold", 0, 255, 200))),
+    "image": Preprocessor(as_is, "My image is already the control map", "A ready map"),
+}
 
 
 def fit(image: Image.Image, width: int, height: int, mode: str = "crop") -> Image.Image:
@@ -43,6 +80,29 @@ def fit(image: Image.Image, width: int, height: int, mode: str = "crop") -> Imag
     if mode == "stretch":
         return image.resize((width, height), Image.Resampling.LANCZOS)
     raise ValueError(f"unknown resize mode {mode!r}; choose one of: {', '.join(RESIZE_MODES)}")
+
+
+def open_upload(image: Image.Image | str | Path | None, longest: int, max_pixels: int) -> Image.Image:
+    """An upload as RGB at most `longest` on its longer side; over `max_pixels` (read from the header,
+    before decoding), unreadable or missing, an InvalidRequest that names the file."""
+    from playground.requests import InvalidRequest  # here: requests imports this module's registry
+
+    if image is None or image == "":
+        raise InvalidRequest("no image given; upload one first")
+    if not isinstance(image, Image.Image):
+        name = Path(str(image)).name
+        try:
+            with Image.open(image) as im:
+                if im.width * im.height > max_pixels:
+                    raise InvalidRequest(f"{name} is {im.width}x{im.height} = {im.width * im.height / 1e6:.0f} "
+                                         f"megapixels; the limit is {max_pixels / 1e6:.0f} (MAX_UPLOAD_PIXELS)")
+                im.draft("RGB", (longest, longest))  # cheap JPEG downscale while decoding
+                image = im.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            if isinstance(exc, InvalidRequest):
+                raise
+            raise InvalidRequest(f"{name} is not a readable image ({exc})") from None
+    return downscale(image.convert("RGB"), longest)
 
 
 def downscale(image: Image.Image, longest: int) -> Image.Image:

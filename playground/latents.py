@@ -78,9 +78,9 @@ def latent_to_rgb(latent: torch.Tensor, rgb: RGBMap = SD1_RGB) -> np.ndarray:
 
 
 def preview(latent: torch.Tensor, scale: int = 8, rgb: RGBMap = SD1_RGB) -> Image.Image:
-    """A preview image of a (4, h, w) latent, upscaled `scale` times to roughly the output size."""
+    """A preview image of a (4, h, w) latent, upscaled `scale` times (nearest: each latent pixel a block)."""
     small = Image.fromarray(latent_to_rgb(latent, rgb))
-    return small.resize((small.width * scale, small.height * scale), Image.Resampling.BILINEAR)
+    return small.resize((small.width * scale, small.height * scale), Image.Resampling.NEAREST)
 
 
 def diverging(channel: np.ndarray, scale: float) -> np.ndarray:

@@ -17,9 +17,12 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
 from playground.settings import BUNDLED_MODEL, CONTROLNETS, Settings
-from playground.tiny.untrained import MARKER
 
 log = logging.getLogger(__name__)
+
+# A JSON file beside model_index.json in the project's own models (the offline one and the random
+# stand-ins): its name, whether it is trained, what it knows, its example prompts.
+MARKER = "playground.json"
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -36,6 +39,7 @@ class LoadedModel:
     compiled: str = ""  # the torch.compile backend, when --compile is on
     description: str = ""  # what the model knows, from the offline model's marker
     examples: tuple[str, ...] = ()  # prompts it understands, from the marker (the UI's gr.Examples)
+    offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
 
     @property
     def native_size(self) -> int:
@@ -96,12 +100,12 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
     return LoadedModel(pipe=pipe, name=name, source=str(source), reason=reason,
                        trained=bool(marker.get("trained", True)), device=device, dtype=dtype,
                        description=marker.get("description", "") if marker.get("trained") else "",
-                       examples=tuple(marker.get("examples", ())))
+                       examples=tuple(marker.get("examples", ())), offline=bool(marker))
 
 
 def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:
     """Where the `kind` ControlNet comes from: the setting, a controlnet-<kind> folder in the model, or the hub."""
-    chosen = {"canny": settings.controlnet_canny, "openpose": settings.controlnet_openpose}[kind]
+    chosen = settings.controlnets.get(kind)
     if chosen:
         return chosen
     local = Path(model.source) / f"controlnet-{kind}"
@@ -138,14 +142,17 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
     else:
         wanted, why = settings.model, f"chosen with --model {settings.model}"
 
+    model = None
     if wanted is not None:
         try:
-            pipe = load_pipeline(wanted, dtype, settings.safety_checker)
-            return _finish(pipe, wanted, why, device, dtype)
+            model = _finish(load_pipeline(wanted, dtype, settings.safety_checker), wanted, why, device, dtype)
         except Exception as exc:  # offline, not cached, bad id, broken directory: fall back, say why
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             log.warning("could not load %s (%s); falling back to the bundled model", wanted, first)
             why = f"{wanted} could not be loaded ({type(exc).__name__}: {first}), so the bundled offline model is used"
-
-    pipe = load_pipeline(bundled, bundled_dtype, settings.safety_checker)
-    return _finish(pipe, bundled, why, device, bundled_dtype)
+    if model is None:
+        model = _finish(load_pipeline(bundled, bundled_dtype, settings.safety_checker), bundled, why, device,
+                        bundled_dtype)
+    if settings.compile:  # in place, on the one pipeline: every request reads its modules from it
+        compile_model(model, settings.compile_backend)
+    return model

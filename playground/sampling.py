@@ -20,19 +20,23 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from playground import schedulers
+
 
 @dataclass(frozen=True)
 class Components:
-    """The loaded modules the loop runs on (borrowed from the one cached pipeline)."""
+    """The loaded modules the loop runs on, read from the one cached pipeline for each request
+    (so a module compiled in loading is the one used: no second handle can go stale)."""
 
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
     unet: UNet2DConditionModel
     vae: AutoencoderKL
+    scheduler_config: dict  # the model's own: every request's scheduler is made from it
 
     @classmethod
     def from_pipeline(cls, pipe) -> "Components":
-        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae)
+        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config))
 
     @property
     def vae_scale_factor(self) -> int:
@@ -44,7 +48,7 @@ class Control:
     """ControlNet input: a model, its conditioning image and when/how strongly it steers."""
 
     model: ControlNetModel
-    image: torch.Tensor  # (B, 3, H, W) in [0, 1], already on the device, one per sample
+    image: torch.Tensor  # (1, 3, H, W) in [0, 1], on any device: the loop moves it once, one per sample
     scale: float = 1.0  # conditioning scale, multiplies every residual
     start: float = 0.0  # fraction of the steps before which the ControlNet is off
     end: float = 1.0  # fraction of the steps after which it is off again
@@ -54,6 +58,7 @@ class Control:
 class Job:
     """One batched run of the loop. Lists have one entry per sample."""
 
+    scheduler: str  # a schedulers.REGISTRY name: the loop makes a fresh one from the model's config
     prompts: list[str]
     negative_prompts: list[str]
     guidance: list[float]  # classifier-free guidance scale per sample; 1.0 = no guidance
@@ -88,6 +93,8 @@ class Denoised:
     images: torch.Tensor  # (B, 3, H, W) decoded, in [-1, 1]
     unet_calls: int  # model evaluations per sample (a CFG call evaluates cond and uncond in one batch)
     sigmas: list[float]  # noise level at each evaluation
+    sigma_space: bool  # the scheduler's latents are x0 + sigma * eps (Euler-like); see SchedulerSpec
+    prediction_type: str  # what the model outputs: "epsilon", "v_prediction" or "sample"
 
 
 class Cancelled(Exception):
@@ -159,18 +166,18 @@ def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator], e
 @torch.no_grad()
 def denoise(
     c: Components,
-    scheduler: SchedulerMixin,
     job: Job,
     observer: Observer | None = None,
     cancel: threading.Event | None = None,
-    sigma_space: bool = False,
 ) -> Denoised:
     """Run the whole text-to-image loop for one batch and decode it."""
-    # 1. Check inputs
+    # 1. Check inputs; a fresh scheduler of the job's kind, and what its registry entry knows
     batch = len(job.prompts)
     if not (len(job.negative_prompts) == len(job.guidance) == len(job.generators) == batch):
         raise ValueError("prompts, negative_prompts, guidance and generators need one entry per sample")
     device, dtype = c.unet.device, c.unet.dtype
+    scheduler = schedulers.make(job.scheduler, c.scheduler_config)
+    sigma_space = schedulers.REGISTRY[job.scheduler].sigma_space
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
 
     # 2. Guidance: one scale per sample, shape [B]; skip the unconditional pass when all are 1
@@ -193,12 +200,11 @@ def denoise(
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, job.generators, job.eta)
 
-    # 6. Prepare the ControlNet input, doubled for CFG like the latents
+    # 6. Prepare the ControlNet input: one map per sample (2B with CFG, like the latents)
     control = job.control
     if control is not None:
         control_image = control.image.to(device=device, dtype=dtype)
-        if use_cfg:
-            control_image = torch.cat([control_image] * 2)
+        control_image = control_image.expand((2 * batch if use_cfg else batch), -1, -1, -1)
 
     # 7. Denoising loop
     sigmas_seen: list[float] = []
@@ -237,4 +243,5 @@ def denoise(
 
     # 8. Decode: (B, 3, H, W) in [-1, 1]
     images = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=job.generators)[0]
-    return Denoised(images=images, unet_calls=total, sigmas=sigmas_seen)
+    return Denoised(images=images, unet_calls=total, sigmas=sigmas_seen, sigma_space=sigma_space,
+                    prediction_type=prediction_type)

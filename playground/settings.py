@@ -10,6 +10,7 @@ from pathlib import Path
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL = ASSETS / "offline-model"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# the ControlNet kinds, each with the SD 1.5 ControlNet it loads when neither a setting nor the model names one
 CONTROLNETS = {"canny": "lllyasviel/control_v11p_sd15_canny", "openpose": "lllyasviel/control_v11p_sd15_openpose"}
 
 
@@ -21,6 +22,16 @@ def _env_int(name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r} is not an integer") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a number") from None
 
 
 def _env_bool(name: str, default: bool) -> bool:
@@ -37,8 +48,10 @@ class Settings:
     # the hub id "auto" tries when CUDA is present
     gpu_default_model: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_GPU_MODEL", SD15))
     # ControlNets, loaded on first use: "" = a controlnet-<kind> folder inside a local model, else the SD 1.5 one
-    controlnet_canny: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_CONTROLNET_CANNY", ""))
-    controlnet_openpose: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_CONTROLNET_OPENPOSE", ""))
+    # (kind -> hub id or folder, from PLAYGROUND_CONTROLNET_<KIND>; a kind left out uses that default)
+    controlnets: dict[str, str] = field(default_factory=lambda: {
+        kind: os.environ[f"PLAYGROUND_CONTROLNET_{kind.upper()}"] for kind in CONTROLNETS
+        if os.environ.get(f"PLAYGROUND_CONTROLNET_{kind.upper()}")})
     # "auto" (cuda if available, else cpu), "cuda", "cpu", "mps"
     device: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DEVICE", "auto"))
     # "auto" (float16 on cuda, float32 elsewhere), "float16", "bfloat16", "float32"
@@ -53,6 +66,11 @@ class Settings:
     max_size: int = field(default_factory=lambda: _env_int("MAX_SIZE", 1024))  # pixels, per side
     max_images: int = field(default_factory=lambda: _env_int("MAX_IMAGES", 4))
     max_grid_cells: int = field(default_factory=lambda: _env_int("MAX_GRID_CELLS", 24))
+    max_cfg: float = field(default_factory=lambda: _env_float("MAX_CFG", 30.0))  # the CFG scale sliders' top
+    # far past CLIP's 77 tokens; stops megabyte prompts before tokenizing
+    max_prompt_chars: int = field(default_factory=lambda: _env_int("MAX_PROMPT_CHARS", 20_000))
+    # larger uploads are refused from their header, before decoding (PIL's own bomb guard is ~179 MP)
+    max_upload_pixels: int = field(default_factory=lambda: _env_int("MAX_UPLOAD_PIXELS", 100_000_000))
     # serving
     host: str = field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     port: int = field(default_factory=lambda: _env_int("GRADIO_SERVER_PORT", 7860))

@@ -1,16 +1,28 @@
-"""Shared fixtures: a tiny random-weight SD-shaped model saved to disk and loaded the app's way."""
+"""Shared fixtures: a tiny random-weight SD-shaped model saved to disk and loaded the app's way, and
+one factory for launched apps.
+
+The tests come in three rings: fast units (no model: validation, registries, grid parsing, metadata,
+the tabs built against fake functions), model tests on the tiny random-weight components, and
+`@pytest.mark.slow` (launched servers, the browser, load, benchmarks, training, the shipped weights).
+`python -m pytest -m "not slow"` runs the first two.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import socket
+import time
+from typing import Callable
 
 import pytest
 import torch
 
+from playground.engine import Engine
 from playground.loading import LoadedModel, load_model
 from playground.settings import Settings
-from playground.tiny import untrained
+from playground.tiny import arch, untrained
 
 torch.set_num_threads(int(os.environ.get("PLAYGROUND_TEST_THREADS", "2")))
 
@@ -20,11 +32,38 @@ def tiny_settings(model_dir, **overrides) -> Settings:
     return dataclasses.replace(s, **overrides)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `condition` every 10 ms until it holds; fail after `timeout` seconds (bounded in time and count)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def settled(count: Callable[[], int], quiet: float = 0.3, timeout: float = 10.0) -> int:
+    """Wait until `count()` stops growing for `quiet` seconds (bounded by `timeout`); its value then."""
+    deadline, last, since = time.monotonic() + timeout, count(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still growing after {timeout:g} s: {count()}")
+        time.sleep(0.02)
+        if count() != last:
+            last, since = count(), time.monotonic()
+    return last
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    """A TEST-preset pipeline written with save_pretrained (fp32, 64x64 native, 8x8 latents)."""
+    """A TEST-sized pipeline written with save_pretrained (fp32, 64x64 native, 8x8 latents)."""
     out = tmp_path_factory.mktemp("tiny-sd")
-    untrained.write(out, untrained.TEST, seed=0, dtype=torch.float32)
+    untrained.write(out, arch.TEST, seed=0, dtype=torch.float32)
     return out
 
 
@@ -32,7 +71,7 @@ def tiny_dir(tmp_path_factory):
 def tiny_vpred_dir(tmp_path_factory):
     """The same model configured for v-prediction, like SD 2.x."""
     out = tmp_path_factory.mktemp("tiny-sd-v")
-    untrained.write(out, dataclasses.replace(untrained.TEST, prediction_type="v_prediction"), seed=0, dtype=torch.float32)
+    untrained.write(out, dataclasses.replace(arch.TEST, prediction_type="v_prediction"), seed=0, dtype=torch.float32)
     return out
 
 
@@ -40,3 +79,35 @@ def tiny_vpred_dir(tmp_path_factory):
 def tiny_model(tiny_dir) -> LoadedModel:
     """Loaded through playground.loading, exactly as the app loads a --model directory."""
     return load_model(tiny_settings(tiny_dir))
+
+
+@contextlib.contextmanager
+def launched(engine: Engine, settings: Settings):
+    """The whole app on 127.0.0.1 (settings.port), as app.py serves it; its URL. Closed on exit."""
+    from playground.ui import build_app, launch_options
+
+    demo = build_app(engine, settings)
+    demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    try:
+        yield f"http://127.0.0.1:{settings.port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def serve(tiny_model, tiny_dir, tmp_path_factory):
+    """A factory: serve(**settings overrides) -> (engine, gradio_client.Client) for the tiny model, on a free
+    port with its own output folder; every app and client it made is closed when the module ends."""
+    from gradio_client import Client
+
+    with contextlib.ExitStack() as stack:
+        def make(**overrides):
+            settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path_factory.mktemp("out"),
+                                     **overrides)
+            engine = Engine(tiny_model, settings)
+            url = stack.enter_context(launched(engine, settings))
+            client = Client(url, verbose=False)
+            stack.callback(client.close)
+            return engine, client
+
+        yield make

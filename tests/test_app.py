@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 
-from playground.engine import Engine, GenerateRequest
 from playground.metadata import read_png
-from playground.ui import build_app, launch_options
+from playground.requests import GenerateRequest
 
-from conftest import tiny_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model, tiny_dir, tmp_path_factory):
-    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path_factory.mktemp("outputs"))
-    engine = Engine(tiny_model, settings)
-    demo = build_app(engine, settings)
-    demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
-    client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
-    yield engine, client
-    client.close()
-    demo.close()
+def served(serve):
+    return serve()
 
 
 def call_generate(client, prompt="a red circle", negative="", seed=3, steps=4, cfg=7.5, scheduler="Euler a",

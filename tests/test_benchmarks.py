@@ -6,9 +6,12 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+@pytest.mark.slow
 def test_run_all_smoke(tmp_path):
     sys.path.insert(0, str(BENCH))
     try:

@@ -16,9 +16,10 @@ import pytest
 from playground.engine import Engine
 from playground.loading import load_model
 from playground.settings import ASSETS, Settings
-from playground.ui import build_app, launch_options
 
-from test_app import free_port
+from conftest import free_port, launched
+
+pytestmark = pytest.mark.slow
 
 CHROMIUM = os.environ.get("PLAYGROUND_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -45,10 +46,8 @@ def shots(tmp_path_factory) -> Path:
 def url(tmp_path_factory):
     """The app as a user gets it on a CPU machine: the bundled model, default limits."""
     settings = Settings(model="bundled", device="cpu", port=free_port(), output_dir=tmp_path_factory.mktemp("out"))
-    demo = build_app(Engine(load_model(settings), settings), settings)
-    demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
-    yield f"http://127.0.0.1:{settings.port}/"
-    demo.close()
+    with launched(Engine(load_model(settings), settings), settings) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +72,18 @@ def visible(locator):
     return locator.filter(visible=True).first
 
 
+# every image laid out on the page has arrived and decoded (images below the fold load when scrolled to)
+IMAGES_LOADED = """() => Array.from(document.images)
+    .filter(i => i.getBoundingClientRect().height > 0)
+    .every(i => i.complete && i.naturalWidth > 0)"""
+
+
+def settle(page, timeout: int = 20_000) -> None:
+    """Wait (bounded) until every visible image has loaded, and fonts too: then a screenshot is whole."""
+    page.wait_for_function(IMAGES_LOADED, timeout=timeout)
+    page.evaluate("document.fonts.ready")
+
+
 def test_prompt_tab(page, shots):
     banner = page.locator("#banner").inner_text()
     assert "trained by the project" in banner and "UNTRAINED" not in banner
@@ -88,7 +99,7 @@ def test_prompt_tab(page, shots):
     seed = page.get_by_label("Seed used").input_value()
     assert seed.isdigit()
     page.mouse.wheel(0, 2000)  # lazily loaded images below the fold
-    page.wait_for_timeout(800)
+    settle(page)
     page.screenshot(path=str(shots / "prompt-tab.png"), full_page=True)
 
     # too long a prompt: the counter warns and shows what CLIP drops
@@ -120,7 +131,7 @@ def test_grid_tab(page, shots):
     page.get_by_text("model evaluations in all").wait_for(timeout=120_000)
     assert page.get_by_text("4 schedulers x 4 CFG scales = 16 cells").is_visible()
     page.mouse.wheel(0, 3000)  # the table and the images below the fold render when scrolled to
-    page.wait_for_timeout(1500)
+    settle(page)
     page.screenshot(path=str(shots / "grid-tab.png"), full_page=True)
     # the cost table (a virtualised list, ~12 rows in view): DDIM's 4 rows, besides its checkbox
     assert page.get_by_text("DDIM", exact=True).filter(visible=True).count() >= 5
@@ -138,16 +149,17 @@ def test_inspector_tab(page, shots):
     for k in range(4):
         assert page.get_by_text(f"channel {k}: min").is_visible()
     page.mouse.wheel(0, 4000)
-    page.wait_for_timeout(2000)
+    visible(page.locator("[data-testid='vega-lite'] svg, .vega-embed svg, canvas")).wait_for(timeout=20_000)
+    settle(page)
     page.screenshot(path=str(shots / "inspector-step.png"), full_page=True)
 
     page.get_by_role("tab", name="VAE round trip").click()
     page.locator("input[type=file]").last.set_input_files(str(ASSETS / "examples" / "scene.png"))
-    page.wait_for_timeout(1000)
+    visible(page.locator("img[src*='scene']")).wait_for(timeout=20_000)  # the upload is in, shown
     page.get_by_role("button", name="Encode and decode").click()
     page.get_by_text("Reconstruction PSNR").wait_for(timeout=60_000)
     assert page.get_by_text("48x smaller").is_visible()
-    page.wait_for_timeout(1500)
+    settle(page)
     page.screenshot(path=str(shots / "inspector-roundtrip.png"), full_page=True)
 
 
@@ -155,7 +167,6 @@ def test_controlnet_tab(page, shots):
     page.get_by_role("tab", name="ControlNet").click()
     # Canny: the shapes example, its edges previewed, then generated
     page.locator("img[src*='shapes']").filter(visible=True).first.click()  # the example, as a user would
-    page.wait_for_timeout(1500)
     expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(re.compile("yellow star"))
     page.get_by_role("button", name="Preview the control map").click()
     page.locator("img[src*='image.png']").filter(visible=True).first.wait_for(timeout=30_000)  # the map
@@ -165,10 +176,9 @@ def test_controlnet_tab(page, shots):
     assert "controlnet-canny" in info.inner_text() and "at scale 1 from 0 to 1" in info.inner_text()
     # OpenPose: a pose preset sets the map, the mode, the ControlNet and a prompt
     page.locator("img[src*='pose-waving']").filter(visible=True).first.click()
-    page.wait_for_timeout(1500)
     expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(re.compile("person"))
     page.get_by_role("button", name="Generate").filter(visible=True).click()
     expect(page.get_by_text("of the steps")).to_contain_text("controlnet-openpose", timeout=60_000)
     page.mouse.wheel(0, 2000)
-    page.wait_for_timeout(1500)
+    settle(page)
     page.screenshot(path=str(shots / "control-tab.png"), full_page=True)

@@ -7,7 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from playground.engine import Engine, GenerateRequest, InvalidRequest
+from playground.engine import Engine
+from playground.requests import GenerateRequest, InvalidRequest
 
 from conftest import tiny_settings
 
@@ -60,8 +61,15 @@ def test_bad_input_is_named_and_next_request_works(engine, field, value, words):
 
 
 def test_empty_prompt_is_unconditional_generation(engine):
-    r = engine.generate(GenerateRequest(prompt="", steps=2, width=64, height=64, seed=1))
-    assert r.images[0].image.size == (64, 64)
+    """With an empty prompt and negative prompt, cond == uncond, so every CFG scale gives the one
+    unconditional image; any prompt gives another."""
+    def image(prompt, cfg):
+        req = GenerateRequest(prompt=prompt, cfg_scale=cfg, steps=3, width=64, height=64, seed=1, scheduler="DDIM")
+        return engine.generate(req).images[0].array
+
+    empty = image("", 7.5)
+    assert np.abs(empty - image("", 1.0)).max() <= 1e-5 and np.abs(empty - image("", 0.0)).max() <= 1e-5
+    assert np.abs(empty - image("a red circle", 7.5)).max() > 1e-3
 
 
 def test_default_size_is_the_models_native_size(engine):
@@ -142,7 +150,5 @@ def test_concurrent_requests_do_not_leak(engine):
             assert all(np.array_equal(a, b) for a, b in zip(results[k], alone[k])), reqs[k]
 
 
-def test_banner_names_model_and_reason(engine):
-    text = engine.banner()
-    assert "UNTRAINED" in text and "chosen with --model" in text
-    assert engine.native_size == 64  # the TEST preset: a 8x8 latent through the f=8 VAE
+def test_native_size_is_the_unet_sample_size_times_the_vae_factor(engine):
+    assert engine.native_size == 64 and engine.vae_factor == 8  # arch.TEST: an 8x8 latent through the f=8 VAE

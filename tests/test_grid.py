@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from playground import engine as engine_mod
-from playground.engine import Engine, GenerateRequest, GridRequest, InvalidRequest
+from playground.engine import Engine
 from playground.grid import layout, parse_scales
 from playground.metadata import read_png
+from playground.requests import GenerateRequest, InvalidRequest
+from playground.ui.grid import grid_request
 
 from conftest import tiny_settings
 
@@ -54,7 +56,7 @@ def test_layout_puts_cells_in_place_and_labels_in_margins():
 
 
 def test_every_cell_equals_the_prompt_tab(engine):
-    result = engine.grid(GridRequest(prompt="a red circle", negative_prompt="blurry", seed=5, steps=4,
+    result = engine.grid(grid_request(prompt="a red circle", negative_prompt="blurry", seed=5, steps=4,
                                      schedulers=("Euler a", "DPM++ 2M SDE Karras"), cfg_scales="1, 4, 9",
                                      width=64, height=64))
     assert [[(c.scheduler, c.cfg_scale) for c in row] for row in result.cells] == [
@@ -71,24 +73,26 @@ def test_every_cell_equals_the_prompt_tab(engine):
 
 
 def test_costs_and_noise_levels(engine):
-    result = engine.grid(GridRequest(prompt="x", seed=1, steps=4, schedulers=("Heun", "DDIM"), cfg_scales="1, 7",
+    result = engine.grid(grid_request(prompt="x", seed=1, steps=4, schedulers=("Heun", "DDIM"), cfg_scales="1, 7",
                                      width=64, height=64))
     assert [row[0].unet_calls for row in result.cells] == [7, 4]  # Heun: two evaluations per step but the last
     assert len(result.sigmas["Heun"]) == 7 and len(result.sigmas["DDIM"]) == 4
     assert result.sigmas["DDIM"] == sorted(result.sigmas["DDIM"], reverse=True)  # noise goes down
-    assert all(c.seconds > 0 for row in result.cells for c in row)
+    # each cell holds its share of its row's one batched pass: equal within a row, adding up to the whole
+    assert all(len({c.seconds for c in row}) == 1 for row in result.cells)
+    assert 0 < sum(c.seconds for row in result.cells for c in row) <= result.seconds
 
 
 def test_random_seed_resolves_once(engine):
-    result = engine.grid(GridRequest(prompt="x", seed=-1, steps=2, schedulers=("Euler",), cfg_scales="1, 5",
+    result = engine.grid(grid_request(prompt="x", seed=-1, steps=2, schedulers=("Euler",), cfg_scales="1, 5",
                                      width=64, height=64))
     seeds = {c.generated.params.seed for row in result.cells for c in row}
-    assert seeds == {result.request.seed} and 0 <= result.request.seed < 2**32
+    assert seeds == {result.request.base.seed} and 0 <= result.request.base.seed < 2**32
 
 
 def test_progress_covers_the_whole_grid(engine):
     seen = []
-    engine.grid(GridRequest(prompt="x", seed=1, steps=3, schedulers=("Euler", "Heun"), cfg_scales="1, 5",
+    engine.grid(grid_request(prompt="x", seed=1, steps=3, schedulers=("Euler", "Heun"), cfg_scales="1, 5",
                             width=64, height=64), on_progress=seen.append)
     assert [p.step for p in seen] == list(range(1, 3 + 5 + 1)) and {p.total for p in seen} == {8}
     assert seen[0].label == "Euler: cells 1-2 of 4" and seen[-1].label == "Heun: cells 3-4 of 4"
@@ -109,35 +113,24 @@ def test_limits_fail_before_any_work(engine, monkeypatch, change, words):
         raise AssertionError("denoise must not run for an invalid grid")
 
     monkeypatch.setattr(engine_mod, "denoise", no_work)
-    req = GridRequest(**{**dict(prompt="x", seed=1, steps=2, schedulers=("Euler", "DDIM"), cfg_scales="1, 5",
+    req = grid_request(**{**dict(prompt="x", seed=1, steps=2, schedulers=("Euler", "DDIM"), cfg_scales="1, 5",
                                 width=64, height=64), **change})
     with pytest.raises(InvalidRequest, match=words.replace("(", r"\(").replace("+", r"\+")):
         engine.grid(req)
 
 
-def test_grid_through_gradio_client(tiny_model, tiny_dir, tmp_path):
-    from gradio_client import Client
-
-    from playground.ui import build_app, launch_options
-    from test_app import free_port
-
-    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, max_grid_cells=6)
-    demo = build_app(Engine(tiny_model, settings), settings)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
-    try:
-        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
-        sheet, cells, table, plot, info = client.predict("a red circle", "", 11, 3, ["Euler a", "Heun"], "2-6 (+2)",
-                                                         64, 64, api_name="/grid")
-        with Image.open(sheet) as im:
-            assert im.format == "PNG" and im.width > 3 * 64 and im.height > 2 * 64
-            assert "Schedulers: \"Euler a, Heun\"" in im.info["parameters"]
-        assert [c["caption"] for c in cells] == ["Euler a · CFG 2", "Euler a · CFG 4", "Euler a · CFG 6",
-                                                 "Heun · CFG 2", "Heun · CFG 4", "Heun · CFG 6"]
-        assert read_png(cells[4]["image"]).cfg_scale == 4 and read_png(cells[4]["image"]).sampler == "Heun"
-        assert [row[4] for row in table["data"]] == [3, 3, 3, 5, 5, 5]  # model evaluations per cell
-        assert "Seed 11" in info and "6 cells" in info
-        with pytest.raises(Exception, match="the limit is 6"):
-            client.predict("x", "", 1, 2, ["Euler", "DDIM", "LMS"], "1-4 [4]", 64, 64, api_name="/grid")
-        client.close()
-    finally:
-        demo.close()
+@pytest.mark.slow
+def test_grid_through_gradio_client(serve):
+    _, client = serve(max_grid_cells=6)
+    sheet, cells, table, plot, info = client.predict("a red circle", "", 11, 3, ["Euler a", "Heun"], "2-6 (+2)",
+                                                     64, 64, api_name="/grid")
+    with Image.open(sheet) as im:
+        assert im.format == "PNG" and im.width > 3 * 64 and im.height > 2 * 64
+        assert "Schedulers: \"Euler a, Heun\"" in im.info["parameters"]
+    assert [c["caption"] for c in cells] == ["Euler a · CFG 2", "Euler a · CFG 4", "Euler a · CFG 6",
+                                             "Heun · CFG 2", "Heun · CFG 4", "Heun · CFG 6"]
+    assert read_png(cells[4]["image"]).cfg_scale == 4 and read_png(cells[4]["image"]).sampler == "Heun"
+    assert [row[4] for row in table["data"]] == [3, 3, 3, 5, 5, 5]  # model evaluations per cell
+    assert "Seed 11" in info and "6 cells" in info
+    with pytest.raises(Exception, match="the limit is 6"):
+        client.predict("x", "", 1, 2, ["Euler", "DDIM", "LMS"], "1-4 [4]", 64, 64, api_name="/grid")

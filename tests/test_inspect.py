@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from playground import latents
-from playground.engine import Engine, GenerateRequest, InvalidRequest
+from playground.engine import Engine
+from playground.outputs import save_trajectory
+from playground.requests import GenerateRequest, InvalidRequest
 from playground.sampling import predict_x0
 
 from conftest import tiny_settings
@@ -127,6 +129,7 @@ def test_vae_round_trip(engine, tmp_path):
         engine.roundtrip(tmp_path / "bad.png")
 
 
+@pytest.mark.slow
 def test_state_size_of_a_50_step_512px_run(engine):
     traj = engine.inspect(GenerateRequest(prompt="x", seed=1, steps=50, cfg_scale=7.5, scheduler="DDIM",
                                           width=512, height=512))
@@ -138,40 +141,33 @@ def test_state_size_of_a_50_step_512px_run(engine):
 def test_saved_trajectory(engine, traj, tmp_path):
     from safetensors import safe_open
 
-    path = engine.save_trajectory(traj, tmp_path / "t.safetensors")
+    png, path = save_trajectory(traj, tmp_path)
     with safe_open(str(path), "pt") as f:
         assert set(f.keys()) == set(traj.tensors)
         assert torch.equal(f.get_tensor("x0"), traj.tensors["x0"])
         meta = f.metadata()
-    assert "Seed: 4" in meta["parameters"] and meta["sigma_space"] == "True"
+    assert "Seed: 4" in meta["parameters"] and meta["sigma_space"] == "True" and meta["prediction_type"] == "epsilon"
+    assert png.name.endswith("seed4.png") and path.name.startswith(png.stem)  # one stem for both files
 
 
-def test_inspect_and_roundtrip_through_gradio_client(tiny_model, tiny_dir, tmp_path):
-    from gradio_client import Client, handle_file
+@pytest.mark.slow
+def test_inspect_and_roundtrip_through_gradio_client(serve):
+    from gradio_client import handle_file
     from safetensors import safe_open
 
     from playground.settings import ASSETS
-    from playground.ui import build_app, launch_options
-    from test_app import free_port
 
-    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path)
-    demo = build_app(Engine(tiny_model, settings), settings)
-    demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
-    try:
-        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
-        out = client.predict("a red circle", "", 9, 5, 7.5, "DDIM", 64, 64, api_name="/inspect")
-        image, info, file, slider = out[:4]
-        assert Image.open(image).size == (64, 64) and "Seed 9" in info and "Recorded 5 model evaluations" in info
-        assert slider["maximum"] == 5 and slider["value"] == 5
-        with safe_open(file, "pt") as f:
-            assert f.get_tensor("x_t").shape == (5, 4, 8, 8)
-        assert "Step 5 of 5" in out[5] and len(out[6]) == 4  # the last step's text and 4 channels
-        orig, recon, channels, text = client.predict(handle_file(str(ASSETS / "examples" / "scene.png")),
-                                                     api_name="/vae_roundtrip")
-        assert Image.open(orig).size == (128, 128) and Image.open(recon).size == (128, 128)  # MAX_SIZE 128
-        assert len(channels) == 4 and "48x smaller" in text and "PSNR" in text
-        with pytest.raises(Exception, match="steps must be an integer"):
-            client.predict("x", "", 1, 0, 7.5, "DDIM", 64, 64, api_name="/inspect")
-        client.close()
-    finally:
-        demo.close()
+    _, client = serve()
+    out = client.predict("a red circle", "", 9, 5, 7.5, "DDIM", 64, 64, api_name="/inspect")
+    image, info, file, slider = out[:4]
+    assert Image.open(image).size == (64, 64) and "Seed 9" in info and "Recorded 5 model evaluations" in info
+    assert slider["maximum"] == 5 and slider["value"] == 5
+    with safe_open(file, "pt") as f:
+        assert f.get_tensor("x_t").shape == (5, 4, 8, 8)
+    assert "Step 5 of 5" in out[5] and len(out[6]) == 4  # the last step's text and 4 channels
+    orig, recon, channels, text = client.predict(handle_file(str(ASSETS / "examples" / "scene.png")),
+                                                 api_name="/vae_roundtrip")
+    assert Image.open(orig).size == (128, 128) and Image.open(recon).size == (128, 128)  # MAX_SIZE 128
+    assert len(channels) == 4 and "48x smaller" in text and "PSNR" in text
+    with pytest.raises(Exception, match="steps must be an integer"):
+        client.predict("x", "", 1, 0, 7.5, "DDIM", 64, 64, api_name="/inspect")

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessor
 
-from playground.engine import Engine, GenerateRequest
+from playground.engine import Engine
 from playground.loading import load_model
+from playground.requests import GenerateRequest
 from playground.settings import BUNDLED_MODEL
-from playground.tiny import untrained
+from playground.ui import banner
 
 from conftest import tiny_settings
 
@@ -35,6 +37,7 @@ def test_auto_without_cuda_uses_bundled(tiny_dir):
     assert m.source == str(tiny_dir) and "no CUDA GPU" in m.reason
 
 
+@pytest.mark.slow
 def test_shipped_bundled_model_loads_and_generates():
     m = load_model(tiny_settings("bundled", dtype="auto", max_size=256))
     assert m.source == str(BUNDLED_MODEL) and m.native_size == 128 and m.dtype == torch.float32
@@ -58,12 +61,20 @@ def _with_safety_checker(tiny_dir, out):
     return out
 
 
-def test_safety_checker_kept_unless_disabled(tiny_dir, tmp_path, caplog):
+def test_safety_checker_kept_unless_disabled(tiny_dir, tmp_path, caplog, monkeypatch):
     src = _with_safety_checker(tiny_dir, tmp_path / "with-checker")
     kept = load_model(tiny_settings(src))
     assert kept.pipe.safety_checker is not None
-    r = Engine(kept, tiny_settings(src)).generate(GenerateRequest(prompt="x", steps=1, seed=0))
-    assert isinstance(r.images[0].nsfw, bool)  # the checker ran and gave a verdict per image
+    seen = []
+
+    def flags_every_image(clip_input, images):  # the checker's verdict, made certain: every image flagged
+        seen.append(tuple(clip_input.shape))
+        return torch.zeros_like(images), [True] * len(images)
+
+    monkeypatch.setattr(kept.pipe.safety_checker, "forward", flags_every_image)
+    r = Engine(kept, tiny_settings(src)).generate(GenerateRequest(prompt="x", steps=1, seed=0, num_images=2))
+    assert seen == [(2, 3, 32, 32)]  # it ran once, on both images, at its feature extractor's size
+    assert [g.nsfw for g in r.images] == [True, True] and all(g.array.max() == 0 for g in r.images)  # blacked out
     with caplog.at_level("WARNING"):
         dropped = load_model(tiny_settings(src, safety_checker=False))
     assert dropped.pipe.safety_checker is None
@@ -87,6 +98,7 @@ def test_loading_never_runs_remote_code(tiny_dir, monkeypatch):
     assert "trust_remote_code" not in seen and "custom_pipeline" not in seen
 
 
+@pytest.mark.slow
 def test_compile_flag_wires_through_and_changes_nothing(tiny_dir):
     """--compile wraps the UNet and VAE decoder; with the 'eager' backend (no code generation, so CI
     stays fast) the images are the same as without it. Inductor itself is measured in benchmarks."""
@@ -95,8 +107,11 @@ def test_compile_flag_wires_through_and_changes_nothing(tiny_dir):
     compiled = Engine(load_model(settings), settings)
     assert type(compiled.model.pipe.unet).__name__ == "OptimizedModule"
     assert type(compiled.model.pipe.vae.decoder).__name__ == "OptimizedModule"
-    assert "Compiled with torch.compile (eager)" in compiled.banner()
-    assert compiled.warm_up() > 0
+    assert "Compiled with torch.compile (eager)" in banner(compiled.model)
+    made, generate = [], compiled.generate
+    compiled.generate = lambda req, **k: made.append(generate(req, **k)) or made[-1]
+    compiled.warm_up()  # one short generation at the native size, with CFG, through the compiled modules
+    assert [(r.request.steps, r.request.width, r.request.cfg_scale != 1, r.unet_calls) for r in made] == [(2, 64, True, 2)]
     req = GenerateRequest(prompt="a red circle", seed=3, steps=3, num_images=2)
     a, b = plain.generate(req).images, compiled.generate(req).images
     assert all(abs(x.array - y.array).max() <= 1e-5 for x, y in zip(a, b))

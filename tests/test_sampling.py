@@ -18,14 +18,16 @@ from conftest import tiny_settings
 PROMPT, NEGATIVE = "a red circle on a blue background", "blurry"
 
 
+def job(name="DDIM", seed=7, steps=6, cfg=7.5, n=1, size=64, control=None) -> Job:
+    """A fresh job (fresh generators: a run consumes them), image i from seed + i."""
+    return Job(scheduler=name, prompts=[PROMPT] * n, negative_prompts=[NEGATIVE] * n, guidance=[cfg] * n,
+               generators=[torch.Generator("cpu").manual_seed(seed + i) for i in range(n)],
+               steps=steps, height=size, width=size, control=control)
+
+
 def ours(model, name, seed=7, steps=6, cfg=7.5, n=2, size=64, observer=None, cancel=None):
-    pipe = model.pipe
-    job = Job(prompts=[PROMPT] * n, negative_prompts=[NEGATIVE] * n, guidance=[cfg] * n,
-              generators=[torch.Generator("cpu").manual_seed(seed + i) for i in range(n)],
-              steps=steps, height=size, width=size)
-    sched = schedulers.make(name, pipe.scheduler.config)
-    out = denoise(Components.from_pipeline(pipe), sched, job, observer=observer, cancel=cancel,
-                  sigma_space=schedulers.spec(name).sigma_space)
+    out = denoise(Components.from_pipeline(model.pipe), job(name, seed, steps, cfg, n, size), observer=observer,
+                  cancel=cancel)
     return out, (out.images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
 
 
@@ -77,9 +79,9 @@ def test_per_sample_guidance_equals_separate_runs(tiny_model):
     c = Components.from_pipeline(pipe)
 
     def run(scales):
-        job = Job([PROMPT] * len(scales), [NEGATIVE] * len(scales), scales,
-                  [torch.Generator("cpu").manual_seed(3) for _ in scales], steps=5, height=64, width=64)
-        return denoise(c, schedulers.make("Euler", pipe.scheduler.config), job, sigma_space=True).images
+        batch = Job("Euler", [PROMPT] * len(scales), [NEGATIVE] * len(scales), scales,
+                    [torch.Generator("cpu").manual_seed(3) for _ in scales], steps=5, height=64, width=64)
+        return denoise(c, batch).images
 
     batched = run([1.0, 4.0, 9.0])
     for k, g in enumerate([1.0, 4.0, 9.0]):
@@ -111,7 +113,7 @@ def test_x0_matches_schedulers_own_prediction(tiny_model, name):
     sched.scale_model_input(x, t)
     theirs_x0 = sched.step(eps, t, x).pred_original_sample
     from playground.sampling import noise_level
-    mine = predict_x0(x, eps, noise_level(sched, t), schedulers.spec(name).sigma_space, "epsilon")
+    mine = predict_x0(x, eps, noise_level(sched, t), schedulers.REGISTRY[name].sigma_space, "epsilon")
     assert (mine - theirs_x0).abs().max() <= 1e-4
 
 
@@ -157,14 +159,14 @@ def test_controlnet_hook_matches_diffusers_controlnet_pipeline(tiny_model):
     want = ref(PROMPT, negative_prompt=NEGATIVE, image=cond, num_inference_steps=6, guidance_scale=7.5, height=64,
                width=64, controlnet_conditioning_scale=0.8, control_guidance_start=0.2, control_guidance_end=0.8,
                output_type="np", generator=[torch.Generator("cpu").manual_seed(7)]).images
-    job = Job([PROMPT], [NEGATIVE], [7.5], [torch.Generator("cpu").manual_seed(7)], steps=6, height=64, width=64,
-              control=Control(model=net, image=cond, scale=0.8, start=0.2, end=0.8))
-    got = denoise(Components.from_pipeline(base), schedulers.make("DDIM", base.scheduler.config), job).images
+    steer = Control(model=net, image=cond, scale=0.8, start=0.2, end=0.8)
+    got = denoise(Components.from_pipeline(base), job(control=steer)).images
     got = (got / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert np.abs(got - want).max() <= 1e-4
+    # the same job (fresh generators: the same noise) without the ControlNet gives another image
     plain, _ = ours(tiny_model, "DDIM", n=1, steps=6)
-    assert (plain.images - denoise(Components.from_pipeline(base), schedulers.make("DDIM", base.scheduler.config),
-                                   job).images).abs().max() > 1e-3  # a nonzero ControlNet changes the image
+    assert (plain.images - denoise(Components.from_pipeline(base), job(control=steer)).images).abs().max() > 1e-3
+    assert (plain.images - denoise(Components.from_pipeline(base), job()).images).abs().max() == 0
 
 
 def test_zero_initialised_controlnet_changes_nothing(tiny_model):
@@ -174,8 +176,6 @@ def test_zero_initialised_controlnet_changes_nothing(tiny_model):
     net = _controlnet(tiny_model, zero=True)
     cond = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     base = tiny_model.pipe
-    job = Job([PROMPT], [NEGATIVE], [7.5], [torch.Generator("cpu").manual_seed(7)], steps=6, height=64, width=64,
-              control=Control(model=net, image=cond, scale=1.0))
-    got = denoise(Components.from_pipeline(base), schedulers.make("DDIM", base.scheduler.config), job).images
+    got = denoise(Components.from_pipeline(base), job(control=Control(model=net, image=cond, scale=1.0))).images
     plain, _ = ours(tiny_model, "DDIM", n=1, steps=6)
     assert (plain.images - got).abs().max() <= 1e-5

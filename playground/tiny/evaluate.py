@@ -24,8 +24,10 @@ from statistics import mean
 import numpy as np
 
 from playground import settings as settings_mod
-from playground.engine import ControlRequest, Engine, GenerateRequest
+from playground.engine import Engine
+from playground.requests import ControlRequest, GenerateRequest
 from playground.loading import load_model
+from playground.control import canny
 from playground.tiny import analyse, world
 
 TARGETS = {"analyser": 0.98, "colour": 0.85, "shape": 0.70, "cfg_gap": 0.20, "canny_f1": 0.5, "pose_recall": 0.6}
@@ -58,9 +60,9 @@ def control_scenes(kind: str, n: int, seed: int) -> list[world.Scene]:
 def score_canny(engine: Engine, n: int, seed: int = 900_000_000) -> float:
     scores = []
     for i, scene in enumerate(control_scenes("canny", n, seed)):
-        edges = world.canny_map(scene.image)
-        out = engine.control(ControlRequest(image=edges, mode="image", controlnet="canny", prompt=scene.caption,
-                                            seed=i, steps=25, scheduler="DDIM")).images[0].image
+        edges = canny(scene.image)
+        out = engine.control(ControlRequest(image=edges, mode="image", controlnet="canny", base=GenerateRequest(
+            prompt=scene.caption, seed=i, steps=25, scheduler="DDIM"))).images[0].image
         scores.append(analyse.edge_f1(np.asarray(edges.convert("L")), out))
     return mean(scores)
 
@@ -71,8 +73,8 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> float:
         pose = world.pose_map(scene.keypoints)
         # the prompt names no pose and no place: the map alone has to carry the figure
         prompt = f"{world.a(rng.choice(list(world.COLOURS)))} person on a {rng.choice(list(world.BACKGROUNDS))} background"
-        out = engine.control(ControlRequest(image=pose, mode="image", controlnet="openpose", prompt=prompt,
-                                            seed=i, steps=25, scheduler="DDIM")).images[0].image
+        out = engine.control(ControlRequest(image=pose, mode="image", controlnet="openpose", base=GenerateRequest(
+            prompt=prompt, seed=i, steps=25, scheduler="DDIM"))).images[0].image
         scores.append(analyse.skeleton_recall(pose, out))
     return mean(scores)
 
@@ -135,10 +137,10 @@ def sheet(model: str, path: Path, per_row: int = 6) -> None:
     for kind, scenes in (("canny", control_scenes("canny", per_row // 2, 900_000_000)),
                          ("openpose", control_scenes("openpose", per_row // 2, 910_000_000))):
         for i, scene in enumerate(scenes):
-            cmap = world.canny_map(scene.image) if kind == "canny" else world.pose_map(scene.keypoints)
+            cmap = canny(scene.image) if kind == "canny" else world.pose_map(scene.keypoints)
             prompt = scene.caption if kind == "canny" else f"{world.a(list(world.COLOURS)[i * 3 % 8])} person on a white background"
-            out = engine.control(ControlRequest(image=cmap, mode="image", controlnet=kind, prompt=prompt, seed=i,
-                                                steps=25, scheduler="DDIM")).images[0].image
+            out = engine.control(ControlRequest(image=cmap, mode="image", controlnet=kind, base=GenerateRequest(
+                prompt=prompt, seed=i, steps=25, scheduler="DDIM"))).images[0].image
             cells += [(cmap, f"{kind} map"), (out, prompt)]
     w, h = 128 + 8, 128 + 50
     rows = (len(cells) + per_row - 1) // per_row

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -28,31 +29,26 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextModel
 
-from playground.tiny import world
-from playground.tiny.untrained import SD15_SCHEDULER
+from playground.control import canny
+from playground.loading import MARKER
+from playground.settings import CONTROLNETS
+from playground.tiny import arch, world
+from playground.tiny.arch import OFFLINE, SD15_SCHEDULER
 from playground.tiny.vocab import build_tokenizer
 
 RUN = Path("runs/offline-model")
 CFG_DROPOUT = 0.1  # the empty caption this often, so one model is both conditional and unconditional
 SEED_STRIDE = {"vae": 0, "unet": 10_000_000, "canny": 20_000_000, "openpose": 30_000_000}
 
-ARCH = dict(
-    vae=dict(block_out_channels=(16, 32, 64, 64), norm_num_groups=4, layers_per_block=1),
-    unet=dict(block_out_channels=(64, 128, 128), layers_per_block=1, attention_head_dim=8, norm_num_groups=8),
-    text=dict(hidden_size=96, layers=3, heads=4),
-)
+ARCH = OFFLINE  # the sizes of every component (playground/tiny/arch.py)
 
 
 # ---------------------------------------------------------------- models
 
 def new_vae() -> AutoencoderKL:
-    a = ARCH["vae"]
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=a["block_out_channels"],
-                         layers_per_block=a["layers_per_block"], latent_channels=4, norm_num_groups=a["norm_num_groups"],
-                         sample_size=world.SIZE)
+    vae = arch.new_vae(ARCH)
     # start the posterior narrow (std ~0.05): at the default std 1 the sampled latent is all noise and
     # the decoder learns nothing but the mean colour for hundreds of steps
     with torch.no_grad():
@@ -61,25 +57,12 @@ def new_vae() -> AutoencoderKL:
 
 
 def new_text_encoder(tokenizer) -> CLIPTextModel:
-    a = ARCH["text"]
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=a["hidden_size"], intermediate_size=a["hidden_size"] * 4,
-        num_hidden_layers=a["layers"], num_attention_heads=a["heads"], max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    return arch.new_text_encoder(ARCH, tokenizer)
 
 
 def new_unet() -> UNet2DConditionModel:
-    a = ARCH["unet"]
-    return UNet2DConditionModel(
-        sample_size=world.SIZE // 8, in_channels=4, out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=a["block_out_channels"], layers_per_block=a["layers_per_block"],
-        cross_attention_dim=ARCH["text"]["hidden_size"], attention_head_dim=a["attention_head_dim"],
-        norm_num_groups=a["norm_num_groups"])
+    return arch.new_unet(ARCH)
 
-
-# ---------------------------------------------------------------- data
 
 def to_tensor(images) -> torch.Tensor:
     """PIL images -> [B, 3, H, W] in [-1, 1]."""
@@ -93,7 +76,7 @@ def batch(stage: str, step: int, size: int, kind: str | None = None):
 
 
 def control_map(stage: str, scene: world.Scene):
-    return world.canny_map(scene.image) if stage == "canny" else world.pose_map(scene.keypoints)
+    return canny(scene.image) if stage == "canny" else world.pose_map(scene.keypoints)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -403,7 +386,7 @@ def export(args) -> None:
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.to(dtype=torch.float16).save_pretrained(out, safe_serialization=True)
     steps = {}
-    for kind in ("canny", "openpose"):
+    for kind in CONTROLNETS:
         state = Checkpoint(args.run, kind).load()
         if state is None:
             continue
@@ -418,9 +401,9 @@ def export(args) -> None:
         "description": "a small latent diffusion model trained by the project on its procedural world of coloured "
                        "shapes and stick figures (see playground/tiny): it knows 8 colours, 6 shapes, 3 sizes, "
                        "9 places, 3 backgrounds and 6 poses",
-        "native_size": world.SIZE,
+        "native_size": ARCH.image_size,
         "steps": trained,
-        "architecture": ARCH,
+        "architecture": dataclasses.asdict(ARCH),
         "examples": [
             "a large red star in the center on a white background",
             "a small blue circle at the top left on a black background",
@@ -428,7 +411,7 @@ def export(args) -> None:
             "a green person with arms raised on a white background",
         ],
     }
-    (out / "playground.json").write_text(json.dumps(marker, indent=2) + "\n")
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"wrote {out} ({size / 1e6:.1f} MB), steps {trained}")
 
@@ -440,12 +423,12 @@ def import_model(args) -> None:
 
     src = Path(args.out)
     pipe = StableDiffusionPipeline.from_pretrained(src, dtype=torch.float32)
-    steps = json.loads((src / "playground.json").read_text()).get("steps", {})
+    steps = json.loads((src / MARKER).read_text()).get("steps", {})
     vae, unet, text = pipe.vae.state_dict(), pipe.unet.state_dict(), pipe.text_encoder.state_dict()
     Checkpoint(args.run, "vae").save({"model": vae, "step": steps.get("vae", 0)})
     Checkpoint(args.run, "unet").save({"unet": unet, "text": text, "ema_unet": unet, "ema_text": text,
                                        "step": steps.get("unet", 0), "scale": pipe.vae.config.scaling_factor})
-    for kind in ("canny", "openpose"):
+    for kind in CONTROLNETS:
         if (src / f"controlnet-{kind}").is_dir():
             net = ControlNetModel.from_pretrained(src / f"controlnet-{kind}", dtype=torch.float32)
             Checkpoint(args.run, kind).save({"model": net.state_dict(), "step": steps.get(kind, 0)})
@@ -454,7 +437,7 @@ def import_model(args) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=["vae", "unet", "canny", "openpose", "export", "import"])
+    parser.add_argument("stage", choices=["vae", "unet", *CONTROLNETS, "export", "import"])
     parser.add_argument("out", nargs="?", default="assets/offline-model",
                         help="export: the folder to write; import: the folder to read")
     parser.add_argument("--ckpt-dir", dest="run", type=Path, default=RUN, help="checkpoint folder (resumed from)")

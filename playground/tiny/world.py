@@ -168,12 +168,6 @@ def pose_map(keypoints: np.ndarray, size: int = SIZE, canvas: int = 512) -> Imag
     return Image.fromarray(img).resize((size, size), Image.BILINEAR)
 
 
-def canny_map(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
-    """The Canny edges the Canny ControlNet is trained on (the app's default thresholds)."""
-    edges = cv2.Canny(np.asarray(image.convert("RGB")), low, high)
-    return Image.fromarray(np.stack([edges] * 3, axis=-1))
-
-
 # ---------------------------------------------------------------- scenes
 
 def _jitter(rgb, rng: random.Random, amount: int = 8):

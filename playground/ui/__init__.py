@@ -1,4 +1,5 @@
-"""The gradio UI: the only package that imports gradio. One module per tab."""
+"""The gradio UI: the only package that imports gradio. One module per tab; this one assembles them
+and holds what the page says about the model (banner, example prompts)."""
 
 from __future__ import annotations
 
@@ -6,42 +7,67 @@ from pathlib import Path
 
 import gradio as gr
 
+from playground import schedulers
 from playground.engine import Engine
+from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
 from playground.ui import control, grid, inspector, prompt
+from playground.ui.common import PIXELS_CSS
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
 #banner.untrained {border-left: 6px solid #e0a000;}
 .token-count {font-size: 0.85em; opacity: 0.85; padding: 0 4px;}
-"""
+""" + PIXELS_CSS
 
 GPU = "gpu"  # the one concurrency group every tab's model work goes through
+
+# prompts for a general text-to-image model (SD 1.5 and friends); the offline model lists its own
+SD_EXAMPLES = (
+    "a watercolor painting of a lighthouse on a cliff at sunset",
+    "a photo of a red fox in a snowy forest, detailed, high quality",
+    "a cosy cottage on a hill, sunny day, cartoon style",
+)
+
+
+def banner(model: LoadedModel) -> str:
+    """One line for the top of the page: which model, on what, and why."""
+    trained = "" if model.trained else " — UNTRAINED (random weights: images are noise-like; it shows the mechanics)"
+    compiled = (f" Compiled with torch.compile ({model.compiled}): a new size or batch compiles once, "
+                "so its first request takes longer." if model.compiled else "")
+    knows = f" It is {model.description}." if model.description else ""
+    return (f"Model: {model.name} on {model.device.type} ({str(model.dtype).removeprefix('torch.')}){trained}. "
+            f"Why: {model.reason}.{knows}{compiled}")
+
+
+def examples(model: LoadedModel) -> list[str]:
+    """Example prompts for the tabs: the model's own (the offline model's marker lists what it knows)."""
+    return list(model.examples) or list(SD_EXAMPLES)
 
 
 def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole playground: banner, then one tab per activity, all on the same Engine."""
+    model = engine.model
     with gr.Blocks(title="Diffusion Playground") as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
-        gr.Markdown(engine.banner(), elem_id="banner",
-                    elem_classes=[] if engine.model.trained else ["untrained"])
+        gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])
         with gr.Tab("Prompt"):
             prompt.build(
                 generate=engine.generate,
                 count_tokens=engine.count_tokens,
-                scheduler_names=engine.scheduler_names,
+                scheduler_names=schedulers.NAMES,
                 native_size=engine.native_size,
                 settings=settings,
-                examples=engine.examples,
+                examples=examples(model),
                 concurrency_id=GPU,
             )
         with gr.Tab("Grid"):
             grid.build(
                 grid=engine.grid,
-                scheduler_names=engine.scheduler_names,
+                scheduler_names=schedulers.NAMES,
                 native_size=engine.native_size,
                 settings=settings,
-                examples=engine.examples,
+                examples=examples(model),
                 concurrency_id=GPU,
             )
         with gr.Tab("ControlNet"):
@@ -49,10 +75,10 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 control=engine.control,
                 preprocess=engine.preprocess,
                 controlnet_source=engine.controlnet_source,
-                scheduler_names=engine.scheduler_names,
+                offline=model.offline,
+                scheduler_names=schedulers.NAMES,
                 native_size=engine.native_size,
                 settings=settings,
-                examples=engine.examples,
                 concurrency_id=GPU,
             )
         with gr.Tab("Latent inspector"):
@@ -60,12 +86,11 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 inspect=engine.inspect,
                 step_view=engine.step_view,
                 decode_x0=engine.decode_x0,
-                save_trajectory=engine.save_trajectory,
                 roundtrip=engine.roundtrip,
-                scheduler_names=engine.scheduler_names,
+                scheduler_names=schedulers.NAMES,
                 native_size=engine.native_size,
                 settings=settings,
-                examples=engine.examples,
+                examples=examples(model),
                 concurrency_id=GPU,
             )
     return demo
@@ -74,7 +99,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
 def launch_options(settings: Settings) -> dict:
     """Keyword arguments for Blocks.launch (gradio 6 takes theme and css here)."""
     out = Path(settings.output_dir).resolve()
-    examples = ASSETS / "examples"  # served to gr.Examples wherever the app was started from
+    example_dir = ASSETS / "examples"  # served to gr.Examples wherever the app was started from
     return dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS,
-                theme=gr.themes.Soft(), allowed_paths=[str(out), str(examples)],
+                theme=gr.themes.Soft(), allowed_paths=[str(out), str(example_dir)],
                 max_file_size=f"{settings.max_upload_mb}mb")

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
-import uuid
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from playground.engine import InvalidRequest, Progress
+from playground.requests import InvalidRequest, Progress
 from playground.sampling import Cancelled
+
+# Components with elem_classes=["pixels"] scale images with nearest-neighbour sampling: the offline
+# model's 128 px images show their real pixels as crisp squares, not a blur that looks like detail
+# the model did not make. (Image views keep gradio's scale-down, so they are shown whole, 1:1; the
+# galleries use object_fit="contain" and fit_columns=False, so a lone image is never cropped.)
+PIXELS_CSS = """
+.pixels img {image-rendering: pixelated;}
+"""
 
 
 def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]:
@@ -49,9 +54,3 @@ def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]
                 return
     finally:
         cancel.set()
-
-
-def output_stem(out_dir: Path) -> Path:
-    """A fresh, sortable file stem in the output folder (made if missing): 20261126-131427-2cfb48."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"

@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 
-from playground.control import RESIZE_MODES
-from playground.engine import ControlRequest, ControlResult, InvalidRequest, Progress
+from playground.control import PREPROCESSORS, RESIZE_MODES
 from playground.gpu import gpu
-from playground.metadata import save_png
-from playground.settings import ASSETS, Settings
-from playground.ui.common import output_stem, stream
+from playground.outputs import save_control
+from playground.requests import ControlRequest, ControlResult, GenerateRequest, InvalidRequest, Progress
+from playground.settings import ASSETS, CONTROLNETS, Settings
+from playground.ui.common import stream
 
-MODES = {"Canny edges from the photo": "canny", "My image is already the control map": "image"}
+MODES = {p.label: key for key, p in PREPROCESSORS.items()}  # the radio's labels (the API takes these) -> keys
+CANNY = {p.name: p for p in PREPROCESSORS["canny"].params}  # the threshold sliders' ranges and defaults
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def control_examples(prompts: list[str]) -> list[list]:
-    """[image, mode, ControlNet, prompt] rows: the shapes and landscape scenes, then every pose preset."""
+def control_examples(offline: bool) -> list[list]:
+    """[image, mode, ControlNet, prompt] rows: the shapes and landscape scenes, then every pose preset,
+    with prompts in the offline model's words when it is the one loaded."""
     folder = ASSETS / "examples"
-    offline = bool(prompts) and "background" in prompts[0]  # the offline model's captions end so
-    canny_mode, ready = list(MODES)[0], list(MODES)[1]
+    canny_mode, ready = PREPROCESSORS["canny"].label, PREPROCESSORS["image"].label
     rows = [[str(folder / "shapes.png"), canny_mode, "canny",
              "a yellow star on the left and a purple ring on the right on a black background" if offline
              else "two glowing paper lanterns at night"],
@@ -40,14 +40,15 @@ def upload_path(upload) -> str | None:
     return upload.get("path") if isinstance(upload, dict) else upload
 
 
-def save_outputs(result: ControlResult, out_dir: Path) -> list[tuple[str, str]]:
-    stem = output_stem(out_dir)
-    result.control_map.save(f"{stem}-control-map.png")
-    items = [(f"{stem}-control-map.png", "control map")]
-    for k, g in enumerate(result.images):
-        path = save_png(g.image, g.params, f"{stem}-{k}-seed{g.params.seed}.png")
-        items.append((str(path), f"seed {g.params.seed}"))
-    return items
+def control_request(image, mode, controlnet, low, high, resize, conditioning_scale=1.0, guidance_start=0.0,
+                    guidance_end=1.0, prompt="", negative_prompt="", seed=-1, steps=25, cfg_scale=7.5,
+                    scheduler="DPM++ 2M Karras", width=0, height=0, num_images=1) -> ControlRequest:
+    """The `preprocess` / `control` API's values, as they come, in a request (the Engine checks them)."""
+    base = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
+                           scheduler=scheduler, width=width, height=height, num_images=num_images)
+    return ControlRequest(image=upload_path(image), mode=mode, controlnet=controlnet, params={"low": low, "high": high},
+                          resize=resize, conditioning_scale=conditioning_scale, guidance_start=guidance_start,
+                          guidance_end=guidance_end, base=base)
 
 
 def build(
@@ -57,12 +58,12 @@ def build(
     scheduler_names: list[str],
     native_size: int,
     settings: Settings,
-    examples: list[str] = (),
+    offline: bool = False,
     concurrency_id: str = "gpu",
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
     defaults = ControlRequest()
-    sources = ", ".join(f"**{k}**: `{controlnet_source(k)}`" for k in ("canny", "openpose"))
+    sources = ", ".join(f"**{k}**: `{controlnet_source(k)}`" for k in CONTROLNETS)
 
     # -- layout -------------------------------------------------------------------------------
     gr.Markdown("Upload a picture, turn it into a **control map**, and generate images that follow its structure. "
@@ -71,12 +72,12 @@ def build(
         with gr.Column(scale=5):
             image_box = gr.Image(label="Photo or control map", type="filepath", sources=["upload", "clipboard"],
                                  height=260)
-            mode_box = gr.Radio(list(MODES), value=list(MODES)[0], label="Control map")
-            net_box = gr.Radio(["canny", "openpose"], value=defaults.controlnet, label="ControlNet",
+            mode_box = gr.Radio(list(MODES), value=PREPROCESSORS[defaults.mode].label, label="Control map")
+            net_box = gr.Radio(list(CONTROLNETS), value=defaults.controlnet, label="ControlNet",
                                info="Canny edges need 'canny'; a ready pose drawing needs 'openpose'")
             with gr.Row():
-                low_box = gr.Slider(0, 255, value=defaults.low, step=1, label="Canny low threshold")
-                high_box = gr.Slider(0, 255, value=defaults.high, step=1, label="Canny high threshold")
+                low_box, high_box = (gr.Slider(p.lo, p.hi, value=p.default, step=1, label=p.label)
+                                     for p in (CANNY["low"], CANNY["high"]))
             resize_box = gr.Radio(list(RESIZE_MODES), value=defaults.resize, label="Fit to the size by",
                                   info="; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items()))
             show_map = gr.Button("Preview the control map")
@@ -88,9 +89,9 @@ def build(
                 start_box = gr.Slider(0, 1, value=defaults.guidance_start, step=0.05, label="Guidance start")
                 end_box = gr.Slider(0, 1, value=defaults.guidance_end, step=0.05, label="Guidance end")
             with gr.Row():
-                scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler")
-                steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
-                cfg_box = gr.Slider(0, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale")
+                scheduler_box = gr.Dropdown(scheduler_names, value=defaults.base.scheduler, label="Scheduler")
+                steps_box = gr.Slider(1, settings.max_steps, value=defaults.base.steps, step=1, label="Steps")
+                cfg_box = gr.Slider(0, settings.max_cfg, value=defaults.base.cfg_scale, step=0.5, label="CFG scale")
             with gr.Row():
                 width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
                 height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
@@ -101,45 +102,37 @@ def build(
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
     # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
-    gr.Examples(control_examples(examples), inputs=[image_box, mode_box, net_box, prompt_box],
+    gr.Examples(control_examples(offline), inputs=[image_box, mode_box, net_box, prompt_box],
                 label="Examples (no download): click one, then Generate", examples_per_page=8)
     with gr.Row():
         map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
-                            height=300)
+                            height=300, elem_classes=["pixels"])
         gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height=300,
-                             object_fit="contain")
+                             object_fit="contain", fit_columns=False, elem_classes=["pixels"])
     info = gr.Markdown()
 
     # -- handlers -----------------------------------------------------------------------------
-    def request(image, mode, controlnet, low, high, resize, conditioning_scale=1.0, guidance_start=0.0,
-                guidance_end=1.0, prompt="", negative_prompt="", seed=-1, steps=25, cfg_scale=7.5,
-                scheduler="DPM++ 2M Karras", width=0, height=0, num_images=1) -> ControlRequest:
-        return ControlRequest(image=upload_path(image), mode=MODES.get(mode, mode), controlnet=controlnet, low=low,
-                              high=high, resize=resize, conditioning_scale=conditioning_scale,
-                              guidance_start=guidance_start, guidance_end=guidance_end, prompt=prompt,
-                              negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
-                              scheduler=scheduler, width=width, height=height, num_images=num_images)
-
     def on_preprocess(image, mode, controlnet, low, high, resize, width, height):
         try:
-            return preprocess(request(image, mode, controlnet, low, high, resize, width=width, height=height))
+            return preprocess(control_request(image, mode, controlnet, low, high, resize, width=width, height=height))
         except InvalidRequest as exc:
             raise gr.Error(str(exc)) from None
 
     def on_control(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start, guidance_end,
                    prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
                    progress=gr.Progress()):
-        req = request(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start, guidance_end,
-                      prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images)
+        req = control_request(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start,
+                              guidance_end, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height,
+                              num_images)
         for item in stream(control, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
             else:
-                files = save_outputs(item, Path(settings.output_dir))
-                r = item.request
+                files = save_control(item, settings.output_dir)
+                c, r = item.request, item.request.base
                 text = (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}; "
-                        f"ControlNet `{item.controlnet}` at scale {req.conditioning_scale:g} from "
-                        f"{req.guidance_start:g} to {req.guidance_end:g} of the steps; {item.seconds:.2f} s")
+                        f"ControlNet `{item.controlnet}` at scale {c.conditioning_scale:g} from "
+                        f"{c.guidance_start:g} to {c.guidance_end:g} of the steps; {item.seconds:.2f} s")
                 yield files[0][0], files, text
 
     # -- events -------------------------------------------------------------------------------

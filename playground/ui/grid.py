@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 import pandas as pd
 
-from playground.engine import GridRequest, GridResult, Progress
-from playground.grid import layout
-from playground.metadata import save_png
 from playground.gpu import gpu
 from playground.latents import snr_db
+from playground.outputs import save_grid
+from playground.requests import GenerateRequest, GridRequest, GridResult, Progress
 from playground.settings import Settings
-from playground.ui.common import output_stem, stream
+from playground.ui.common import stream
 
 TABLE_HEADERS = ["scheduler", "CFG scale", "seed", "steps", "model evaluations", "seconds (share of row)", "size"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def scale_label(g: float) -> str:
-    return f"CFG {g:g}"
-
-
 def noise_table(result: GridResult) -> pd.DataFrame:
     """One row per model evaluation and scheduler: sigma and SNR in dB (SNR = 1 / sigma^2)."""
     rows = []
@@ -36,13 +29,13 @@ def noise_table(result: GridResult) -> pd.DataFrame:
 
 
 def cell_table(result: GridResult) -> list[list]:
-    r = result.request
+    r = result.request.base
     return [[c.scheduler, c.cfg_scale, r.seed, r.steps, c.unet_calls, round(c.seconds, 3), f"{r.width}x{r.height}"]
             for row in result.cells for c in row]
 
 
 def summary(result: GridResult) -> str:
-    r = result.request
+    r = result.request.base
     rows, cols = len(result.cells), len(result.cells[0])
     evals = sum(c.unet_calls for row in result.cells for c in row)
     return "  \n".join([
@@ -52,23 +45,12 @@ def summary(result: GridResult) -> str:
     ])
 
 
-def save_outputs(result: GridResult, out_dir: Path) -> tuple[str, list[tuple[str, str]]]:
-    """The labelled grid and every cell as PNGs with their parameters; (grid path, gallery items)."""
-    stem = f"{output_stem(out_dir)}-grid"
-    r = result.request
-    items = []
-    for row in result.cells:
-        for c in row:
-            path = save_png(c.generated.image, c.generated.params,
-                            f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-cfg{c.cfg_scale:g}.png")
-            items.append((str(path), f"{c.scheduler} · {scale_label(c.cfg_scale)}"))
-    title = f"“{r.prompt[:80]}{'…' if len(r.prompt) > 80 else ''}”  seed {r.seed}, {r.steps} steps"
-    sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),
-                   [scale_label(g) for g in r.cfg_scales], title=title)
-    first = result.cells[0][0].generated.params
-    params = replace(first, extra=(("Grid", "schedulers x CFG scales"), ("Schedulers", ", ".join(r.schedulers)),
-                                   ("CFG scales", ", ".join(f"{g:g}" for g in r.cfg_scales))))
-    return str(save_png(sheet, params, f"{stem}.png")), items
+def grid_request(prompt="", negative_prompt="", seed=-1, steps=20, schedulers=("Euler a", "DPM++ 2M Karras"),
+                 cfg_scales="1, 3, 7.5, 12", width=0, height=0) -> GridRequest:
+    """The `grid` API's values, as they come, in a request (the Engine checks them)."""
+    base = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
+                           height=height)
+    return GridRequest(base=base, schedulers=schedulers, cfg_scales=cfg_scales)
 
 
 def build(
@@ -98,7 +80,7 @@ def build(
             scales_box = gr.Textbox(value=defaults.cfg_scales, label="CFG scales (columns)",
                                     info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
             with gr.Row():
-                steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
+                steps_box = gr.Slider(1, settings.max_steps, value=defaults.base.steps, step=1, label="Steps")
                 seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random, one for all cells)")
             with gr.Row():
                 width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
@@ -108,22 +90,23 @@ def build(
                 stop = gr.Button("Stop", variant="stop", scale=1)
             info = gr.Markdown()
         with gr.Column(scale=7):
-            sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath")
+            sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath",
+                             elem_classes=["pixels"])
     with gr.Row():
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
                            label="Noise level at each model evaluation (SNR = 1/sigma², in dB: higher is cleaner)")
-    cells = gr.Gallery(label="Cells", format="png", columns=6, object_fit="contain", height=320)
+    cells = gr.Gallery(label="Cells", format="png", columns=6, object_fit="contain", height=320, fit_columns=False,
+                       elem_classes=["pixels"])
     table = gr.Dataframe(headers=TABLE_HEADERS, label="What each cell cost", interactive=False)
 
     # -- handlers -----------------------------------------------------------------------------
     def on_grid(prompt, negative_prompt, seed, steps, schedulers, cfg_scales, width, height, progress=gr.Progress()):
-        req = GridRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                          schedulers=schedulers, cfg_scales=cfg_scales, width=width, height=height)
+        req = grid_request(prompt, negative_prompt, seed, steps, schedulers, cfg_scales, width, height)
         for item in stream(grid, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="evaluations")
             else:
-                path, items = save_outputs(item, Path(settings.output_dir))
+                path, items = save_grid(item, settings.output_dir)
                 yield path, items, cell_table(item), noise_table(item), summary(item)
 
     # -- events -------------------------------------------------------------------------------

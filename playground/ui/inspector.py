@@ -8,12 +8,15 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from playground.engine import GenerateRequest, InvalidRequest, Progress, RoundTrip, StepView, Trajectory
-from playground.metadata import save_png
 from playground.gpu import gpu
+from playground.inspect import RoundTrip, StepView
 from playground.latents import snr_db
+from playground.outputs import save_trajectory
+from playground.requests import GenerateRequest, InvalidRequest, Progress, Trajectory
 from playground.settings import Settings
-from playground.ui.common import output_stem, stream
+from playground.ui.common import stream
+
+NOISE_SERIES = {"sigma": "#1f77b4", "SNR (dB)": "#ff7f0e", "selected step": "#d62728"}  # legend order and colours
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -47,7 +50,6 @@ def build(
     inspect: Callable[..., Trajectory],
     step_view: Callable[[Trajectory, int], StepView],
     decode_x0: Callable[[Trajectory, int], object],
-    save_trajectory: Callable[[Trajectory, str | Path], Path],
     roundtrip: Callable[..., RoundTrip],
     scheduler_names: list[str],
     native_size: int,
@@ -75,7 +77,7 @@ def build(
                     scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler")
                     steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
                 with gr.Row():
-                    cfg_box = gr.Slider(0, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale")
+                    cfg_box = gr.Slider(0, settings.max_cfg, value=defaults.cfg_scale, step=0.5, label="CFG scale")
                     seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
                 with gr.Row():
                     width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
@@ -86,17 +88,19 @@ def build(
                 info = gr.Markdown()
                 download = gr.File(label="Download the trajectory (.safetensors: every x_t, x0 and model output)")
             with gr.Column(scale=4):
-                final = gr.Image(label="Final image", format="png", interactive=False, type="filepath", height=300)
+                final = gr.Image(label="Final image", format="png", interactive=False, type="filepath", height=300,
+                                 elem_classes=["pixels"])
         step_slider = gr.Slider(1, 2, value=1, step=1, label="Step (drag to scrub the trajectory)", interactive=False)
         step_info = gr.Markdown()
         channels = gr.Gallery(label="x_t: the 4 latent channels at this step (one shared colour scale)", columns=4,
                               height=300, object_fit="contain", format="png", allow_preview=False)
         with gr.Row():
-            rgb_x_t = gr.Image(label="x_t as RGB (linear map, no VAE)", format="png", interactive=False, height=260)
-            rgb_x0 = gr.Image(label="predicted x0 as RGB (linear map)", format="png", interactive=False, height=260)
+            rgb_x_t = gr.Image(label="x_t as RGB (linear map, no VAE)", format="png", interactive=False, height=260, elem_classes=["pixels"])
+            rgb_x0 = gr.Image(label="predicted x0 as RGB (linear map)", format="png", interactive=False, height=260, elem_classes=["pixels"])
             decoded = gr.Image(label="predicted x0 through the VAE decoder", format="png", interactive=False,
-                               height=260)
-        noise = gr.LinePlot(x="step", y="value", color="series", label="Noise level over the steps", height=260)
+                               height=260, elem_classes=["pixels"])
+        noise = gr.LinePlot(x="step", y="value", color="series", color_map=NOISE_SERIES,
+                            colors_in_legend=list(NOISE_SERIES), label="Noise level over the steps", height=340)
         gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts the noise twice, with the prompt "
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()
@@ -142,9 +146,7 @@ def build(
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 continue
             traj: Trajectory = item
-            stem = f"{output_stem(out_dir)}-seed{traj.request.seed}"
-            image = save_png(traj.image, traj.params, f"{stem}.png")
-            file = save_trajectory(traj, f"{stem}-trajectory.safetensors")
+            image, file = save_trajectory(traj, out_dir)
             r = traj.request
             text = (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}.  \n"
                     f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session; "

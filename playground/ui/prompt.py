@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 
-from playground.engine import GenerateRequest, GenerateResult, Progress, TokenCount
-from playground.metadata import read_png, save_png
 from playground.gpu import gpu
+from playground.metadata import read_png
+from playground.outputs import save_images
+from playground.requests import GenerateRequest, GenerateResult, Progress, TokenCount
 from playground.settings import Settings
-from playground.ui.common import output_stem, stream
+from playground.ui.common import stream
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -34,17 +34,6 @@ def summary(result: GenerateResult) -> str:
     if any(g.nsfw for g in result.images):
         lines.append("⚠️ The model's safety checker blacked out at least one image.")
     return "  \n".join(lines)
-
-
-def save_outputs(result: GenerateResult, out_dir: Path) -> list[tuple[str, str]]:
-    """Each image as a PNG carrying its parameters; (path, caption) pairs for the gallery."""
-    stem = output_stem(out_dir)
-    items = []
-    for k, g in enumerate(result.images):
-        path = f"{stem}-{k}-seed{g.params.seed}.png"
-        save_png(g.image, g.params, path)
-        items.append((str(path), f"seed {g.params.seed}"))
-    return items
 
 
 def build(
@@ -75,7 +64,7 @@ def build(
                 scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler (sampler)")
                 steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
             with gr.Row():
-                cfg_box = gr.Slider(0, 30, value=defaults.cfg_scale, step=0.5, label="CFG scale",
+                cfg_box = gr.Slider(0, settings.max_cfg, value=defaults.cfg_scale, step=0.5, label="CFG scale",
                                 info="1 = no guidance; higher follows the prompt harder")
                 images_box = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
             with gr.Row():
@@ -88,9 +77,9 @@ def build(
                               file_types=[".png"], type="filepath", height=140)
         with gr.Column(scale=6):
             preview = gr.Image(label="Live preview (predicted clean image, from latents)", format="png",
-                               interactive=False, height=256)
+                               interactive=False, height=256, elem_classes=["pixels"])
             gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
-                                 object_fit="contain", height=420)
+                                 object_fit="contain", height=420, fit_columns=False, elem_classes=["pixels"])
             info = gr.Markdown(label="Run info")
             seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
 
@@ -108,7 +97,7 @@ def build(
                 if item.preview is not None:
                     yield item.preview, gr.skip(), gr.skip(), gr.skip()
             else:
-                files = save_outputs(item, Path(settings.output_dir))
+                files = save_images(item.images, settings.output_dir)
                 yield files[0][0], files, summary(item), item.request.seed
 
     def on_restore(path):
@@ -129,12 +118,10 @@ def build(
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the preview only: the gallery keeps the last images in view
-    gen = run.click(gpu(on_generate), inputs, [preview, gallery, info, seed_used], api_name="generate", preprocess=False,
-                    show_progress_on=preview, concurrency_id=concurrency_id,
-                    concurrency_limit=settings.gpu_concurrency)
-    prompt_box.submit(gpu(on_generate), inputs, [preview, gallery, info, seed_used], api_visibility="private",
-                      preprocess=False, show_progress_on=preview, concurrency_id=concurrency_id,
-                      concurrency_limit=settings.gpu_concurrency)
+    # the button and Enter in the prompt box are one event, with one API name
+    gen = gr.on([run.click, prompt_box.submit], gpu(on_generate), inputs, [preview, gallery, info, seed_used],
+                api_name="generate", preprocess=False, show_progress_on=preview, concurrency_id=concurrency_id,
+                concurrency_limit=settings.gpu_concurrency)
     stop.click(None, cancels=[gen], api_visibility="private")
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
         box.change(lambda text: token_text(count_tokens(text)), box, counter, show_progress="hidden",

@@ -1,0 +1,79 @@
+"""Every file the playground writes: PNGs that carry their parameters, the labelled grid, trajectories.
+
+Each function takes a result and the output folder, writes under a fresh sortable stem
+(20261126-131427-2cfb48-...), and returns the paths with a caption for the gallery.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from playground.grid import layout
+from playground.metadata import format_parameters, save_png
+from playground.requests import ControlResult, Generated, GridResult, Trajectory
+
+
+def output_stem(out_dir: str | Path) -> Path:
+    """A fresh, sortable file stem in the output folder (made if missing): 20261126-131427-2cfb48."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def save_images(images: list[Generated], out_dir: str | Path) -> list[tuple[str, str]]:
+    """Each image as a PNG carrying its parameters; (path, caption) pairs for a gallery."""
+    stem = output_stem(out_dir)
+    items = []
+    for k, g in enumerate(images):
+        path = save_png(g.image, g.params, f"{stem}-{k}-seed{g.params.seed}.png")
+        items.append((str(path), f"seed {g.params.seed}"))
+    return items
+
+
+def save_control(result: ControlResult, out_dir: str | Path) -> list[tuple[str, str]]:
+    """The control map, then the images; (path, caption) pairs."""
+    stem = output_stem(out_dir)
+    result.control_map.save(f"{stem}-control-map.png")
+    return [(f"{stem}-control-map.png", "control map"), *save_images(result.images, out_dir)]
+
+
+def scale_label(g: float) -> str:
+    return f"CFG {g:g}"
+
+
+def save_grid(result: GridResult, out_dir: str | Path) -> tuple[str, list[tuple[str, str]]]:
+    """The labelled grid and every cell as PNGs with their parameters; (grid path, gallery items)."""
+    stem = f"{output_stem(out_dir)}-grid"
+    r = result.request
+    items = []
+    for row in result.cells:
+        for c in row:
+            path = save_png(c.generated.image, c.generated.params,
+                            f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-cfg{c.cfg_scale:g}.png")
+            items.append((str(path), f"{c.scheduler} · {scale_label(c.cfg_scale)}"))
+    prompt = r.base.prompt
+    title = f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”  seed {r.base.seed}, {r.base.steps} steps"
+    sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),
+                   [scale_label(g) for g in r.cfg_scales], title=title)
+    first = result.cells[0][0].generated.params
+    params = replace(first, extra=(("Grid", "schedulers x CFG scales"), ("Schedulers", ", ".join(r.schedulers)),
+                                   ("CFG scales", ", ".join(f"{g:g}" for g in r.cfg_scales))))
+    return str(save_png(sheet, params, f"{stem}.png")), items
+
+
+def save_trajectory(traj: Trajectory, out_dir: str | Path) -> tuple[Path, Path]:
+    """The final image as a PNG, and every recorded tensor as one .safetensors file with the
+    generation's parameters in its metadata; (png, safetensors)."""
+    from safetensors.torch import save_file
+
+    stem = f"{output_stem(out_dir)}-seed{traj.request.seed}"
+    image = save_png(traj.image, traj.params, f"{stem}.png")
+    meta = {"parameters": format_parameters(traj.params), "sigma_space": str(traj.sigma_space),
+            "model": traj.params.model, "prediction_type": traj.prediction_type,
+            "layout": "x_t, x0, out_*: (steps, 4, H/8, W/8) float16, sample 0"}
+    path = Path(f"{stem}-trajectory.safetensors")
+    save_file({k: v.contiguous() for k, v in traj.tensors.items()}, str(path), metadata=meta)
+    return image, path

@@ -1,0 +1,306 @@
+"""Requests, results and their validation: plain data, no torch.
+
+Every validator takes a raw request (values straight from the UI or the API), checks each value
+against the limits in `Settings`, and returns a checked copy with the size filled in and the seed
+resolved, or raises `InvalidRequest`: a ValueError whose message names the bad value and what is
+accepted. Nothing here touches a model, so all of it runs in the fast tests.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from PIL import Image
+
+from playground import control, schedulers
+from playground.grid import parse_scales
+from playground.metadata import Params
+from playground.settings import CONTROLNETS, Settings
+
+if TYPE_CHECKING:  # the tensors a trajectory holds; this module itself never imports torch
+    import numpy as np
+    import torch
+
+MAX_SEED = 2**32 - 1  # seeds are uint32, as torch.Generator.manual_seed and A1111 take them
+
+
+class InvalidRequest(ValueError):
+    """A request value out of range; the message names it and the allowed range."""
+
+
+class OutOfMemory(InvalidRequest):
+    """The device ran out of memory; the message suggests what to make smaller."""
+
+
+class ControlNetUnavailable(InvalidRequest):
+    """The ControlNet's weights could not be loaded (offline, not cached, bad id)."""
+
+
+# ---------------------------------------------------------------- requests
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1  # -1: pick one at random (the result says which)
+    steps: int = 25
+    cfg_scale: float = 7.5
+    scheduler: str = "DPM++ 2M Karras"
+    width: int = 0  # 0: the model's native size
+    height: int = 0
+    num_images: int = 1
+
+
+@dataclass(frozen=True)
+class GridRequest:
+    # prompt, negative prompt, seed (one for every cell), steps and size; its scheduler, CFG scale and
+    # number of images are what the axes below replace
+    base: GenerateRequest = GenerateRequest(steps=20)
+    schedulers: tuple[str, ...] = ("Euler a", "DPM++ 2M Karras")  # rows
+    cfg_scales: str | tuple[float, ...] = "1, 3, 7.5, 12"  # columns: a list or text like "2-12 (+2)"
+
+
+@dataclass(frozen=True)
+class ControlRequest:
+    image: Image.Image | str | Path | None = None  # the photo, or a ready control map
+    mode: str = "canny"  # a key or label of control.PREPROCESSORS
+    controlnet: str = "canny"  # a key of settings.CONTROLNETS
+    params: dict[str, Any] = field(default_factory=dict)  # the preprocessor's parameters (defaults if absent)
+    resize: str = "crop"  # how the image is fitted to width x height: see control.RESIZE_MODES
+    conditioning_scale: float = 1.0  # 0..2: how hard the map steers
+    guidance_start: float = 0.0  # fraction of the steps before the ControlNet starts
+    guidance_end: float = 1.0  # fraction after which it stops
+    base: GenerateRequest = GenerateRequest()  # prompt, seed, steps, CFG, scheduler, size, images
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class Generated:
+    image: Image.Image
+    params: Params  # everything needed to make this image again (its own seed)
+    nsfw: bool = False  # blacked out by the model's safety checker
+    array: np.ndarray | None = None  # (H, W, 3) float32 in [0, 1], before 8-bit rounding
+
+
+@dataclass
+class GenerateResult:
+    images: list[Generated]
+    request: GenerateRequest  # validated, seed resolved
+    unet_calls: int  # model evaluations per image
+    seconds: float
+
+
+@dataclass
+class Progress:
+    step: int  # model evaluations done
+    total: int
+    preview: Image.Image | None  # cheap RGB view of the predicted x0 (first image); None between previews
+    label: str = "denoising"  # what is running, e.g. "Euler a: cells 5-8 of 16"
+
+
+@dataclass
+class GridCell:
+    scheduler: str
+    cfg_scale: float
+    generated: Generated
+    unet_calls: int  # model evaluations for this cell
+    seconds: float  # its share of its row's batched pass
+
+
+@dataclass
+class GridResult:
+    request: GridRequest  # validated: seed resolved, scales as a tuple of floats, size filled in
+    cells: list[list[GridCell]]  # rows (schedulers) x columns (CFG scales)
+    sigmas: dict[str, list[float]]  # noise level at each model evaluation, per scheduler
+    seconds: float
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    used: int  # tokens the prompt takes, including CLIP's start and end tokens
+    limit: int  # 77 for CLIP
+    dropped: str  # the text CLIP will not see ("" when it fits)
+
+
+@dataclass
+class ControlResult:
+    control_map: Image.Image  # what the ControlNet saw, at the generation size
+    images: list[Generated]
+    request: ControlRequest  # validated, seed resolved
+    controlnet: str  # where the ControlNet weights came from
+    unet_calls: int
+    seconds: float
+
+
+@dataclass
+class Trajectory:
+    """One recorded generation: every model evaluation of the denoising loop (per-session state)."""
+
+    request: GenerateRequest  # validated, seed resolved
+    params: Params
+    image: Image.Image  # the final picture
+    tensors: dict[str, torch.Tensor]  # x_t, x0, out_cond, [out_uncond], out: (N, 4, h, w) fp16; timesteps, sigmas
+    sigma_space: bool  # latents are x0 + sigma * eps (Euler-like) rather than sqrt(a) x0 + sqrt(1-a) eps
+    prediction_type: str  # what the model outputs: "epsilon" or "v_prediction"
+    seconds: float
+    decoded: dict[int, Image.Image] = field(default_factory=dict)  # VAE decodes of x0, made on demand
+
+    @property
+    def steps(self) -> int:
+        return int(self.tensors["x_t"].shape[0])
+
+    @property
+    def sigmas(self) -> list[float]:
+        """Noise level at each recorded model evaluation."""
+        return [float(x) for x in self.tensors["sigmas"]]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+# ---------------------------------------------------------------- value checks
+
+def integer(name: str, value, lo: int, hi: int) -> int:
+    """`value` as an int in [lo, hi] (a whole float like 3.0 is accepted), else InvalidRequest."""
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value, ok = int(value), True
+    if not ok or not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be an integer from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def number(name: str, value, lo: float, hi: float) -> float:
+    """`value` as a finite float in [lo, hi], else InvalidRequest."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not lo <= value <= hi:
+        raise InvalidRequest(f"{name} must be a number from {lo:g} to {hi:g}, got {value!r}")
+    return float(value)
+
+
+def text(name: str, value, limit: int) -> str:
+    """A prompt: None means empty; anything but a string, or over `limit` characters, is refused."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{name} must be text, got {type(value).__name__}")
+    if len(value) > limit:
+        raise InvalidRequest(f"{name} is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def choice(name: str, value, options: dict[str, str]) -> str:
+    """The key that `value` names in `options` (key -> label; either is accepted), else InvalidRequest."""
+    if isinstance(value, str):
+        if value in options:
+            return value
+        for key, label in options.items():
+            if value == label:
+                return key
+    accepted = ", ".join(repr(k) if k == label else f"{label!r} ({k!r})" for k, label in options.items())
+    raise InvalidRequest(f"unknown {name} {value!r}; choose one of: {accepted}")
+
+
+def resolve_seed(seed: int) -> int:
+    """-1 -> a random seed; any other (checked) seed as it is."""
+    return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
+
+
+# ---------------------------------------------------------------- validators
+
+def validate_generate(req: GenerateRequest, s: Settings, native_size: int, multiple: int = 8) -> GenerateRequest:
+    """A checked copy of `req`: size filled in (a multiple of the VAE's factor), seed resolved."""
+    width = native_size if req.width in (0, None) else req.width
+    height = native_size if req.height in (0, None) else req.height
+    width, height = integer("width", width, 64, s.max_size), integer("height", height, 64, s.max_size)
+    for name, v in (("width", width), ("height", height)):
+        if v % multiple:
+            raise InvalidRequest(f"{name} must be a multiple of {multiple}, got {v} "
+                                 f"(try {v - v % multiple} or {v - v % multiple + multiple})")
+    return replace(
+        req,
+        prompt=text("prompt", req.prompt, s.max_prompt_chars),
+        negative_prompt=text("negative prompt", req.negative_prompt, s.max_prompt_chars),
+        seed=resolve_seed(integer("seed", req.seed, -1, MAX_SEED)),
+        steps=integer("steps", req.steps, 1, s.max_steps),
+        cfg_scale=number("CFG scale", req.cfg_scale, 0.0, s.max_cfg),
+        scheduler=choice("scheduler", req.scheduler, {n: n for n in schedulers.NAMES}),
+        width=width,
+        height=height,
+        num_images=integer("number of images", req.num_images, 1, s.max_images),
+    )
+
+
+def grid_scales(raw) -> list:
+    """The grid's columns from text ('1, 3, 7.5', '2-12 (+2)'), one number, or a list (checked per cell)."""
+    try:
+        if raw is None or isinstance(raw, str):
+            return parse_scales(raw or "")
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+            return [raw]  # one number: one column
+        if isinstance(raw, (list, tuple)):
+            return list(raw)
+        raise ValueError(f"CFG scales must be text such as '1, 3, 7.5' or a list of numbers, got {raw!r}")
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
+def validate_grid(req: GridRequest, s: Settings, native_size: int, multiple: int = 8) -> GridRequest:
+    """A checked copy of a grid request: every cell passes the Prompt tab's checks; one seed for all."""
+    scales = grid_scales(req.cfg_scales)
+    names = [req.schedulers] if isinstance(req.schedulers, str) else list(req.schedulers or [])
+    names = [n for k, n in enumerate(names) if n not in names[:k]]  # a scheduler picked twice is one row
+    if not names:
+        raise InvalidRequest("pick at least one scheduler for the grid's rows")
+    if not scales:
+        raise InvalidRequest("give at least one CFG scale for the grid's columns")
+    cells = len(names) * len(scales)
+    if cells > s.max_grid_cells:
+        raise InvalidRequest(f"{len(names)} schedulers x {len(scales)} CFG scales = {cells} cells; "
+                             f"the limit is {s.max_grid_cells} (MAX_GRID_CELLS)")
+    base = validate_generate(replace(req.base, num_images=1), s, native_size, multiple)  # resolves the seed once
+    for name in names:
+        for g in scales:  # the Prompt tab's checks, cell by cell, with the cell's own values
+            validate_generate(replace(base, scheduler=name, cfg_scale=g), s, native_size, multiple)
+    return replace(req, base=base, schedulers=tuple(names), cfg_scales=tuple(float(g) for g in scales))
+
+
+def validate_preprocess(req: ControlRequest, s: Settings, native_size: int, multiple: int = 8) -> ControlRequest:
+    """The map's part of a ControlNet request: an image, the preprocessor and its parameters, ControlNet, fit, size."""
+    if req.image is None or req.image == "":
+        raise InvalidRequest("no image given; upload one first")
+    mode = choice("control mode", req.mode, {k: p.label for k, p in control.PREPROCESSORS.items()})
+    pre = control.PREPROCESSORS[mode]
+    net = choice("ControlNet", req.controlnet, {k: k for k in CONTROLNETS})
+    if pre.feeds and net != pre.feeds:
+        raise InvalidRequest(f"{pre.short} need the {pre.feeds} ControlNet; pick '{pre.feeds}', or give a ready map")
+    params = {}
+    for p in pre.params:
+        value = req.params.get(p.name, p.default)
+        params[p.name] = (integer if p.integer else number)(p.label, value, p.lo, p.hi)
+    if pre.check is not None:
+        try:
+            pre.check(**params)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+    resize = choice("resize mode", req.resize, {k: k for k in control.RESIZE_MODES})
+    size = validate_generate(GenerateRequest(width=req.base.width, height=req.base.height), s, native_size, multiple)
+    return replace(req, mode=mode, controlnet=net, params=params, resize=resize,
+                   base=replace(req.base, width=size.width, height=size.height))
+
+
+def validate_control(req: ControlRequest, s: Settings, native_size: int, multiple: int = 8) -> ControlRequest:
+    """A checked copy of a ControlNet request: the generation's settings, the ControlNet's, then the map's."""
+    base = validate_generate(req.base, s, native_size, multiple)
+    scale = number("conditioning scale", req.conditioning_scale, 0.0, 2.0)
+    start = number("guidance start", req.guidance_start, 0.0, 1.0)
+    end = number("guidance end", req.guidance_end, 0.0, 1.0)
+    if start >= end:
+        raise InvalidRequest(f"guidance start ({start:g}) must be below guidance end ({end:g})")
+    req = validate_preprocess(replace(req, base=base), s, native_size, multiple)
+    return replace(req, conditioning_scale=scale, guidance_start=start, guidance_end=end)

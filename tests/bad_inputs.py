@@ -1,0 +1,68 @@
+"""The bad-input table: one valid call per endpoint, and bad values per parameter with the words the
+error must contain. Every endpoint with a parameter gets every row for it, so a new parameter brings
+its rows to all of them. test_requests.py runs the whole table against the validators (fast);
+test_reliability.py sends one row per parameter per endpoint over HTTP to a launched app."""
+
+from __future__ import annotations
+
+NAN = float("nan")
+
+# One valid call per endpoint, by parameter name (the order is the API's).
+VALID = {
+    "/generate": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
+                      width=64, height=64, num_images=1),
+    "/grid": dict(prompt="a red circle", negative_prompt="", seed=1, steps=2, schedulers=["Euler", "DDIM"],
+                  cfg_scales="1, 5", width=64, height=64),
+    "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
+                     width=64, height=64),
+    "/preprocess": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
+                        resize="crop", width=64, height=64),
+    "/control": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
+                     resize="crop", conditioning_scale=1.0, guidance_start=0.0, guidance_end=1.0,
+                     prompt="a red circle", negative_prompt="", seed=1, steps=2, cfg_scale=7.5, scheduler="Euler",
+                     width=64, height=64, num_images=1),
+}
+
+# (bad value, words the message must contain); the first row of each is the one sent over HTTP
+BAD = {
+    "prompt": [(12, ["prompt", "text", "int"]), ("x" * 20_001, ["prompt", "20001", "limit"]),
+               (["a"], ["prompt", "text"])],
+    "negative_prompt": [(3.5, ["negative prompt", "text"]), ("y" * 20_001, ["negative prompt", "20001"])],
+    "seed": [(-2, ["seed", "-2"]), (2**32, ["seed", "4294967296"]), ("abc", ["seed", "'abc'"]),
+             ("", ["seed", "''"]), (1.5, ["seed", "1.5"]), (None, ["seed", "None"]), (NAN, ["seed", "nan"])],
+    "steps": [(0, ["steps", "1 to 50", "0"]), (51, ["steps", "51"]), ("ten", ["steps", "'ten'"]),
+              (2.5, ["steps", "2.5"]), (NAN, ["steps", "nan"]), (None, ["steps", "None"])],
+    "cfg_scale": [(-1, ["CFG scale", "0 to 30", "-1"]), (31, ["CFG scale", "31"]), ("high", ["CFG scale", "high"]),
+                  (NAN, ["CFG scale", "nan"]), (None, ["CFG scale", "None"])],
+    "scheduler": [("Nope", ["scheduler", "'Nope'", "DPM++ 2M"]), ("", ["scheduler", "''"]),
+                  (None, ["scheduler", "None"]), (3, ["scheduler", "3"]), (["Euler"], ["scheduler", "['Euler']"]),
+                  ({"a": 1}, ["scheduler", "{'a': 1}", "DDIM"])],
+    "width": [(68, ["width", "multiple of 8", "68"]), (32, ["width", "64 to 128", "32"]),
+              (100_000, ["width", "100000"]), ("wide", ["width", "'wide'"]), (NAN, ["width", "nan"])],
+    "height": [(100, ["height", "multiple of 8", "100"]), (4096, ["height", "4096"]), (-8, ["height", "-8"])],
+    "num_images": [(0, ["number of images", "1 to 4", "0"]), (5, ["number of images", "5"]),
+                   (2.5, ["number of images", "2.5"])],
+    "schedulers": [(["Euler", "Nope"], ["'Nope'"]), ([], ["at least one scheduler"]),
+                   (["Euler", "DDIM", "LMS", "Heun"], ["4 schedulers x 2 CFG scales = 8 cells", "limit is 6"]),
+                   ([["Euler"]], ["scheduler", "['Euler']"])],
+    "image": [(None, ["no image given"])],  # corrupt files: test_bad_uploads and test_control
+    "mode": [("depth", ["control mode", "'depth'", "Canny edges from the photo"]), (None, ["control mode", "None"])],
+    "controlnet": [("depth", ["ControlNet", "'depth'", "openpose"]),
+                   ("openpose", ["Canny edges need the canny ControlNet"])],
+    "low": [(-1, ["Canny low threshold", "-1"]), (300, ["Canny low threshold", "300"]), ("x", ["low", "'x'"])],
+    "high": [(256, ["Canny high threshold", "256"]), (50, ["must not be above the high one (50)"])],
+    "resize": [("zoom", ["resize mode", "'zoom'", "crop"])],
+    "conditioning_scale": [(2.5, ["conditioning scale", "0 to 2", "2.5"]), (NAN, ["conditioning scale", "nan"])],
+    "guidance_start": [(-0.1, ["guidance start", "-0.1"]), (1.0, ["guidance start (1) must be below"])],
+    "guidance_end": [(1.5, ["guidance end", "1.5"]), (NAN, ["guidance end", "nan"])],
+    "cfg_scales": [("1, x", ["'x'"]), ("", ["empty"]), ("1, 45", ["CFG scale", "45"]), ("1-5 (+0)", ["above 0"]),
+                   ("0-30 [7]", ["2 schedulers x 7 CFG scales = 14 cells"]), (None, ["CFG scales", "empty"]),
+                   ({"a": 1}, ["CFG scales", "{'a': 1}"]), ([1, "x"], ["CFG scale", "'x'"])],
+}
+
+CASES = [(ep, name, value, words) for ep, params in VALID.items() for name in params for value, words in BAD[name]]
+FIRST = [(ep, name, *BAD[name][0]) for ep, params in VALID.items() for name in params]  # one row per parameter
+
+
+def case_id(endpoint: str, name: str, value) -> str:
+    return f"{endpoint[1:]}-{name}={str(value)[:10]}"

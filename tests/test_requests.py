@@ -1,0 +1,116 @@
+"""Ring (a): requests and their validators, with no model. The whole bad-input table runs here, built
+into requests exactly as the tabs' handlers build them, so the HTTP matrix only needs one row per
+parameter to show that the server passes the same message on."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from playground import control, schedulers
+from playground.requests import (
+    ControlRequest,
+    GenerateRequest,
+    GridRequest,
+    InvalidRequest,
+    choice,
+    validate_control,
+    validate_generate,
+    validate_grid,
+    validate_preprocess,
+)
+from playground.settings import CONTROLNETS, Settings
+from playground.ui.control import control_request
+from playground.ui.grid import grid_request
+
+from bad_inputs import CASES, VALID, case_id
+
+LIMITS = Settings(max_steps=50, max_size=128, max_images=4, max_grid_cells=6)
+NATIVE = 64
+
+# endpoint -> (the tab's request builder, the validator its Engine action runs first)
+ENDPOINTS = {
+    "/generate": (lambda p: GenerateRequest(**p), validate_generate),
+    "/inspect": (lambda p: GenerateRequest(**p), validate_generate),
+    "/grid": (lambda p: grid_request(**p), validate_grid),
+    "/preprocess": (lambda p: control_request(**p), validate_preprocess),
+    "/control": (lambda p: control_request(**p), validate_control),
+}
+
+
+def check(endpoint: str, params: dict):
+    build, validate = ENDPOINTS[endpoint]
+    return validate(build(params), LIMITS, NATIVE)
+
+
+@pytest.mark.parametrize("endpoint", list(VALID))
+def test_every_valid_call_passes(endpoint):
+    checked = check(endpoint, VALID[endpoint])
+    base = checked if isinstance(checked, GenerateRequest) else checked.base
+    assert base.width == 64 and base.seed == (-1 if endpoint == "/preprocess" else 1)  # a map needs no seed
+
+
+@pytest.mark.parametrize("endpoint,name,value,words", CASES, ids=[case_id(e, n, v) for e, n, v, _ in CASES])
+def test_bad_value_is_named(endpoint, name, value, words):
+    with pytest.raises(InvalidRequest) as err:
+        check(endpoint, {**VALID[endpoint], name: value})
+    for w in words:
+        assert w.lower() in str(err.value).lower(), str(err.value)
+
+
+def test_requests_module_imports_no_torch():
+    code = "import sys, playground.requests; print(sorted({'torch', 'diffusers', 'gradio'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_size_and_seed_are_filled_in():
+    req = validate_generate(GenerateRequest(prompt=None, seed=-1), LIMITS, NATIVE)
+    assert (req.width, req.height, req.prompt) == (64, 64, "") and 0 <= req.seed < 2**32
+    assert validate_generate(GenerateRequest(seed=5, width=72.0), LIMITS, NATIVE).width == 72
+
+
+def test_limits_come_from_settings():
+    strict = dataclasses.replace(LIMITS, max_cfg=12.0, max_prompt_chars=10, max_steps=8)
+    for change, words in ((dict(cfg_scale=13), "0 to 12"), (dict(prompt="x" * 11), "limit is 10"),
+                          (dict(steps=9), "1 to 8")):
+        with pytest.raises(InvalidRequest, match=words):
+            validate_generate(GenerateRequest(**{"steps": 8, **change}), strict, NATIVE)
+    validate_generate(GenerateRequest(cfg_scale=12, prompt="x" * 10, steps=8), strict, NATIVE)
+
+
+def test_grid_resolves_one_seed_and_merges_repeated_rows():
+    req = validate_grid(GridRequest(GenerateRequest(seed=-1), schedulers=("Euler", "DDIM", "Euler"), cfg_scales=[1, 7]),
+                        LIMITS, NATIVE)
+    assert req.schedulers == ("Euler", "DDIM") and req.cfg_scales == (1.0, 7.0) and 0 <= req.base.seed < 2**32
+    assert validate_grid(GridRequest(cfg_scales=3), LIMITS, NATIVE).cfg_scales == (3.0,)
+
+
+def test_choices_accept_the_key_or_the_label_and_list_both():
+    options = {k: p.label for k, p in control.PREPROCESSORS.items()}
+    assert choice("control mode", "canny", options) == choice("control mode", "Canny edges from the photo", options)
+    with pytest.raises(InvalidRequest, match="'My image is already the control map' \\('image'\\)"):
+        choice("control mode", "edges", options)
+
+
+def test_preprocessor_registry_carries_its_rules():
+    for key, p in control.PREPROCESSORS.items():
+        assert p.label and p.short and (p.feeds is None or p.feeds in CONTROLNETS), key
+        for param in p.params:
+            assert param.lo <= param.default <= param.hi, (key, param)
+    req = validate_preprocess(ControlRequest(image="x.png"), LIMITS, NATIVE)  # defaults from the registry
+    assert req.params == {"low": 100, "high": 200} and req.base.width == 64
+    ready = validate_control(ControlRequest(image="x.png", mode="image", controlnet="openpose", params={"low": 999}),
+                             LIMITS, NATIVE)
+    assert ready.params == {}  # a ready map takes no parameters: stray ones are not checked or kept
+
+
+def test_every_registered_scheduler_is_accepted_and_makes_its_class():
+    for name in schedulers.NAMES:
+        assert validate_generate(GenerateRequest(scheduler=name), LIMITS, NATIVE).scheduler == name
+        made = schedulers.make(name, {"num_train_timesteps": 1000})
+        assert type(made).__name__ == schedulers.REGISTRY[name].cls
+    assert schedulers.evaluations("Heun", {"num_train_timesteps": 1000}, 5) == 9  # two per step but the last

@@ -1,0 +1,135 @@
+"""Ring (a): the UI without a model. Every tab is built against fake Engine functions, as
+ARCHITECTURE.md promises; its controls come from the registries and the settings, its events carry
+their API names, and its handlers turn results into files and text."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import gradio as gr
+import pytest
+import torch
+from PIL import Image
+
+from playground import control, schedulers
+from playground.loading import LoadedModel
+from playground.metadata import Params, read_png
+from playground.requests import GenerateRequest, GenerateResult, Generated, InvalidRequest, Progress, TokenCount
+from playground.settings import ASSETS, CONTROLNETS, Settings
+from playground.ui import SD_EXAMPLES, banner, build_app, examples
+from playground.ui import control as control_tab
+from playground.ui import inspector as inspector_tab
+from playground.ui import prompt as prompt_tab
+
+
+def fake_model(**changes) -> LoadedModel:
+    fields = dict(pipe=None, name="fake-model", source="/models/fake", reason="chosen with --model /models/fake",
+                  trained=True, device=torch.device("cpu"), dtype=torch.float32)
+    return LoadedModel(**{**fields, **changes})
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("building the UI must not run the model")
+
+
+def fake_engine(model: LoadedModel) -> SimpleNamespace:
+    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text: TokenCount(2, 77, ""),
+                           controlnet_source=lambda kind: f"/models/fake/controlnet-{kind}",
+                           **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
+                                                         "step_view", "decode_x0", "roundtrip")})
+
+
+@pytest.fixture(scope="module")
+def app():
+    settings = Settings(max_cfg=12.0, max_steps=40, max_size=256)
+    return build_app(fake_engine(fake_model()), settings), settings
+
+
+def api_names(demo: gr.Blocks) -> list[str]:
+    return [f.api_name for f in demo.fns.values() if f.api_visibility == "public"]
+
+
+def test_every_action_has_one_api_name(app):
+    demo, _ = app
+    assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect",
+                                              "vae_roundtrip"])  # Generate and Enter: one event, one name
+
+
+def test_controls_come_from_the_settings_and_the_registries(app):
+    demo, settings = app
+    blocks = list(demo.blocks.values())
+    cfg = [b for b in blocks if isinstance(b, gr.Slider) and b.label == "CFG scale"]
+    assert len(cfg) == 3 and all(b.maximum == settings.max_cfg for b in cfg)  # Prompt, ControlNet, inspector
+    steps = [b for b in blocks if isinstance(b, gr.Slider) and b.label == "Steps"]
+    assert steps and all(b.maximum == settings.max_steps for b in steps)
+    dropdowns = [b for b in blocks if isinstance(b, gr.Dropdown) and b.label.startswith("Scheduler")]
+    assert all([c[0] for c in b.choices] == schedulers.NAMES for b in dropdowns)
+    modes = next(b for b in blocks if isinstance(b, gr.Radio) and b.label == "Control map")
+    assert [c[0] for c in modes.choices] == [p.label for p in control.PREPROCESSORS.values()]
+    nets = next(b for b in blocks if isinstance(b, gr.Radio) and b.label == "ControlNet")
+    assert [c[0] for c in nets.choices] == list(CONTROLNETS)
+    low = next(b for b in blocks if isinstance(b, gr.Slider) and b.label == "Canny low threshold")
+    assert (low.minimum, low.maximum, low.value) == (0, 255, 100)
+
+
+def test_noise_plot_names_its_series(app):
+    demo, _ = app
+    plot = next(b for b in demo.blocks.values() if isinstance(b, gr.LinePlot) and b.label == "Noise level over the steps")
+    assert plot.colors_in_legend == ["sigma", "SNR (dB)", "selected step"]
+
+
+def test_banner_says_which_model_why_and_what_it_knows():
+    text = banner(fake_model(trained=False))
+    assert "fake-model on cpu (float32)" in text and "UNTRAINED" in text and "chosen with --model" in text
+    knows = banner(fake_model(description="a model of shapes", compiled="inductor"))
+    assert "UNTRAINED" not in knows and "It is a model of shapes." in knows and "torch.compile (inductor)" in knows
+
+
+def test_examples_are_the_models_own_else_general_ones():
+    assert examples(fake_model(examples=("a red square",))) == ["a red square"]
+    assert examples(fake_model()) == list(SD_EXAMPLES)
+
+
+def test_control_examples_follow_the_model_not_the_prompt_text():
+    offline, general = control_tab.control_examples(True), control_tab.control_examples(False)
+    assert [r[:3] for r in offline] == [r[:3] for r in general]  # the same maps, modes and ControlNets
+    assert all("background" in r[3] for r in offline) and not any("background" in r[3] for r in general)
+    labels = {p.label for p in control.PREPROCESSORS.values()}
+    assert all(Image.open(r[0]) and r[1] in labels and r[2] in CONTROLNETS for r in offline)
+    assert sum(r[2] == "openpose" for r in offline) == len(list((ASSETS / "examples").glob("pose-*.png")))
+
+
+def test_prompt_handler_streams_progress_then_writes_pngs(tmp_path):
+    settings = Settings(output_dir=tmp_path)
+    seen, previewed = [], threading.Event()
+
+    def generate(req: GenerateRequest, on_progress=None, cancel=None) -> GenerateResult:
+        seen.append(req)
+        on_progress(Progress(1, 2, Image.new("RGB", (8, 8), "gray")))
+        assert previewed.wait(10)  # the handler shows the newest progress only: finish after it was shown
+        params = [Params(req.prompt, "", 2, req.scheduler, 7.5, 40 + k, 8, 8, "fake") for k in range(2)]
+        images = [Generated(Image.new("RGB", (8, 8), "red"), p) for p in params]
+        return GenerateResult(images, GenerateRequest(prompt=req.prompt, seed=40, num_images=2), 2, 0.5)
+
+    with gr.Blocks() as demo:
+        prompt_tab.build(generate, lambda text: TokenCount(2, 77, ""), schedulers.NAMES, 128, settings)
+    handler = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
+    outputs = handler("a red square", "", 40, 2, 7.5, "DDIM", 8, 8, 2, progress=lambda *a, **k: None)
+    assert isinstance(next(outputs)[0], Image.Image)  # the live preview first
+    previewed.set()
+    path, gallery, text, seed = list(outputs)[-1]
+    assert seen == [GenerateRequest("a red square", "", 40, 2, 7.5, "DDIM", 8, 8, 2)]  # raw values, checked later
+    assert seed == 40 and "Seed 40" in text and [c for _, c in gallery] == ["seed 40", "seed 41"]
+    assert read_png(gallery[1][0]).seed == 41 and str(tmp_path) in path
+
+
+def test_engine_errors_become_gradio_errors(tmp_path):
+    def bad(req, on_progress=None, cancel=None):
+        raise InvalidRequest("steps must be an integer from 1 to 50, got 0")
+
+    with gr.Blocks() as demo:
+        inspector_tab.build(bad, refuse, refuse, refuse, schedulers.NAMES, 128, Settings(output_dir=tmp_path))
+    handler = next(f.fn for f in demo.fns.values() if f.api_name == "inspect")
+    with pytest.raises(gr.Error, match="steps must be an integer from 1 to 50, got 0"):
+        list(handler("x", "", 1, 0, 7.5, "DDIM", 64, 64, progress=lambda *a, **k: None))
