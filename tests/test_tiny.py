@@ -97,6 +97,25 @@ def test_analyser_tells_shapes_apart():
         assert analyse.analyse(image).objects[0].shape == shape
 
 
+def test_analyser_reads_place_size_and_pose():
+    for place in world.PLACES:
+        fx, fy = world.PLACES[place]
+        found = analyse.analyse(world.render_shapes([("red", "star", fx * 128, fy * 128, 30)], "black")).objects[0]
+        assert (found.place, found.size) == (place, "small")
+    big = analyse.analyse(world.render_shapes([("red", "star", 64, 64, 60)], "black")).objects[0]
+    assert big.size == "large"
+    for pose in world.POSES:
+        scene = next(s for k in range(200) if world.caption_pose((s := world.sample(k, "person")).caption) == pose)
+        assert analyse.analyse(scene.image).objects[0].pose == pose
+
+
+def test_evaluation_prompts_are_held_out_and_fully_specified():
+    for p in world.two_shape_prompts(20):
+        assert world.held_out(p["prompt"]) and len(p["objects"]) == 2
+    for p in world.person_prompts(20):
+        assert world.held_out(p["prompt"]) and world.caption_pose(p["prompt"]) == p["pose"] and p["place"] in p["prompt"]
+
+
 def test_edge_f1_and_skeleton_recall_can_fail():
     scene = world.sample(11, "shape")
     edges = np.asarray(canny(scene.image).convert("L"))
@@ -110,6 +129,10 @@ def test_edge_f1_and_skeleton_recall_can_fail():
     pose = world.pose_map(person.keypoints)
     assert analyse.skeleton_recall(pose, person.image) > 0.9
     assert analyse.skeleton_recall(pose, blank) == 0.0
+    assert all(analyse.limbs_drawn(person.keypoints, person.image)) and not any(analyse.limbs_drawn(person.keypoints, blank))
+    moved = person.keypoints.copy()  # a skeleton 40 px above the drawn figure: some of its limbs are not drawn
+    moved[:, 1] -= 40
+    assert not all(analyse.limbs_drawn(moved, person.image))
 
 
 # ---------------------------------------------------------------- training, export, loading
@@ -161,14 +184,14 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
 
     # the evaluation runs the same way on any exported model, and reports every target
     from playground.tiny import evaluate
-    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1)
+    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1, n_two=2, n_people=2)
     for cfg in ("cfg7.5", "cfg1.0"):  # shares of the 2 prompts, and "both" right only where each one is
         scores = result[cfg]
-        assert all(scores[k] * 2 in (0, 1, 2) for k in ("colour", "shape", "both")), scores
+        assert all(scores[k] * 2 in (0, 1, 2) for k in ("colour", "shape", "both", "place", "background", "size"))
         assert scores["both"] <= min(scores["colour"], scores["shape"])
     assert result["analyser"]["shape"] >= 0.98
     text = evaluate.report(result)
-    assert text.count("target >=") == 6 and "CFG gap" in text
+    assert text.count(" | >= ") == len(evaluate.TARGETS) and "CFG gap" in text and "n/a" not in text
 
 
 # ---------------------------------------------------------------- the shipped model

@@ -8,7 +8,10 @@ world's own renders, whose answers are known (`accuracy_on_ground_truth`).
   connected components (largest first);
 - colour: the median colour of a component's inner pixels, named by the nearest world colour;
 - shape: the component cropped to its bounding box, resized to 32x32 and compared with each shape's
-  template: the one with the highest intersection over union.
+  template: the one with the highest intersection over union;
+- place: the world place whose centre is nearest the component's centre; size: the world size whose
+  range of bounding-box sides is nearest the component's longer side;
+- pose: a figure compared, the same way as a shape, with each pose's figure drawn by the world.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from playground.tiny import world
 
@@ -34,6 +37,31 @@ class Found:
     area: int
     bbox: tuple[int, int, int, int]  # x, y, w, h
     iou: float  # with the chosen shape's template
+    mask: np.ndarray | None = None  # bool (h, w): the component inside its bounding box
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        x, y, w, h = self.bbox
+        return x + w / 2, y + h / 2
+
+    @property
+    def place(self) -> str:
+        """The world place (of the 9) whose centre is nearest this object's centre."""
+        cx, cy = self.centre
+        return min(world.PLACES, key=lambda p: (world.PLACES[p][0] * world.SIZE - cx) ** 2
+                   + (world.PLACES[p][1] * world.SIZE - cy) ** 2)
+
+    @property
+    def size(self) -> str:
+        """The world size whose range of sides is nearest this object's side (its longer bounding-box
+        side over the share of the side that its shape fills: a star's points reach less far)."""
+        side = max(self.bbox[2], self.bbox[3]) / extents()[self.shape]
+        return min(world.SIZES, key=lambda s: max(world.SIZES[s][0] - side, side - world.SIZES[s][1], 0))
+
+    @property
+    def pose(self) -> str:
+        """The world pose whose figure best overlaps this object (for a person)."""
+        return classify(self.mask, pose_templates())[0]
 
 
 @dataclass
@@ -59,12 +87,42 @@ def templates(n: int = 32) -> dict[str, np.ndarray]:
     return out
 
 
-def classify_shape(mask: np.ndarray) -> tuple[str, float]:
-    """The shape whose template best overlaps `mask` (a component cropped to its bounding box)."""
-    small = cv2.resize(mask.astype(np.float32), (32, 32), interpolation=cv2.INTER_AREA) > 0.5
-    scores = {s: float((small & t).sum() / max((small | t).sum(), 1)) for s, t in templates().items()}
+@lru_cache(maxsize=1)
+def extents(n: int = 128) -> dict[str, float]:
+    """The longer bounding-box side of each shape, as a share of the side it is drawn with."""
+    out = {}
+    for shape in world.SHAPES:
+        ys, xs = np.nonzero(world.shape_mask(shape, n))
+        out[shape] = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / n
+    return out
+
+
+@lru_cache(maxsize=1)
+def pose_templates(n: int = 32) -> dict[str, np.ndarray]:
+    """Each pose's figure, drawn by the world, cropped to its bounding box and resized to n x n."""
+    out = {}
+    for pose in world.POSES:
+        img = Image.new("L", (world.SIZE * 2, world.SIZE * 2), 0)
+        world.draw_figure(ImageDraw.Draw(img), world.pose_keypoints(pose, world.SIZE / 2, 10, 90), 255, scale=2.0)
+        mask = np.asarray(img.resize((world.SIZE, world.SIZE), Image.LANCZOS)) > 127
+        ys, xs = np.nonzero(mask)
+        crop = mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.uint8)
+        out[pose] = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA) > 0
+    return out
+
+
+def classify(mask: np.ndarray, candidates: dict[str, np.ndarray]) -> tuple[str, float]:
+    """The candidate whose n x n template best overlaps `mask` (cropped to its bounding box), and the IoU."""
+    n = next(iter(candidates.values())).shape[0]
+    small = cv2.resize(mask.astype(np.float32), (n, n), interpolation=cv2.INTER_AREA) > 0.5
+    scores = {k: float((small & t).sum() / max((small | t).sum(), 1)) for k, t in candidates.items()}
     best = max(scores, key=scores.get)
     return best, scores[best]
+
+
+def classify_shape(mask: np.ndarray) -> tuple[str, float]:
+    """The shape whose template best overlaps `mask` (a component cropped to its bounding box)."""
+    return classify(mask, templates())
 
 
 def foreground_mask(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -91,26 +149,31 @@ def analyse(image: Image.Image) -> Analysis:
         pixels = arr[inner if inner.sum() >= 10 else comp].astype(np.float32)
         colour = _nearest(np.median(pixels, axis=0), world.COLOURS)
         shape, iou = classify_shape(comp[y:y + h, x:x + w])
-        objects.append(Found(colour, shape, area, (x, y, w, h), iou))
+        objects.append(Found(colour, shape, area, (x, y, w, h), iou, comp[y:y + h, x:x + w]))
     objects.sort(key=lambda o: -o.area)
     return Analysis(_nearest(bg, world.BACKGROUNDS), objects, mask)
 
 
 def accuracy_on_ground_truth(n: int = 600, seed: int = 1) -> dict[str, float]:
-    """Colour, shape and background accuracy of the analyser on `n` one-shape renders of the world."""
+    """The analyser's accuracy on `n` one-shape renders of the world (colour, shape, background, place,
+    size) and on n / 4 person renders (pose), whose answers are known."""
     rng = random.Random(seed)
-    right = {"colour": 0, "shape": 0, "background": 0}
+    right = dict.fromkeys(("colour", "shape", "background", "place", "size"), 0)
     for _ in range(n):
         colour, shape, background = rng.choice(list(world.COLOURS)), rng.choice(world.SHAPES), rng.choice(list(world.BACKGROUNDS))
-        side = rng.uniform(*world.SIZES[rng.choice(list(world.SIZES))])
-        fx, fy = world.PLACES[rng.choice(list(world.PLACES))]
-        image = world.render_shapes([(colour, shape, fx * world.SIZE, fy * world.SIZE, side)], background, rng)
+        size, place = rng.choice(list(world.SIZES)), rng.choice(list(world.PLACES))
+        fx, fy = world.PLACES[place]
+        image = world.render_shapes([(colour, shape, fx * world.SIZE, fy * world.SIZE, rng.uniform(*world.SIZES[size]))],
+                                    background, rng)
         found = analyse(image)
         top = found.objects[0] if found.objects else None
-        right["colour"] += bool(top and top.colour == colour)
-        right["shape"] += bool(top and top.shape == shape)
+        for key, want in (("colour", colour), ("shape", shape), ("place", place), ("size", size)):
+            right[key] += bool(top and getattr(top, key) == want)
         right["background"] += found.background == background
-    return {k: v / n for k, v in right.items()}
+    people = [world.sample(seed * 1000 + k, "person") for k in range(n // 4)]
+    poses = sum(bool(f.objects) and f.objects[0].pose == world.caption_pose(s.caption)
+                for s, f in ((s, analyse(s.image)) for s in people))
+    return {**{k: v / n for k, v in right.items()}, "pose": poses / len(people)}
 
 
 # ---------------------------------------------------------------- ControlNet scores
@@ -129,6 +192,19 @@ def edge_f1(wanted: np.ndarray, image: Image.Image, radius: int = 2, low: int = 
     precision = float((got & _near(wanted, radius)).sum() / got.sum())
     recall = float((wanted & _near(got, radius)).sum() / wanted.sum())
     return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def limbs_drawn(keypoints: np.ndarray, image: Image.Image, radius: int = 3, share: float = 0.6) -> list[bool]:
+    """For each of the world's 12 limbs (keypoint pairs), whether `share` of the points along it lie
+    within `radius` px of a figure (non-background) pixel of `image`."""
+    figure = _near(foreground_mask(np.asarray(image.convert("RGB")))[0], radius)
+    out = []
+    for i, j in world.LIMBS:
+        t = np.linspace(0, 1, 12)[:, None]
+        points = np.rint(keypoints[i] * (1 - t) + keypoints[j] * t).astype(int)
+        points = np.clip(points, 0, np.array(figure.shape[::-1]) - 1)
+        out.append(float(figure[points[:, 1], points[:, 0]].mean()) >= share)
+    return out
 
 
 def skeleton_recall(pose: Image.Image, image: Image.Image, radius: int = 3) -> float:

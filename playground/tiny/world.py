@@ -262,3 +262,40 @@ def evaluation_prompts(n: int = 240, seed: int = 2026) -> list[dict]:
             seen.add(caption)
             out.append({"prompt": caption, **spec})
     return out
+
+
+def two_shape_prompts(n: int = 60, seed: int = 2027) -> list[dict]:
+    """`n` two-shape prompts, all held out from training, with the (colour, shape, place) of each object."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    while len(out) < n:
+        background = rng.choice(list(BACKGROUNDS))
+        (c1, c2), (s1, s2) = rng.sample(list(COLOURS), 2), (rng.choice(SHAPES), rng.choice(SHAPES))
+        first, second = rng.choice([("on the left", "on the right"), ("at the top", "at the bottom")])
+        caption = f"{a(f'{c1} {s1}')} {first} and {a(f'{c2} {s2}')} {second} on a {background} background"
+        if held_out(caption) and caption not in seen:
+            seen.add(caption)
+            out.append({"prompt": caption, "objects": [(c1, s1, first), (c2, s2, second)], "background": background})
+    return out
+
+
+def person_prompts(n: int = 48, seed: int = 2028) -> list[dict]:
+    """`n` fully specified person prompts (colour, pose, place, background), all held out from training."""
+    rng = random.Random(seed)
+    out, seen = [], set()
+    for _ in range(100 * n):
+        spec = dict(colour=rng.choice(list(COLOURS)), pose=rng.choice(POSES), place=rng.choice(list(PERSON_PLACES)),
+                    background=rng.choice(list(BACKGROUNDS)))
+        caption = f"{a(spec['colour'])} person {spec['pose']} {spec['place']} on a {spec['background']} background"
+        if held_out(caption) and caption not in seen:
+            seen.add(caption)
+            out.append({"prompt": caption, **spec})
+            if len(out) == n:
+                break
+    return out
+
+
+def caption_pose(caption: str) -> str | None:
+    """The pose a person caption names ("a red person waving ..." -> "waving")."""
+    return next((p for p in POSES if f"person {p}" in caption), None)
+
