@@ -60,6 +60,17 @@ def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+def wrap(text: str, f, width: float, measure: ImageDraw.ImageDraw) -> list[str]:
+    """`text` in lines no wider than `width` pixels in font `f`, broken between words (a longer word alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}", font=f) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 def layout(cells: list[list[Image.Image]], row_labels: list[str], col_labels: list[str],
            title: str = "") -> Image.Image:
     """Cells (rows x cols, one size) in a white sheet, row labels on the left, column labels on top."""
@@ -71,12 +82,15 @@ def layout(cells: list[list[Image.Image]], row_labels: list[str], col_labels: li
     f = font(size)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left = int(max(measure.textlength(t, font=f) for t in row_labels)) + 2 * size
-    top = 2 * size + (2 * size if title else 0)
     gap = max(2, w // 64)
-    sheet = Image.new("RGB", (left + cols * (w + gap), top + rows * (h + gap)), "white")
+    width = left + cols * (w + gap)
+    lines = wrap(title, f, width - 2 * gap, measure) if title else []  # the title, whole, in as many lines as it takes
+    line_height = size + size // 3
+    top = 2 * size + (len(lines) * line_height + size // 2 if lines else 0)
+    sheet = Image.new("RGB", (width, top + rows * (h + gap)), "white")
     draw = ImageDraw.Draw(sheet)
-    if title:
-        draw.text((left, size // 2), title, fill="black", font=f)
+    for k, line in enumerate(lines):
+        draw.text((gap, size // 2 + k * line_height), line, fill="black", font=f)
     for c, label in enumerate(col_labels):
         draw.text((left + c * (w + gap) + w // 2, top - size // 2), label, fill="black", font=f, anchor="mb")
     for r, label in enumerate(row_labels):

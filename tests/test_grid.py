@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from playground import engine as engine_mod
 from playground.engine import Engine
@@ -53,6 +53,19 @@ def test_layout_puts_cells_in_place_and_labels_in_margins():
     assert tuple(px[top + 48 + 2 + 10, left + 10]) == (0, 0, 255)
     assert (px[top:, :left - 4] < 128).any()  # dark label pixels in the left margin
     assert (px[:top - 2, left:] < 128).any()  # and in the top margin
+
+
+def test_a_long_title_is_drawn_whole_inside_the_sheet():
+    cells = [[Image.new("RGB", (64, 64), "gray")] * 2]
+    title = "“a small blue circle at the top left on a black background”  seed 1006424229, 20 steps"
+    sheet = layout(cells, ["DDIM"], ["CFG 1", "CFG 3"], title=title)
+    px = np.asarray(sheet)
+    top = sheet.height - 64 - 2
+    title_band = px[: top - 28] < 128  # dark text pixels above the column labels
+    assert title_band.any() and not title_band[:, -2:].any()  # it stops before the right edge: nothing cut off
+    from playground.grid import font, wrap
+    lines = wrap(title, font(14), sheet.width - 4, ImageDraw.Draw(sheet))
+    assert len(lines) > 1 and " ".join(lines) == " ".join(title.split())  # wrapped between words, all kept
 
 
 def test_every_cell_equals_the_prompt_tab(engine):

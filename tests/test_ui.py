@@ -73,10 +73,19 @@ def test_controls_come_from_the_settings_and_the_registries(app):
     assert (low.minimum, low.maximum, low.value) == (0, 255, 100)
 
 
-def test_noise_plot_names_its_series(app):
+def test_noise_plot_has_a_legend_naming_each_series_it_draws(app):
     demo, _ = app
     plot = next(b for b in demo.blocks.values() if isinstance(b, gr.LinePlot) and b.label == "Noise level over the steps")
-    assert plot.colors_in_legend == ["sigma", "SNR (dB)", "selected step"]
+    legend = next(b for b in demo.blocks.values() if isinstance(b, gr.HTML) and "noise-legend" in str(b.value))
+    drawn = set(inspector_tab.noise_plot(fake_trajectory(), 1)["series"])
+    assert drawn == set(plot.color_map) == set(inspector_tab.NOISE_SERIES)
+    for name, (colour, _) in inspector_tab.NOISE_SERIES.items():
+        assert f"<b>{name}</b>" in legend.value and colour in legend.value
+
+
+def fake_trajectory():
+    sigmas = torch.tensor([14.6, 3.0, 0.5])
+    return SimpleNamespace(sigmas=[float(x) for x in sigmas])
 
 
 def test_banner_says_which_model_why_and_what_it_knows():

@@ -16,7 +16,20 @@ from playground.requests import GenerateRequest, InvalidRequest, Progress, Traje
 from playground.settings import Settings
 from playground.ui.common import stream
 
-NOISE_SERIES = {"sigma": "#1f77b4", "SNR (dB)": "#ff7f0e", "selected step": "#d62728"}  # legend order and colours
+# the noise plot's series: colour, and what the legend under the plot says of each
+NOISE_SERIES = {
+    "sigma": ("#1f77b4", "σ, the noise level of x_t (x_t ≈ x0 + σ·ε)"),
+    "SNR (dB)": ("#ff7f0e", "signal-to-noise ratio in dB, −20·log10 σ"),
+    "selected step": ("#d62728", "the step the slider shows"),
+}
+
+
+def noise_legend() -> str:
+    """The noise plot's legend, as HTML under it (gradio's own legend is cut off below the plot)."""
+    items = "".join(f'<span style="margin-right:1.5em;white-space:nowrap"><span style="color:{colour};'
+                    f'font-weight:bold">━━</span> <b>{name}</b>: {about}</span>'
+                    for name, (colour, about) in NOISE_SERIES.items())
+    return f'<div class="noise-legend" style="font-size:0.9em">{items}</div>'
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -99,8 +112,10 @@ def build(
             rgb_x0 = gr.Image(label="predicted x0 as RGB (linear map)", format="png", interactive=False, height=260, elem_classes=["pixels"])
             decoded = gr.Image(label="predicted x0 through the VAE decoder", format="png", interactive=False,
                                height=260, elem_classes=["pixels"])
-        noise = gr.LinePlot(x="step", y="value", color="series", color_map=NOISE_SERIES,
-                            colors_in_legend=list(NOISE_SERIES), label="Noise level over the steps", height=340)
+        noise = gr.LinePlot(x="step", y="value", color="series", label="Noise level over the steps", height=280,
+                            color_map={name: colour for name, (colour, _) in NOISE_SERIES.items()},
+                            colors_in_legend=[])
+        gr.HTML(noise_legend())
         gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts the noise twice, with the prompt "
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()
