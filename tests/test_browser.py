@@ -78,6 +78,12 @@ IMAGES_LOADED = """() => Array.from(document.images)
     .every(i => i.complete && i.naturalWidth > 0)"""
 
 
+# the scale of every small image shown in a .pixels component: rendered width over its own width
+PIXEL_SCALES = """() => Array.from(document.querySelectorAll('.pixels img'))
+    .filter(i => i.complete && i.naturalWidth > 0 && i.naturalWidth <= 256 && i.getBoundingClientRect().width > 0)
+    .map(i => [i.getBoundingClientRect().width / i.naturalWidth, getComputedStyle(i).imageRendering])"""
+
+
 def settle(page, timeout: int = 20_000) -> None:
     """Wait (bounded) until every visible image has loaded, and fonts too: then a screenshot is whole."""
     page.wait_for_function(IMAGES_LOADED, timeout=timeout)
@@ -100,6 +106,9 @@ def test_prompt_tab(page, shots):
     assert seed.isdigit()
     page.mouse.wheel(0, 2000)  # lazily loaded images below the fold
     settle(page)
+    # the 128 px image is shown whole at a whole-number scale, nearest-neighbour: its pixels as they are
+    scales = page.evaluate(PIXEL_SCALES)
+    assert scales and all(abs(k - round(k)) < 0.01 and k >= 1 and how == "pixelated" for k, how in scales), scales
     page.screenshot(path=str(shots / "prompt-tab.png"), full_page=True)
 
     # too long a prompt: the counter warns and shows what CLIP drops

@@ -12,7 +12,7 @@ from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
 from playground.ui import control, grid, inspector, prompt
-from playground.ui.common import PIXELS_CSS
+from playground.ui.common import PIXELS_CSS, PIXELS_JS
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
@@ -101,5 +101,5 @@ def launch_options(settings: Settings) -> dict:
     out = Path(settings.output_dir).resolve()
     example_dir = ASSETS / "examples"  # served to gr.Examples wherever the app was started from
     return dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS,
-                theme=gr.themes.Soft(), allowed_paths=[str(out), str(example_dir)],
+                head=PIXELS_JS, theme=gr.themes.Soft(), allowed_paths=[str(out), str(example_dir)],
                 max_file_size=f"{settings.max_upload_mb}mb")

@@ -11,13 +11,33 @@ import gradio as gr
 from playground.requests import InvalidRequest, Progress
 from playground.sampling import Cancelled
 
-# Components with elem_classes=["pixels"] scale images with nearest-neighbour sampling: the offline
-# model's 128 px images show their real pixels as crisp squares, not a blur that looks like detail
-# the model did not make. (Image views keep gradio's scale-down, so they are shown whole, 1:1; the
-# galleries use object_fit="contain" and fit_columns=False, so a lone image is never cropped.)
+# Components with elem_classes=["pixels"] show small images (the offline model's 128 px) whole, at a
+# whole-number scale that fits their box, with nearest-neighbour sampling: every pixel the model made
+# is a crisp square, not a blur that looks like detail it did not make. The CSS gives the sampling;
+# the script in the page's head picks the scale when an image loads and when the window resizes.
 PIXELS_CSS = """
 .pixels img {image-rendering: pixelated;}
 """
+PIXELS_JS = """<script>
+(() => {
+  const LARGEST = 256;  // images up to this many pixels a side get a whole-number scale
+  function fit(img) {
+    const w = img.naturalWidth, h = img.naturalHeight, box = img.parentElement;
+    if (!w || !box || Math.max(w, h) > LARGEST) return;
+    img.style.width = img.style.height = img.style.maxWidth = img.style.maxHeight = "";
+    const r = box.getBoundingClientRect();
+    const k = Math.max(1, Math.floor(Math.min(r.width / w, r.height / h)));
+    Object.assign(img.style, {width: `${w * k}px`, height: `${h * k}px`, maxWidth: "none", maxHeight: "none",
+                              objectFit: "fill", margin: "auto"});
+  }
+  const all = () => document.querySelectorAll(".pixels img").forEach(fit);
+  document.addEventListener("load", (e) => {
+    if (e.target.tagName === "IMG" && e.target.closest(".pixels")) fit(e.target);
+  }, true);
+  let timer;
+  window.addEventListener("resize", () => { clearTimeout(timer); timer = setTimeout(all, 100); });
+})();
+</script>"""
 
 
 def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]:
