@@ -129,29 +129,30 @@ class Engine:
 
     def grid(self, req: GridRequest, on_progress: OnProgress | None = None,
              cancel: threading.Event | None = None) -> GridResult:
-        """Schedulers x CFG scales from one seed: all scales of a scheduler in one batched pass."""
+        """Schedulers x CFG scales (each row one batched pass) or x step counts (each cell compared with
+        a long reference run of its scheduler), every cell from the same seed's noise."""
         # 1. Check every cell before any work; one seed for all of them
         req = validate_grid(req, self.settings, self.native_size, self.vae_factor)
-        base, scales = req.base, list(req.cfg_scales)
+        base, values, by_steps = req.base, list(req.columns), req.axis == "steps"
+        reference = self.settings.grid_reference_steps if by_steps else None
 
         # 2. How many model evaluations the whole grid takes, for one progress bar over all of it
         config = self.model.pipe.scheduler.config
-        calls = {name: schedulers.evaluations(name, config, base.steps) for name in req.schedulers}
+        passes = [*values, reference] if by_steps else [base.steps]
+        calls = {name: sum(schedulers.evaluations(name, config, n) for n in passes) for name in req.schedulers}
         total, done = sum(calls.values()), 0
 
-        # 3. One batched pass per scheduler: batch = scales, guidance per sample, identical noise
+        # 3. Row by row: the scales in one batch, or each step count and then the reference alone
         cells, sigmas, start = [], {}, time.perf_counter()
         for r, name in enumerate(req.schedulers):
-            label = f"{name}: cells {r * len(scales) + 1}-{(r + 1) * len(scales)} of {len(req.schedulers) * len(scales)}"
-            row = replace(base, scheduler=name)
-            made, out, seconds = self._run(
-                self._job(row, [base.seed] * len(scales), guidance=scales), [self._params(row, cfg_scale=g) for g in scales],
-                self._observer(on_progress, label, done, total), cancel,
-                f"a row of {len(scales)} cells of {base.width}x{base.height}")
-            cells.append([GridCell(name, g, m, out.unet_calls, seconds / len(scales)) for g, m in zip(scales, made)])
-            sigmas[name] = out.sigmas
+            label = f"{name}: cells {r * len(values) + 1}-{(r + 1) * len(values)} of {len(req.schedulers) * len(values)}"
+            row, progress = replace(base, scheduler=name), (on_progress, label, done, total)
+            made, sigmas[name] = (self._steps_row(row, values, reference, progress, cancel) if by_steps
+                                  else self._scales_row(row, values, progress, cancel))
+            cells.append(made)
             done += calls[name]
-        return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start)
+        return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start,
+                          reference_steps=reference)
 
     def control(self, req: ControlRequest, on_progress: OnProgress | None = None,
                 cancel: threading.Event | None = None) -> ControlResult:
@@ -243,6 +244,34 @@ class Engine:
     def controlnet_source(self, kind: str) -> str:
         """Where the `kind` ControlNet is (or would be) loaded from."""
         return controlnet_source(kind, self.settings, self.model)
+
+    # -- grid rows: (cells, the noise level at each model evaluation) ---------------------------
+    def _scales_row(self, row: GenerateRequest, scales: list[float], progress: tuple,
+                    cancel: threading.Event | None) -> tuple[list[GridCell], list[float]]:
+        """One batched pass: batch = scales, guidance per sample, identical noise."""
+        made, out, seconds = self._run(self._job(row, [row.seed] * len(scales), guidance=scales),
+                                       [self._params(row, cfg_scale=g) for g in scales], self._observer(*progress),
+                                       cancel, f"a row of {len(scales)} cells of {row.width}x{row.height}")
+        return [GridCell(row.scheduler, g, m, out.unet_calls, seconds / len(scales)) for g, m in zip(scales, made)], \
+            out.sigmas
+
+    def _steps_row(self, row: GenerateRequest, counts: list[int], reference: int, progress: tuple,
+                   cancel: threading.Event | None) -> tuple[list[GridCell], list[float]]:
+        """One pass per step count, then the reference run; each cell's distance to the reference."""
+        on_progress, label, done, total = progress
+        passes = []
+        for n in [*counts, reference]:
+            cell = replace(row, steps=n)
+            passes.append(self._run(self._job(cell, [row.seed]), [self._params(cell)],
+                                    self._observer(on_progress, label, done, total), cancel,
+                                    f"a {n}-step cell of {row.width}x{row.height}"))
+            done += passes[-1][1].unet_calls
+        (ref,), ref_out, _ = passes.pop()
+        cells = [GridCell(row.scheduler, n, made, out.unet_calls, seconds,
+                          psnr=latents.psnr(made.array, ref.array, peak=1.0),
+                          latent_rms=float((out.latents - ref_out.latents).float().pow(2).mean().sqrt()))
+                 for n, ((made,), out, seconds) in zip(counts, passes)]
+        return cells, max((out for _, out, _ in passes), key=lambda o: o.unet_calls).sigmas
 
     # -- shared steps -------------------------------------------------------------------------
     def _job(self, req: GenerateRequest, seeds: list[int], guidance: list[float] | None = None,

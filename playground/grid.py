@@ -1,36 +1,57 @@
-"""Grid helpers (pure Python and PIL): CFG scale lists and the labelled grid image."""
+"""Grid helpers (pure Python and PIL): the column axes, value lists and ranges, the labelled grid image."""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
+from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
+
+
+@dataclass(frozen=True)
+class Axis:
+    """What a grid's columns vary: a GenerateRequest field, one value per column."""
+
+    label: str  # the choice as the UI and the API name it
+    plural: str  # the values, in a sentence: "CFG scales"
+    field: str  # the GenerateRequest field each column sets
+    cell: Callable[[float], str]  # a column's label on the sheet: "CFG 7.5", "20 steps"
+    default: str  # a sensible list to start from
+
+
+AXES: dict[str, Axis] = {
+    # every scale of a scheduler in one batch: CFG is per sample in our loop
+    "cfg": Axis("CFG scales", "CFG scales", "cfg_scale", lambda v: f"CFG {v:g}", "1, 3, 7.5, 12"),
+    # one pass per cell, each compared with a long reference run of its scheduler from the same noise
+    "steps": Axis("Steps", "step counts", "steps", lambda v: f"{v:g} steps", "5, 10, 20, 50"),
+}
 
 _RANGE_STEP = re.compile(r"^(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)$")  # 2-12 (+2)
 _RANGE_COUNT = re.compile(r"^(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\[\s*(\d+)\s*\]$")  # 2-12 [6]
 
 
-def _float(text: str, whole: str) -> float:
+def _float(text: str, whole: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{text!r} in CFG scales {whole!r} is not a number") from None
+        raise ValueError(f"{text!r} in {what} {whole!r} is not a number") from None
     if not math.isfinite(value):
-        raise ValueError(f"{text!r} in CFG scales {whole!r} is not a finite number")
+        raise ValueError(f"{text!r} in {what} {whole!r} is not a finite number")
     return value
 
 
-def parse_scales(text: str, limit: int = 1000) -> list[float]:
+def parse_scales(text: str, limit: int = 1000, what: str = "CFG scales") -> list[float]:
     """'1, 3, 7.5' or ranges like '2-12 (+2)' (step) and '2-12 [6]' (count), A1111's X/Y/Z syntax."""
     if not isinstance(text, str) or not text.strip():
-        raise ValueError("CFG scales are empty; write a list such as '1, 3, 7.5' or a range such as '2-12 (+2)'")
+        raise ValueError(f"{what} are empty; write a list such as '1, 3, 7.5' or a range such as '2-12 (+2)'")
     out: list[float] = []
     for part in (p.strip() for p in text.split(",")):
         if not part:
             continue
         if m := _RANGE_STEP.match(part):
-            lo, hi, step = (_float(g, text) for g in m.groups())
+            lo, hi, step = (_float(g, text, what) for g in m.groups())
             if step <= 0:
                 raise ValueError(f"the step in {part!r} must be above 0")
             count = math.floor((hi - lo) / step + 1e-9) + 1
@@ -38,15 +59,15 @@ def parse_scales(text: str, limit: int = 1000) -> list[float]:
                 raise ValueError(f"{part!r} gives {count} values; at most {limit}")
             out += [round(lo + k * step, 6) for k in range(count)]
         elif m := _RANGE_COUNT.match(part):
-            lo, hi = _float(m.group(1), text), _float(m.group(2), text)
+            lo, hi = _float(m.group(1), text, what), _float(m.group(2), text, what)
             count = int(m.group(3))
             if not 1 <= count <= limit:
                 raise ValueError(f"{part!r} asks for {count} values; from 1 to {limit}")
             out += [lo] if count == 1 else [round(lo + (hi - lo) * k / (count - 1), 6) for k in range(count)]
         else:
-            out.append(_float(part, text))
+            out.append(_float(part, text, what))
         if len(out) > limit:
-            raise ValueError(f"CFG scales {text!r} give more than {limit} values")
+            raise ValueError(f"{what} {text!r} give more than {limit} values")
     if not out:
         raise ValueError(f"no CFG scale found in {text!r}")
     return out

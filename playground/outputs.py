@@ -11,7 +11,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from playground.grid import layout
+from playground.grid import AXES, layout
 from playground.metadata import format_parameters, save_png
 from playground.requests import ControlResult, Generated, GridResult, Trajectory
 
@@ -40,27 +40,25 @@ def save_control(result: ControlResult, out_dir: str | Path) -> list[tuple[str, 
     return [(f"{stem}-control-map.png", "control map"), *save_images(result.images, out_dir)]
 
 
-def scale_label(g: float) -> str:
-    return f"CFG {g:g}"
-
-
 def save_grid(result: GridResult, out_dir: str | Path) -> tuple[str, list[tuple[str, str]]]:
     """The labelled grid and every cell as PNGs with their parameters; (grid path, gallery items)."""
     stem = f"{output_stem(out_dir)}-grid"
-    r = result.request
+    r, axis = result.request, AXES[result.request.axis]
     items = []
     for row in result.cells:
         for c in row:
+            label = axis.cell(c.value)
             path = save_png(c.generated.image, c.generated.params,
-                            f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-cfg{c.cfg_scale:g}.png")
-            items.append((str(path), f"{c.scheduler} · {scale_label(c.cfg_scale)}"))
+                            f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-{label.replace(' ', '')}.png")
+            items.append((str(path), f"{c.scheduler} · {label}"))
     prompt = r.base.prompt
-    title = f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”  seed {r.base.seed}, {r.base.steps} steps"
+    title = f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”  seed {r.base.seed}"
+    title += f", {r.base.steps} steps" if r.axis == "cfg" else f", CFG {r.base.cfg_scale:g}"
     sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),
-                   [scale_label(g) for g in r.cfg_scales], title=title)
+                   [axis.cell(v) for v in r.columns], title=title)
     first = result.cells[0][0].generated.params
-    params = replace(first, extra=(("Grid", "schedulers x CFG scales"), ("Schedulers", ", ".join(r.schedulers)),
-                                   ("CFG scales", ", ".join(f"{g:g}" for g in r.cfg_scales))))
+    params = replace(first, extra=(("Grid", f"schedulers x {axis.plural}"), ("Schedulers", ", ".join(r.schedulers)),
+                                   (axis.plural.capitalize(), ", ".join(f"{v:g}" for v in r.columns))))
     return str(save_png(sheet, params, f"{stem}.png")), items
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from playground import control, schedulers
-from playground.grid import parse_scales
+from playground.grid import AXES, parse_scales
 from playground.metadata import Params
 from playground.settings import CONTROLNETS, Settings
 
@@ -57,11 +57,12 @@ class GenerateRequest:
 
 @dataclass(frozen=True)
 class GridRequest:
-    # prompt, negative prompt, seed (one for every cell), steps and size; its scheduler, CFG scale and
-    # number of images are what the axes below replace
+    # prompt, negative prompt, seed (one for every cell), steps, CFG scale and size; the rows replace its
+    # scheduler, the columns the field their axis names (number of images: one per cell)
     base: GenerateRequest = GenerateRequest(steps=20)
     schedulers: tuple[str, ...] = ("Euler a", "DPM++ 2M Karras")  # rows
-    cfg_scales: str | tuple[float, ...] = "1, 3, 7.5, 12"  # columns: a list or text like "2-12 (+2)"
+    columns: str | tuple[float, ...] = "1, 3, 7.5, 12"  # a list, or text like "2-12 (+2)"
+    axis: str = "cfg"  # what the columns vary: a key (or label) of grid.AXES
 
 
 @dataclass(frozen=True)
@@ -106,18 +107,21 @@ class Progress:
 @dataclass
 class GridCell:
     scheduler: str
-    cfg_scale: float
+    value: float  # the column's value: a CFG scale or a step count
     generated: Generated
     unet_calls: int  # model evaluations for this cell
-    seconds: float  # its share of its row's batched pass
+    seconds: float  # its own pass, or its share of its row's batched pass
+    psnr: float | None = None  # steps axis: dB between this image and the reference run's (inf when equal)
+    latent_rms: float | None = None  # steps axis: RMS between this cell's final latents and the reference's
 
 
 @dataclass
 class GridResult:
     request: GridRequest  # validated: seed resolved, scales as a tuple of floats, size filled in
-    cells: list[list[GridCell]]  # rows (schedulers) x columns (CFG scales)
-    sigmas: dict[str, list[float]]  # noise level at each model evaluation, per scheduler
+    cells: list[list[GridCell]]  # rows (schedulers) x columns (CFG scales or step counts)
+    sigmas: dict[str, list[float]]  # noise level at each model evaluation, per scheduler (its first column's)
     seconds: float
+    reference_steps: int | None = None  # steps axis: the long run of each scheduler every cell is compared with
 
 
 @dataclass(frozen=True)
@@ -236,38 +240,42 @@ def validate_generate(req: GenerateRequest, s: Settings, native_size: int, multi
     )
 
 
-def grid_scales(raw) -> list:
+def grid_columns(raw, what: str) -> list:
     """The grid's columns from text ('1, 3, 7.5', '2-12 (+2)'), one number, or a list (checked per cell)."""
     try:
         if raw is None or isinstance(raw, str):
-            return parse_scales(raw or "")
+            return parse_scales(raw or "", what=what)
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
             return [raw]  # one number: one column
         if isinstance(raw, (list, tuple)):
             return list(raw)
-        raise ValueError(f"CFG scales must be text such as '1, 3, 7.5' or a list of numbers, got {raw!r}")
+        raise ValueError(f"{what} must be text such as '1, 3, 7.5' or a list of numbers, got {raw!r}")
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
 
 
 def validate_grid(req: GridRequest, s: Settings, native_size: int, multiple: int = 8) -> GridRequest:
     """A checked copy of a grid request: every cell passes the Prompt tab's checks; one seed for all."""
-    scales = grid_scales(req.cfg_scales)
+    axis_key = choice("grid axis", req.axis, {k: a.label for k, a in AXES.items()})
+    axis = AXES[axis_key]
+    scales = grid_columns(req.columns, axis.plural)
     names = [req.schedulers] if isinstance(req.schedulers, str) else list(req.schedulers or [])
     names = [n for k, n in enumerate(names) if n not in names[:k]]  # a scheduler picked twice is one row
     if not names:
         raise InvalidRequest("pick at least one scheduler for the grid's rows")
     if not scales:
-        raise InvalidRequest("give at least one CFG scale for the grid's columns")
+        raise InvalidRequest(f"give at least one of the {axis.plural} for the grid's columns")
     cells = len(names) * len(scales)
     if cells > s.max_grid_cells:
-        raise InvalidRequest(f"{len(names)} schedulers x {len(scales)} CFG scales = {cells} cells; "
+        raise InvalidRequest(f"{len(names)} schedulers x {len(scales)} {axis.plural} = {cells} cells; "
                              f"the limit is {s.max_grid_cells} (MAX_GRID_CELLS)")
     base = validate_generate(replace(req.base, num_images=1), s, native_size, multiple)  # resolves the seed once
+    values = []
     for name in names:
-        for g in scales:  # the Prompt tab's checks, cell by cell, with the cell's own values
-            validate_generate(replace(base, scheduler=name, cfg_scale=g), s, native_size, multiple)
-    return replace(req, base=base, schedulers=tuple(names), cfg_scales=tuple(float(g) for g in scales))
+        for v in scales:  # the Prompt tab's checks, cell by cell, with the cell's own values
+            cell = validate_generate(replace(base, scheduler=name, **{axis.field: v}), s, native_size, multiple)
+            values.append(getattr(cell, axis.field))
+    return replace(req, base=base, schedulers=tuple(names), columns=tuple(values[:len(scales)]), axis=axis_key)
 
 
 def validate_preprocess(req: ControlRequest, s: Settings, native_size: int, multiple: int = 8) -> ControlRequest:

@@ -91,6 +91,7 @@ Observer = Callable[[Step], None]
 @dataclass
 class Denoised:
     images: torch.Tensor  # (B, 3, H, W) decoded, in [-1, 1]
+    latents: torch.Tensor  # (B, 4, H/8, W/8) the final latents the VAE decoded (scaled, as the UNet sees them)
     unet_calls: int  # model evaluations per sample (a CFG call evaluates cond and uncond in one batch)
     sigmas: list[float]  # noise level at each evaluation
     sigma_space: bool  # the scheduler's latents are x0 + sigma * eps (Euler-like); see SchedulerSpec
@@ -243,5 +244,5 @@ def denoise(
 
     # 8. Decode: (B, 3, H, W) in [-1, 1]
     images = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=job.generators)[0]
-    return Denoised(images=images, unet_calls=total, sigmas=sigmas_seen, sigma_space=sigma_space,
+    return Denoised(images=images, latents=latents, unet_calls=total, sigmas=sigmas_seen, sigma_space=sigma_space,
                     prediction_type=prediction_type)

@@ -67,6 +67,8 @@ class Settings:
     max_images: int = field(default_factory=lambda: _env_int("MAX_IMAGES", 4))
     max_grid_cells: int = field(default_factory=lambda: _env_int("MAX_GRID_CELLS", 24))
     max_cfg: float = field(default_factory=lambda: _env_float("MAX_CFG", 30.0))  # the CFG scale sliders' top
+    # a grid with a steps axis compares every cell with a run of this many steps of its scheduler
+    grid_reference_steps: int = field(default_factory=lambda: _env_int("GRID_REFERENCE_STEPS", 200))
     # far past CLIP's 77 tokens; stops megabyte prompts before tokenizing
     max_prompt_chars: int = field(default_factory=lambda: _env_int("MAX_PROMPT_CHARS", 20_000))
     # larger uploads are refused from their header, before decoding (PIL's own bomb guard is ~179 MP)

@@ -12,7 +12,7 @@ VALID = {
     "/generate": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
                       width=64, height=64, num_images=1),
     "/grid": dict(prompt="a red circle", negative_prompt="", seed=1, steps=2, schedulers=["Euler", "DDIM"],
-                  cfg_scales="1, 5", width=64, height=64),
+                  columns="1, 5", width=64, height=64, axis="cfg", cfg_scale=7.5),
     "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
                      width=64, height=64),
     "/preprocess": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
@@ -55,7 +55,8 @@ BAD = {
     "conditioning_scale": [(2.5, ["conditioning scale", "0 to 2", "2.5"]), (NAN, ["conditioning scale", "nan"])],
     "guidance_start": [(-0.1, ["guidance start", "-0.1"]), (1.0, ["guidance start (1) must be below"])],
     "guidance_end": [(1.5, ["guidance end", "1.5"]), (NAN, ["guidance end", "nan"])],
-    "cfg_scales": [("1, x", ["'x'"]), ("", ["empty"]), ("1, 45", ["CFG scale", "45"]), ("1-5 (+0)", ["above 0"]),
+    "axis": [("sideways", ["grid axis", "'sideways'", "'Steps' ('steps')"]), (None, ["grid axis", "None"])],
+    "columns": [("1, x", ["'x'"]), ("", ["empty"]), ("1, 45", ["CFG scale", "45"]), ("1-5 (+0)", ["above 0"]),
                    ("0-30 [7]", ["2 schedulers x 7 CFG scales = 14 cells"]), (None, ["CFG scales", "empty"]),
                    ({"a": 1}, ["CFG scales", "{'a': 1}"]), ([1, "x"], ["CFG scale", "'x'"])],
 }

@@ -131,19 +131,33 @@ def test_grid_tab(page, shots):
     visible(page.get_by_label("Prompt", exact=True)).fill("a small blue circle at the top left on a black background")
     for name in ("DDIM", "Heun"):
         page.get_by_label(name, exact=True).check()
-    scales = page.get_by_label("CFG scales (columns)")
+    scales = page.get_by_label("Column values")
     scales.fill("1, x")
     page.get_by_role("button", name="Run grid").click()
     page.get_by_text("'x' in CFG scales").first.wait_for(timeout=30_000)
     scales.fill("1, 3, 7.5, 12")
     page.get_by_role("button", name="Run grid").click()
-    page.get_by_text("model evaluations in all").wait_for(timeout=120_000)
+    page.get_by_text("model evaluations in the cells").wait_for(timeout=120_000)
     assert page.get_by_text("4 schedulers x 4 CFG scales = 16 cells").is_visible()
     page.mouse.wheel(0, 3000)  # the table and the images below the fold render when scrolled to
     settle(page)
     page.screenshot(path=str(shots / "grid-tab.png"), full_page=True)
     # the cost table (a virtualised list, ~12 rows in view): DDIM's 4 rows, besides its checkbox
     assert page.get_by_text("DDIM", exact=True).filter(visible=True).count() >= 5
+
+    # steps in the columns: one scheduler, three step counts, each compared with its 200-step run
+    page.mouse.wheel(0, -6000)
+    for name in ("Heun", "Euler a", "DPM++ 2M Karras"):
+        page.get_by_label(name, exact=True).uncheck()
+    page.get_by_label("Steps", exact=True).check()
+    expect(scales).to_have_value("5, 10, 20, 50")  # the axis brings a list that suits it
+    scales.fill("5, 10, 20")
+    page.get_by_role("button", name="Run grid").click()
+    page.get_by_text("each cell compared with a 200-step run").wait_for(timeout=120_000)
+    assert page.get_by_text("1 scheduler x 3 step counts = 3 cells").is_visible()
+    page.mouse.wheel(0, 2000)
+    settle(page)
+    page.screenshot(path=str(shots / "grid-steps.png"), full_page=True)
 
 
 def test_inspector_tab(page, shots):

@@ -70,15 +70,15 @@ def test_a_long_title_is_drawn_whole_inside_the_sheet():
 
 def test_every_cell_equals_the_prompt_tab(engine):
     result = engine.grid(grid_request(prompt="a red circle", negative_prompt="blurry", seed=5, steps=4,
-                                     schedulers=("Euler a", "DPM++ 2M SDE Karras"), cfg_scales="1, 4, 9",
+                                     schedulers=("Euler a", "DPM++ 2M SDE Karras"), columns="1, 4, 9",
                                      width=64, height=64))
-    assert [[(c.scheduler, c.cfg_scale) for c in row] for row in result.cells] == [
+    assert [[(c.scheduler, c.value) for c in row] for row in result.cells] == [
         [("Euler a", 1.0), ("Euler a", 4.0), ("Euler a", 9.0)],
         [("DPM++ 2M SDE Karras", 1.0), ("DPM++ 2M SDE Karras", 4.0), ("DPM++ 2M SDE Karras", 9.0)]]
     for row in result.cells:
         for cell in row:
             alone = engine.generate(GenerateRequest(prompt="a red circle", negative_prompt="blurry", seed=5, steps=4,
-                                                    scheduler=cell.scheduler, cfg_scale=cell.cfg_scale))
+                                                    scheduler=cell.scheduler, cfg_scale=cell.value))
             assert np.abs(cell.generated.array - alone.images[0].array).max() <= 1e-4
             assert cell.generated.params == alone.images[0].params  # so the cell's PNG restores to it
     a, b = result.cells[0][0].generated.array, result.cells[0][2].generated.array
@@ -86,7 +86,7 @@ def test_every_cell_equals_the_prompt_tab(engine):
 
 
 def test_costs_and_noise_levels(engine):
-    result = engine.grid(grid_request(prompt="x", seed=1, steps=4, schedulers=("Heun", "DDIM"), cfg_scales="1, 7",
+    result = engine.grid(grid_request(prompt="x", seed=1, steps=4, schedulers=("Heun", "DDIM"), columns="1, 7",
                                      width=64, height=64))
     assert [row[0].unet_calls for row in result.cells] == [7, 4]  # Heun: two evaluations per step but the last
     assert len(result.sigmas["Heun"]) == 7 and len(result.sigmas["DDIM"]) == 4
@@ -97,7 +97,7 @@ def test_costs_and_noise_levels(engine):
 
 
 def test_random_seed_resolves_once(engine):
-    result = engine.grid(grid_request(prompt="x", seed=-1, steps=2, schedulers=("Euler",), cfg_scales="1, 5",
+    result = engine.grid(grid_request(prompt="x", seed=-1, steps=2, schedulers=("Euler",), columns="1, 5",
                                      width=64, height=64))
     seeds = {c.generated.params.seed for row in result.cells for c in row}
     assert seeds == {result.request.base.seed} and 0 <= result.request.base.seed < 2**32
@@ -105,7 +105,7 @@ def test_random_seed_resolves_once(engine):
 
 def test_progress_covers_the_whole_grid(engine):
     seen = []
-    engine.grid(grid_request(prompt="x", seed=1, steps=3, schedulers=("Euler", "Heun"), cfg_scales="1, 5",
+    engine.grid(grid_request(prompt="x", seed=1, steps=3, schedulers=("Euler", "Heun"), columns="1, 5",
                             width=64, height=64), on_progress=seen.append)
     assert [p.step for p in seen] == list(range(1, 3 + 5 + 1)) and {p.total for p in seen} == {8}
     assert seen[0].label == "Euler: cells 1-2 of 4" and seen[-1].label == "Heun: cells 3-4 of 4"
@@ -114,10 +114,10 @@ def test_progress_covers_the_whole_grid(engine):
 @pytest.mark.parametrize("change,words", [
     (dict(schedulers=()), "at least one scheduler"),
     (dict(schedulers=("Euler", "Nope")), "unknown scheduler 'Nope'"),
-    (dict(cfg_scales="1, 2, 3, 4"), "2 schedulers x 4 CFG scales = 8 cells; the limit is 6"),
-    (dict(cfg_scales="1, x"), "'x'"),
-    (dict(cfg_scales="1, 45"), "CFG scale must be a number from 0 to 30, got 45"),
-    (dict(cfg_scales=""), "empty"),
+    (dict(columns="1, 2, 3, 4"), "2 schedulers x 4 CFG scales = 8 cells; the limit is 6"),
+    (dict(columns="1, x"), "'x'"),
+    (dict(columns="1, 45"), "CFG scale must be a number from 0 to 30, got 45"),
+    (dict(columns=""), "empty"),
     (dict(steps=0), "steps"),
     (dict(width=70), "width must be a multiple of 8"),
 ])
@@ -126,7 +126,7 @@ def test_limits_fail_before_any_work(engine, monkeypatch, change, words):
         raise AssertionError("denoise must not run for an invalid grid")
 
     monkeypatch.setattr(engine_mod, "denoise", no_work)
-    req = grid_request(**{**dict(prompt="x", seed=1, steps=2, schedulers=("Euler", "DDIM"), cfg_scales="1, 5",
+    req = grid_request(**{**dict(prompt="x", seed=1, steps=2, schedulers=("Euler", "DDIM"), columns="1, 5",
                                 width=64, height=64), **change})
     with pytest.raises(InvalidRequest, match=words.replace("(", r"\(").replace("+", r"\+")):
         engine.grid(req)
@@ -134,9 +134,9 @@ def test_limits_fail_before_any_work(engine, monkeypatch, change, words):
 
 @pytest.mark.slow
 def test_grid_through_gradio_client(serve):
-    _, client = serve(max_grid_cells=6)
-    sheet, cells, table, plot, info = client.predict("a red circle", "", 11, 3, ["Euler a", "Heun"], "2-6 (+2)",
-                                                     64, 64, api_name="/grid")
+    _, client = serve(max_grid_cells=6, grid_reference_steps=16)
+    sheet, cells, table, plot, convergence, info = client.predict("a red circle", "", 11, 3, ["Euler a", "Heun"],
+                                                                  "2-6 (+2)", 64, 64, api_name="/grid")
     with Image.open(sheet) as im:
         assert im.format == "PNG" and im.width > 3 * 64 and im.height > 2 * 64
         assert "Schedulers: \"Euler a, Heun\"" in im.info["parameters"]
@@ -147,3 +147,47 @@ def test_grid_through_gradio_client(serve):
     assert "Seed 11" in info and "6 cells" in info
     with pytest.raises(Exception, match="the limit is 6"):
         client.predict("x", "", 1, 2, ["Euler", "DDIM", "LMS"], "1-4 [4]", 64, 64, api_name="/grid")
+    # the steps axis through the same endpoint: step counts in the columns, each compared with the reference
+    sheet, cells, table, plot, convergence, info = client.predict("a red circle", "", 11, 3, ["DDIM"], "2, 4, 8", 64,
+                                                                  64, "steps", 5, api_name="/grid")
+    assert [c["caption"] for c in cells] == ["DDIM · 2 steps", "DDIM · 4 steps", "DDIM · 8 steps"]
+    assert read_png(cells[1]["image"]).steps == 4 and read_png(cells[1]["image"]).cfg_scale == 5
+    assert [row[2] for row in table["data"]] == [2, 4, 8] and all(row[7] for row in table["data"])
+    steps_column = convergence["columns"].index("steps")
+    assert [row[steps_column] for row in convergence["data"]] == [2, 4, 8] and "16-step run" in info
+
+
+# ---------------------------------------------------------------- steps as the columns
+
+@pytest.fixture(scope="module")
+def steps_engine(tiny_model, tiny_dir):
+    return Engine(tiny_model, tiny_settings(tiny_dir, max_grid_cells=6, grid_reference_steps=16))
+
+
+def test_steps_axis_cells_equal_the_prompt_tab_and_measure_their_distance(steps_engine):
+    result = steps_engine.grid(grid_request(prompt="a red circle", negative_prompt="blurry", seed=5, cfg_scale=6,
+                                            schedulers=("DDIM", "Euler a"), columns="2, 4, 16", axis="steps"))
+    assert result.request.columns == (2, 4, 16) and result.reference_steps == 16
+    assert [[(c.scheduler, c.value) for c in row] for row in result.cells] == [
+        [("DDIM", 2), ("DDIM", 4), ("DDIM", 16)], [("Euler a", 2), ("Euler a", 4), ("Euler a", 16)]]
+    for row in result.cells:
+        for cell in row:
+            alone = steps_engine.generate(GenerateRequest(prompt="a red circle", negative_prompt="blurry", seed=5,
+                                                          steps=int(cell.value), cfg_scale=6, scheduler=cell.scheduler))
+            assert np.abs(cell.generated.array - alone.images[0].array).max() <= 1e-4
+            assert cell.generated.params == alone.images[0].params
+        # the cell with the reference's own step count is the reference: no distance at all
+        assert row[2].psnr == float("inf") and row[2].latent_rms == 0
+        assert row[0].latent_rms > 0 and np.isfinite(row[0].psnr)
+    # DDIM is deterministic: more steps come closer to its long run
+    ddim = result.cells[0]
+    assert ddim[0].latent_rms > ddim[1].latent_rms > ddim[2].latent_rms
+
+
+def test_steps_axis_progress_counts_the_reference_runs(steps_engine):
+    seen = []
+    steps_engine.grid(grid_request(prompt="x", seed=1, schedulers=("Heun",), columns="2, 3", axis="steps"),
+                      on_progress=seen.append)
+    total = (2 * 2 - 1) + (2 * 3 - 1) + (2 * 16 - 1)  # Heun: two evaluations per step but the last
+    assert [p.step for p in seen] == list(range(1, total + 1)) and {p.total for p in seen} == {total}
+

@@ -116,7 +116,7 @@ def load_jobs() -> list[tuple[str, list]]:
                                    64 + 8 * (k % 2), 1 + k % 2]))
     for k in range(4):
         jobs.append(("/grid", [f"grid {k}", "", 200 + k, 2 + k % 2, [["Euler", "DDIM"], ["Euler a"], ["Heun", "PNDM"],
-                                                                    ["DPM++ 2M"]][k], "1, 4, 8", 64, 64]))
+                                                                    ["DPM++ 2M"]][k], "1, 4, 8", 64, 64, "cfg", 7.5]))
     for k in range(4):
         jobs.append(("/inspect", [f"inspect {k}", "", 300 + k, 3, 3.0 + k, ["Euler a", "DDIM", "UniPC", "LMS"][k], 64,
                                   64]))

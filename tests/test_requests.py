@@ -83,10 +83,20 @@ def test_limits_come_from_settings():
 
 
 def test_grid_resolves_one_seed_and_merges_repeated_rows():
-    req = validate_grid(GridRequest(GenerateRequest(seed=-1), schedulers=("Euler", "DDIM", "Euler"), cfg_scales=[1, 7]),
+    req = validate_grid(GridRequest(GenerateRequest(seed=-1), schedulers=("Euler", "DDIM", "Euler"), columns=[1, 7]),
                         LIMITS, NATIVE)
-    assert req.schedulers == ("Euler", "DDIM") and req.cfg_scales == (1.0, 7.0) and 0 <= req.base.seed < 2**32
-    assert validate_grid(GridRequest(cfg_scales=3), LIMITS, NATIVE).cfg_scales == (3.0,)
+    assert req.schedulers == ("Euler", "DDIM") and req.columns == (1.0, 7.0) and 0 <= req.base.seed < 2**32
+    assert validate_grid(GridRequest(columns=3), LIMITS, NATIVE).columns == (3.0,)
+
+
+def test_grid_steps_axis_takes_whole_step_counts_within_the_limit():
+    req = validate_grid(GridRequest(GenerateRequest(seed=1), schedulers=("DDIM",), columns="5, 10-20 (+5)",
+                                    axis="Steps"), LIMITS, NATIVE)
+    assert req.axis == "steps" and req.columns == (5, 10, 15, 20) and all(isinstance(v, int) for v in req.columns)
+    for columns, words in (("5, 60", "steps must be an integer from 1 to 50, got 60"), ("2.5", "got 2.5"),
+                           ("", "step counts are empty"), ("5, x", "'x' in step counts")):
+        with pytest.raises(InvalidRequest, match=words):
+            validate_grid(GridRequest(schedulers=("DDIM",), columns=columns, axis="steps"), LIMITS, NATIVE)
 
 
 def test_choices_accept_the_key_or_the_label_and_list_both():

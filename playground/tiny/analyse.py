@@ -88,34 +88,42 @@ def templates(n: int = 32) -> dict[str, np.ndarray]:
 
 
 @lru_cache(maxsize=1)
-def extents(n: int = 128) -> dict[str, float]:
-    """The longer bounding-box side of each shape, as a share of the side it is drawn with."""
+def extents(side: float = 44.0) -> dict[str, float]:
+    """Each shape's longer bounding-box side, as the analyser finds it in a render, over the side it
+    was drawn with (a star's thin points fade below the foreground threshold)."""
     out = {}
     for shape in world.SHAPES:
-        ys, xs = np.nonzero(world.shape_mask(shape, n))
-        out[shape] = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / n
+        _, _, w, h = analyse(world.render_shapes([("red", shape, 64, 64, side)], "white")).objects[0].bbox
+        out[shape] = max(w, h) / side
     return out
 
 
 @lru_cache(maxsize=1)
-def pose_templates(n: int = 32) -> dict[str, np.ndarray]:
-    """Each pose's figure, drawn by the world, cropped to its bounding box and resized to n x n."""
-    out = {}
+def pose_templates(n: int = 32, per_pose: int = 12) -> dict[str, list[np.ndarray]]:
+    """Each pose's figures, drawn by the world as it draws people (jittered joints, several heights),
+    each cropped to its bounding box and resized to n x n."""
+    rng = random.Random(0)
+    out: dict[str, list[np.ndarray]] = {}
     for pose in world.POSES:
-        img = Image.new("L", (world.SIZE * 2, world.SIZE * 2), 0)
-        world.draw_figure(ImageDraw.Draw(img), world.pose_keypoints(pose, world.SIZE / 2, 10, 90), 255, scale=2.0)
-        mask = np.asarray(img.resize((world.SIZE, world.SIZE), Image.LANCZOS)) > 127
-        ys, xs = np.nonzero(mask)
-        crop = mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.uint8)
-        out[pose] = cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA) > 0
+        out[pose] = []
+        for _ in range(per_pose):
+            height = rng.uniform(70, 100)
+            keypoints = world.pose_keypoints(pose, world.SIZE / 2, 10, height, rng)
+            img = Image.new("L", (world.SIZE * 2, world.SIZE * 2), 0)
+            world.draw_figure(ImageDraw.Draw(img), keypoints, 255, scale=2.0)
+            mask = np.asarray(img.resize((world.SIZE, world.SIZE), Image.LANCZOS)) > 127
+            ys, xs = np.nonzero(mask)
+            crop = mask[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1].astype(np.uint8)
+            out[pose].append(cv2.resize(crop, (n, n), interpolation=cv2.INTER_AREA) > 0)
     return out
 
 
-def classify(mask: np.ndarray, candidates: dict[str, np.ndarray]) -> tuple[str, float]:
-    """The candidate whose n x n template best overlaps `mask` (cropped to its bounding box), and the IoU."""
-    n = next(iter(candidates.values())).shape[0]
+def classify(mask: np.ndarray, candidates: dict[str, np.ndarray | list[np.ndarray]]) -> tuple[str, float]:
+    """The candidate with a n x n template that best overlaps `mask` (cropped to its bounding box), and the IoU."""
+    candidates = {k: t if isinstance(t, list) else [t] for k, t in candidates.items()}
+    n = next(iter(candidates.values()))[0].shape[0]
     small = cv2.resize(mask.astype(np.float32), (n, n), interpolation=cv2.INTER_AREA) > 0.5
-    scores = {k: float((small & t).sum() / max((small | t).sum(), 1)) for k, t in candidates.items()}
+    scores = {k: max(float((small & t).sum() / max((small | t).sum(), 1)) for t in ts) for k, ts in candidates.items()}
     best = max(scores, key=scores.get)
     return best, scores[best]
 

@@ -1,20 +1,23 @@
-"""Grid tab: schedulers x CFG scales from one seed, labelled, with what each cell cost."""
+"""Grid tab: schedulers x CFG scales, or x step counts, from one seed, labelled, with what each cell cost."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import gradio as gr
 import pandas as pd
 
 from playground.gpu import gpu
+from playground.grid import AXES
 from playground.latents import snr_db
 from playground.outputs import save_grid
 from playground.requests import GenerateRequest, GridRequest, GridResult, Progress
 from playground.settings import Settings
 from playground.ui.common import stream
 
-TABLE_HEADERS = ["scheduler", "CFG scale", "seed", "steps", "model evaluations", "seconds (share of row)", "size"]
+TABLE_HEADERS = ["scheduler", "CFG scale", "steps", "seed", "model evaluations", "seconds", "size",
+                 "PSNR vs reference (dB)", "latent RMS vs reference"]
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -28,29 +31,48 @@ def noise_table(result: GridResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["model evaluation", "scheduler", "sigma", "SNR (dB)"])
 
 
+def convergence_table(result: GridResult) -> pd.DataFrame:
+    """Steps axis: each cell's PSNR to its scheduler's reference run, against its step count."""
+    rows = [{"steps": c.value, "scheduler": c.scheduler, "PSNR vs reference (dB)": round(c.psnr, 2),
+             "latent RMS": round(c.latent_rms, 4)}
+            for row in result.cells for c in row if c.psnr is not None and math.isfinite(c.psnr)]
+    return pd.DataFrame(rows, columns=["steps", "scheduler", "PSNR vs reference (dB)", "latent RMS"])
+
+
 def cell_table(result: GridResult) -> list[list]:
-    r = result.request.base
-    return [[c.scheduler, c.cfg_scale, r.seed, r.steps, c.unet_calls, round(c.seconds, 3), f"{r.width}x{r.height}"]
-            for row in result.cells for c in row]
+    r, by_steps = result.request.base, result.request.axis == "steps"
+    out = []
+    for row in result.cells:
+        for c in row:
+            distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else ["", ""]
+            out.append([c.scheduler, r.cfg_scale if by_steps else c.value, int(c.value) if by_steps else r.steps,
+                        r.seed, c.unet_calls, round(c.seconds, 3), f"{r.width}x{r.height}", *distance])
+    return out
 
 
 def summary(result: GridResult) -> str:
-    r = result.request.base
+    req, r = result.request, result.request.base
     rows, cols = len(result.cells), len(result.cells[0])
     evals = sum(c.unet_calls for row in result.cells for c in row)
+    if req.axis == "steps":
+        how = (f"CFG {r.cfg_scale:g}; each cell compared with a {result.reference_steps}-step run of its "
+               "scheduler from the same noise (PSNR of the images, RMS of the final latents)")
+    else:
+        how = f"{r.steps} steps; each scheduler's scales ran as one batch"
     return "  \n".join([
         f"**Seed {r.seed}**, the same starting noise in every cell",
-        f"{rows} schedulers x {cols} CFG scales = {rows * cols} cells; {r.steps} steps; {r.width}x{r.height}",
-        f"{evals} model evaluations in all; {result.seconds:.2f} s (each scheduler's scales ran as one batch)",
+        f"{rows} scheduler{'s' * (rows > 1)} x {cols} {AXES[req.axis].plural} = {rows * cols} cells; "
+        f"{r.width}x{r.height}; {how}",
+        f"{evals} model evaluations in the cells; {result.seconds:.2f} s in all",
     ])
 
 
 def grid_request(prompt="", negative_prompt="", seed=-1, steps=20, schedulers=("Euler a", "DPM++ 2M Karras"),
-                 cfg_scales="1, 3, 7.5, 12", width=0, height=0) -> GridRequest:
+                 columns="1, 3, 7.5, 12", width=0, height=0, axis="cfg", cfg_scale=7.5) -> GridRequest:
     """The `grid` API's values, as they come, in a request (the Engine checks them)."""
-    base = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, width=width,
-                           height=height)
-    return GridRequest(base=base, schedulers=schedulers, cfg_scales=cfg_scales)
+    base = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                           cfg_scale=cfg_scale, width=width, height=height)
+    return GridRequest(base=base, schedulers=schedulers, columns=columns, axis=axis)
 
 
 def build(
@@ -65,10 +87,12 @@ def build(
     defaults = GridRequest()
 
     # -- layout -------------------------------------------------------------------------------
-    gr.Markdown("Rows are schedulers, columns are CFG scales, and every cell starts from the **same noise**: "
-                "the only thing that changes is the setting you compare. All scales of a scheduler run as one "
-                f"batch. At most {settings.max_grid_cells} cells. The downloaded grid and every cell are PNGs with their "
-                "settings inside: drop a cell on the Prompt tab's restore box to make it again.")
+    gr.Markdown("Rows are schedulers, columns are CFG scales or step counts, and every cell starts from the **same "
+                "noise**: the only thing that changes is the setting you compare. All scales of a scheduler run as one "
+                "batch. With step counts, each cell is compared with a "
+                f"{settings.grid_reference_steps}-step run of its scheduler: which schedulers are done in 20 steps, "
+                f"and which need 50? At most {settings.max_grid_cells} cells. The downloaded grid and every cell are "
+                "PNGs with their settings inside: drop a cell on the Prompt tab's restore box to make it again.")
     with gr.Row():
         with gr.Column(scale=5):
             prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
@@ -77,11 +101,15 @@ def build(
             negative_box = gr.Textbox(label="Negative prompt", lines=1)
             schedulers_box = gr.CheckboxGroup(scheduler_names, value=list(defaults.schedulers),
                                               label="Schedulers (rows)")
-            scales_box = gr.Textbox(value=defaults.cfg_scales, label="CFG scales (columns)",
-                                    info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
+            axis_box = gr.Radio([(a.label, key) for key, a in AXES.items()], value=defaults.axis, label="Columns vary")
+            columns_box = gr.Textbox(value=defaults.columns, label="Column values",
+                                     info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
             with gr.Row():
-                steps_box = gr.Slider(1, settings.max_steps, value=defaults.base.steps, step=1, label="Steps")
-                seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random, one for all cells)")
+                steps_box = gr.Slider(1, settings.max_steps, value=defaults.base.steps, step=1,
+                                      label="Steps (when the columns are CFG scales)")
+                cfg_box = gr.Slider(0, settings.max_cfg, value=defaults.base.cfg_scale, step=0.5,
+                                    label="CFG scale (when the columns are steps)")
+            seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random, one for all cells)")
             with gr.Row():
                 width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
                 height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
@@ -95,24 +123,36 @@ def build(
     with gr.Row():
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
                            label="Noise level at each model evaluation (SNR = 1/sigma², in dB: higher is cleaner)")
+        convergence = gr.LinePlot(x="steps", y="PSNR vs reference (dB)", color="scheduler",
+                                  tooltip=["scheduler", "steps", "latent RMS"],
+                                  label="Step columns: how close each cell is to its scheduler's long run "
+                                        "(PSNR in dB: higher is closer)")
     cells = gr.Gallery(label="Cells", format="png", columns=6, object_fit="contain", height=320, fit_columns=False,
                        elem_classes=["pixels"])
     table = gr.Dataframe(headers=TABLE_HEADERS, label="What each cell cost", interactive=False)
 
     # -- handlers -----------------------------------------------------------------------------
-    def on_grid(prompt, negative_prompt, seed, steps, schedulers, cfg_scales, width, height, progress=gr.Progress()):
-        req = grid_request(prompt, negative_prompt, seed, steps, schedulers, cfg_scales, width, height)
+    def on_grid(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis="cfg", cfg_scale=7.5,
+                progress=gr.Progress()):
+        req = grid_request(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis, cfg_scale)
         for item in stream(grid, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="evaluations")
             else:
                 path, items = save_grid(item, settings.output_dir)
-                yield path, items, cell_table(item), noise_table(item), summary(item)
+                yield path, items, cell_table(item), noise_table(item), convergence_table(item), summary(item)
+
+    def on_axis(axis):
+        """A fresh list that suits the new axis, unless the user typed one that already does."""
+        return AXES[axis].default if axis in AXES else gr.skip()
 
     # -- events -------------------------------------------------------------------------------
-    inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, scales_box, width_box, height_box]
+    inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, columns_box, width_box, height_box,
+              axis_box, cfg_box]
     # preprocess=False: plain values; the Engine's checks name the bad value before any work starts
-    event = run.click(gpu(on_grid), inputs, [sheet, cells, table, plot, info], api_name="grid", preprocess=False,
+    axis_box.change(on_axis, axis_box, columns_box, api_visibility="private", queue=False)
+    event = run.click(gpu(on_grid), inputs, [sheet, cells, table, plot, convergence, info], api_name="grid",
+                      preprocess=False,
                       show_progress_on=sheet, concurrency_id=concurrency_id,
                       concurrency_limit=settings.gpu_concurrency)
     stop.click(None, cancels=[event], api_visibility="private")
