@@ -15,23 +15,22 @@ CONTROLNETS = {"canny": "lllyasviel/control_v11p_sd15_canny", "openpose": "lllya
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not an integer") from None
+    return _env_number(name, default, int)
 
 
 def _env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float)
+
+
+def _env_number(name: str, default, cast):
+    """`cast` of the environment variable `name` (unset or empty: `default`); a bad value stops the app, named."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        return float(raw)
+        return cast(raw)
     except ValueError:
-        raise SystemExit(f"{name}={raw!r} is not a number") from None
+        raise SystemExit(f"{name}={raw!r} is not {'an integer' if cast is int else 'a number'}") from None
 
 
 def _env_bool(name: str, default: bool) -> bool:
