@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 1. Benchmarks against plain diffusers, measured in the same process
     bench = ["--model", "sd15-shaped", "--size", "512", "--steps", "25", "--runs", "5", "--compile"]
     if a.smoke:
-        bench = ["--size", "64", "--steps", "2", "--runs", "1", "--no-server"]
+        bench = ["--size", "64", "--steps", "1", "--runs", "1", "--no-server"]
     figures["parts"]["benchmarks"] = run_part(
         "benchmarks", [py, "benchmarks/run_all.py", *bench, "--out", str(out / "BENCHMARKS-gpu.md")], left("benchmarks"))
     write()
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 4. How the trained model scores (the same evaluation as on the CPU, fewer prompts in smoke mode)
     if (exported / "model_index.json").is_file():
-        counts = ["--prompts", "2", "--control", "1", "--two", "1", "--people", "1"] if a.smoke else []
+        counts = ["--prompts", "2", "--control", "1", "--two", "1", "--people", "1", "--analyser", "20"] if a.smoke else []
         figures["parts"]["evaluation"] = run_part(
             "evaluation", [py, "-m", "playground.tiny.evaluate", "--model", str(exported), *counts,
                            "--json", str(out / "eval.json")], left("evaluation"), log)

@@ -75,7 +75,7 @@ def measure(engine: Engine, rows: tuple[str, ...], cols: tuple[float, ...], step
             runs: int) -> tuple[float, float]:
     """Median seconds: (the cells one by one through diffusers, our batched grid)."""
     req = GridRequest(GenerateRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1,
-                                      steps=steps, width=size, height=size), schedulers=rows, cfg_scales=cols)
+                                      steps=steps, width=size, height=size), schedulers=rows, columns=cols)
     base = engine.model.pipe
     ref = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                                   unet=base.unet, scheduler=base.scheduler, safety_checker=None,

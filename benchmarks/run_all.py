@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> Path:
     seq, mine = grid_bench.measure(engine, grid_bench.SCHEDULERS, grid_bench.SCALES, a.steps, size, a.runs)
     rows.append(("4x4 grid: 16 cells one by one through diffusers", seq, "1.00x", "-"))
     greq = GridRequest(GenerateRequest(prompt=req.prompt, seed=1, steps=a.steps, width=size, height=size),
-                       schedulers=grid_bench.SCHEDULERS, cfg_scales=grid_bench.SCALES)
+                       schedulers=grid_bench.SCHEDULERS, columns=grid_bench.SCALES)
     rows.append(("4x4 grid: ours, batched per scheduler", mine, f"{mine / seq:.2f}x",
                  peak_memory(device, lambda: engine.grid(greq))))
 

@@ -127,7 +127,8 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
     return {"recall": mean(recall), "limbs": mean(limbs)}
 
 
-def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 60, n_people: int = 48) -> dict:
+def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 60, n_people: int = 48,
+             n_analyser: int = 600) -> dict:
     started = time.monotonic()
     engine = engine_for(model)
     prompts = world.evaluation_prompts(n_prompts)
@@ -138,7 +139,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     result = {
         "model": model,
         "prompts": n_prompts,
-        "analyser": analyse.accuracy_on_ground_truth(),
+        "analyser": analyse.accuracy_on_ground_truth(n_analyser),
         "cfg7.5": at_7,
         "cfg1.0": at_1,
         "cfg_gap": at_7["colour"] - at_1["colour"] if n_prompts else None,
@@ -232,12 +233,13 @@ def main() -> None:
     parser.add_argument("--control", type=int, default=40, help="control maps per ControlNet (0: skip)")
     parser.add_argument("--two", type=int, default=60, help="held-out two-shape prompts (0: skip)")
     parser.add_argument("--people", type=int, default=48, help="held-out person prompts (0: skip)")
+    parser.add_argument("--analyser", type=int, default=600, help="ground-truth renders the analyser is checked on")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--sheet", type=Path, help="only draw a labelled sample sheet (PNG) to this path")
     args = parser.parse_args()
     if args.sheet:
         return sheet(args.model, args.sheet)
-    result = evaluate(args.model, args.prompts, args.control, args.two, args.people)
+    result = evaluate(args.model, args.prompts, args.control, args.two, args.people, args.analyser)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
