@@ -105,10 +105,12 @@ def build(
                                  elem_classes=["pixels"])
         step_slider = gr.Slider(1, 2, value=1, step=1, label="Step (drag to scrub the trajectory)", interactive=False)
         step_info = gr.Markdown()
+        # height "auto": the four square channel images are always shown whole, however wide the page
         channels = gr.Gallery(label="x_t: the 4 latent channels at this step (one shared colour scale)", columns=4,
-                              height=300, object_fit="contain", format="png", allow_preview=False)
+                              height="auto", object_fit="contain", format="png", allow_preview=False)
         with gr.Row():
-            rgb_x_t = gr.Image(label="x_t as RGB (linear map, no VAE)", format="png", interactive=False, height=260, elem_classes=["pixels"])
+            rgb_x_t = gr.Image(label="x_t as RGB (linear map, no VAE)", format="png", interactive=False, height=260,
+                               elem_classes=["pixels"])
             rgb_x0 = gr.Image(label="predicted x0 as RGB (linear map)", format="png", interactive=False, height=260, elem_classes=["pixels"])
             decoded = gr.Image(label="predicted x0 through the VAE decoder", format="png", interactive=False,
                                height=260, elem_classes=["pixels"])
@@ -137,7 +139,7 @@ def build(
         with gr.Row():
             trip_orig = gr.Image(label="Original (fitted to a multiple of 8)", format="png", interactive=False)
             trip_recon = gr.Image(label="Reconstruction (decoded latent)", format="png", interactive=False)
-        trip_channels = gr.Gallery(label="The latent: 4 channels", columns=4, height=280, object_fit="contain",
+        trip_channels = gr.Gallery(label="The latent: 4 channels", columns=4, height="auto", object_fit="contain",
                                    format="png", allow_preview=False)
 
     # -- handlers -----------------------------------------------------------------------------
