@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--size", type=int, default=0, help="0 = native size")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--compile", action="store_true", help="also measure the torch.compile'd path (inductor)")
+    ap.add_argument("--compile", action="store_true", help="also measure the torch.compile'd path")
+    ap.add_argument("--compile-backend", default="inductor", help="the torch.compile backend")
     ap.add_argument("--no-server", action="store_true", help="skip cold start (sd15-shaped always skips it)")
     ap.add_argument("--out", type=Path, default=HERE.parent / "BENCHMARKS.md")
     a = ap.parse_args(argv)
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> Path:
     # 4. Optional: torch.compile (inductor), compile time included once
     if a.compile:
         start = time.perf_counter()
-        compile_model(engine.model, "inductor")  # in place: the engine reads its modules from the pipeline
+        compile_model(engine.model, a.compile_backend)  # in place: the engine reads its modules from the pipeline
         engine.warm_up()
         engine.generate(req)  # compile at the measured size too
         compile_s = time.perf_counter() - start

@@ -41,8 +41,8 @@ TARGETS = {"analyser": 0.98, "colour": 0.95, "shape": 0.90, "place": 0.90, "back
 FOLLOW_PX = 8  # Canny "follows": the drawn object's centre within this many pixels of the map's object
 
 
-def engine_for(model: str) -> Engine:
-    settings = settings_mod.Settings(model=model, device="cpu", safety_checker=False)
+def engine_for(model: str, device: str = "auto") -> Engine:
+    settings = settings_mod.Settings(model=model, device=device, safety_checker=False)
     return Engine(load_model(settings), settings)
 
 
@@ -128,9 +128,9 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
 
 
 def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 60, n_people: int = 48,
-             n_analyser: int = 600) -> dict:
+             n_analyser: int = 600, device: str = "auto") -> dict:
     started = time.monotonic()
-    engine = engine_for(model)
+    engine = engine_for(model, device)
     prompts = world.evaluation_prompts(n_prompts)
     at_7 = score_prompts(engine, prompts, 7.5) if n_prompts else None
     at_1 = score_prompts(engine, prompts, 1.0) if n_prompts else None
@@ -153,6 +153,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
         "pose_recall": pose_scores.get("recall"),
         "pose_limbs": pose_scores.get("limbs"),
     }
+    result["device"] = f"{engine.model.device.type} ({str(engine.model.dtype).removeprefix('torch.')})"
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
 
@@ -170,7 +171,8 @@ def report(r: dict) -> str:
     person, n = r["person"] or {}, r["control_images"]
     return "\n".join([
         f"offline model evaluation: {r['model']}; {r['prompts']} one-shape, {r['two_shapes']} two-shape and "
-        f"{r['people']} person held-out prompts, {n} maps per ControlNet; DDIM 25 steps, CFG 7.5 ({r['seconds']} s)",
+        f"{r['people']} person held-out prompts, {n} maps per ControlNet; DDIM 25 steps, CFG 7.5; on "
+        f"{r.get('device', 'cpu')} ({r['seconds']} s)",
         "",
         "| metric | figure | target | |",
         "|---|---|---|---|",
@@ -234,12 +236,13 @@ def main() -> None:
     parser.add_argument("--two", type=int, default=60, help="held-out two-shape prompts (0: skip)")
     parser.add_argument("--people", type=int, default=48, help="held-out person prompts (0: skip)")
     parser.add_argument("--analyser", type=int, default=600, help="ground-truth renders the analyser is checked on")
+    parser.add_argument("--device", default="auto", help="auto (cuda when present) | cuda | cpu")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--sheet", type=Path, help="only draw a labelled sample sheet (PNG) to this path")
     args = parser.parse_args()
     if args.sheet:
         return sheet(args.model, args.sheet)
-    result = evaluate(args.model, args.prompts, args.control, args.two, args.people, args.analyser)
+    result = evaluate(args.model, args.prompts, args.control, args.two, args.people, args.analyser, args.device)
     print(report(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
