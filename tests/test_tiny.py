@@ -130,6 +130,13 @@ def test_edge_f1_and_skeleton_recall_can_fail():
     assert analyse.skeleton_recall(pose, person.image) > 0.9
     assert analyse.skeleton_recall(pose, blank) == 0.0
     assert all(analyse.limbs_drawn(person.keypoints, person.image)) and not any(analyse.limbs_drawn(person.keypoints, blank))
+    # a thick silhouette over the skeleton covers every limb, but most of its pixels are off the skeleton
+    figure, _ = analyse.foreground_mask(np.asarray(person.image))
+    background = np.asarray(person.image)[0, 0]
+    blob = np.where(cv2.dilate(figure.astype(np.uint8), np.ones((25, 25), np.uint8))[..., None] > 0, (200, 30, 30),
+                    background).astype(np.uint8)
+    assert analyse.figure_precision(pose, person.image) > 0.8
+    assert analyse.skeleton_recall(pose, Image.fromarray(blob)) > 0.9 and analyse.figure_precision(pose, Image.fromarray(blob)) < 0.5
     moved = person.keypoints.copy()  # a skeleton 40 px above the drawn figure: some of its limbs are not drawn
     moved[:, 1] -= 40
     assert not all(analyse.limbs_drawn(moved, person.image))

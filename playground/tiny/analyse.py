@@ -215,6 +215,14 @@ def limbs_drawn(keypoints: np.ndarray, image: Image.Image, radius: int = 3, shar
     return out
 
 
+def figure_precision(pose: Image.Image, image: Image.Image, radius: int = 3) -> float:
+    """The share of the drawn figure's pixels within `radius` px of the pose map's skeleton: low for a
+    thick silhouette that covers the skeleton without following its limbs."""
+    skeleton = np.asarray(pose.convert("L")) > 20
+    figure, _ = foreground_mask(np.asarray(image.convert("RGB")))
+    return float((figure & _near(skeleton, radius)).sum() / max(figure.sum(), 1))
+
+
 def skeleton_recall(pose: Image.Image, image: Image.Image, radius: int = 3) -> float:
     """The share of the pose map's skeleton pixels within `radius` px of a figure (non-background) pixel."""
     skeleton = np.asarray(pose.convert("L")) > 20

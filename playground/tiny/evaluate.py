@@ -114,8 +114,9 @@ def score_canny(engine: Engine, n: int, seed: int = 900_000_000) -> dict:
 
 
 def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
-    """The share of skeleton pixels on the drawn figure, and of the skeleton's limbs drawn."""
-    recall, limbs, rng = [], [], random.Random(seed)
+    """The share of skeleton pixels on the drawn figure, of the skeleton's limbs drawn, and of the
+    figure's pixels on the skeleton (a silhouette that only covers the skeleton scores low there)."""
+    recall, precision, limbs, rng = [], [], [], random.Random(seed)
     for i, scene in enumerate(control_scenes("openpose", n, seed)):
         pose = world.pose_map(scene.keypoints)
         # the prompt names no pose and no place: the map alone has to carry the figure
@@ -123,8 +124,9 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
         out = engine.control(ControlRequest(image=pose, mode="image", controlnet="openpose", base=GenerateRequest(
             prompt=prompt, seed=i, steps=25, scheduler="DDIM"))).images[0].image
         recall.append(analyse.skeleton_recall(pose, out))
+        precision.append(analyse.figure_precision(pose, out))
         limbs += analyse.limbs_drawn(scene.keypoints, out)
-    return {"recall": mean(recall), "limbs": mean(limbs)}
+    return {"recall": mean(recall), "precision": mean(precision), "limbs": mean(limbs)}
 
 
 def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 60, n_people: int = 48,
@@ -152,6 +154,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
         "canny_follows": canny_scores.get("follows"),
         "pose_recall": pose_scores.get("recall"),
         "pose_limbs": pose_scores.get("limbs"),
+        "pose_precision": pose_scores.get("precision"),
     }
     result["device"] = f"{engine.model.device.type} ({str(engine.model.dtype).removeprefix('torch.')})"
     result["seconds"] = round(time.monotonic() - started, 1)
@@ -192,6 +195,7 @@ def report(r: dict) -> str:
         row(f"Canny ControlNet: follows (object within {FOLLOW_PX} px)", r["canny_follows"], TARGETS["canny_follows"]),
         row("OpenPose ControlNet: skeleton recall (3 px)", r["pose_recall"], TARGETS["pose_recall"]),
         row("OpenPose ControlNet: limbs drawn (of 12)", r["pose_limbs"], TARGETS["pose_limbs"]),
+        row("OpenPose ControlNet: figure pixels on the skeleton (3 px)", r.get("pose_precision")),
     ])
 
 
