@@ -130,12 +130,12 @@ def test_vae_round_trip(engine, tmp_path):
 
 
 @pytest.mark.slow
-def test_state_size_of_a_50_step_512px_run(engine):
-    traj = engine.inspect(GenerateRequest(prompt="x", seed=1, steps=50, cfg_scale=7.5, scheduler="DDIM",
+def test_state_size_of_a_512px_run_is_five_fp16_latents_per_step(engine):
+    traj = engine.inspect(GenerateRequest(prompt="x", seed=1, steps=10, cfg_scale=7.5, scheduler="DDIM",
                                           width=512, height=512))
-    per_tensor = 50 * 4 * 64 * 64 * 2  # (steps, 4, 64, 64) float16
-    assert traj.nbytes == 5 * per_tensor + 2 * 50 * 4  # + timesteps and sigmas
-    assert traj.nbytes < 10e6  # 8.2 MB: "a few tens of MB" at most
+    per_step = 5 * 4 * 64 * 64 * 2 + 2 * 4  # x_t, x0, 3 model outputs: (4, 64, 64) float16; timestep, sigma
+    assert traj.nbytes == 10 * per_step
+    assert 50 * per_step < 10e6  # a 50-step run: 8.2 MB, "a few tens of MB" at most
 
 
 def test_saved_trajectory(engine, traj, tmp_path):
