@@ -84,8 +84,7 @@ def test_noise_plot_has_a_legend_naming_each_series_it_draws(app):
 
 
 def fake_trajectory():
-    sigmas = torch.tensor([14.6, 3.0, 0.5])
-    return SimpleNamespace(sigmas=[float(x) for x in sigmas])
+    return SimpleNamespace(sigmas=[14.6, 3.0, 0.5])  # all noise_plot reads of a Trajectory
 
 
 def test_banner_says_which_model_why_and_what_it_knows():
