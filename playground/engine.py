@@ -23,7 +23,7 @@ import torch
 from diffusers import ControlNetModel
 from PIL import Image
 
-from playground import control as control_mod, inspect, latents, schedulers
+from playground import attention, control as control_mod, inspect, latents, schedulers
 from playground.loading import LoadedModel, controlnet_source, load_controlnet
 from playground.metadata import Params
 from playground.requests import (
@@ -43,6 +43,7 @@ from playground.requests import (
     Trajectory,
     integer,
     text,
+    validate_attention,
     validate_control,
     validate_generate,
     validate_grid,
@@ -181,25 +182,50 @@ class Engine:
                              unet_calls=out.unet_calls, seconds=seconds)
 
     def inspect(self, req: GenerateRequest, on_progress: OnProgress | None = None,
-                cancel: threading.Event | None = None) -> Trajectory:
-        """Generate one image while recording every step of the trajectory."""
-        # 1. Check inputs: one image
+                cancel: threading.Event | None = None, attention_of: str = "prompt") -> Trajectory:
+        """Generate one image while recording every step of the trajectory, and (unless `attention_of` is
+        "off") the cross-attention maps of the prompt's (or the negative prompt's) tokens."""
+        # 1. Check inputs: one image; whose attention to record
         req = self.validate(replace(req, num_images=1))
+        of = validate_attention(attention_of, req)
 
-        # 2. Observers: the recorder, plus progress (previews come from the recording itself)
+        # 2. Observers: the recorders, plus progress (previews come from the recording itself)
         recorder = latents.Recorder()
         progress = self._observer(on_progress, "denoising (recording every step)")
-
-        def observer(step):
-            recorder(step)
-            if progress is not None:
-                progress(step)
+        tokens, maps = None, contextlib.nullcontext()
+        if of != "off":
+            tokens = attention.split_prompt(self.model.pipe.tokenizer,
+                                            req.prompt if of == "prompt" else req.negative_prompt)
+            # the UNet's batch is [negative, prompt] with CFG, [prompt] without
+            sample = 1 if (of == "prompt" and req.cfg_scale != 1) else 0
+            f = self.vae_factor
+            maps = attention.recording(self.components.unet, attention.AttentionRecorder(
+                sample, len(attention.kept(tokens)), (req.height // f, req.width // f)))
 
         # 3. Denoise and finish; the trajectory keeps what the loop reports of its scheduler
-        made, out, seconds = self._run(self._job(req, [req.seed]), [self._params(req)], observer, cancel,
-                                       f"a recorded {req.width}x{req.height} image")
+        with maps as attn:
+            def observer(step):
+                recorder(step)
+                if attn is not None:
+                    attn.end_step(step.index, step.total)
+                if progress is not None:
+                    progress(step)
+
+            made, out, seconds = self._run(self._job(req, [req.seed]), [self._params(req)], observer, cancel,
+                                           f"a recorded {req.width}x{req.height} image")
         return Trajectory(request=req, params=made[0].params, image=made[0].image, tensors=recorder.tensors(),
-                          sigma_space=out.sigma_space, prediction_type=out.prediction_type, seconds=seconds)
+                          sigma_space=out.sigma_space, prediction_type=out.prediction_type, seconds=seconds,
+                          attention=attn.maps(tokens, of) if attn is not None else None)
+
+    def split_prompt(self, prompt: str) -> list[attention.Token]:
+        """`prompt` as CLIP's tokenizer splits it: start and end tokens, the words the 77-token window cuts."""
+        return attention.split_prompt(self.model.pipe.tokenizer, text("prompt", prompt, self.settings.max_prompt_chars))
+
+    def find_word(self, traj: Trajectory, word: str) -> list[int]:
+        """The indices of `word`'s token pieces among a recorded trajectory's attention maps."""
+        if traj.attention is None:
+            raise InvalidRequest("this trajectory was recorded without attention maps")
+        return attention.find_word(traj.attention.tokens, text("word", word, 200), self.model.pipe.tokenizer)
 
     def step_view(self, traj: Trajectory, index: int) -> inspect.StepView:
         """The inspector's pictures of step `index`, with this model's latent -> RGB map."""

@@ -153,6 +153,7 @@ class Trajectory:
     prediction_type: str  # what the model outputs: "epsilon" or "v_prediction"
     seconds: float
     decoded: dict[int, Image.Image] = field(default_factory=dict)  # VAE decodes of x0, made on demand
+    attention: Any = None  # attention.AttentionMaps when cross-attention was recorded, else None
 
     @property
     def steps(self) -> int:
@@ -216,6 +217,19 @@ def resolve_seed(seed: int) -> int:
 
 
 # ---------------------------------------------------------------- validators
+
+# whose tokens the inspector's cross-attention recording follows (key -> label)
+ATTENTION_OF = {"prompt": "the prompt", "negative": "the negative prompt", "off": "off (no attention maps)"}
+
+
+def validate_attention(of, req: GenerateRequest) -> str:
+    """The ATTENTION_OF key for a validated request; the negative prompt's needs its CFG pass."""
+    of = choice("attention of", of, ATTENTION_OF)
+    if of == "negative" and req.cfg_scale == 1:
+        raise InvalidRequest("attention of the negative prompt needs a CFG scale other than 1: at CFG 1 the "
+                             "unconditional (negative prompt) pass is skipped")
+    return of
+
 
 def validate_generate(req: GenerateRequest, s: Settings, native_size: int, multiple: int = 8) -> GenerateRequest:
     """A checked copy of `req`: size filled in (a multiple of the VAE's factor), seed resolved."""

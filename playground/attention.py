@@ -1,0 +1,285 @@
+"""Which word paints where: the UNet's cross-attention, recorded per token while the inspector records.
+
+In each cross-attention layer (`attn2`) of the UNet the image positions are the queries and the
+prompt's 77 CLIP tokens the keys: softmax(Q K^T / sqrt(d)) says, for every position, how much of its
+attention goes to each token. `recording(unet, recorder)` wraps those layers' own processors for as long
+as a recording runs: the layer's output is still the wrapped processor's (the fast SDPA path, the same
+numbers), and only in the thread that records does the wrapper also compute the probabilities for one
+sample (the prompt's half of the CFG batch, or the negative prompt's), average them over the heads and
+add them to the current step's sum for that layer's resolution. Self-attention (`attn1`) and every run
+that does not record are not touched at all.
+
+Maps are kept per step, per layer resolution (mean over the layers of that resolution), for the tokens
+the prompt has (start token, words, end token), in float16 at each layer's own resolution: 50 steps x
+16 tokens x (64² + 32² + 16² + 8²) positions is 8.7 MB for SD 1.5 at 512 px. They are upsampled to the
+latent grid only when shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+
+from playground.requests import InvalidRequest
+from playground.sampling import tokenize
+
+START, END = "<start>", "<end>"
+
+
+# ---------------------------------------------------------------- tokens, as CLIP splits the prompt
+
+@dataclass(frozen=True)
+class Token:
+    text: str  # as shown: a word piece without CLIP's "</w>", or <start> / <end>
+    position: int  # index in the tokenized prompt (0 = start token); past the limit for dropped ones
+    kind: str  # "start", "word", "end" or "dropped" (past the 77-token window: the model never sees it)
+
+
+def split_prompt(tokenizer, prompt: str) -> list[Token]:
+    """Every token of `prompt` as CLIP's tokenizer makes it, marking the ones the window cuts off."""
+    ids = tokenize(tokenizer, [prompt], truncation=False)["input_ids"][0]  # start, words..., end
+    limit = tokenizer.model_max_length
+    pieces = tokenizer.convert_ids_to_tokens(ids[1:-1])
+    out = [Token(START, 0, "start")]
+    for k, piece in enumerate(pieces, start=1):
+        # the window keeps start + limit-2 word pieces + end
+        out.append(Token(piece.replace("</w>", ""), k, "word" if k < limit - 1 else "dropped"))
+    kept = sum(t.kind == "word" for t in out)
+    out.insert(kept + 1, Token(END, kept + 1, "end"))
+    return out
+
+
+def kept(tokens: list[Token]) -> list[Token]:
+    """The tokens the UNet attends to (start, words inside the window, end), in order."""
+    return [t for t in tokens if t.kind != "dropped"]
+
+
+def find_word(tokens: list[Token], word: str, tokenizer) -> list[int]:
+    """Indices (into `kept(tokens)`) of the token pieces that spell `word`; InvalidRequest naming it if absent."""
+    shown = kept(tokens)
+    want = word.strip().lower()
+    if want in (START, END):
+        return [k for k, t in enumerate(shown) if t.text == want]
+    pieces = [p.replace("</w>", "") for p in tokenizer.tokenize(want)]  # no padding / truncation state
+    texts = [t.text for t in shown]
+    for k in range(len(texts) - len(pieces) + 1):
+        if pieces and texts[k: k + len(pieces)] == pieces:
+            return list(range(k, k + len(pieces)))
+    words = ", ".join(repr(t.text) for t in shown if t.kind == "word")
+    raise InvalidRequest(f"word {word!r} is not among the prompt's tokens; choose one of: {words} (or {START}, {END})")
+
+
+# ---------------------------------------------------------------- the probabilities of one layer
+
+def cross_attention_probs(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
+                          ) -> torch.Tensor:
+    """(B, positions, tokens): softmax(Q K^T / sqrt(d)) of one attention layer, averaged over its heads.
+
+    Q and K are computed as the layer's own processor computes them (group norm, cross norm, q/k norms
+    where the layer has them); the scores in float32.
+    """
+    if hidden_states.ndim == 4:  # (B, C, H, W) -> (B, HW, C)
+        hidden_states = hidden_states.flatten(2).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    if attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    batch = hidden_states.shape[0]
+    query, key = attn.to_q(hidden_states), attn.to_k(encoder_hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, N, d)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)  # (B, heads, S, d)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    scores = query.float() @ key.float().transpose(-1, -2) / math.sqrt(head_dim)  # as SDPA scales
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def layer_grid(positions: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) of a layer with `positions` image positions: the latent grid halved k times (rounding up,
+    as the UNet's stride-2 convolutions do)."""
+    h, w = latent_hw
+    for _ in range(8):
+        if h * w == positions:
+            return h, w
+        h, w = -(-h // 2), -(-w // 2)
+    raise ValueError(f"{positions} positions fit no halving of the {latent_hw[0]}x{latent_hw[1]} latent grid")
+
+
+# ---------------------------------------------------------------- recording
+
+class AttentionRecorder:
+    """Keeps the per-token maps of one sample at every step, per layer resolution.
+
+    `sample` is the row of the UNet's batch to record (with CFG the batch is [uncond..., cond...]);
+    `tokens` how many of the 77 positions to keep (start, words, end). The processor calls `add` once
+    per cross-attention layer; the loop's observer calls `end_step` after each model evaluation.
+    """
+
+    def __init__(self, sample: int, tokens: int, latent_hw: tuple[int, int]):
+        self.sample, self.tokens, self.latent_hw = sample, tokens, latent_hw
+        self._sum: dict[tuple[int, int], torch.Tensor] = {}  # this step: resolution -> (T, h, w) float32
+        self._count: dict[tuple[int, int], int] = {}
+        self.buffers: dict[tuple[int, int], torch.Tensor] = {}  # resolution -> (steps, T, h, w) float16
+        self.layers: dict[tuple[int, int], int] = {}  # resolution -> cross-attention layers there
+        self.recorded = 0
+
+    def add(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
+        s = self.sample
+        probs = cross_attention_probs(attn, hidden_states[s: s + 1], encoder_hidden_states[s: s + 1])[0]
+        grid = layer_grid(probs.shape[0], self.latent_hw)
+        maps = probs[:, : self.tokens].T.reshape(self.tokens, *grid)  # (T, h, w)
+        if grid in self._sum:
+            self._sum[grid] += maps
+            self._count[grid] += 1
+        else:
+            self._sum[grid], self._count[grid] = maps.clone(), 1
+
+    def end_step(self, index: int, total_steps: int) -> None:
+        """Store the mean over this step's layers at each resolution as step `index` of `total_steps`."""
+        for grid, total in self._sum.items():
+            if grid not in self.buffers:  # on the model's device, filled in place: no sync in the loop
+                self.buffers[grid] = total.new_zeros((total_steps, *total.shape), dtype=torch.float16)
+            self.buffers[grid][index].copy_(total / self._count[grid])
+            self.layers[grid] = self._count[grid]
+        self._sum.clear()
+        self._count.clear()
+        self.recorded = index + 1
+
+    def maps(self, tokens: list[Token], of: str) -> "AttentionMaps":
+        """What was recorded, on the CPU."""
+        return AttentionMaps(tokens=tokens, of=of, latent_hw=self.latent_hw, layers=dict(self.layers),
+                             maps={g: b[: self.recorded].cpu() for g, b in self.buffers.items()})
+
+
+_ACTIVE: contextvars.ContextVar[AttentionRecorder | None] = contextvars.ContextVar("attention_recorder", default=None)
+_LOCK = threading.Lock()
+_USERS: dict[int, int] = {}  # id(unet) -> recordings running on it
+
+
+class RecordingProcessor:
+    """Wraps a cross-attention layer's processor: same output; records when this thread is recording."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        recorder = _ACTIVE.get()
+        if recorder is not None and encoder_hidden_states is not None:
+            recorder.add(attn, hidden_states, encoder_hidden_states)
+        return self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
+                          attention_mask=attention_mask, **kwargs)
+
+
+def cross_attention_layers(unet: torch.nn.Module) -> list[tuple[str, Attention]]:
+    """The UNet's cross-attention layers (`attn2` of every transformer block), by name."""
+    return [(name, m) for name, m in unet.named_modules() if name.endswith("attn2") and isinstance(m, Attention)]
+
+
+@contextlib.contextmanager
+def recording(unet: torch.nn.Module, recorder: AttentionRecorder):
+    """Record `unet`'s cross-attention into `recorder` for the calls this thread makes inside the block.
+
+    The wrappers go on when the first recording on this UNet starts and come off when the last one
+    ends; other threads' runs meanwhile pass straight through to the wrapped processors.
+    """
+    layers = cross_attention_layers(unet)
+    if not layers:
+        raise ValueError("this UNet has no cross-attention layers (attn2) to record")
+    with _LOCK:
+        if _USERS.get(id(unet), 0) == 0:
+            for _, layer in layers:
+                layer.set_processor(RecordingProcessor(layer.processor))
+        _USERS[id(unet)] = _USERS.get(id(unet), 0) + 1
+    token = _ACTIVE.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _ACTIVE.reset(token)
+        with _LOCK:
+            _USERS[id(unet)] -= 1
+            if _USERS[id(unet)] == 0:
+                del _USERS[id(unet)]
+                for _, layer in layers:
+                    if isinstance(layer.processor, RecordingProcessor):
+                        layer.set_processor(layer.processor.inner)
+
+
+# ---------------------------------------------------------------- the result
+
+@dataclass
+class AttentionMaps:
+    """Recorded cross-attention of one trajectory: per step, per layer resolution, per kept token."""
+
+    tokens: list[Token]  # the whole split prompt (dropped ones too); maps follow kept(tokens)
+    of: str  # whose tokens: "prompt" or "negative prompt"
+    latent_hw: tuple[int, int]
+    layers: dict[tuple[int, int], int]  # resolution -> how many layers were averaged there
+    maps: dict[tuple[int, int], torch.Tensor] = field(repr=False)  # resolution -> (steps, T, h, w) float16
+
+    @property
+    def kept(self) -> list[Token]:
+        return kept(self.tokens)
+
+    @property
+    def resolutions(self) -> list[tuple[int, int]]:
+        """Layer resolutions present, coarsest first."""
+        return sorted(self.maps, key=lambda g: g[0] * g[1])
+
+    @property
+    def steps(self) -> int:
+        return next(iter(self.maps.values())).shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.maps.values())
+
+    def resolution_key(self, resolution: str | None) -> list[tuple[int, int]]:
+        """'all' (or None) or '16x16' -> the resolutions to average; InvalidRequest naming a bad one."""
+        if resolution in (None, "", "all"):
+            return self.resolutions
+        for g in self.maps:
+            if resolution == f"{g[1]}x{g[0]}":
+                return [g]
+        names = ", ".join(["all", *(f"{g[1]}x{g[0]}" for g in self.resolutions)])
+        raise InvalidRequest(f"layer resolution {resolution!r} was not recorded; choose one of: {names}")
+
+    def stack(self, step: int | None = None, resolution: str | None = None) -> np.ndarray:
+        """(T, h, w) float32 on the latent grid: step `step` (None = summed over all steps), averaged over
+        the chosen resolutions' layers (weighted by how many layers each has), bilinearly upsampled."""
+        h, w = self.latent_hw
+        total, weight = torch.zeros(len(self.kept), h, w), 0
+        for g in self.resolution_key(resolution):
+            m = self.maps[g].float()
+            m = m.sum(0) if step is None else m[step]
+            up = F.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0] if g != (h, w) else m
+            total += self.layers[g] * up
+            weight += self.layers[g]
+        return (total / weight).numpy()
+
+    def share(self, step: int | None = None, resolution: str | None = None) -> np.ndarray:
+        """(T,) the mean attention each kept token gets over the image, as a fraction of the whole (the
+        kept tokens' shares add up to at most 1: the padding end tokens take the rest)."""
+        stack = self.stack(step, resolution)
+        return stack.mean(axis=(1, 2)) / (1.0 if step is not None else self.steps)
+
+
+def mass_centre(heat: np.ndarray) -> tuple[float, float]:
+    """(x, y) of a non-negative (h, w) map's mass centre, in fractions of the width and height."""
+    h, w = heat.shape
+    total = float(heat.sum())
+    if total <= 0:
+        return 0.5, 0.5
+    ys, xs = np.mgrid[0:h, 0:w]
+    return float((heat * (xs + 0.5)).sum() / total / w), float((heat * (ys + 0.5)).sum() / total / h)

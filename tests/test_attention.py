@@ -1,0 +1,175 @@
+"""Cross-attention maps: faithful to the layers, no change to the outputs, CLIP's split of the prompt."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from playground import attention
+from playground.attention import AttentionRecorder, cross_attention_layers, recording
+from playground.engine import Engine
+from playground.requests import GenerateRequest, InvalidRequest
+from playground.sampling import Job, denoise
+
+from conftest import tiny_settings
+
+REQ = GenerateRequest(prompt="a red circle on a blue background", negative_prompt="blurry ugly", seed=3, steps=5,
+                      cfg_scale=5, scheduler="DDIM", width=64, height=64)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_dir):
+    return Engine(tiny_model, tiny_settings(tiny_dir))
+
+
+@pytest.fixture(scope="module")
+def traj(engine):
+    return engine.inspect(REQ)
+
+
+def job(prompt="a red circle", guidance=5.0, steps=4) -> Job:
+    return Job(scheduler="DDIM", prompts=[prompt], negative_prompts=["blurry"], guidance=[guidance],
+               generators=[torch.Generator().manual_seed(1)], steps=steps, height=64, width=64)
+
+
+def recorded_run(engine, recorder, j=None):
+    """Our loop under a recording, ending each step as the Engine's observer does."""
+    with recording(engine.components.unet, recorder):
+        return denoise(engine.components, j or job(), observer=lambda s: recorder.end_step(s.index, s.total))
+
+
+def test_recording_leaves_the_outputs_identical_and_the_layers_as_they_were(engine):
+    unet = engine.components.unet
+    before = [type(layer.processor) for _, layer in cross_attention_layers(unet)]
+    plain = denoise(engine.components, job())
+    recorder = AttentionRecorder(sample=1, tokens=5, latent_hw=(8, 8))
+    recorded = recorded_run(engine, recorder)
+    assert recorder.recorded == 4 and recorder.buffers  # it did record
+    assert float((plain.images - recorded.images).abs().max()) <= 1e-5  # fp32
+    assert float((plain.latents - recorded.latents).abs().max()) <= 1e-5
+    # afterwards every cross-attention layer has its own processor back; self-attention was never wrapped
+    assert [type(layer.processor) for _, layer in cross_attention_layers(unet)] == before
+    assert not any(isinstance(m.processor, attention.RecordingProcessor) for _, m in unet.named_modules()
+                   if hasattr(m, "processor"))
+
+
+def test_one_layer_recorded_equals_the_hand_computation(engine):
+    """The 4x4 resolution has one cross-attention layer (the mid block's): its recorded map at step 0 is
+    softmax(Q K^T / sqrt(d)) from that layer's own to_q / to_k weights and the inputs it was given."""
+    unet = engine.components.unet
+    layer = unet.mid_block.attentions[0].transformer_blocks[0].attn2
+    seen = []
+    hook = layer.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((args[0].clone(), kwargs["encoder_hidden_states"].clone())),
+        with_kwargs=True)
+    try:
+        recorder = AttentionRecorder(sample=1, tokens=77, latent_hw=(8, 8))
+        recorded_run(engine, recorder)
+    finally:
+        hook.remove()
+    assert recorder.layers[(4, 4)] == 1
+    hidden, text = seen[0]  # step 0; batch [negative, prompt]: the prompt is row 1
+    with torch.no_grad():
+        q = hidden[1] @ layer.to_q.weight.T  # (16 positions, inner)
+        k = text[1] @ layer.to_k.weight.T  # (77 tokens, inner)
+        heads, d = layer.heads, k.shape[-1] // layer.heads
+        probs = torch.stack([torch.softmax(q[:, h * d:(h + 1) * d] @ k[:, h * d:(h + 1) * d].T / d**0.5, dim=-1)
+                             for h in range(heads)]).mean(0)  # (16, 77)
+    want = probs.T.reshape(77, 4, 4)
+    got = recorder.buffers[(4, 4)][0].float()
+    assert torch.allclose(got, want, atol=2e-3)  # stored in float16
+
+
+def test_maps_over_all_77_tokens_sum_to_one_at_every_position(engine):
+    recorder = AttentionRecorder(sample=1, tokens=77, latent_hw=(8, 8))
+    recorded_run(engine, recorder)
+    assert set(recorder.buffers) == {(8, 8), (4, 4)}
+    for grid, maps in recorder.buffers.items():  # (steps, 77, h, w), the mean over the layers there
+        assert torch.allclose(maps.float().sum(1), torch.ones(4, *grid), atol=1e-2)
+    # and exactly, before storage, for any layer and input
+    layer = cross_attention_layers(engine.components.unet)[0][1]
+    probs = attention.cross_attention_probs(layer, torch.randn(2, 64, layer.to_q.in_features),
+                                            torch.randn(2, 77, layer.to_k.in_features))
+    assert probs.shape == (2, 64, 77) and torch.allclose(probs.sum(-1), torch.ones(2, 64), atol=1e-5)
+
+
+def test_another_threads_run_is_not_recorded_while_one_records(engine):
+    recorder = AttentionRecorder(sample=0, tokens=5, latent_hw=(8, 8))
+    other: dict = {}
+    with recording(engine.components.unet, recorder):
+        thread = threading.Thread(target=lambda: other.setdefault("out", denoise(engine.components, job())))
+        thread.start()
+        thread.join()
+    assert recorder.recorded == 0 and not recorder.buffers and not recorder._sum
+    assert float((other["out"].images - denoise(engine.components, job()).images).abs().max()) <= 1e-5
+
+
+def test_the_inspector_records_the_prompts_tokens(engine, traj):
+    a = traj.attention
+    assert a.of == "prompt"
+    assert [t.text for t in a.kept] == ["<start>", "a", "red", "circle", "on", "a", "blue", "background", "<end>"]
+    assert a.layers == {(8, 8): 3, (4, 4): 1} and a.steps == 5
+    assert {g: tuple(m.shape) for g, m in a.maps.items()} == {(8, 8): (5, 9, 8, 8), (4, 4): (5, 9, 4, 4)}
+    assert a.nbytes == 5 * 9 * (64 + 16) * 2  # float16
+    # all resolutions: the layer-weighted mean, upsampled to the latent grid
+    step = a.stack(step=2)
+    fine, coarse = a.stack(2, "8x8"), a.stack(2, "4x4")
+    assert step.shape == fine.shape == coarse.shape == (9, 8, 8)
+    np.testing.assert_allclose(step, (3 * fine + coarse) / 4, atol=1e-5)
+    np.testing.assert_allclose(fine, a.maps[(8, 8)][2].float().numpy(), atol=1e-6)
+    np.testing.assert_allclose(a.stack(None, "8x8"), a.maps[(8, 8)].float().sum(0).numpy(), atol=1e-4)
+    assert 0 < a.share().sum() <= 1.0 + 1e-3 and a.share(step=0).shape == (9,)
+    with pytest.raises(InvalidRequest, match="'32x32'.*choose one of: all, 4x4, 8x8"):
+        a.stack(0, "32x32")
+
+
+def test_negative_prompt_attention_and_off(engine, traj):
+    neg = engine.inspect(REQ, attention_of="negative")
+    assert neg.attention.of == "negative" and [t.text for t in neg.attention.kept] == ["<start>", "blurry", "ugly",
+                                                                                       "<end>"]
+    # the same picture: recording changes nothing
+    assert np.array_equal(np.asarray(neg.image), np.asarray(traj.image))
+    assert engine.inspect(REQ, attention_of="off").attention is None
+    with pytest.raises(InvalidRequest, match="CFG scale other than 1"):
+        engine.inspect(GenerateRequest(**{**REQ.__dict__, "cfg_scale": 1.0}), attention_of="the negative prompt")
+    with pytest.raises(InvalidRequest, match="unknown attention of 'both'"):
+        engine.inspect(REQ, attention_of="both")
+    # without CFG the batch is the prompt alone, and its maps are still recorded
+    alone = engine.inspect(GenerateRequest(**{**REQ.__dict__, "cfg_scale": 1.0}))
+    assert alone.attention.steps == 5
+
+
+def test_the_prompt_as_clip_splits_it(engine):
+    tokens = engine.split_prompt("a red circle")
+    assert [(t.text, t.kind) for t in tokens] == [("<start>", "start"), ("a", "word"), ("red", "word"),
+                                                  ("circle", "word"), ("<end>", "end")]
+    long = engine.split_prompt(" ".join(["red"] * 80))
+    kinds = [t.kind for t in long]
+    assert kinds.count("word") == 75 and kinds.count("dropped") == 5 and kinds[76] == "end"
+    assert len(attention.kept(long)) == 77 and [t.position for t in attention.kept(long)] == list(range(77))
+
+
+def test_finding_a_word(engine, traj):
+    assert engine.find_word(traj, "red") == [2]
+    assert engine.find_word(traj, " Blue ") == [6]
+    assert engine.find_word(traj, "<end>") == [8]
+    with pytest.raises(InvalidRequest, match="word 'green' is not among the prompt's tokens.*'red'"):
+        engine.find_word(traj, "green")
+    # a word CLIP splits into pieces is all of its pieces
+    tokens = engine.split_prompt("a xylophonist")
+    pieces = engine.model.pipe.tokenizer.tokenize("xylophonist")
+    assert len(pieces) > 1
+    assert attention.find_word(tokens, "xylophonist", engine.model.pipe.tokenizer) == list(range(2, 2 + len(pieces)))
+
+
+def test_layer_grids_round_up_like_the_unet():
+    assert attention.layer_grid(64 * 64, (64, 64)) == (64, 64)
+    assert attention.layer_grid(8 * 8, (64, 64)) == (8, 8)
+    assert attention.layer_grid(5 * 3, (9, 5)) == (5, 3)  # 9x5 -> 5x3 -> 3x2
+    assert attention.layer_grid(3 * 2, (9, 5)) == (3, 2)
+    with pytest.raises(ValueError, match="7 positions"):
+        attention.layer_grid(7, (64, 64))
+    assert attention.mass_centre(np.pad(np.ones((2, 2)), ((0, 6), (6, 0)))) == (0.875, 0.125)
