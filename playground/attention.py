@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from playground.requests import InvalidRequest
+from playground.requests import GenerateRequest, InvalidRequest, text, validate_attention, validate_generate
+from playground.settings import Settings
 from playground.sampling import tokenize
 
 START, END = "<start>", "<end>"
@@ -62,6 +63,17 @@ def kept(tokens: list[Token]) -> list[Token]:
     return [t for t in tokens if t.kind != "dropped"]
 
 
+# words that rarely paint anything: the token shown first is the first word not among them
+FILLER = {"a", "an", "the", "of", "on", "in", "at", "with", "and", "or", "to", "by", "from"}
+
+
+def first_word(tokens: list[Token]) -> int:
+    """Index (into `kept(tokens)`) of the first word worth a map: not a filler word; else the first token."""
+    shown = kept(tokens)
+    return next((k for k, t in enumerate(shown) if t.kind == "word" and t.text.lower() not in FILLER),
+                1 if len(shown) > 2 else 0)
+
+
 def find_word(tokens: list[Token], word: str, tokenizer) -> list[int]:
     """Indices (into `kept(tokens)`) of the token pieces that spell `word`; InvalidRequest naming it if absent."""
     shown = kept(tokens)
@@ -75,6 +87,64 @@ def find_word(tokens: list[Token], word: str, tokenizer) -> list[int]:
             return list(range(k, k + len(pieces)))
     words = ", ".join(repr(t.text) for t in shown if t.kind == "word")
     raise InvalidRequest(f"word {word!r} is not among the prompt's tokens; choose one of: {words} (or {START}, {END})")
+
+
+def layer_grids(unet_config, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """The (h, w) grids at which a UNet2DConditionModel has cross-attention layers, coarsest first: a down
+    block's resolution when it cross-attends (each but the last halves it), the deepest for the mid block."""
+    h, w = latent_hw
+    grids, blocks = set(), list(unet_config["down_block_types"])
+    for k, block in enumerate(blocks):
+        if "CrossAttn" in block:
+            grids.add((h, w))
+        if k < len(blocks) - 1:
+            h, w = -(-h // 2), -(-w // 2)
+    if "CrossAttn" in str(unet_config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
+        grids.add((h, w))
+    return sorted(grids, key=lambda g: g[0] * g[1])
+
+
+def resolution_names(grids: list[tuple[int, int]]) -> list[str]:
+    """'all' and 'WxH' for each grid: the layer-resolution choices."""
+    return ["all", *(f"{w}x{h}" for h, w in grids)]
+
+
+def check_resolution(resolution, grids: list[tuple[int, int]]) -> str:
+    """'all' (None and '' too) or one of the grids' names; InvalidRequest naming the choices."""
+    names = resolution_names(grids)
+    if resolution in (None, ""):
+        return "all"
+    if resolution not in names:
+        raise InvalidRequest(f"layer resolution {resolution!r} is not one this model has at this size; "
+                             f"choose one of: {', '.join(names)}")
+    return resolution
+
+
+@dataclass(frozen=True)
+class Checked:
+    """An `attention` call's values, checked before the run."""
+
+    request: GenerateRequest
+    of: str  # "prompt" or "negative"
+    tokens: list[int]  # the chosen word's pieces, as indices into the kept tokens
+    resolution: str
+
+
+def validate(req: GenerateRequest, attention_of, word, resolution, s: Settings, native_size: int, multiple: int,
+             tokenizer, unet_config) -> Checked:
+    """Every value of an `attention` call, checked before any work: the generation, whose tokens, the word
+    among them ("" = the first word worth a map), the layer resolution at this size."""
+    from dataclasses import replace
+
+    req = validate_generate(replace(req, num_images=1), s, native_size, multiple)
+    of = validate_attention(attention_of, req)
+    if of == "off":
+        raise InvalidRequest("attention of 'off' records no maps; ask for 'prompt' or 'negative'")
+    tokens = split_prompt(tokenizer, req.prompt if of == "prompt" else req.negative_prompt)
+    word = text("word", word, 200).strip()
+    chosen = find_word(tokens, word, tokenizer) if word else [first_word(tokens)]
+    grids = layer_grids(unet_config, (req.height // multiple, req.width // multiple))
+    return Checked(req, of, chosen, check_resolution(resolution, grids))
 
 
 # ---------------------------------------------------------------- the probabilities of one layer
@@ -133,11 +203,12 @@ class AttentionRecorder:
         self.buffers: dict[tuple[int, int], torch.Tensor] = {}  # resolution -> (steps, T, h, w) float16
         self.layers: dict[tuple[int, int], int] = {}  # resolution -> cross-attention layers there
         self.recorded = 0
+        self.window = 0  # how many text tokens the layers attend over (77 for CLIP)
 
     def add(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
         s = self.sample
         probs = cross_attention_probs(attn, hidden_states[s: s + 1], encoder_hidden_states[s: s + 1])[0]
-        grid = layer_grid(probs.shape[0], self.latent_hw)
+        grid, self.window = layer_grid(probs.shape[0], self.latent_hw), probs.shape[1]
         maps = probs[:, : self.tokens].T.reshape(self.tokens, *grid)  # (T, h, w)
         if grid in self._sum:
             self._sum[grid] += maps
@@ -158,7 +229,7 @@ class AttentionRecorder:
 
     def maps(self, tokens: list[Token], of: str) -> "AttentionMaps":
         """What was recorded, on the CPU."""
-        return AttentionMaps(tokens=tokens, of=of, latent_hw=self.latent_hw, layers=dict(self.layers),
+        return AttentionMaps(tokens=tokens, of=of, latent_hw=self.latent_hw, layers=dict(self.layers), window=self.window,
                              maps={g: b[: self.recorded].cpu() for g, b in self.buffers.items()})
 
 
@@ -226,11 +297,17 @@ class AttentionMaps:
     of: str  # whose tokens: "prompt" or "negative prompt"
     latent_hw: tuple[int, int]
     layers: dict[tuple[int, int], int]  # resolution -> how many layers were averaged there
+    window: int  # how many text tokens every position attends over (77 for CLIP): the kept ones plus padding
     maps: dict[tuple[int, int], torch.Tensor] = field(repr=False)  # resolution -> (steps, T, h, w) float16
 
     @property
     def kept(self) -> list[Token]:
         return kept(self.tokens)
+
+    @property
+    def first(self) -> int:
+        """The kept token shown first (see first_word)."""
+        return first_word(self.tokens)
 
     @property
     def resolutions(self) -> list[tuple[int, int]]:
@@ -247,13 +324,8 @@ class AttentionMaps:
 
     def resolution_key(self, resolution: str | None) -> list[tuple[int, int]]:
         """'all' (or None) or '16x16' -> the resolutions to average; InvalidRequest naming a bad one."""
-        if resolution in (None, "", "all"):
-            return self.resolutions
-        for g in self.maps:
-            if resolution == f"{g[1]}x{g[0]}":
-                return [g]
-        names = ", ".join(["all", *(f"{g[1]}x{g[0]}" for g in self.resolutions)])
-        raise InvalidRequest(f"layer resolution {resolution!r} was not recorded; choose one of: {names}")
+        resolution = check_resolution(resolution, self.resolutions)
+        return self.resolutions if resolution == "all" else [g for g in self.maps if resolution == f"{g[1]}x{g[0]}"]
 
     def stack(self, step: int | None = None, resolution: str | None = None) -> np.ndarray:
         """(T, h, w) float32 on the latent grid: step `step` (None = summed over all steps), averaged over

@@ -217,6 +217,19 @@ class Engine:
                           sigma_space=out.sigma_space, prediction_type=out.prediction_type, seconds=seconds,
                           attention=attn.maps(tokens, of) if attn is not None else None)
 
+    def attention(self, req: GenerateRequest, attention_of: str = "prompt", word: str = "", resolution: str = "all",
+                  on_progress: OnProgress | None = None, cancel: threading.Event | None = None
+                  ) -> tuple[Trajectory, inspect.AttentionView]:
+        """A recorded generation and the attention pictures of `word` (all its token pieces; "" = the first
+        word), every value checked before the run."""
+        # 1. Check inputs: the request, whose tokens, the word among them, the layer resolution at this size
+        checked = attention.validate(req, attention_of, word, resolution, self.settings, self.native_size,
+                                     self.vae_factor, self.model.pipe.tokenizer, self.model.pipe.unet.config)
+
+        # 2. Record, then the pictures of the last step
+        traj = self.inspect(checked.request, on_progress, cancel, attention_of=checked.of)
+        return traj, self.attention_view(traj, traj.steps - 1, checked.tokens, checked.resolution)
+
     def split_prompt(self, prompt: str) -> list[attention.Token]:
         """`prompt` as CLIP's tokenizer splits it: start and end tokens, the words the 77-token window cuts."""
         return attention.split_prompt(self.model.pipe.tokenizer, text("prompt", prompt, self.settings.max_prompt_chars))
@@ -230,6 +243,20 @@ class Engine:
     def step_view(self, traj: Trajectory, index: int) -> inspect.StepView:
         """The inspector's pictures of step `index`, with this model's latent -> RGB map."""
         return inspect.step_view(traj, index, self.rgb_map, self.vae_factor)
+
+    def attention_view(self, traj: Trajectory, index: int, token: int | str | list[int] = 0,
+                       resolution: str | None = "all") -> inspect.AttentionView:
+        """Cross-attention pictures of step `index` for one kept token (an index, indices, or a word: all its
+        pieces), over the step's decoded x0 when it has been decoded, else over its linear RGB preview."""
+        if traj.attention is None:
+            raise InvalidRequest("this trajectory was recorded without attention maps")
+        tokens = self.find_word(traj, token) if isinstance(token, str) else list(token) if isinstance(token, list) \
+            else [token]
+        backdrop = traj.decoded.get(index)
+        if backdrop is None:
+            index = integer("step", index, 0, traj.steps - 1)
+            backdrop = latents.preview(traj.tensors["x0"][index], self.vae_factor, self.rgb_map)
+        return inspect.attention_view(traj, index, tokens, resolution, backdrop)
 
     @torch.no_grad()
     def decode_x0(self, traj: Trajectory, index: int) -> Image.Image:

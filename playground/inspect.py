@@ -95,3 +95,59 @@ def round_trip(original: Image.Image, reconstruction: Image.Image, z: torch.Tens
                      channels=[channel_image(c, scale) for c in z.numpy()], stats=latents.channel_stats(z.numpy()),
                      latent_shape=tuple(z.shape), ratio=(3 * original.width * original.height) / z.numel(),
                      psnr=latents.psnr(np.asarray(original), np.asarray(reconstruction)))
+
+
+# ---------------------------------------------------------------- cross-attention maps
+
+@dataclass
+class AttentionView:
+    """The inspector's pictures of the cross-attention recorded at one step, for one token."""
+
+    token: str  # the token (or word) shown
+    step: int  # the step index the maps are of
+    at_step: Image.Image  # its map at the step, over that step's predicted image
+    summed: Image.Image  # its map summed over every step, over the final image
+    strip: list[tuple[Image.Image, str]]  # every kept token's map summed over all steps, captioned with its share
+    low: float  # the step map's range, as a share of each position's attention
+    high: float
+    share: float  # the token's mean share of attention at the step
+
+
+def heat_colours(heat: np.ndarray) -> np.ndarray:
+    """(h, w) in [0, 1] -> (h, w, 3) float in [0, 1]: black, purple, orange, pale yellow (magma-like)."""
+    stops = np.array([[0.0, 0.0, 0.02], [0.45, 0.1, 0.5], [0.95, 0.4, 0.2], [1.0, 0.95, 0.7]])
+    x = np.clip(heat, 0, 1) * (len(stops) - 1)
+    k = np.minimum(x.astype(int), len(stops) - 2)
+    t = (x - k)[..., None]
+    return stops[k] * (1 - t) + stops[k + 1] * t
+
+
+def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.6) -> Image.Image:
+    """A (h, w) map, stretched to its own range, in heat colours over a dimmed grey copy of `image`."""
+    lo, hi = float(heat.min()), float(heat.max())
+    norm = (heat - lo) / (hi - lo) if hi > lo else np.zeros_like(heat)
+    small = Image.fromarray((norm * 255).astype(np.uint8))
+    up = np.asarray(small.resize(image.size, Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
+    grey = np.asarray(image.convert("L"), dtype=np.float64)[..., None] / 255.0
+    mixed = (1 - alpha) * grey + alpha * heat_colours(up)
+    return Image.fromarray((mixed * 255).round().astype(np.uint8))
+
+
+def attention_view(traj: Trajectory, index: int, tokens: list[int], resolution: str | None,
+                   backdrop: Image.Image) -> AttentionView:
+    """Maps of the kept tokens `tokens` (their sum: a word CLIP splits in pieces) at step `index` over
+    `backdrop`, and over all steps over the final image; plus every token's map over all steps."""
+    maps = traj.attention
+    index = integer("step", index, 0, traj.steps - 1)
+    names = [t.text for t in maps.kept]
+    for k in tokens:
+        integer("token", k, 0, len(names) - 1)
+    at_step, summed = maps.stack(index, resolution), maps.stack(None, resolution)
+    share = maps.share(index, resolution)
+    heat = at_step[tokens].sum(0)
+    base = backdrop.convert("RGB").resize(traj.image.size)
+    overall = maps.share(None, resolution)
+    strip = [(overlay(traj.image, summed[k]), f"{name} · {100 * overall[k]:.1f}%") for k, name in enumerate(names)]
+    return AttentionView(token=" ".join(names[k] for k in tokens), step=index, at_step=overlay(base, heat),
+                         summed=overlay(traj.image, summed[tokens].sum(0)), strip=strip, low=float(heat.min()),
+                         high=float(heat.max()), share=float(share[tokens].sum()))

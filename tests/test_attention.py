@@ -111,7 +111,7 @@ def test_the_inspector_records_the_prompts_tokens(engine, traj):
     a = traj.attention
     assert a.of == "prompt"
     assert [t.text for t in a.kept] == ["<start>", "a", "red", "circle", "on", "a", "blue", "background", "<end>"]
-    assert a.layers == {(8, 8): 3, (4, 4): 1} and a.steps == 5
+    assert a.layers == {(8, 8): 3, (4, 4): 1} and a.steps == 5 and a.window == 77
     assert {g: tuple(m.shape) for g, m in a.maps.items()} == {(8, 8): (5, 9, 8, 8), (4, 4): (5, 9, 4, 4)}
     assert a.nbytes == 5 * 9 * (64 + 16) * 2  # float16
     # all resolutions: the layer-weighted mean, upsampled to the latent grid
@@ -173,3 +173,29 @@ def test_layer_grids_round_up_like_the_unet():
     with pytest.raises(ValueError, match="7 positions"):
         attention.layer_grid(7, (64, 64))
     assert attention.mass_centre(np.pad(np.ones((2, 2)), ((0, 6), (6, 0)))) == (0.875, 0.125)
+
+
+def test_the_pictures_of_a_token(engine, traj):
+    from PIL import Image
+
+    from playground.inspect import overlay
+
+    v = engine.attention_view(traj, 2, "red", "all")
+    a = traj.attention
+    assert v.token == "red" and v.at_step.size == v.summed.size == traj.image.size
+    assert [caption.split(" · ")[0] for _, caption in v.strip] == [t.text for t in a.kept]
+    heat = a.stack(2)[2]
+    assert v.low == pytest.approx(float(heat.min())) and v.high == pytest.approx(float(heat.max()))
+    assert v.share == pytest.approx(float(a.share(2)[2]))
+    # no decoded x0 yet: the step's linear preview is the backdrop; once decoded, the decode is
+    engine.decode_x0(traj, 2)
+    assert np.asarray(engine.attention_view(traj, 2, 2, "all").at_step).tolist() != np.asarray(v.at_step).tolist()
+    # a hot corner is bright there over a grey image, dark elsewhere
+    hot = np.zeros((8, 8))
+    hot[:2, :2] = 1.0
+    pic = np.asarray(overlay(Image.new("RGB", (64, 64), (128, 128, 128)), hot), dtype=float)
+    assert pic[:8, :8].mean() > 150 > 60 > pic[40:, 40:].mean()
+    with pytest.raises(InvalidRequest, match="token must be an integer from 0 to 8"):
+        engine.attention_view(traj, 2, 9, "all")
+    with pytest.raises(InvalidRequest, match="without attention maps"):
+        engine.attention_view(engine.inspect(REQ, attention_of="off"), 2, 0)

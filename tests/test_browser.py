@@ -176,6 +176,23 @@ def test_inspector_tab(page, shots):
     settle(page)
     page.screenshot(path=str(shots / "inspector-step.png"), full_page=True)
 
+    # cross-attention: the prompt as CLIP splits it, a token clicked, its maps at the step and over all steps
+    heading = page.get_by_role("heading", name="Which word paints where")
+    heading.scroll_into_view_if_needed()
+    assert visible(page.get_by_text("<start>")).is_visible() and visible(page.get_by_text("<end>")).is_visible()
+    page.get_by_role("radio", name="red", exact=True).click()
+    page.get_by_text("“red” (prompt) gets").wait_for(timeout=30_000)
+    page.get_by_role("radio", name="8x8", exact=True).click()
+    page.get_by_text("Layers: 8x8").wait_for(timeout=30_000)
+    strip = page.locator(".block", has=page.get_by_text("every token, summed over all steps")).last
+    assert strip.get_by_text("red ·").count() == 1 and strip.get_by_text("<start> ·").count() == 1
+    page.mouse.wheel(0, 600)
+    settle(page)
+    top = heading.bounding_box()["y"] + page.evaluate("window.scrollY") - 10
+    bottom = strip.bounding_box()["y"] + strip.bounding_box()["height"] + page.evaluate("window.scrollY") + 10
+    page.screenshot(path=str(shots / "inspector-attention.png"), full_page=True,
+                    clip={"x": 0, "y": top, "width": page.viewport_size["width"], "height": bottom - top})
+
     page.get_by_role("tab", name="VAE round trip").click()
     page.locator("input[type=file]").last.set_input_files(str(ASSETS / "examples" / "scene.png"))
     visible(page.locator("img[src*='scene']")).wait_for(timeout=20_000)  # the upload is in, shown

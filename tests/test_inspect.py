@@ -171,3 +171,11 @@ def test_inspect_and_roundtrip_through_gradio_client(serve):
     assert len(channels) == 4 and "48x smaller" in text and "PSNR" in text
     with pytest.raises(Exception, match="steps must be an integer"):
         client.predict("x", "", 1, 0, 7.5, "DDIM", 64, 64, api_name="/inspect")
+    # the attention endpoint: every token's map (summed over the steps) and the chosen word's, as images
+    strip, word_map, text = client.predict("a red circle", "", 9, 5, 7.5, "DDIM", 64, 64, "prompt", "circle", "8x8",
+                                           api_name="/attention")
+    assert [item["caption"].split(" · ")[0] for item in strip] == ["<start>", "a", "red", "circle", "<end>"]
+    assert Image.open(word_map).size == (64, 64) and Image.open(strip[3]["image"]).size == (64, 64)
+    assert "“circle”" in text and "Layers: 8x8 (3 cross-attention layers)" in text
+    with pytest.raises(Exception, match="word 'zebra' is not among the prompt's tokens"):
+        client.predict("a red circle", "", 9, 5, 7.5, "DDIM", 64, 64, "prompt", "zebra", "all", api_name="/attention")

@@ -119,7 +119,7 @@ def load_jobs() -> list[tuple[str, list]]:
                                                                     ["DPM++ 2M"]][k], "1, 4, 8", 64, 64, "cfg", 7.5]))
     for k in range(4):
         jobs.append(("/inspect", [f"inspect {k}", "", 300 + k, 3, 3.0 + k, ["Euler a", "DDIM", "UniPC", "LMS"][k], 64,
-                                  64]))
+                                  64, ["the prompt", "the negative prompt", "off", "prompt"][k]]))
     jobs += [("/vae_roundtrip", [handle_file(str(SCENE))])] * 2
     for k in range(2):
         jobs.append(("/control", [handle_file(str(SCENE)), "Canny edges from the photo", "canny", 80 + 20 * k, 200,

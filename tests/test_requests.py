@@ -10,19 +10,21 @@ import sys
 
 import pytest
 
-from playground import control, schedulers
+from playground import attention, control, schedulers
 from playground.requests import (
     ControlRequest,
     GenerateRequest,
     GridRequest,
     InvalidRequest,
     choice,
+    validate_attention,
     validate_control,
     validate_generate,
     validate_grid,
     validate_preprocess,
 )
 from playground.settings import CONTROLNETS, Settings
+from playground.tiny.vocab import build_tokenizer
 from playground.ui.control import control_request
 from playground.ui.grid import grid_request
 
@@ -31,10 +33,30 @@ from bad_inputs import CASES, VALID, case_id
 LIMITS = Settings(max_steps=50, max_size=128, max_images=4, max_grid_cells=6)
 NATIVE = 64
 
+TOKENIZER = build_tokenizer()
+UNET_CONFIG = {"down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D")}  # arch.TEST's: 8x8 and 4x4 (mid)
+
+
+def generate_only(p: dict) -> GenerateRequest:
+    return GenerateRequest(**{k: v for k, v in p.items() if k not in ("attention_of", "word", "resolution")})
+
+
+def validate_inspect(p: dict, s, native):
+    req = validate_generate(generate_only(p), s, native)
+    validate_attention(p["attention_of"], req)
+    return req
+
+
+def validate_attention_call(p: dict, s, native):
+    return attention.validate(generate_only(p), p["attention_of"], p["word"], p["resolution"], s, native, 8,
+                              TOKENIZER, UNET_CONFIG).request
+
+
 # endpoint -> (the tab's request builder, the validator its Engine action runs first)
 ENDPOINTS = {
     "/generate": (lambda p: GenerateRequest(**p), validate_generate),
-    "/inspect": (lambda p: GenerateRequest(**p), validate_generate),
+    "/inspect": (lambda p: p, validate_inspect),
+    "/attention": (lambda p: p, validate_attention_call),
     "/grid": (lambda p: grid_request(**p), validate_grid),
     "/preprocess": (lambda p: control_request(**p), validate_preprocess),
     "/control": (lambda p: control_request(**p), validate_control),

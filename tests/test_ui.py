@@ -37,7 +37,8 @@ def fake_engine(model: LoadedModel) -> SimpleNamespace:
     return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text: TokenCount(2, 77, ""),
                            controlnet_source=lambda kind: f"/models/fake/controlnet-{kind}",
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
-                                                         "step_view", "decode_x0", "roundtrip")})
+                                                         "step_view", "decode_x0", "roundtrip", "attention_view",
+                                                         "attention")})
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def api_names(demo: gr.Blocks) -> list[str]:
 def test_every_action_has_one_api_name(app):
     demo, _ = app
     assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect",
-                                              "vae_roundtrip"])  # Generate and Enter: one event, one name
+                                              "vae_roundtrip", "attention"])  # Generate and Enter: one event, one name
 
 
 def test_controls_come_from_the_settings_and_the_registries(app):
@@ -133,11 +134,11 @@ def test_prompt_handler_streams_progress_then_writes_pngs(tmp_path):
 
 
 def test_engine_errors_become_gradio_errors(tmp_path):
-    def bad(req, on_progress=None, cancel=None):
+    def bad(req, on_progress=None, cancel=None, **options):
         raise InvalidRequest("steps must be an integer from 1 to 50, got 0")
 
     with gr.Blocks() as demo:
-        inspector_tab.build(bad, refuse, refuse, refuse, schedulers.NAMES, 128, Settings(output_dir=tmp_path))
+        inspector_tab.build(bad, refuse, refuse, refuse, refuse, refuse, schedulers.NAMES, 128, Settings(output_dir=tmp_path))
     handler = next(f.fn for f in demo.fns.values() if f.api_name == "inspect")
     with pytest.raises(gr.Error, match="steps must be an integer from 1 to 50, got 0"):
-        list(handler("x", "", 1, 0, 7.5, "DDIM", 64, 64, progress=lambda *a, **k: None))
+        list(handler("x", "", 1, 0, 7.5, "DDIM", 64, 64, "prompt", progress=lambda *a, **k: None))

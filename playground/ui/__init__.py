@@ -87,6 +87,8 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 step_view=engine.step_view,
                 decode_x0=engine.decode_x0,
                 roundtrip=engine.roundtrip,
+                attention_view=engine.attention_view,
+                attention=engine.attention,
                 scheduler_names=schedulers.NAMES,
                 native_size=engine.native_size,
                 settings=settings,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -9,10 +10,10 @@ import gradio as gr
 import pandas as pd
 
 from playground.gpu import gpu
-from playground.inspect import RoundTrip, StepView
+from playground.inspect import AttentionView, RoundTrip, StepView
 from playground.latents import snr_db
 from playground.outputs import save_trajectory
-from playground.requests import GenerateRequest, InvalidRequest, Progress, Trajectory
+from playground.requests import ATTENTION_OF, GenerateRequest, InvalidRequest, Progress, Trajectory
 from playground.settings import Settings
 from playground.ui.common import stream
 
@@ -52,6 +53,48 @@ def step_text(v: StepView) -> str:
             f"SNR = {v.snr_db:+.1f} dB. Colours: blue < 0 < red, white = 0, saturating at ±{v.scale:.2f}.  \n{stats}")
 
 
+# the token chips: CLIP's split of the prompt, the cut at 77 tokens marked, the dropped words greyed
+TOKEN_COLOURS = {"start / end": "#9ca3af", "word": "#60a5fa", "cut off (past 77 tokens)": "#e5e7eb"}
+TOKEN_KINDS = {"start": "start / end", "end": "start / end", "word": "word", "dropped": "cut off (past 77 tokens)"}
+
+ATTENTION_NOTE = (
+    "Every image position of the U-Net's cross-attention layers asks the prompt's 77 token vectors for "
+    "information; softmax(QK<sup>T</sup>/√d) says how much each token gets (averaged over the heads and over the "
+    "layers of the chosen resolution). The shares of one position add up to 1 over all 77, so the **padding** "
+    "(end tokens repeated up to 77, not shown) takes whatever the words do not. In Stable Diffusion the **start "
+    "token** usually takes the largest share of all: CLIP's text encoder is causal, so the start token's vector is "
+    "the same whatever the prompt, and attention that no word needs can rest there without changing the picture. "
+    "Causality also means a token's vector only knows the words before it: in a small model such as the offline "
+    "one, the words *after* the object (\"on a white background\") often carry it best. Each map is stretched to "
+    "its own range; the text above it says how wide that range is.\n\n")
+
+
+def token_chips(traj: Trajectory) -> list[tuple[str, str]]:
+    """(text, kind) for gradio's HighlightedText: every token of the split prompt."""
+    return [(t.text, TOKEN_KINDS[t.kind]) for t in traj.attention.tokens]
+
+
+def token_choices(traj: Trajectory) -> tuple[list[tuple[str, int]], int]:
+    """The kept tokens as (label, index) radio choices, and the one to show first."""
+    kept = traj.attention.kept
+    choices = [(f"{t.text} ({k})" if [u.text for u in kept].count(t.text) > 1 else t.text, k)
+               for k, t in enumerate(kept)]
+    return choices, traj.attention.first
+
+
+def attention_text(v: AttentionView, traj: Trajectory, resolution: str) -> str:
+    a = traj.attention
+    layers = sum(a.layers[g] for g in a.resolution_key(resolution))
+    of = "prompt" if a.of == "prompt" else "negative prompt"
+    words = float(a.share(v.step, resolution).sum())
+    return (f"**“{v.token}”** ({of}) gets **{100 * v.share:.1f}%** of the attention at this step, averaged over "
+            f"the image; its map here runs from {100 * v.low:.2f}% to {100 * v.high:.2f}% of a position's "
+            f"attention (black to pale yellow). The {len(a.kept)} tokens shown take {100 * words:.0f}% together, the "
+            f"{a.window - len(a.kept)} padding tokens the other {100 * (1 - words):.0f}%. Layers: {resolution} ({layers} "
+            f"cross-attention layers). Kept for this session: {a.steps} steps x {len(a.kept)} tokens, "
+            f"{a.nbytes / 1e6:.2f} MB.")
+
+
 def roundtrip_text(r: RoundTrip) -> str:
     c, h, w = r.latent_shape
     H, W = r.original.height, r.original.width
@@ -64,6 +107,8 @@ def build(
     step_view: Callable[[Trajectory, int], StepView],
     decode_x0: Callable[[Trajectory, int], object],
     roundtrip: Callable[..., RoundTrip],
+    attention_view: Callable[..., AttentionView],
+    attention: Callable[..., tuple[Trajectory, AttentionView]],
     scheduler_names: list[str],
     native_size: int,
     settings: Settings,
@@ -95,6 +140,8 @@ def build(
                 with gr.Row():
                     width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
                     height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
+                attention_box = gr.Radio(list(ATTENTION_OF.values()), value=ATTENTION_OF["prompt"],
+                                         label="Cross-attention maps of")
                 with gr.Row():
                     run = gr.Button("Generate and record", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
@@ -118,6 +165,26 @@ def build(
                             color_map={name: colour for name, (colour, _) in NOISE_SERIES.items()},
                             colors_in_legend=[])
         gr.HTML(noise_legend())
+        gr.Markdown("### Which word paints where: cross-attention")
+        chips = gr.HighlightedText(label="The prompt as CLIP splits it (the 77-token window; words past it are cut)",
+                                   color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
+                                   show_inline_category=False, interactive=False)
+        with gr.Row():
+            token_box = gr.Radio([], label="Token to map (click one)", scale=3)
+            resolution_box = gr.Radio(["all"], value="all", label="Layer resolution", scale=1)
+        attention_info = gr.Markdown()
+        with gr.Row():
+            attention_step = gr.Image(label="its map at this step, over the step's predicted image", format="png",
+                                      interactive=False, height=300, elem_classes=["pixels"])
+            attention_summed = gr.Image(label="its map summed over all steps, over the final image", format="png",
+                                        interactive=False, height=300, elem_classes=["pixels"])
+        attention_strip = gr.Gallery(label="every token, summed over all steps (caption: its share of the attention)",
+                                     columns=8, height="auto", object_fit="contain", format="png",
+                                     allow_preview=False)
+        gr.Markdown(ATTENTION_NOTE)
+        with gr.Row(visible=False):  # the `attention` API endpoint: a recording, answered with the maps
+            word_box = gr.Textbox(label="Word")
+            attention_api = gr.Button("attention")
         gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts the noise twice, with the prompt "
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()
@@ -155,10 +222,42 @@ def build(
         return (step_text(v), [(im, f"channel {k}") for k, im in enumerate(v.channels)], v.rgb_x_t, v.rgb_x0,
                 noise_plot(traj, v.index), cfg, *images)
 
-    def on_inspect(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, progress=gr.Progress()):
+    def show_attention(traj: Trajectory | None, step: int, token, resolution):
+        if traj is None or traj.attention is None or token is None:
+            return [gr.skip()] * 4
+        try:
+            v = attention_view(traj, int(step) - 1, token, resolution)
+        except InvalidRequest as exc:
+            raise gr.Error(str(exc)) from None
+        return attention_text(v, traj, resolution), v.at_step, v.summed, v.strip
+
+    def no_attention(traj: Trajectory):
+        """What the attention section shows for a new trajectory, before the first token view."""
+        if traj.attention is None:
+            return (gr.HighlightedText(value=None), gr.Radio(choices=[], value=None),
+                    gr.Radio(choices=["all"], value="all"), "Recorded without attention maps.", None, None, None)
+        choices, first = token_choices(traj)
+        sizes = ["all", *(f"{w}x{h}" for h, w in traj.attention.resolutions)]
+        return (token_chips(traj), gr.Radio(choices=choices, value=first), gr.Radio(choices=sizes, value="all"),
+                *show_attention(traj, traj.steps, first, "all"))
+
+    def on_attention(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of, word,
+                     resolution, progress=gr.Progress()):
         req = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
                               cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height)
-        for item in stream(inspect, req):
+        run = functools.partial(attention, attention_of=attention_of, word=word, resolution=resolution)
+        for item in stream(run, req):
+            if isinstance(item, Progress):
+                progress((item.step, item.total), desc=item.label, unit="steps")
+                continue
+            traj, v = item
+            return v.strip, v.summed, attention_text(v, traj, resolution or "all")
+
+    def on_inspect(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of,
+                   progress=gr.Progress()):
+        req = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                              cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height)
+        for item in stream(functools.partial(inspect, attention_of=attention_of), req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 continue
@@ -169,7 +268,7 @@ def build(
                     f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session; "
                     f"{traj.seconds:.2f} s.")
             slider = gr.Slider(1, traj.steps, value=traj.steps, step=1, interactive=True)
-            yield (traj, str(image), text, str(file), slider, None, *show_step(traj, traj.steps))
+            yield (traj, str(image), text, str(file), slider, None, *show_step(traj, traj.steps), *no_attention(traj))
 
     def on_decode(traj: Trajectory | None, step: int):
         return None if traj is None else decode_x0(traj, int(step) - 1)
@@ -186,19 +285,34 @@ def build(
         return r.original, r.reconstruction, [(im, f"channel {k}") for k, im in enumerate(r.channels)], roundtrip_text(r)
 
     # -- events -------------------------------------------------------------------------------
-    inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box]
+    inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box,
+              attention_box]
     step_outputs = [step_info, channels, rgb_x_t, rgb_x0, noise, cfg_text, cfg_cond, cfg_uncond, cfg_diff]
-    event = run.click(gpu(on_inspect), inputs, [traj_state, final, info, download, step_slider, decoded, *step_outputs],
+    attention_outputs = [attention_info, attention_step, attention_summed, attention_strip]
+    attention_inputs = [traj_state, step_slider, token_box, resolution_box]
+    event = run.click(gpu(on_inspect), inputs, [traj_state, final, info, download, step_slider, decoded, *step_outputs,
+                                                chips, token_box, resolution_box, *attention_outputs],
                       api_name="inspect", preprocess=False, show_progress_on=final, concurrency_id=concurrency_id,
                       concurrency_limit=settings.gpu_concurrency)
+    # the step's x0 through the VAE; then the attention map of the step over it
     event.then(gpu(on_decode), [traj_state, step_slider], decoded, api_visibility="private",
-               concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
+               concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency).then(
+        show_attention, attention_inputs, attention_outputs, show_progress="hidden", api_visibility="private")
     stop.click(None, cancels=[event], api_visibility="private")
     step_slider.change(show_step, [traj_state, step_slider], step_outputs, show_progress="hidden",
                        trigger_mode="always_last", api_visibility="private")
+    step_slider.change(show_attention, attention_inputs, attention_outputs, show_progress="hidden",
+                       trigger_mode="always_last", api_visibility="private")
     step_slider.release(gpu(on_decode), [traj_state, step_slider], decoded, show_progress="minimal",
                         trigger_mode="always_last", api_visibility="private", concurrency_id=concurrency_id,
-                        concurrency_limit=settings.gpu_concurrency)
+                        concurrency_limit=settings.gpu_concurrency).then(
+        show_attention, attention_inputs, attention_outputs, show_progress="hidden", api_visibility="private")
+    for box in (token_box, resolution_box):
+        box.input(show_attention, attention_inputs, attention_outputs, show_progress="hidden",
+                  trigger_mode="always_last", api_visibility="private")
+    attention_api.click(gpu(on_attention), [*inputs, word_box, resolution_box],
+                        [attention_strip, attention_summed, attention_info], api_name="attention", preprocess=False,
+                        concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
     trip.click(gpu(on_roundtrip), upload, [trip_orig, trip_recon, trip_channels, trip_info], api_name="vae_roundtrip",
                preprocess=False,
                concurrency_id=concurrency_id, concurrency_limit=settings.gpu_concurrency)
