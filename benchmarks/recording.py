@@ -1,6 +1,7 @@
-"""Inspector recording overhead: the same generation with and without recording every step.
+"""Inspector recording overhead: the same generation with and without recording every step, and with
+the cross-attention maps recorded on top.
 
-Same process, alternating A/B, median after a warm-up, reported as a ratio; plus the state size.
+Same process, alternating A/B/C, median after a warm-up, reported as ratios; plus the state sizes.
 
     python benchmarks/recording.py                    # bundled model
     python benchmarks/recording.py --model sd15-shaped --size 512 --steps 50 --dtype float16   # on a GPU
@@ -37,22 +38,30 @@ def main() -> None:
     size = a.size or engine.native_size
     req = GenerateRequest(prompt="a red circle on a blue background", negative_prompt="blurry", seed=1, steps=a.steps,
                           cfg_scale=7.5, scheduler="DPM++ 2M Karras", width=size, height=size)
-    med, nbytes = measure(engine, req, a.runs)
-    base = med["generate (no recording)"]
+    med, nbytes, attention_bytes = measure(engine, req, a.runs)
+    base = med[PLAIN]
     device = engine.model.device
     hw = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"# Recording overhead, {engine.model.name} {size}x{size}, {a.steps} steps, {hw}, {time.strftime('%Y-%m-%d')}\n")
-    print(f"| what | seconds (median of {a.runs}) | ratio |\n|---|---|---|")
+    print(f"| what | seconds (median of {a.runs}) | ratio to no recording | ratio to plain recording |\n|---|---|---|---|")
     for k, v in med.items():
-        print(f"| {k} | {v:.3f} | {v / base:.3f}x |")
-    print(f"\nState kept per session: {nbytes / 1e6:.2f} MB for {req.steps} steps at {size}x{size}.")
+        print(f"| {k} | {v:.3f} | {v / base:.3f}x | {v / med[RECORD]:.3f}x |")
+    print(f"\nState kept per session: {nbytes / 1e6:.2f} MB for {req.steps} steps at {size}x{size}, of which the "
+          f"attention maps {attention_bytes / 1e6:.2f} MB.")
 
 
-def measure(engine, req: GenerateRequest, runs: int) -> tuple[dict[str, float], int]:
-    """Median seconds with and without recording (alternating), and the recorded state's size."""
+PLAIN = "generate (no recording)"
+RECORD = "inspect (records x_t, x0, 3 model outputs per step)"
+ATTENTION = "inspect + cross-attention maps per token"
+
+
+def measure(engine, req: GenerateRequest, runs: int) -> tuple[dict[str, float], int, int]:
+    """Median seconds without recording, recording, and recording with attention maps (alternating); the
+    recorded state's size with attention maps, and theirs alone."""
     device = engine.model.device
-    variants = {"generate (no recording)": lambda: engine.generate(req),
-                "inspect (records x_t, x0, 3 model outputs per step)": lambda: engine.inspect(req)}
+    variants = {PLAIN: lambda: engine.generate(req),
+                RECORD: lambda: engine.inspect(req, attention_of="off"),
+                ATTENTION: lambda: engine.inspect(req, attention_of="prompt")}
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -63,7 +72,8 @@ def measure(engine, req: GenerateRequest, runs: int) -> tuple[dict[str, float], 
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}, engine.inspect(req).nbytes
+    traj = engine.inspect(req, attention_of="prompt")
+    return {k: statistics.median(v) for k, v in times.items()}, traj.nbytes + traj.attention.nbytes, traj.attention.nbytes
 
 
 if __name__ == "__main__":

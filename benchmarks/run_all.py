@@ -83,11 +83,13 @@ def main(argv: list[str] | None = None) -> Path:
                  peak_memory(device, lambda: engine.grid(greq))))
 
     # 3. Recording overhead and state size
-    rec, nbytes = recording_bench.measure(engine, req, a.runs)
-    plain, recorded = rec.values()
+    rec, nbytes, attention_bytes = recording_bench.measure(engine, req, a.runs)
+    plain, recorded, attended = rec.values()
     rows.append(("inspector: generate without recording", plain, "1.00x", "-"))
-    rows.append((f"inspector: recording every step ({nbytes / 1e6:.2f} MB state)", recorded, f"{recorded / plain:.3f}x",
-                 peak_memory(device, lambda: engine.inspect(req))))
+    rows.append((f"inspector: recording every step ({(nbytes - attention_bytes) / 1e6:.2f} MB state)", recorded,
+                 f"{recorded / plain:.3f}x", peak_memory(device, lambda: engine.inspect(req, attention_of="off"))))
+    rows.append((f"inspector: + cross-attention maps ({attention_bytes / 1e6:.2f} MB more), ratio to recording",
+                 attended, f"{attended / recorded:.3f}x", peak_memory(device, lambda: engine.inspect(req))))
 
     # 4. Optional: torch.compile (inductor), compile time included once
     if a.compile:

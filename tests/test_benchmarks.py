@@ -22,8 +22,9 @@ def test_run_all_smoke(tmp_path):
     text = out.read_text()
     for row in ("one image: diffusers StableDiffusionPipeline", "one image: ours (Engine.generate)",
                 "4x4 grid: ours, batched per scheduler", "inspector: recording every step",
+                "inspector: + cross-attention maps",
                 "process start -> first image", "later request, through the server"):
         assert row in text, row
     ratios = [float(r) for r in re.findall(r"\| (\d+\.\d+)x \|", text)]
-    assert len(ratios) >= 7 and all(0 < r < 20 for r in ratios)
+    assert len(ratios) >= 8 and all(0 < r < 20 for r in ratios)
     assert "hardware:" in text and "torch 2." in text
