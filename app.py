@@ -1,7 +1,9 @@
 """Diffusion Playground: read settings, load the one pipeline, build the UI, launch."""
 
 import logging
+import threading
 
+from playground import poses
 from playground.engine import Engine
 from playground.loading import load_model
 from playground.settings import parse_args
@@ -17,6 +19,7 @@ def main() -> None:
     if settings.compile:
         log.info("warming up the compiled model at %dx%d ...", engine.native_size, engine.native_size)
         log.info("compiled and warmed up in %.1f s", engine.warm_up())
+    threading.Thread(target=poses.preload, daemon=True, name="preload-poses").start()  # seconds of imports
     demo = build_app(engine, settings)
     demo.queue(max_size=settings.queue_size).launch(**launch_options(settings))
 

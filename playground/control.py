@@ -1,10 +1,12 @@
 """ControlNet preprocessors (image -> control map) and fitting images to the generation size.
 
-Every preprocessor has one signature, fn(image: PIL RGB, **params) -> PIL RGB map, and one entry in
-PREPROCESSORS that carries its rules: the label the UI and the API show, its parameters with their
-ranges and defaults, and which ControlNet its maps feed. The UI builds its radio and sliders from
-these entries and `requests.validate_preprocess` checks requests against them, so adding a
-preprocessor is adding an entry. Pure OpenCV / PIL: no weights needed.
+Every preprocessor has one entry in PREPROCESSORS that carries its rules: the label the UI and the
+API show, what it reads (an uploaded image, or a pose as OpenPose JSON), its parameters with their
+ranges or choices and defaults, and which ControlNet its maps feed. The UI builds its radio, sliders
+and checkboxes from these entries and `requests.validate_preprocess` checks requests against them,
+so adding a preprocessor is adding an entry. The pure ones are a function fn(image: PIL RGB,
+**params) -> PIL RGB map (OpenCV / PIL, no weights); a pose detector needs the Engine's cached
+weights, so the Engine runs those (`detector=True`), and a pose is drawn by `playground.poses`.
 """
 
 from __future__ import annotations
@@ -42,30 +44,45 @@ def check_canny(low: int, high: int) -> None:
 
 @dataclass(frozen=True)
 class Param:
-    """One numeric parameter of a preprocessor: its keyword, label and range."""
+    """One parameter of a preprocessor: its keyword, label, and a numeric range, a list of choices, or a flag."""
 
     name: str  # the keyword fn takes
     label: str  # what the UI and error messages call it
-    lo: float
-    hi: float
-    default: float
+    lo: float = 0
+    hi: float = 0
+    default: float | str | bool = 0
     integer: bool = True
+    choices: tuple[str, ...] = ()  # a choice among these (a radio) instead of a number
+    flag: bool = False  # on or off (a checkbox) instead of a number
+    info: str = ""  # a note for the UI (what it costs)
 
 
 @dataclass(frozen=True)
 class Preprocessor:
-    fn: Callable[..., Image.Image]  # fn(image, **params) -> map
+    fn: Callable[..., Image.Image] | None  # fn(image, **params) -> map; None when the Engine runs it
     label: str  # the choice as the UI and the API name it
     short: str  # the maps it makes, in a sentence: "Canny edges"
     params: tuple[Param, ...] = ()
     feeds: str | None = None  # the ControlNet its maps are for (None: whichever the user picks)
     check: Callable[..., None] | None = None  # raises ValueError for a bad combination of params
+    reads: str = "image"  # "image": an upload; "pose": a pose as OpenPose JSON
+    detector: bool = False  # a pose detector with weights the Engine caches
 
+
+DETECTORS = ("auto", "openpose", "mediapipe")  # which pose detector: see playground.poses
 
 PREPROCESSORS: dict[str, Preprocessor] = {
     "canny": Preprocessor(
         canny, "Canny edges from the photo", "Canny edges", feeds="canny", check=check_canny,
         params=(Param("low", "Canny low threshold", 0, 255, 100), Param("high", "Canny high threshold", 0, 255, 200))),
+    "openpose": Preprocessor(
+        None, "OpenPose skeleton from the photo", "OpenPose skeletons", feeds="openpose", detector=True,
+        params=(Param("detector", "pose detector", default="auto", choices=DETECTORS,
+                      info="auto: OpenPose's own network where its weights are, else MediaPipe (offline)"),
+                Param("hands", "hands", default=False, flag=True, info="OpenPose only; about 9-16 s on a CPU"),
+                Param("face", "face", default=False, flag=True, info="OpenPose only; about 1.4-2.2 s on a CPU"))),
+    "pose": Preprocessor(None, "A pose as OpenPose JSON (detected, edited or a preset)", "Pose drawings",
+                         feeds="openpose", reads="pose"),
     "image": Preprocessor(as_is, "My image is already the control map", "A ready map"),
 }
 

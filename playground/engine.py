@@ -23,8 +23,8 @@ import torch
 from diffusers import ControlNetModel
 from PIL import Image
 
-from playground import attention, control as control_mod, inspect, latents, schedulers
-from playground.loading import LoadedModel, controlnet_source, load_controlnet
+from playground import attention, control as control_mod, inspect, latents, poses, schedulers
+from playground.loading import LoadedModel, controlnet_source, load_controlnet, load_pose_detector
 from playground.metadata import Params
 from playground.requests import (
     ControlNetUnavailable,
@@ -79,6 +79,8 @@ class Engine:
         self.settings = settings
         self._controlnets: dict[str, tuple[ControlNetModel, str]] = {}  # kind -> (weights, source), once each
         self._controlnet_lock = threading.Lock()
+        self._pose_detector_state: tuple[object | None, str, bool] | None = None  # see _pose_detector
+        self._pose_lock = threading.Lock()
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
 
@@ -294,6 +296,24 @@ class Engine:
         """The control map for `req`: the image opened, fitted to the generation size, preprocessed."""
         return self._control_map(validate_preprocess(req, self.settings, self.native_size, self.vae_factor))
 
+    def detect_pose(self, req: ControlRequest) -> poses.Detection:
+        """The people in the request's photo (fitted to the generation size) as keypoints and a control map."""
+        # 1. Check inputs: an "OpenPose from the photo" request; the photo opened and fitted
+        req = validate_preprocess(replace(req, mode="openpose", controlnet="openpose"), self.settings,
+                                  self.native_size, self.vae_factor)
+        w, h = req.base.width, req.base.height
+        image = control_mod.fit(self._open(req.image), w, h, req.resize)
+        return self._detect(image, req.params)
+
+    def draw_pose(self, pose_json: str, width: int = 0, height: int = 0, mirror: bool = False
+                  ) -> tuple[Image.Image, str]:
+        """A pose (OpenPose JSON) drawn at the generation size, mirrored left-right on request; (map, JSON)."""
+        size = self.validate(GenerateRequest(width=width, height=height))
+        pose = poses.from_json(text("pose JSON", pose_json, self.settings.max_prompt_chars))
+        if mirror:
+            pose = poses.mirror(pose)
+        return poses.draw(pose, size.width, size.height), poses.to_json(pose)
+
     def controlnet_source(self, kind: str) -> str:
         """Where the `kind` ControlNet is (or would be) loaded from."""
         return controlnet_source(kind, self.settings, self.model)
@@ -383,9 +403,64 @@ class Engine:
         return control_mod.open_upload(image, self.settings.max_size, self.settings.max_upload_pixels)
 
     def _control_map(self, req: ControlRequest) -> Image.Image:
-        """A validated request's map: the upload opened, fitted to the generation size, preprocessed."""
-        image = control_mod.fit(self._open(req.image), req.base.width, req.base.height, req.resize)
-        return control_mod.PREPROCESSORS[req.mode].fn(image, **req.params)
+        """A validated request's map: a pose drawn at the generation size, or the upload opened, fitted to
+        the generation size and preprocessed (a pose detector's with its cached weights)."""
+        pre = control_mod.PREPROCESSORS[req.mode]
+        w, h = req.base.width, req.base.height
+        if pre.reads == "pose":
+            return poses.draw(poses.from_json(req.pose), w, h)
+        image = control_mod.fit(self._open(req.image), w, h, req.resize)
+        if pre.detector:
+            return self._detect(image, req.params).control_map
+        return pre.fn(image, **req.params)
+
+    def _pose_detector(self, download: bool) -> tuple[object | None, str]:
+        """controlnet_aux's OpenposeDetector from PLAYGROUND_ANNOTATORS, loaded on first use and kept; or None
+        and why not. Without `download` a hub repo is read from the local cache only (auto never waits on a
+        network); a failure is remembered, so it is not retried on every request, except that a download
+        is still tried once when one is asked for."""
+        with self._pose_lock:
+            state = self._pose_detector_state  # (detector or None, note, whether a download was allowed)
+            if state is None or (state[0] is None and download and not state[2]):
+                source = self.settings.annotators
+                try:
+                    state = (load_pose_detector(source, self.model.device, download=download), source, download)
+                except Exception as exc:  # not cached, offline, a bad folder, a broken file
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200].rstrip(".")
+                    hub = "/" in source and not source.startswith(("/", ".", "~"))
+                    if not download and hub and not Path(source).expanduser().is_dir():
+                        first = ("not in this machine's cache, and auto never downloads (pick the openpose "
+                                 "detector to download them, about 490 MB)")
+                    state = (None, f"OpenPose's weights ({source}) could not be loaded: {first}", download)
+                self._pose_detector_state = state
+            return state[0], state[1]
+
+    def _detect(self, image: Image.Image, params: dict) -> poses.Detection:
+        """Run the chosen pose detector on a fitted image; "no person found" is an error, never a black map."""
+        choice, hands, face = params.get("detector", "auto"), params.get("hands", False), params.get("face", False)
+        if choice in ("auto", "openpose"):
+            detector, note = self._pose_detector(download=choice == "openpose")
+            if detector is None and choice == "openpose":
+                raise InvalidRequest(f"{note}. Set PLAYGROUND_ANNOTATORS to a folder with body_pose_model.pth, "
+                                     "hand_pose_model.pth and facenet.pth, or choose the mediapipe detector")
+        if choice == "mediapipe" or (choice == "auto" and detector is None):
+            missing = poses.mediapipe_available()
+            if missing is not None:
+                raise InvalidRequest(missing + (f"; and {note}" if choice == "auto" else ""))
+            used = "mediapipe"
+            why = "asked for" if choice == "mediapipe" else f"chosen by auto: {note}"
+            if hands or face:
+                why += "; MediaPipe draws the body only (hands and face need OpenPose's weights)"
+        else:
+            used, why = "openpose", ("asked for" if choice == "openpose" else f"chosen by auto: weights from {note}")
+        start = time.perf_counter()
+        pose = poses.detect_mediapipe(image) if used == "mediapipe" else \
+            poses.detect_openpose(detector, image, hands=hands, face=face)
+        seconds = time.perf_counter() - start
+        if not pose.people:
+            raise InvalidRequest(f"no person found in the photo by the {used} detector; try a photo with a person "
+                                 "in full view, the other detector, or a pose preset")
+        return poses.Detection(pose, poses.draw(pose, *image.size), used, why, seconds)
 
     def _controlnet(self, kind: str) -> tuple[ControlNetModel, str]:
         """The `kind` ControlNet, loaded on first use and kept (weights only: no per-request state)."""

@@ -118,6 +118,25 @@ def load_controlnet(source: str, model: LoadedModel) -> ControlNetModel:
     return net.to(model.device).eval()
 
 
+def load_pose_detector(source: str, device: torch.device, download: bool = True):
+    """controlnet_aux's OpenposeDetector (body, hand and face networks) from a folder or a hub repo in the
+    lllyasviel/Annotators layout, on `device`. A hub repo comes from the local cache, or is downloaded
+    (about 490 MB) when `download` is set and HF_HUB_OFFLINE is not."""
+    import os
+
+    from controlnet_aux import OpenposeDetector
+
+    folder = Path(source).expanduser()
+    if source.startswith(("/", ".", "~")) and not folder.is_dir():
+        raise FileNotFoundError(f"there is no folder {source}")
+    if not folder.is_dir() and "/" not in source:
+        raise ValueError(f"{source!r} is neither a folder nor a hub repo id")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    detector = OpenposeDetector.from_pretrained(str(folder) if folder.is_dir() else source,
+                                                local_files_only=offline or not download)
+    return detector.to(device)
+
+
 def compile_model(model: LoadedModel, backend: str = "inductor") -> None:
     """torch.compile the UNet and the VAE decoder in place (dynamic shapes: fewer recompiles)."""
     pipe = model.pipe

@@ -75,3 +75,10 @@ def save_trajectory(traj: Trajectory, out_dir: str | Path) -> tuple[Path, Path]:
     path = Path(f"{stem}-trajectory.safetensors")
     save_file({k: v.contiguous() for k, v in traj.tensors.items()}, str(path), metadata=meta)
     return image, path
+
+
+def save_pose(text: str, out_dir: str | Path) -> Path:
+    """A pose's OpenPose JSON as a .json file (the format pose editors open)."""
+    path = Path(f"{output_stem(out_dir)}-pose.json")
+    path.write_text(text + "\n")
+    return path

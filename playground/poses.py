@@ -60,6 +60,17 @@ class Pose:
     notes: tuple[str, ...] = field(default=())  # what the detector said (which ran, why), for the UI
 
 
+@dataclass(frozen=True)
+class Detection:
+    """A pose found in a photo, its control map, and which detector found it and why that one."""
+
+    pose: Pose
+    control_map: Image.Image
+    detector: str  # "openpose" or "mediapipe"
+    why: str  # why this detector ran (auto's choice, or asked for)
+    seconds: float  # detection alone
+
+
 # ---------------------------------------------------------------- JSON
 
 def _flat(points: tuple[Point, ...] | None, w: int, h: int) -> list[float]:
@@ -80,7 +91,11 @@ def to_json(pose: Pose) -> str:
             if points is not None:
                 entry[key] = _flat(points, w, h)
         people.append(entry)
-    return json.dumps({"people": people, "canvas_width": w, "canvas_height": h}, indent=1)
+    # one line per person's keypoint list: short enough to read and edit in a code box
+    lines = ",\n".join("  {" + ",\n   ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in entry.items()) + "}"
+                       for entry in people)
+    return f'{{"canvas_width": {w}, "canvas_height": {h}, "people": [\n{lines}\n]}}'
+
 
 
 def _points(values, count: int | None, what: str, w: float, h: float) -> tuple[Point, ...]:
@@ -99,7 +114,9 @@ def _points(values, count: int | None, what: str, w: float, h: float) -> tuple[P
 def from_json(text) -> Pose:
     """A pose from OpenPose JSON (one object, or a list of them as some editors write); InvalidRequest
     saying what is wrong."""
-    if not isinstance(text, str) or not text.strip():
+    if text is not None and not isinstance(text, str):
+        raise InvalidRequest(f"pose JSON must be text, got {type(text).__name__}")
+    if not text or not text.strip():
         raise InvalidRequest("pose JSON is empty; detect a pose, pick a preset or paste OpenPose JSON")
     try:
         data = json.loads(text)
@@ -192,6 +209,16 @@ def draw(pose: Pose, width: int, height: int, hands: bool = True, face: bool = T
         if face:
             canvas = util.draw_facepose(canvas, _hand(person.face))
     return Image.fromarray(cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR))
+
+
+def preload() -> None:
+    """Import controlnet_aux's pose code and MediaPipe (seconds of imports), so the first pose request does
+    not wait for them; the app calls this in a background thread at start."""
+    try:
+        from controlnet_aux.open_pose import util  # noqa: F401
+    except Exception:  # reported when a pose is first drawn
+        pass
+    mediapipe_available()
 
 
 # ---------------------------------------------------------------- detectors

@@ -71,6 +71,7 @@ class ControlRequest:
     mode: str = "canny"  # a key or label of control.PREPROCESSORS
     controlnet: str = "canny"  # a key of settings.CONTROLNETS
     params: dict[str, Any] = field(default_factory=dict)  # the preprocessor's parameters (defaults if absent)
+    pose: str = ""  # a pose as OpenPose JSON, for the "pose" mode
     resize: str = "crop"  # how the image is fitted to width x height: see control.RESIZE_MODES
     conditioning_scale: float = 1.0  # 0..2: how hard the map steers
     guidance_start: float = 0.0  # fraction of the steps before the ControlNet starts
@@ -199,6 +200,24 @@ def text(name: str, value, limit: int) -> str:
     return value
 
 
+def check_param(p: "control.Param", value):
+    """A preprocessor parameter's value, checked by its kind: a choice, a flag, or a number in range."""
+    if p.choices:
+        return choice(p.label, value, {c: c for c in p.choices})
+    if p.flag:
+        return flag(p.label, value)
+    return (integer if p.integer else number)(p.label, value, p.lo, p.hi)
+
+
+def flag(name: str, value) -> bool:
+    """On or off: True / False (1 / 0 accepted), else InvalidRequest."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise InvalidRequest(f"{name} must be true or false, got {value!r}")
+
+
 def choice(name: str, value, options: dict[str, str]) -> str:
     """The key that `value` names in `options` (key -> label; either is accepted), else InvalidRequest."""
     if isinstance(value, str):
@@ -294,17 +313,27 @@ def validate_grid(req: GridRequest, s: Settings, native_size: int, multiple: int
 
 def validate_preprocess(req: ControlRequest, s: Settings, native_size: int, multiple: int = 8) -> ControlRequest:
     """The map's part of a ControlNet request: an image, the preprocessor and its parameters, ControlNet, fit, size."""
-    if req.image is None or req.image == "":
-        raise InvalidRequest("no image given; upload one first")
     mode = choice("control mode", req.mode, {k: p.label for k, p in control.PREPROCESSORS.items()})
     pre = control.PREPROCESSORS[mode]
+    pose = text("pose JSON", req.pose, s.max_prompt_chars)
+    if pre.reads == "image" and (req.image is None or req.image == ""):
+        raise InvalidRequest("no image given; upload one first")
+    if pre.reads == "pose":
+        from playground import poses  # here: poses imports this module
+
+        poses.from_json(pose)  # names what is wrong with it
     net = choice("ControlNet", req.controlnet, {k: k for k in CONTROLNETS})
     if pre.feeds and net != pre.feeds:
         raise InvalidRequest(f"{pre.short} need the {pre.feeds} ControlNet; pick '{pre.feeds}', or give a ready map")
+    # every parameter given is checked (another mode's too: a bad value is never silently kept); the
+    # chosen preprocessor's are kept, with defaults for those left out
     params = {}
-    for p in pre.params:
-        value = req.params.get(p.name, p.default)
-        params[p.name] = (integer if p.integer else number)(p.label, value, p.lo, p.hi)
+    for other in control.PREPROCESSORS.values():
+        for p in other.params:
+            if p.name in req.params or other is pre:
+                value = check_param(p, req.params.get(p.name, p.default))
+                if other is pre:
+                    params[p.name] = value
     if pre.check is not None:
         try:
             pre.check(**params)
@@ -312,7 +341,7 @@ def validate_preprocess(req: ControlRequest, s: Settings, native_size: int, mult
             raise InvalidRequest(str(exc)) from None
     resize = choice("resize mode", req.resize, {k: k for k in control.RESIZE_MODES})
     size = validate_generate(GenerateRequest(width=req.base.width, height=req.base.height), s, native_size, multiple)
-    return replace(req, mode=mode, controlnet=net, params=params, resize=resize,
+    return replace(req, mode=mode, controlnet=net, params=params, resize=resize, pose=pose,
                    base=replace(req.base, width=size.width, height=size.height))
 
 

@@ -11,6 +11,7 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL = ASSETS / "offline-model"
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # the ControlNet kinds, each with the SD 1.5 ControlNet it loads when neither a setting nor the model names one
+ANNOTATORS = "lllyasviel/Annotators"  # controlnet_aux's OpenposeDetector weights (body, hand, face) on the hub
 CONTROLNETS = {"canny": "lllyasviel/control_v11p_sd15_canny", "openpose": "lllyasviel/control_v11p_sd15_openpose"}
 
 
@@ -52,6 +53,9 @@ class Settings:
         kind: os.environ[f"PLAYGROUND_CONTROLNET_{kind.upper()}"] for kind in CONTROLNETS
         if os.environ.get(f"PLAYGROUND_CONTROLNET_{kind.upper()}")})
     # "auto" (cuda if available, else cpu), "cuda", "cpu", "mps"
+    # OpenposeDetector's weights: a folder with body_pose_model.pth, hand_pose_model.pth and facenet.pth, or a hub
+    # repo in that layout; loaded on first use. Without them, pose detection uses MediaPipe (offline).
+    annotators: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_ANNOTATORS", ANNOTATORS))
     device: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DEVICE", "auto"))
     # "auto" (float16 on cuda, float32 elsewhere), "float16", "bfloat16", "float32"
     dtype: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DTYPE", "auto"))

@@ -6,6 +6,8 @@ test_reliability.py sends one row per parameter per endpoint over HTTP to a laun
 from __future__ import annotations
 
 NAN = float("nan")
+# a valid pose (one person, 18 keypoints) where the table says "POSE"
+POSE_JSON = '{"people": [{"pose_keypoints_2d": [' + ", ".join(["10, 20, 1"] * 18) + ']}]}'
 
 # One valid call per endpoint, by parameter name (the order is the API's).
 VALID = {
@@ -18,11 +20,13 @@ VALID = {
     "/attention": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
                        width=64, height=64, attention_of="prompt", word="red", resolution="8x8"),
     "/preprocess": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
-                        resize="crop", width=64, height=64),
+                        resize="crop", width=64, height=64, detector="auto", hands=False, face=False, pose=""),
+    "/pose": dict(image="PERSON", resize="crop", width=64, height=64, detector="mediapipe", hands=False, face=False),
+    "/draw_pose": dict(pose="POSE", width=64, height=64),
     "/control": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
                      resize="crop", conditioning_scale=1.0, guidance_start=0.0, guidance_end=1.0,
                      prompt="a red circle", negative_prompt="", seed=1, steps=2, cfg_scale=7.5, scheduler="Euler",
-                     width=64, height=64, num_images=1),
+                     width=64, height=64, num_images=1, detector="auto", hands=False, face=False, pose=""),
 }
 
 # (bad value, words the message must contain); the first row of each is the one sent over HTTP
@@ -60,6 +64,10 @@ BAD = {
     "attention_of": [("both", ["attention of", "'both'", "'the prompt' ('prompt')"]), (3, ["attention of", "3"])],
     "word": [("zebra", ["word 'zebra'", "not among the prompt's tokens", "'red'"]), (7, ["word", "text", "int"])],
     "resolution": [("3x3", ["layer resolution '3x3'", "all, 4x4, 8x8"]), (8, ["layer resolution 8"])],
+    "detector": [("yolo", ["pose detector", "'yolo'", "'mediapipe'"]), (None, ["pose detector", "None"])],
+    "hands": [("yes", ["hands", "true or false", "'yes'"]), (2, ["hands", "2"])],
+    "face": [(0.5, ["face", "true or false", "0.5"])],
+    "pose": [(12, ["pose JSON", "text", "int"])],
     "axis": [("sideways", ["grid axis", "'sideways'", "'Steps' ('steps')"]), (None, ["grid axis", "None"])],
     "columns": [("1, x", ["'x'"]), ("", ["empty"]), ("1, 45", ["CFG scale", "45"]), ("1-5 (+0)", ["above 0"]),
                    ("0-30 [7]", ["2 schedulers x 7 CFG scales = 14 cells"]), (None, ["CFG scales", "empty"]),

@@ -76,6 +76,21 @@ def tiny_vpred_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def annotators_dir(tmp_path_factory):
+    """controlnet_aux's OpenposeDetector weights in the lllyasviel/Annotators layout, random (seed 0): body and
+    hand keys stored without their first module prefix, as the published files are (about 490 MB)."""
+    from controlnet_aux.open_pose.face import FaceNet
+    from controlnet_aux.open_pose.model import bodypose_model, handpose_model
+
+    out = tmp_path_factory.mktemp("annotators")
+    torch.manual_seed(0)
+    for name, model in (("body_pose_model.pth", bodypose_model()), ("hand_pose_model.pth", handpose_model())):
+        torch.save({k.split(".", 1)[1]: v for k, v in model.state_dict().items()}, out / name)
+    torch.save(FaceNet().state_dict(), out / "facenet.pth")
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tiny_dir) -> LoadedModel:
     """Loaded through playground.loading, exactly as the app loads a --model directory."""
     return load_model(tiny_settings(tiny_dir))

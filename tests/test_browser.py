@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from playground.engine import Engine
 from playground.loading import load_model
@@ -222,3 +223,41 @@ def test_controlnet_tab(page, shots):
     page.mouse.wheel(0, 2000)
     settle(page)
     page.screenshot(path=str(shots / "control-tab.png"), full_page=True)
+
+
+def test_pose_from_a_photo(page, shots, tmp_path):
+    """Upload a photo, detect the pose (offline: MediaPipe), see the skeleton, mirror it, generate."""
+    from skimage import data as skimage_data
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(photo)
+    page.get_by_role("tab", name="ControlNet").click()
+    upload = page.locator(".block", has=page.get_by_text("Photo or control map", exact=True)).first
+    upload.locator("input[type=file]").set_input_files(str(photo))
+    visible(page.locator("img[src*='astronaut']")).wait_for(timeout=20_000)
+    page.get_by_role("button", name="Detect the pose in the photo", exact=True).click()
+    found = page.locator("p").filter(has_text="1 person found").first
+    found.wait_for(timeout=60_000)
+    assert "by mediapipe (chosen by auto" in found.inner_text()
+    expect(page.get_by_label("A pose as OpenPose JSON (detected, edited or a preset)")).to_be_checked()
+    assert "pose_keypoints_2d" in page.locator(".cm-content").first.inner_text()  # the JSON, editable
+    skeleton = page.locator("img[src*='image.png']").first  # the map: the first image the server made
+    skeleton.scroll_into_view_if_needed()
+    skeleton.wait_for(timeout=20_000)
+    before = skeleton.get_attribute("src")
+    page.get_by_role("button", name="Mirror left-right").click()
+    page.get_by_text("Mirrored left-right").wait_for(timeout=20_000)
+    expect(skeleton).not_to_have_attribute("src", before, timeout=20_000)
+    pixels = page.evaluate("""(src) => new Promise(ok => { const i = new Image(); i.onload = () => {
+        const c = document.createElement('canvas'); c.width = i.width; c.height = i.height;
+        const g = c.getContext('2d'); g.drawImage(i, 0, 0);
+        const d = g.getImageData(0, 0, i.width, i.height).data; let lit = 0;
+        for (let k = 0; k < d.length; k += 4) if (d[k] + d[k + 1] + d[k + 2] > 60) lit++;
+        ok(lit / (d.length / 4)); }; i.src = src; })""", skeleton.get_attribute("src"))
+    assert pixels > 0.005  # a skeleton, not a black map
+    visible(page.get_by_label("Prompt", exact=True)).fill("a blue person on a white background")
+    page.get_by_role("button", name="Generate").filter(visible=True).click()
+    expect(page.get_by_text("of the steps")).to_contain_text("controlnet-openpose", timeout=60_000)
+    page.mouse.wheel(0, 600)
+    settle(page)
+    page.screenshot(path=str(shots / "control-pose.png"), full_page=True)

@@ -16,13 +16,14 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from PIL import Image
+from skimage import data as skimage_data
 
 from playground.engine import Engine
 from playground.requests import GenerateRequest, OutOfMemory
 from playground.sampling import Cancelled
 from playground.settings import ASSETS
 
-from bad_inputs import FIRST, VALID, case_id
+from bad_inputs import FIRST, POSE_JSON, VALID, case_id
 from conftest import free_port, launched, settled, tiny_settings, wait_until
 
 pytestmark = pytest.mark.slow
@@ -37,12 +38,17 @@ def app(serve, tiny_model, tmp_path_factory):
     ControlNetModel.from_unet(tiny_model.pipe.unet, conditioning_embedding_out_channels=(4, 4, 8, 8)).save_pretrained(canny)
     engine, client = serve(max_grid_cells=6, gpu_concurrency=4, queue_size=64, controlnets={"canny": str(canny)})
     url = client.src if client.src.endswith("/") else client.src + "/"
-    with httpx.Client(base_url=url, timeout=60) as http:  # the example scene, uploaded once like a browser does
-        uploaded = http.post("gradio_api/upload", files={"files": SCENE.open("rb")}).json()[0]
+    person = tmp_path_factory.mktemp("person") / "astronaut.png"
+    Image.fromarray(skimage_data.astronaut()).save(person)  # a photo with a person: scikit-image ships it
+    with httpx.Client(base_url=url, timeout=60) as http:  # uploaded once, like a browser does
+        uploaded = {name: http.post("gradio_api/upload", files={"files": path.open("rb")}).json()[0]
+                    for name, path in (("SCENE", SCENE), ("PERSON", person))}
     valid = {ep: dict(params) for ep, params in VALID.items()}
     for params in valid.values():
-        if params.get("image") == "SCENE":
-            params["image"] = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
+        if params.get("image") in uploaded:
+            params["image"] = {"path": uploaded[params["image"]], "meta": {"_type": "gradio.FileData"}}
+        if params.get("pose") == "POSE":
+            params["pose"] = POSE_JSON
     return engine, client, url, valid
 
 

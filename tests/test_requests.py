@@ -10,13 +10,14 @@ import sys
 
 import pytest
 
-from playground import attention, control, schedulers
+from playground import attention, control, poses, schedulers
 from playground.requests import (
     ControlRequest,
     GenerateRequest,
     GridRequest,
     InvalidRequest,
     choice,
+    text,
     validate_attention,
     validate_control,
     validate_generate,
@@ -28,7 +29,7 @@ from playground.tiny.vocab import build_tokenizer
 from playground.ui.control import control_request
 from playground.ui.grid import grid_request
 
-from bad_inputs import CASES, VALID, case_id
+from bad_inputs import CASES, POSE_JSON, VALID, case_id
 
 LIMITS = Settings(max_steps=50, max_size=128, max_images=4, max_grid_cells=6)
 NATIVE = 64
@@ -59,12 +60,19 @@ ENDPOINTS = {
     "/attention": (lambda p: p, validate_attention_call),
     "/grid": (lambda p: grid_request(**p), validate_grid),
     "/preprocess": (lambda p: control_request(**p), validate_preprocess),
+    "/pose": (lambda p: control_request(p["image"], "openpose", "openpose", 100, 200, p["resize"], width=p["width"],
+                                        height=p["height"], detector=p["detector"], hands=p["hands"], face=p["face"]),
+              validate_preprocess),
+    "/draw_pose": (lambda p: p, lambda p, s, native: GenerateRequest(
+        width=validate_generate(GenerateRequest(width=p["width"], height=p["height"]), s, native).width,
+        prompt=str(poses.from_json(text("pose JSON", p["pose"], s.max_prompt_chars))))),
     "/control": (lambda p: control_request(**p), validate_control),
 }
 
 
 def check(endpoint: str, params: dict):
     build, validate = ENDPOINTS[endpoint]
+    params = {k: POSE_JSON if v == "POSE" else v for k, v in params.items()}  # the table's stand-in for a pose
     return validate(build(params), LIMITS, NATIVE)
 
 
@@ -72,7 +80,8 @@ def check(endpoint: str, params: dict):
 def test_every_valid_call_passes(endpoint):
     checked = check(endpoint, VALID[endpoint])
     base = checked if isinstance(checked, GenerateRequest) else checked.base
-    assert base.width == 64 and base.seed == (-1 if endpoint == "/preprocess" else 1)  # a map needs no seed
+    no_seed = endpoint in ("/preprocess", "/pose", "/draw_pose")  # a map needs no seed
+    assert base.width == 64 and base.seed == (-1 if no_seed else 1)
 
 
 @pytest.mark.parametrize("endpoint,name,value,words", CASES, ids=[case_id(e, n, v) for e, n, v, _ in CASES])
@@ -132,12 +141,33 @@ def test_preprocessor_registry_carries_its_rules():
     for key, p in control.PREPROCESSORS.items():
         assert p.label and p.short and (p.feeds is None or p.feeds in CONTROLNETS), key
         for param in p.params:
-            assert param.lo <= param.default <= param.hi, (key, param)
+            if param.choices:
+                assert param.default in param.choices, (key, param)
+            elif param.flag:
+                assert isinstance(param.default, bool), (key, param)
+            else:
+                assert param.lo <= param.default <= param.hi, (key, param)
     req = validate_preprocess(ControlRequest(image="x.png"), LIMITS, NATIVE)  # defaults from the registry
     assert req.params == {"low": 100, "high": 200} and req.base.width == 64
-    ready = validate_control(ControlRequest(image="x.png", mode="image", controlnet="openpose", params={"low": 999}),
+    pose = validate_preprocess(ControlRequest(image="x.png", mode="openpose", controlnet="openpose",
+                                              params={"low": 10, "hands": 1}), LIMITS, NATIVE)
+    assert pose.params == {"detector": "auto", "hands": True, "face": False}  # its own, with defaults
+    ready = validate_control(ControlRequest(image="x.png", mode="image", controlnet="openpose", params={"low": 50}),
                              LIMITS, NATIVE)
-    assert ready.params == {}  # a ready map takes no parameters: stray ones are not checked or kept
+    assert ready.params == {}  # a ready map takes no parameters: others' are checked, not kept
+    with pytest.raises(InvalidRequest, match="Canny low threshold must be .* 999"):
+        validate_control(ControlRequest(image="x.png", mode="image", controlnet="openpose", params={"low": 999}),
+                         LIMITS, NATIVE)
+    # a pose needs no image, but valid OpenPose JSON
+    drawn = validate_preprocess(ControlRequest(mode="pose", controlnet="openpose", pose=POSE_JSON), LIMITS, NATIVE)
+    assert drawn.pose == POSE_JSON and drawn.params == {}
+    with pytest.raises(InvalidRequest, match="pose JSON is not valid JSON"):
+        validate_preprocess(ControlRequest(mode="pose", controlnet="openpose", pose="{people"), LIMITS, NATIVE)
+    with pytest.raises(InvalidRequest, match="pose JSON is empty"):
+        validate_preprocess(ControlRequest(mode="pose", controlnet="openpose"), LIMITS, NATIVE)
+    with pytest.raises(InvalidRequest, match="Pose drawings need the openpose ControlNet"):
+        validate_preprocess(ControlRequest(mode="pose", controlnet="canny", pose=POSE_JSON), LIMITS, NATIVE)
+
 
 
 def test_every_registered_scheduler_is_accepted_and_makes_its_class():

@@ -2,12 +2,17 @@
 
     python assets/examples/make_poses.py
 
-Each pose-<name>.png is a 512 px map drawn the way controlnet_aux draws a detected body (so it also
-steers SD 1.5's OpenPose ControlNet); shapes.png is a scene for the Canny preprocessor.
+Each pose-<name>.png is the 512 px map of the preset assets/poses/<name>.json, drawn by controlnet_aux's
+own functions (so it also steers SD 1.5's OpenPose ControlNet); shapes.png is a scene for the Canny
+preprocessor.
 """
 
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root: playground
+
+from playground import poses
 from playground.tiny import world
 
 HERE = Path(__file__).resolve().parent
@@ -15,9 +20,8 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     for pose in world.POSES:
-        keypoints = world.pose_keypoints(pose, 64, 18, 96) * 4  # a centred figure at 512 px
         name = pose.removeprefix("with ").removeprefix("in a ").replace(" ", "-")
-        world.pose_map(keypoints, size=512, canvas=512).save(HERE / f"pose-{name}.png")
+        poses.draw(poses.preset(name), 512, 512).save(HERE / f"pose-{name}.png")
     objects = [("yellow", "star", 150, 250, 190), ("purple", "ring", 370, 250, 170)]
     world.render_shapes(objects, "black", size=512).save(HERE / "shapes.png")
 

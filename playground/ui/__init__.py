@@ -74,6 +74,8 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
             control.build(
                 control=engine.control,
                 preprocess=engine.preprocess,
+                detect_pose=engine.detect_pose,
+                draw_pose=engine.draw_pose,
                 controlnet_source=engine.controlnet_source,
                 offline=model.offline,
                 scheduler_names=schedulers.NAMES,

@@ -1,20 +1,23 @@
-"""ControlNet tab: a photo (or a ready map) -> a control map -> images that follow its structure."""
+"""ControlNet tab: a photo (or a ready map, or a pose) -> a control map -> images that follow its structure."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 
+from playground import poses
 from playground.control import PREPROCESSORS, RESIZE_MODES
 from playground.gpu import gpu
-from playground.outputs import save_control
+from playground.outputs import save_control, save_pose
 from playground.requests import ControlRequest, ControlResult, GenerateRequest, InvalidRequest, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui.common import stream
 
 MODES = {p.label: key for key, p in PREPROCESSORS.items()}  # the radio's labels (the API takes these) -> keys
 CANNY = {p.name: p for p in PREPROCESSORS["canny"].params}  # the threshold sliders' ranges and defaults
+POSE = {p.name: p for p in PREPROCESSORS["openpose"].params}  # the detector radio, the hands and face boxes
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -42,18 +45,30 @@ def upload_path(upload) -> str | None:
 
 def control_request(image, mode, controlnet, low, high, resize, conditioning_scale=1.0, guidance_start=0.0,
                     guidance_end=1.0, prompt="", negative_prompt="", seed=-1, steps=25, cfg_scale=7.5,
-                    scheduler="DPM++ 2M Karras", width=0, height=0, num_images=1) -> ControlRequest:
+                    scheduler="DPM++ 2M Karras", width=0, height=0, num_images=1, detector="auto", hands=False,
+                    face=False, pose="") -> ControlRequest:
     """The `preprocess` / `control` API's values, as they come, in a request (the Engine checks them)."""
     base = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
                            scheduler=scheduler, width=width, height=height, num_images=num_images)
-    return ControlRequest(image=upload_path(image), mode=mode, controlnet=controlnet, params={"low": low, "high": high},
+    return ControlRequest(image=upload_path(image), mode=mode, controlnet=controlnet,
+                          params={"low": low, "high": high, "detector": detector, "hands": hands, "face": face},
                           resize=resize, conditioning_scale=conditioning_scale, guidance_start=guidance_start,
-                          guidance_end=guidance_end, base=base)
+                          guidance_end=guidance_end, base=base, pose=pose)
+
+
+def detection_text(d: poses.Detection) -> str:
+    people = len(d.pose.people)
+    found = ", ".join(f"{p.found} of 18 body points" + (", hands" if p.left_hand or p.right_hand else "")
+                      + (", face" if p.face else "") for p in d.pose.people)
+    return (f"**{people} {'person' if people == 1 else 'people'} found** by **{d.detector}** ({d.why}) in "
+            f"{d.seconds:.2f} s: {found}. The map now comes from the pose below: edit it, mirror it, or generate.")
 
 
 def build(
     control: Callable[..., ControlResult],
     preprocess: Callable[[ControlRequest], object],
+    detect_pose: Callable[[ControlRequest], poses.Detection],
+    draw_pose: Callable[..., tuple[object, str]],
     controlnet_source: Callable[[str], str],
     scheduler_names: list[str],
     native_size: int,
@@ -74,7 +89,7 @@ def build(
                                  height=260)
             mode_box = gr.Radio(list(MODES), value=PREPROCESSORS[defaults.mode].label, label="Control map")
             net_box = gr.Radio(list(CONTROLNETS), value=defaults.controlnet, label="ControlNet",
-                               info="Canny edges need 'canny'; a ready pose drawing needs 'openpose'")
+                               info="Canny edges need 'canny'; poses (detected, JSON or a ready drawing) 'openpose'")
             with gr.Row():
                 low_box, high_box = (gr.Slider(p.lo, p.hi, value=p.default, step=1, label=p.label)
                                      for p in (CANNY["low"], CANNY["high"]))
@@ -101,29 +116,89 @@ def build(
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
-    # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
-    gr.Examples(control_examples(offline), inputs=[image_box, mode_box, net_box, prompt_box],
-                label="Examples (no download): click one, then Generate", examples_per_page=8)
+    with gr.Accordion("OpenPose: detect the pose in the photo, or start from a preset; edit it as JSON", open=True):
+        with gr.Row():
+            with gr.Column(scale=5):
+                with gr.Row():
+                    detector_box = gr.Radio(list(POSE["detector"].choices), value=POSE["detector"].default,
+                                            label="Pose detector", info=POSE["detector"].info, scale=2)
+                    hands_box = gr.Checkbox(value=POSE["hands"].default, label="hands", info=POSE["hands"].info)
+                    face_box = gr.Checkbox(value=POSE["face"].default, label="face", info=POSE["face"].info)
+                detect = gr.Button("Detect the pose in the photo")
+                pose_info = gr.Markdown()
+                with gr.Row():
+                    preset_box = gr.Dropdown(list(poses.presets()), value=None, label="Or start from a preset",
+                                             scale=2)
+                    pose_upload = gr.UploadButton("Upload pose JSON", file_types=[".json"], scale=1)
+            with gr.Column(scale=5):
+                pose_box = gr.Code(language="json", label="The pose as OpenPose JSON (x, y in pixels, confidence; "
+                                   "0, 0, 0 = not found): edit it, then draw it", lines=6, interactive=True)
+                with gr.Row():
+                    mirror = gr.Button("Mirror left-right")
+                    redraw = gr.Button("Draw this pose")
+                pose_file = gr.File(label="Download the pose (.json)", interactive=False)
     with gr.Row():
         map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
                             height=300, elem_classes=["pixels"])
         gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height=300,
                              object_fit="contain", fit_columns=False, elem_classes=["pixels"])
     info = gr.Markdown()
+    # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
+    gr.Examples(control_examples(offline), inputs=[image_box, mode_box, net_box, prompt_box],
+                label="Examples (no download): click one, then Generate", examples_per_page=8)
 
     # -- handlers -----------------------------------------------------------------------------
-    def on_preprocess(image, mode, controlnet, low, high, resize, width, height):
+    def on_preprocess(image, mode, controlnet, low, high, resize, width, height, detector="auto", hands=False,
+                      face=False, pose=""):
         try:
-            return preprocess(control_request(image, mode, controlnet, low, high, resize, width=width, height=height))
+            return preprocess(control_request(image, mode, controlnet, low, high, resize, width=width, height=height,
+                                              detector=detector, hands=hands, face=face, pose=pose))
         except InvalidRequest as exc:
             raise gr.Error(str(exc)) from None
 
+    def as_pose_mode(text: str, info: str, control_map):
+        """After a pose is made: the map, the JSON (box and file), and the mode switched to the pose JSON."""
+        return (control_map, text, str(save_pose(text, settings.output_dir)), info, gr.Radio(value=PREPROCESSORS["pose"].label),
+                gr.Radio(value="openpose"))
+
+    def on_detect(image, resize, width, height, detector, hands, face):
+        try:
+            d = detect_pose(control_request(image, PREPROCESSORS["openpose"].label, "openpose", CANNY["low"].default,
+                                            CANNY["high"].default, resize, width=width, height=height,
+                                            detector=detector, hands=hands, face=face))
+        except InvalidRequest as exc:
+            raise gr.Error(str(exc)) from None
+        return as_pose_mode(poses.to_json(d.pose), detection_text(d), d.control_map)
+
+    def on_draw(pose, width, height, flip=False):
+        try:
+            control_map, text = draw_pose(pose, width, height, mirror=flip)
+        except InvalidRequest as exc:
+            raise gr.Error(str(exc)) from None
+        return as_pose_mode(text, "Mirrored left-right: the person's right is now their left." if flip
+                            else "Drawn from the pose JSON.", control_map)
+
+    def on_mirror(pose, width, height):
+        return on_draw(pose, width, height, flip=True)
+
+    def on_preset(name, width, height):
+        if not name:
+            return [gr.skip()] * 6
+        return on_draw(poses.presets()[name].read_text(), width, height)
+
+    def on_upload_pose(file, width, height):
+        try:
+            text = Path(file if isinstance(file, str) else file.name).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise gr.Error(f"could not read the pose file: {exc}") from None
+        return on_draw(text, width, height)
+
     def on_control(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start, guidance_end,
                    prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
-                   progress=gr.Progress()):
+                   detector="auto", hands=False, face=False, pose="", progress=gr.Progress()):
         req = control_request(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start,
                               guidance_end, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height,
-                              num_images)
+                              num_images, detector, hands, face, pose)
         for item in stream(control, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
@@ -137,11 +212,20 @@ def build(
 
     # -- events -------------------------------------------------------------------------------
     map_inputs = [image_box, mode_box, net_box, low_box, high_box, resize_box]
+    pose_inputs = [detector_box, hands_box, face_box, pose_box]  # last in both APIs: older calls still fit
     # preprocess=False: plain values and the raw upload; the Engine's checks name a bad value or file
-    show_map.click(gpu(on_preprocess), [*map_inputs, width_box, height_box], map_view, api_name="preprocess",
-                   preprocess=False)
+    show_map.click(gpu(on_preprocess), [*map_inputs, width_box, height_box, *pose_inputs], map_view,
+                   api_name="preprocess", preprocess=False)
+    made_pose = [map_view, pose_box, pose_file, pose_info, mode_box, net_box]
+    detect.click(gpu(on_detect), [image_box, resize_box, width_box, height_box, detector_box, hands_box, face_box],
+                 made_pose, api_name="pose", preprocess=False, concurrency_id=concurrency_id,
+                 concurrency_limit=settings.gpu_concurrency)
+    redraw.click(on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose")
+    mirror.click(on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose")
+    preset_box.input(on_preset, [preset_box, width_box, height_box], made_pose, api_visibility="private")
+    pose_upload.upload(on_upload_pose, [pose_upload, width_box, height_box], made_pose, api_visibility="private")
     inputs = [*map_inputs, scale_box, start_box, end_box, prompt_box, negative_box, seed_box, steps_box, cfg_box,
-              scheduler_box, width_box, height_box, images_box]
+              scheduler_box, width_box, height_box, images_box, *pose_inputs]
     event = run.click(gpu(on_control), inputs, [map_view, gallery, info], api_name="control", preprocess=False,
                       show_progress_on=map_view, concurrency_id=concurrency_id,
                       concurrency_limit=settings.gpu_concurrency)
