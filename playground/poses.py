@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,6 @@ class Pose:
     people: tuple[Person, ...]
     width: int  # the canvas the keypoints were found on (pixels): JSON's canvas_width / canvas_height
     height: int
-    notes: tuple[str, ...] = field(default=())  # what the detector said (which ran, why), for the UI
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data as skimage_data
 
@@ -179,6 +178,39 @@ def test_preprocess_and_draw_pose_through_the_engine(engine, astronaut):
         engine.draw_pose(text, 100, 64)
 
 
+def test_openpose_results_become_people_with_hands_and_face_and_all_are_drawn():
+    """detect_openpose's conversion of controlnet_aux's results (pixels -> fractions done by it; missing hand
+    and face points at -1), for two people, one with hands and a face; both drawn."""
+    from controlnet_aux.open_pose import PoseResult
+    from controlnet_aux.open_pose.body import BodyResult, Keypoint
+
+    walking = poses.preset("walking").people[0].body
+    shifted = [Keypoint(x - 0.2, y) for x, y, _ in walking]
+    hand = [Keypoint(0.3 + k / 100, 0.5) if k % 5 else Keypoint(-1.0, -1.0) for k in range(21)]
+    face = [Keypoint(0.5 + k / 1000, 0.2) for k in range(70)]
+
+    class Fake:
+        def detect_poses(self, image, include_hand=False, include_face=False):
+            assert image.shape == (256, 256, 3) and include_hand and not include_face
+            return [PoseResult(BodyResult([Keypoint(x + 0.2, y) for x, y, _ in walking[:-1]] + [None], 1.0, 17),
+                               hand, None, None),
+                    PoseResult(BodyResult(shifted, 1.0, 18), None, None, face)]
+
+    pose = poses.detect_openpose(Fake(), Image.new("RGB", (256, 256)), hands=True)
+    assert len(pose.people) == 2 and pose.people[0].found == 17 and pose.people[1].found == 18
+    left = pose.people[0].left_hand
+    assert len(left) == 21 and left[0] is None and left[1] == pytest.approx((0.31, 0.5, 1.0))
+    assert pose.people[1].face[3] == pytest.approx((0.503, 0.2, 1.0)) and pose.people[1].left_hand is None
+    again = poses.from_json(poses.to_json(pose))
+    assert again.people[0].left_hand[0] is None and len(again.people[1].face) == 70
+    drawn = np.asarray(poses.draw(pose, 512, 512), dtype=int).sum(-1) > 0
+    for person in pose.people:  # both people: each one's neck-to-hip limb has pixels
+        (xa, ya, _), (xb, yb, _) = person.body[1], person.body[8]
+        assert drawn[int((ya + yb) / 2 * 512), int((xa + xb) / 2 * 512)]
+    hands_off = np.asarray(poses.draw(pose, 512, 512, hands=False, face=False), dtype=int).sum(-1) > 0
+    assert drawn.sum() > hands_off.sum()  # the hand and the face add their points and lines
+
+
 @pytest.mark.slow
 def test_openpose_detector_with_random_weights_through_the_apps_loader(tiny_model, tiny_dir, annotators_dir,
                                                                        astronaut):
@@ -216,3 +248,30 @@ def test_offline_chain_photo_to_pose_to_the_offline_controlnet(astronaut, tmp_pa
     # a figure where the skeleton is: red pixels on the drawn skeleton, far more than elsewhere
     red = (picture[..., 0] > 150) & (picture[..., 1] < 110) & (picture[..., 2] < 110)
     assert red[drawn].mean() > 2 * red[~drawn].mean(), (red[drawn].mean(), red[~drawn].mean())
+
+
+@pytest.mark.slow
+def test_pose_endpoints_through_gradio_client(serve, astronaut):
+    from gradio_client import handle_file
+
+    _, client = serve()
+    pose_map, text, file, info, mode, net = client.predict(handle_file(str(astronaut)), "crop", 64, 64, "mediapipe",
+                                                           False, False, api_name="/pose")
+    assert Image.open(pose_map).size == (64, 64) and "1 person found" in info and "by **mediapipe**" in info
+    pose = poses.from_json(text)
+    assert (pose.width, pose.height) == (64, 64) and poses.from_json(open(file).read()) == pose
+    assert mode == "A pose as OpenPose JSON (detected, edited or a preset)" and net == "openpose"
+    mirrored_map, mirrored, *_ = client.predict(text, 64, 64, api_name="/mirror_pose")
+    assert np.allclose(poses.from_json(mirrored).people[0].body[poses.BODY.index("left shoulder")][:2],
+                       (1 - body(pose, "right shoulder")[0], body(pose, "right shoulder")[1]), atol=0.02)
+    drawn, *_ = client.predict(text, 128, 64, api_name="/draw_pose")
+    assert Image.open(drawn).size == (128, 64)
+    # preprocess and control take the pose modes too: a pose drawn, and generated from
+    preset = poses.to_json(poses.preset("sitting"))
+    control_map = client.predict(None, "pose", "openpose", 100, 200, "crop", 64, 64, "auto", False, False, preset,
+                                 api_name="/preprocess")
+    assert np.array_equal(np.asarray(Image.open(control_map)), np.asarray(poses.draw(poses.preset("sitting"), 64, 64)))
+    with pytest.raises(Exception, match="no person found in the photo"):
+        client.predict(handle_file(str(SHAPES)), "crop", 64, 64, "mediapipe", False, False, api_name="/pose")
+    with pytest.raises(Exception, match="pose JSON is not valid JSON"):
+        client.predict("{nope", 64, 64, api_name="/draw_pose")

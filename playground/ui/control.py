@@ -131,7 +131,7 @@ def build(
                                              scale=2)
                     pose_upload = gr.UploadButton("Upload pose JSON", file_types=[".json"], scale=1)
             with gr.Column(scale=5):
-                pose_box = gr.Code(language="json", label="The pose as OpenPose JSON (x, y in pixels, confidence; "
+                pose_box = gr.Code(value="", language="json", label="The pose as OpenPose JSON (x, y in pixels, confidence; "
                                    "0, 0, 0 = not found): edit it, then draw it", lines=6, interactive=True)
                 with gr.Row():
                     mirror = gr.Button("Mirror left-right")
@@ -158,8 +158,8 @@ def build(
 
     def as_pose_mode(text: str, info: str, control_map):
         """After a pose is made: the map, the JSON (box and file), and the mode switched to the pose JSON."""
-        return (control_map, text, str(save_pose(text, settings.output_dir)), info, gr.Radio(value=PREPROCESSORS["pose"].label),
-                gr.Radio(value="openpose"))
+        return (control_map, text, str(save_pose(text, settings.output_dir)), info, PREPROCESSORS["pose"].label,
+                "openpose")
 
     def on_detect(image, resize, width, height, detector, hands, face):
         try:
