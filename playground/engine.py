@@ -23,7 +23,7 @@ import torch
 from diffusers import ControlNetModel
 from PIL import Image
 
-from playground import attention, control as control_mod, inspect, latents, poses, schedulers
+from playground import anatomy as anatomy_mod, attention, control as control_mod, inspect, latents, poses, schedulers
 from playground.loading import LoadedModel, controlnet_source, load_controlnet, load_pose_detector
 from playground.metadata import Params
 from playground.requests import (
@@ -313,6 +313,16 @@ class Engine:
         if mirror:
             pose = poses.mirror(pose)
         return poses.draw(pose, size.width, size.height), poses.to_json(pose)
+
+    def anatomy(self) -> anatomy_mod.Anatomy:
+        """The loaded model's parts (with the ControlNets loaded so far), counted from its own modules."""
+        with self._controlnet_lock:
+            nets = {kind: net for kind, (net, _) in self._controlnets.items()}
+        return anatomy_mod.of_pipeline(self.model.pipe, f"loaded: {self.model.name}", self.native_size, nets)
+
+    def families(self) -> dict[str, anatomy_mod.Anatomy]:
+        """SD 1.5, SDXL and SD3 Medium from their published configs, on the meta device (counted once)."""
+        return anatomy_mod.families()
 
     def controlnet_source(self, kind: str) -> str:
         """Where the `kind` ControlNet is (or would be) loaded from."""

@@ -261,3 +261,14 @@ def test_pose_from_a_photo(page, shots, tmp_path):
     page.mouse.wheel(0, 600)
     settle(page)
     page.screenshot(path=str(shots / "control-pose.png"), full_page=True)
+
+
+def test_anatomy_tab(page, shots):
+    page.get_by_role("tab", name="Model anatomy").click()
+    page.get_by_text("U-Net 2.57B").wait_for(timeout=60_000)  # SDXL's, counted when the tab opens
+    for text in ("loaded: playground-offline", "SD3 Medium", "T5-XXL (encoder) 4.76B", "12x"):
+        assert visible(page.get_by_text(text)).is_visible(), text
+    visible(page.locator("[data-testid='vega-lite'] svg, .vega-embed svg, canvas")).wait_for(timeout=20_000)
+    page.mouse.wheel(0, 2000)
+    settle(page)
+    page.screenshot(path=str(shots / "anatomy-tab.png"), full_page=True)

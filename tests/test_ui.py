@@ -38,7 +38,7 @@ def fake_engine(model: LoadedModel) -> SimpleNamespace:
                            controlnet_source=lambda kind: f"/models/fake/controlnet-{kind}",
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
                                                          "step_view", "decode_x0", "roundtrip", "attention_view",
-                                                         "attention", "detect_pose", "draw_pose")})
+                                                         "attention", "detect_pose", "draw_pose", "anatomy", "families")})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def api_names(demo: gr.Blocks) -> list[str]:
 def test_every_action_has_one_api_name(app):
     demo, _ = app
     assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect",
-                                              "vae_roundtrip", "attention", "pose", "draw_pose", "mirror_pose"])  # Generate and Enter: one event, one name
+                                              "vae_roundtrip", "attention", "pose", "draw_pose", "mirror_pose", "anatomy"])  # Generate and Enter: one event, one name
 
 
 def test_controls_come_from_the_settings_and_the_registries(app):

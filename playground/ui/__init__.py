@@ -11,7 +11,7 @@ from playground import schedulers
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
-from playground.ui import control, grid, inspector, prompt
+from playground.ui import anatomy, control, grid, inspector, prompt
 from playground.ui.common import PIXELS_CSS, PIXELS_JS
 
 CSS = """
@@ -97,6 +97,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                 examples=examples(model),
                 concurrency_id=GPU,
             )
+        anatomy.build(loaded=engine.anatomy, families=engine.families)
     return demo
 
 

@@ -1,0 +1,128 @@
+"""Model anatomy: what a latent diffusion model is made of, and how that grew from SD 1.5 to SDXL to SD3.
+
+For the three reference families the components are built from their published configs
+(`assets/configs/families.json`, each naming the config.json it comes from) on PyTorch's meta device:
+the modules exist with their shapes, but no weights are allocated or downloaded, so counting their
+parameters is instant and exact. For the loaded model the same figures come from its own modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from playground.settings import ASSETS
+
+FAMILIES_FILE = ASSETS / "configs" / "families.json"
+
+# class name -> (module, config class or None when the model class takes the config's keys directly)
+CLASSES = {
+    "CLIPTextModel": ("transformers", "CLIPTextConfig"),
+    "CLIPTextModelWithProjection": ("transformers", "CLIPTextConfig"),
+    "T5EncoderModel": ("transformers", "T5Config"),
+    "UNet2DConditionModel": ("diffusers", None),
+    "SD3Transformer2DModel": ("diffusers", None),
+    "AutoencoderKL": ("diffusers", None),
+}
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str  # "text encoder: CLIP ViT-L/14", "denoiser: U-Net", "VAE", "ControlNet: canny"
+    group: str  # "text encoders", "denoiser", "VAE" or "ControlNets": the bar chart's stacks
+    params: int
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    name: str
+    parts: tuple[Part, ...]
+    native_size: int  # pixels per side
+    latent: tuple[int, int, int]  # (channels, h, w) at the native size
+    text: tuple[str, ...]  # each text encoder: "CLIP ViT-L/14: 768-d, 77 tokens"
+    prediction_type: str
+    schedule: str
+    source: str  # where the figures come from
+
+    @property
+    def params(self) -> int:
+        return sum(p.params for p in self.parts)
+
+    @property
+    def ratio(self) -> float:
+        """Numbers in the RGB image / numbers in its latent: 48 for 4 channels at 1/8 the size."""
+        c, h, w = self.latent
+        return 3 * self.native_size**2 / (c * h * w)
+
+
+def count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_on_meta(class_name: str, config: dict) -> torch.nn.Module:
+    """A diffusers or transformers model from its config keys, with every tensor on the meta device."""
+    package, config_class = CLASSES[class_name]
+    module = importlib.import_module(package)
+    with torch.device("meta"):
+        if config_class is None:
+            return getattr(module, class_name)(**config)
+        return getattr(module, class_name)(getattr(module, config_class)(**config))
+
+
+def text_width(config: dict) -> int:
+    return config.get("hidden_size") or config["d_model"]
+
+
+@lru_cache(maxsize=1)
+def families() -> dict[str, Anatomy]:
+    """SD 1.5, SDXL and SD3 Medium, counted from their published configs on the meta device (cached)."""
+    data = json.loads(FAMILIES_FILE.read_text())
+    out = {}
+    for name, fam in data.items():
+        if name.startswith("_"):
+            continue
+        parts, text = [], []
+        for part, spec in fam["components"].items():
+            params = count(build_on_meta(spec["class"], spec["config"]))
+            group = "text encoders" if part.startswith("text encoder") else "denoiser" if part.startswith("denoiser") \
+                else "VAE"
+            parts.append(Part(part, group, params))
+            if group == "text encoders":
+                text.append(f"{part.split(': ', 1)[1]}: {text_width(spec['config'])}-d, {spec['tokens']} tokens")
+        vae = fam["components"]["VAE"]["config"]
+        f = 2 ** (len(vae["block_out_channels"]) - 1)
+        size = fam["native_size"]
+        out[name] = Anatomy(name, tuple(parts), size, (vae["latent_channels"], size // f, size // f), tuple(text),
+                            fam["prediction_type"], fam["schedule"],
+                            f"https://huggingface.co/{fam['repo']} (configs, instantiated on the meta device)")
+    return out
+
+
+def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.nn.Module] | None = None) -> Anatomy:
+    """The same figures for a loaded pipeline: its own modules counted, its configs read."""
+    parts, text = [], []
+    for attr in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        encoder = getattr(pipe, attr, None)
+        if encoder is None:
+            continue
+        tokenizer = getattr(pipe, attr.replace("text_encoder", "tokenizer"), None)
+        label = f"{attr.replace('_', ' ')}: {type(encoder).__name__}"
+        parts.append(Part(label, "text encoders", count(encoder)))
+        limit = getattr(tokenizer, "model_max_length", "?")
+        text.append(f"{type(encoder).__name__}: {text_width(encoder.config.to_dict())}-d, {limit} tokens")
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer")
+    parts.append(Part(f"denoiser: {type(denoiser).__name__}", "denoiser", count(denoiser)))
+    parts.append(Part("VAE", "VAE", count(pipe.vae)))
+    for kind, net in (controlnets or {}).items():
+        parts.append(Part(f"ControlNet: {kind}", "ControlNets", count(net)))
+    f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    sched = pipe.scheduler.config
+    schedule = (f"{sched.get('beta_schedule', '?')}, beta {sched.get('beta_start', '?')} to {sched.get('beta_end', '?')}, "
+                f"{sched.get('num_train_timesteps', '?')} steps")
+    return Anatomy(name, tuple(parts), native_size,
+                   (pipe.vae.config.latent_channels, native_size // f, native_size // f), tuple(text),
+                   sched.get("prediction_type", "epsilon"), schedule, "the loaded model's own modules")

@@ -1,0 +1,95 @@
+"""Model anatomy tab: the loaded model's parts beside SD 1.5's, SDXL's and SD3 Medium's."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+import pandas as pd
+
+from playground.anatomy import Anatomy
+
+# the bar chart's stacks and their colours (the legend is drawn under the chart: gradio's own is cut off)
+GROUPS = {"text encoders": "#4c78a8", "denoiser": "#f58518", "VAE": "#54a24b", "ControlNets": "#b279a2"}
+
+
+def millions(n: int) -> str:
+    return f"{n / 1e9:,.2f}B" if n >= 1e9 else f"{n / 1e6:,.1f}M"
+
+
+def parts_of(a: Anatomy, group: str) -> str:
+    found = [p for p in a.parts if p.group == group]
+    if not found:
+        return "none" if group != "ControlNets" else "none loaded yet"
+    return " + ".join(f"{p.name.split(': ', 1)[-1]} {millions(p.params)}" for p in found)
+
+
+def table(models: list[Anatomy]) -> pd.DataFrame:
+    """One column per model, one row per figure."""
+    rows = {
+        "text encoders": [parts_of(a, "text encoders") for a in models],
+        "text widths, token limits": ["; ".join(a.text) for a in models],
+        "denoiser": [parts_of(a, "denoiser") for a in models],
+        "VAE": [parts_of(a, "VAE") for a in models],
+        "ControlNets": [parts_of(a, "ControlNets") if a.source.startswith("the loaded") else "-" for a in models],
+        "parameters in all": [millions(a.params) for a in models],
+        "native size": [f"{a.native_size}x{a.native_size}x3" for a in models],
+        "latent at the native size": [f"{a.latent[2]}x{a.latent[1]}x{a.latent[0]}" for a in models],
+        "compression (image numbers / latent numbers)": [f"{a.ratio:g}x" for a in models],
+        "prediction": [a.prediction_type for a in models],
+        "noise schedule": [a.schedule for a in models],
+    }
+    return pd.DataFrame([[k, *v] for k, v in rows.items()], columns=["", *(a.name for a in models)])
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """The table as Markdown: it wraps to the page, where a wide dataframe would scroll its columns away."""
+    head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = [f"| **{row[0]}** | " + " | ".join(str(v) for v in row[1:]) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def legend(models: list[Anatomy]) -> str:
+    items = "".join(f'<span style="margin-right:1.5em;white-space:nowrap"><span style="color:{colour};'
+                    f'font-weight:bold">■</span> {name}</span>' for name, colour in GROUPS.items())
+    small = [f"{a.name}: {millions(a.params)} in all" for a in models if a.params < 0.01 * max(m.params for m in models)]
+    note = f" Too small to see at this scale: {'; '.join(small)}." if small else ""
+    return f'<div style="font-size:0.9em">{items}{note}</div>'
+
+
+def bars(models: list[Anatomy]) -> pd.DataFrame:
+    """Millions of parameters per model and component group (the stacks of the bar chart)."""
+    return pd.DataFrame([{"model": a.name, "component": g, "parameters (millions)":
+                          round(sum(p.params for p in a.parts if p.group == g) / 1e6, 1)}
+                         for a in models for g in GROUPS])
+
+
+def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatomy]], concurrency_id: str = "gpu") -> None:
+    """Lay out the tab inside the current Blocks and wire its events (filled when the tab is opened)."""
+    with gr.Tab("Model anatomy") as tab:
+        gr.Markdown(
+            "What a latent diffusion model is made of, counted. **SD 1.5** (2022): one CLIP text encoder, an "
+            "860M-parameter U-Net working on 64x64x4 latents at 512 px. **SDXL** (2023): two text encoders whose "
+            "outputs are concatenated to 2048-d (plus the second one's pooled vector and the image's size and crop "
+            "as extra conditioning), a 2.6B U-Net on 128x128x4 latents at 1024 px. **SD3** (2024): three text "
+            "encoders (one of them T5-XXL, 4.8B parameters alone), a transformer (MMDiT) instead of the U-Net, "
+            "16-channel latents, and rectified flow instead of the noise-prediction schedule. The reference figures "
+            "are counted from each model's published configs, built on PyTorch's meta device (no weights, no "
+            "download); the loaded model's from its own modules.")
+        show = gr.Button("Count", variant="primary")
+        compare = gr.Markdown()
+        chart = gr.BarPlot(x="model", y="parameters (millions)", color="component", label="Parameters by component",
+                           height=360, color_map=GROUPS, colors_in_legend=[])
+        key = gr.HTML()
+        gr.Markdown("**Compression**: the VAE turns an HxWx3 image into an (H/8)x(W/8)xC latent. With C = 4 (SD 1.5, "
+                    "SDXL) that is 3·64 / 4 = 48x fewer numbers; SD3's 16 channels keep 4x more detail: 12x.")
+
+    def fill():
+        models = [loaded(), *families().values()]
+        # oldest to newest, the loaded model first
+        plot = gr.BarPlot(value=bars(models), sort=[a.name for a in models])
+        return markdown(table(models)), plot, legend(models)
+
+    tab.select(fill, None, [compare, chart, key], api_visibility="private")
+    show.click(fill, None, [compare, chart, key], api_name="anatomy")
