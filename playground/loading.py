@@ -70,8 +70,33 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; choose one of: auto, {', '.join(DTYPES)}") from None
 
 
+# model_index.json's _class_name -> the family it is; the ones this app runs, and the ones it knows of
+SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x"}
+KNOWN = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL (refiner)",
+         "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "FLUX", "PixArtAlphaPipeline": "PixArt-α",
+         "StableCascadeDecoderPipeline": "Stable Cascade", "KandinskyV22Pipeline": "Kandinsky 2.2"}
+
+
+class UnsupportedFamily(ValueError):
+    """The model's family (from its model_index.json) is not one this app's loop runs."""
+
+
+def family(source: str | Path) -> str:
+    """The family named by the model's model_index.json (read alone: for a hub id only that file is
+    fetched); UnsupportedFamily, naming the supported ones, for any other."""
+    config = StableDiffusionPipeline.load_config(str(source))
+    name = config.get("_class_name", "?")
+    if name in SUPPORTED:
+        return SUPPORTED[name]
+    supported = ", ".join(f"{f} ({cls})" for cls, f in SUPPORTED.items())
+    raise UnsupportedFamily(f"its model_index.json names {name} ({KNOWN.get(name, 'a family this app does not know')}); "
+                            f"this app runs {supported} models")
+
+
 def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True) -> StableDiffusionPipeline:
-    """StableDiffusionPipeline.from_pretrained for a hub id or a directory, with an explicit dtype."""
+    """StableDiffusionPipeline.from_pretrained for a hub id or a directory, with an explicit dtype, once its
+    model_index.json says it is a family this app runs."""
+    family(source)
     kwargs: dict = {"dtype": dtype}
     if not safety_checker:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
