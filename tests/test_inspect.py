@@ -161,6 +161,7 @@ def test_inspect_and_roundtrip_through_gradio_client(serve):
     out = client.predict("a red circle", "", 9, 5, 7.5, "DDIM", 64, 64, api_name="/inspect")
     image, info, file, slider = out[:4]
     assert Image.open(image).size == (64, 64) and "Seed 9" in info and "Recorded 5 model evaluations" in info
+    assert "MB of cross-attention maps" in info
     assert slider["maximum"] == 5 and slider["value"] == 5
     with safe_open(file, "pt") as f:
         assert f.get_tensor("x_t").shape == (5, 4, 8, 8)

@@ -265,8 +265,9 @@ def build(
             image, file = save_trajectory(traj, out_dir)
             r = traj.request
             text = (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}.  \n"
-                    f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session; "
-                    f"{traj.seconds:.2f} s.")
+                    f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session"
+                    + (f", plus {traj.attention.nbytes / 1e6:.2f} MB of cross-attention maps" if traj.attention else "")
+                    + f"; {traj.seconds:.2f} s.")
             slider = gr.Slider(1, traj.steps, value=traj.steps, step=1, interactive=True)
             yield (traj, str(image), text, str(file), slider, None, *show_step(traj, traj.steps), *no_attention(traj))
 
