@@ -403,7 +403,9 @@ class Engine:
     def _finish(self, images: torch.Tensor, params: list[Params]) -> list[Generated]:
         """(B, 3, H, W) in [-1, 1] -> safety checker (when the model has one) -> PIL + float pixels."""
         pipe = self.model.pipe
-        images, nsfw = pipe.run_safety_checker(images, self.model.device, images.dtype)
+        nsfw = None
+        if hasattr(pipe, "run_safety_checker"):  # SD 1.x / 2.x pipelines; SDXL's has no checker
+            images, nsfw = pipe.run_safety_checker(images, self.model.device, images.dtype)
         nsfw = [bool(x) for x in nsfw] if nsfw is not None else [False] * len(params)
         arrays = pipe.image_processor.postprocess(images, output_type="np", do_denormalize=[not x for x in nsfw])
         pil = pipe.image_processor.numpy_to_pil(arrays)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
-from playground.settings import BUNDLED_MODEL, CONTROLNETS, Settings
+from playground.settings import BUNDLED_MODEL, CONTROLNETS, CONTROLNETS_XL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 # model_index.json's _class_name -> the family it is; the ones this app runs, and the ones it knows of
-SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x"}
-KNOWN = {"StableDiffusionXLPipeline": "SDXL", "StableDiffusionXLImg2ImgPipeline": "SDXL (refiner)",
+SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
+KNOWN = {"StableDiffusionXLImg2ImgPipeline": "SDXL (refiner)",
          "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "FLUX", "PixArtAlphaPipeline": "PixArt-α",
          "StableCascadeDecoderPipeline": "Stable Cascade", "KandinskyV22Pipeline": "Kandinsky 2.2"}
 
@@ -82,12 +82,12 @@ class UnsupportedFamily(ValueError):
 
 
 def family(source: str | Path) -> str:
-    """The family named by the model's model_index.json (read alone: for a hub id only that file is
-    fetched); UnsupportedFamily, naming the supported ones, for any other."""
+    """The pipeline class named by the model's model_index.json (read alone: for a hub id only that file is
+    fetched), when it is one this app runs; UnsupportedFamily, naming the supported ones, for any other."""
     config = StableDiffusionPipeline.load_config(str(source))
     name = config.get("_class_name", "?")
     if name in SUPPORTED:
-        return SUPPORTED[name]
+        return name
     supported = ", ".join(f"{f} ({cls})" for cls, f in SUPPORTED.items())
     raise UnsupportedFamily(f"its model_index.json names {name} ({KNOWN.get(name, 'a family this app does not know')}); "
                             f"this app runs {supported} models")
@@ -96,11 +96,15 @@ def family(source: str | Path) -> str:
 def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True) -> StableDiffusionPipeline:
     """StableDiffusionPipeline.from_pretrained for a hub id or a directory, with an explicit dtype, once its
     model_index.json says it is a family this app runs."""
-    family(source)
+    import diffusers
+
+    cls = getattr(diffusers, family(source))
     kwargs: dict = {"dtype": dtype}
-    if not safety_checker:
+    if not safety_checker and cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    pipe = StableDiffusionPipeline.from_pretrained(str(source), **kwargs)
+    pipe = cls.from_pretrained(str(source), **kwargs)
+    if pipe.vae.dtype == torch.float16 and pipe.vae.config.get("force_upcast", False):
+        pipe.vae.to(torch.float32)  # SDXL's VAE overflows in fp16 (diffusers upcasts it for each decode; once here)
     if safety_checker and getattr(pipe, "safety_checker", None) is not None:
         log.info("safety checker kept (%s)", type(pipe.safety_checker).__name__)
     elif not safety_checker:
@@ -129,12 +133,15 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
 
 
 def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:
-    """Where the `kind` ControlNet comes from: the setting, a controlnet-<kind> folder in the model, or the hub."""
+    """Where the `kind` ControlNet comes from: the setting, a controlnet-<kind> folder in the model, or the hub
+    (the SD 1.5 or the SDXL one, following the loaded model's family)."""
     chosen = settings.controlnets.get(kind)
     if chosen:
         return chosen
     local = Path(model.source) / f"controlnet-{kind}"
-    return str(local) if local.is_dir() else CONTROLNETS[kind]
+    if local.is_dir():
+        return str(local)
+    return (CONTROLNETS_XL if type(model.pipe).__name__ == "StableDiffusionXLPipeline" else CONTROLNETS)[kind]
 
 
 def load_controlnet(source: str, model: LoadedModel) -> ControlNetModel:

@@ -1,6 +1,7 @@
 """THE denoising loop: prompts -> latents -> images, with per-sample CFG and an observer.
 
-It follows diffusers' `StableDiffusionPipeline.__call__` step for step (a test checks that both
+It follows diffusers' `StableDiffusionPipeline.__call__` step for step, and for SDXL-shaped models
+(two text encoders, text-time conditioning) `StableDiffusionXLPipeline.__call__` (tests check that both
 give the same images for every registered scheduler), and adds what the playground needs:
 a guidance scale per sample (shape [B]) so grid cells can share one batch, an observer that sees
 every model evaluation (x_t, predicted x0, conditional / unconditional / guided model outputs),
@@ -33,10 +34,20 @@ class Components:
     unet: UNet2DConditionModel
     vae: AutoencoderKL
     scheduler_config: dict  # the model's own: every request's scheduler is made from it
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL's second text encoder (OpenCLIP ViT-bigG), with projection
+    text_encoder_2: CLIPTextModel | None = None
+    force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is all zeros, not encoded ""
 
     @classmethod
     def from_pipeline(cls, pipe) -> "Components":
-        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config))
+        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config),
+                   getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None),
+                   bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False)))
+
+    @property
+    def text_time(self) -> bool:
+        """SDXL's conditioning: two text encoders' hidden states, a pooled vector, and size / crop ids."""
+        return self.text_encoder_2 is not None and self.unet.config.get("addition_embed_type") == "text_time"
 
     @property
     def vae_scale_factor(self) -> int:
@@ -127,6 +138,43 @@ def encode_prompts(c: Components, prompts: Sequence[str]) -> torch.Tensor:
     return hidden.index_select(0, index)
 
 
+def encode_prompts_xl(c: Components, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDXL: ((B, 77, D1 + D2) the penultimate hidden states of both encoders side by side, (B, P) the second
+    encoder's pooled, projected output), as StableDiffusionXLPipeline.encode_prompt makes them."""
+    unique = list(dict.fromkeys(prompts))
+    hidden, pooled = [], None
+    for tokenizer, encoder in ((c.tokenizer, c.text_encoder), (c.tokenizer_2, c.text_encoder_2)):
+        ids = tokenize(tokenizer, unique, padding="max_length", max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+        out = encoder(ids, output_hidden_states=True)
+        if out[0].ndim == 2:  # the encoder with projection: its pooled output
+            pooled = out[0]
+        hidden.append(out.hidden_states[-2])
+    index = torch.tensor([unique.index(p) for p in prompts], device=hidden[0].device)
+    embeds = torch.cat(hidden, dim=-1).to(dtype=c.text_encoder_2.dtype).index_select(0, index)
+    return embeds, pooled.index_select(0, index)
+
+
+def encode(c: Components, job: "Job", use_cfg: bool) -> tuple[torch.Tensor, dict | None]:
+    """The UNet's text conditioning for a job: (2B or B, 77, D) hidden states as [negative..., prompt...] with
+    CFG, and for SDXL the added conditioning (pooled text embeddings and the size / crop time ids)."""
+    if not c.text_time:
+        cond = encode_prompts(c, job.prompts)
+        return (torch.cat([encode_prompts(c, job.negative_prompts), cond]) if use_cfg else cond), None
+    embeds, pooled = encode_prompts_xl(c, job.prompts)
+    if use_cfg:
+        neg_embeds, neg_pooled = encode_prompts_xl(c, job.negative_prompts)
+        if c.force_zeros_for_empty_prompt:  # diffusers' default for a negative prompt left out
+            empty = torch.tensor([not n for n in job.negative_prompts], device=embeds.device)
+            neg_embeds = torch.where(empty[:, None, None], torch.zeros_like(neg_embeds), neg_embeds)
+            neg_pooled = torch.where(empty[:, None], torch.zeros_like(neg_pooled), neg_pooled)
+        embeds, pooled = torch.cat([neg_embeds, embeds]), torch.cat([neg_pooled, pooled])
+    # (original size, crop top-left, target size): the whole image, uncropped, at the asked size
+    time_ids = torch.tensor([[job.height, job.width, 0, 0, job.height, job.width]], dtype=embeds.dtype,
+                            device=embeds.device).repeat(len(embeds), 1)
+    return embeds, {"text_embeds": pooled.to(embeds.device), "time_ids": time_ids}
+
+
 def noise_level(scheduler: SchedulerMixin, t: torch.Tensor) -> float:
     """sigma of the step just taken: the scheduler's own when it keeps sigmas, else from alpha_bar[t].
 
@@ -185,9 +233,8 @@ def denoise(
     use_cfg = any(scale != 1.0 for scale in job.guidance)
     g = torch.tensor(job.guidance, dtype=torch.float32, device=device).to(dtype)[:, None, None, None]  # (B, 1, 1, 1)
 
-    # 3. Encode prompts: (2B, 77, D) as [uncond..., cond...] with CFG, else (B, 77, D)
-    cond = encode_prompts(c, job.prompts)
-    embeds = torch.cat([encode_prompts(c, job.negative_prompts), cond]) if use_cfg else cond
+    # 3. Encode prompts: (2B, 77, D) as [uncond..., cond...] with CFG, else (B, 77, D); SDXL's added conditioning
+    embeds, added = encode(c, job, use_cfg)
 
     # 4. Prepare timesteps (plus a CPU copy for the noise-level maths: no device sync per step)
     scheduler.set_timesteps(job.steps, device=device)
@@ -223,10 +270,10 @@ def denoise(
             if keep and control.scale != 0:
                 down_res, mid_res = control.model(model_input, t, encoder_hidden_states=embeds,
                                                   controlnet_cond=control_image, conditioning_scale=control.scale,
-                                                  guess_mode=False, return_dict=False)
+                                                  guess_mode=False, added_cond_kwargs=added, return_dict=False)
 
         out = c.unet(model_input, t, encoder_hidden_states=embeds, down_block_additional_residuals=down_res,
-                     mid_block_additional_residual=mid_res, return_dict=False)[0]
+                     mid_block_additional_residual=mid_res, added_cond_kwargs=added, return_dict=False)[0]
         if use_cfg:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + g * (out_cond - out_uncond)
@@ -242,7 +289,8 @@ def denoise(
             x0 = predict_x0(x_t, out, sigma, sigma_space, prediction_type)
             observer(Step(i, total, t, sigma, x_t, x0, out_cond, out_uncond, out))
 
-    # 8. Decode: (B, 3, H, W) in [-1, 1]
-    images = c.vae.decode(latents / c.vae.config.scaling_factor, return_dict=False, generator=job.generators)[0]
+    # 8. Decode: (B, 3, H, W) in [-1, 1], in the VAE's own dtype (SDXL's is kept in fp32: it overflows in fp16)
+    images = c.vae.decode(latents.to(c.vae.dtype) / c.vae.config.scaling_factor, return_dict=False,
+                          generator=job.generators)[0]
     return Denoised(images=images, latents=latents, unet_calls=total, sigmas=sigmas_seen, sigma_space=sigma_space,
                     prediction_type=prediction_type)

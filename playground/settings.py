@@ -13,6 +13,8 @@ SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # the ControlNet kinds, each with the SD 1.5 ControlNet it loads when neither a setting nor the model names one
 ANNOTATORS = "lllyasviel/Annotators"  # controlnet_aux's OpenposeDetector weights (body, hand, face) on the hub
 CONTROLNETS = {"canny": "lllyasviel/control_v11p_sd15_canny", "openpose": "lllyasviel/control_v11p_sd15_openpose"}
+# the same kinds for SDXL-shaped models (a ControlNet must match its base model's family)
+CONTROLNETS_XL = {"canny": "diffusers/controlnet-canny-sdxl-1.0", "openpose": "thibaud/controlnet-openpose-sdxl-1.0"}
 
 
 def _env_int(name: str, default: int) -> int:

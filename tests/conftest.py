@@ -59,6 +59,41 @@ def settled(count: Callable[[], int], quiet: float = 0.3, timeout: float = 10.0)
     return last
 
 
+def write_tiny_sdxl(out):
+    """A tiny random-weight SDXL in the diffusers layout (two text encoders, text-time conditioning)."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from playground.tiny.vocab import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    text = dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=77, intermediate_size=32,
+                num_attention_heads=2, num_hidden_layers=1, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=4, attention_head_dim=(2, 4),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=16 + 6 * 8, use_linear_projection=True)
+    pipe = StableDiffusionXLPipeline(
+        vae=AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4,
+                          scaling_factor=0.13025, force_upcast=True),
+        text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=16, projection_dim=16, **text)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=16, projection_dim=16, **text)),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012))
+    pipe.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory):
+    return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A TEST-sized pipeline written with save_pretrained (fp32, 64x64 native, 8x8 latents)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
@@ -14,7 +16,7 @@ from playground.requests import GenerateRequest
 from playground.settings import BUNDLED_MODEL
 from playground.ui import banner
 
-from conftest import tiny_settings
+from conftest import tiny_settings, write_tiny_sdxl
 
 
 def test_local_directory_loads_with_explicit_dtype(tiny_dir):
@@ -32,47 +34,20 @@ def test_bad_source_falls_back_to_bundled_with_reason(tiny_dir, tmp_path):
     assert m.pipe.unet.dtype == torch.float32
 
 
-def tiny_sdxl(out):
-    """A tiny random-weight SDXL in the diffusers layout (two text encoders, text-time conditioning)."""
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from playground.tiny.vocab import build_tokenizer
-
-    torch.manual_seed(0)
-    tokenizer = build_tokenizer()
-    text = dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=77, intermediate_size=32,
-                num_attention_heads=2, num_hidden_layers=1, bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, norm_num_groups=4, attention_head_dim=(2, 4),
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
-                                addition_embed_type="text_time", addition_time_embed_dim=8,
-                                projection_class_embeddings_input_dim=16 + 6 * 8, use_linear_projection=True)
-    pipe = StableDiffusionXLPipeline(
-        vae=AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
-                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4,
-                          scaling_factor=0.13025, force_upcast=True),
-        text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=16, projection_dim=16, **text)),
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=16, projection_dim=16, **text)),
-        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012))
-    pipe.save_pretrained(out)
-    return out
-
-
 def test_an_unsupported_family_is_refused_by_name_and_falls_back(tiny_dir, tmp_path):
     """model_index.json decides, never the name: a tiny SDXL saved with save_pretrained is refused before any
     weights load, with the families this app runs named, and the bundled model is used instead."""
     from playground.loading import UnsupportedFamily, family
 
-    xl = tiny_sdxl(tmp_path / "sd15-looking-name")
-    with pytest.raises(UnsupportedFamily, match=r"names StableDiffusionXLPipeline \(SDXL\); this app runs SD 1.x / 2.x"):
+    xl = write_tiny_sdxl(tmp_path / "sd15-looking-name")
+    assert family(xl) == "StableDiffusionXLPipeline" and family(tiny_dir) == "StableDiffusionPipeline"
+    index = json.loads((xl / "model_index.json").read_text())
+    (xl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
+    with pytest.raises(UnsupportedFamily, match=r"names StableDiffusion3Pipeline \(SD3\); this app runs SD 1.x / 2.x "
+                                                r"\(StableDiffusionPipeline\), SDXL \(StableDiffusionXLPipeline\)"):
         family(xl)
-    assert family(tiny_dir) == "SD 1.x / 2.x"
     m = load_model(tiny_settings(xl), bundled=tiny_dir)
-    assert m.source == str(tiny_dir) and "StableDiffusionXLPipeline (SDXL)" in m.reason
+    assert m.source == str(tiny_dir) and "StableDiffusion3Pipeline (SD3)" in m.reason
     assert "bundled offline model" in m.reason
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "model_index.json").write_text('{"_class_name": "MysteryPipeline"}')
