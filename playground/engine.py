@@ -99,12 +99,18 @@ class Engine:
         return self.model.pipe.vae_scale_factor  # 8 for SD: latents are H/8 x W/8
 
     def count_tokens(self, prompt: str) -> TokenCount:
-        """How many of CLIP's tokens `prompt` uses, and what gets cut off past the limit."""
+        """How many of CLIP's tokens `prompt` uses, and what gets cut off past the limit (SDXL: the larger
+        count of its two tokenizers, which split the same way)."""
         prompt = text("prompt", prompt, self.settings.max_prompt_chars)
-        tok = self.model.pipe.tokenizer
-        ids = tokenize(tok, [prompt])["input_ids"][0]  # includes start and end tokens
-        limit = tok.model_max_length
-        return TokenCount(used=len(ids), limit=limit, dropped=tok.decode(ids[limit - 1:-1]) if len(ids) > limit else "")
+        pipe = self.model.pipe
+        counts = []
+        for tok in (t for t in (pipe.tokenizer, getattr(pipe, "tokenizer_2", None)) if t is not None):
+            ids = tokenize(tok, [prompt])["input_ids"][0]  # includes start and end tokens
+            limit = tok.model_max_length
+            counts.append(TokenCount(used=len(ids), limit=limit,
+                                     dropped=tok.decode(ids[limit - 1:-1]) if len(ids) > limit else ""))
+        worst = max(counts, key=lambda c: c.used - c.limit)
+        return replace(worst, encoders=len(counts))
 
     def warm_up(self) -> float:
         """One short generation at the native size (with CFG), so compiling happens before users come."""

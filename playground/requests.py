@@ -130,6 +130,7 @@ class TokenCount:
     used: int  # tokens the prompt takes, including CLIP's start and end tokens
     limit: int  # 77 for CLIP
     dropped: str  # the text CLIP will not see ("" when it fits)
+    encoders: int = 1  # text encoders reading the prompt, each through its own tokenizer (SDXL: 2, same count)
 
 
 @dataclass

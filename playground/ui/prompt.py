@@ -17,7 +17,8 @@ from playground.ui.common import stream
 # -- helpers ----------------------------------------------------------------------------------
 def token_text(count: TokenCount) -> str:
     """'12 / 77 tokens', with a warning and the dropped words past the limit."""
-    text = f"{count.used} / {count.limit} tokens"
+    text = f"{count.used} / {count.limit} tokens" + (f" (each of its {count.encoders} text encoders)"
+                                                   if count.encoders > 1 else "")
     if count.dropped:
         text = f"⚠️ {text}: CLIP only reads {count.limit}, so it will not see: “{count.dropped}”"
     return text
