@@ -94,8 +94,8 @@ def family(source: str | Path) -> str:
 
 
 def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True) -> StableDiffusionPipeline:
-    """StableDiffusionPipeline.from_pretrained for a hub id or a directory, with an explicit dtype, once its
-    model_index.json says it is a family this app runs."""
+    """The model's own pipeline class (StableDiffusionPipeline or StableDiffusionXLPipeline).from_pretrained for
+    a hub id or a directory, with an explicit dtype, once its model_index.json says it is a family this app runs."""
     import diffusers
 
     cls = getattr(diffusers, family(source))
