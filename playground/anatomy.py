@@ -18,6 +18,7 @@ import torch
 from playground.settings import ASSETS
 
 FAMILIES_FILE = ASSETS / "configs" / "families.json"
+LOADED = "the loaded model's own modules"  # the source of a loaded model's figures
 
 # class name -> (module, config class or None when the model class takes the config's keys directly)
 CLASSES = {
@@ -47,6 +48,11 @@ class Anatomy:
     prediction_type: str
     schedule: str
     source: str  # where the figures come from
+
+    @property
+    def loaded(self) -> bool:
+        """Counted from a loaded model (which can have ControlNets), not from a family's configs."""
+        return self.source == LOADED
 
     @property
     def params(self) -> int:
@@ -125,4 +131,4 @@ def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.
                 f"{sched.get('num_train_timesteps', '?')} steps")
     return Anatomy(name, tuple(parts), native_size,
                    (pipe.vae.config.latent_channels, native_size // f, native_size // f), tuple(text),
-                   sched.get("prediction_type", "epsilon"), schedule, "the loaded model's own modules")
+                   sched.get("prediction_type", "epsilon"), schedule, LOADED)

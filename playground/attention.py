@@ -21,7 +21,7 @@ import contextlib
 import contextvars
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -134,8 +134,6 @@ def validate(req: GenerateRequest, attention_of, word, resolution, s: Settings, 
              tokenizer, unet_config) -> Checked:
     """Every value of an `attention` call, checked before any work: the generation, whose tokens, the word
     among them ("" = the first word worth a map), the layer resolution at this size."""
-    from dataclasses import replace
-
     req = validate_generate(replace(req, num_images=1), s, native_size, multiple)
     of = validate_attention(attention_of, req)
     if of == "off":
@@ -315,6 +313,11 @@ class AttentionMaps:
         return sorted(self.maps, key=lambda g: g[0] * g[1])
 
     @property
+    def resolution_names(self) -> list[str]:
+        """The layer-resolution choices for this recording: 'all' and each 'WxH' recorded."""
+        return resolution_names(self.resolutions)
+
+    @property
     def steps(self) -> int:
         return next(iter(self.maps.values())).shape[0]
 
@@ -343,8 +346,11 @@ class AttentionMaps:
     def share(self, step: int | None = None, resolution: str | None = None) -> np.ndarray:
         """(T,) the mean attention each kept token gets over the image, as a fraction of the whole (the
         kept tokens' shares add up to at most 1: the padding end tokens take the rest)."""
-        stack = self.stack(step, resolution)
-        return stack.mean(axis=(1, 2)) / (1.0 if step is not None else self.steps)
+        return self.shares(self.stack(step, resolution), summed=step is None)
+
+    def shares(self, stack: np.ndarray, summed: bool = False) -> np.ndarray:
+        """share() of a stack already made (a summed one is divided by the number of steps)."""
+        return stack.mean(axis=(1, 2)) / (self.steps if summed else 1.0)
 
 
 def mass_centre(heat: np.ndarray) -> tuple[float, float]:

@@ -238,10 +238,6 @@ class Engine:
         traj = self.inspect(checked.request, on_progress, cancel, attention_of=checked.of)
         return traj, self.attention_view(traj, traj.steps - 1, checked.tokens, checked.resolution)
 
-    def split_prompt(self, prompt: str) -> list[attention.Token]:
-        """`prompt` as CLIP's tokenizer splits it: start and end tokens, the words the 77-token window cuts."""
-        return attention.split_prompt(self.model.pipe.tokenizer, text("prompt", prompt, self.settings.max_prompt_chars))
-
     def find_word(self, traj: Trajectory, word: str) -> list[int]:
         """The indices of `word`'s token pieces among a recorded trajectory's attention maps."""
         if traj.attention is None:
@@ -453,24 +449,30 @@ class Engine:
                 self._pose_detector_state = state
             return state[0], state[1]
 
-    def _detect(self, image: Image.Image, params: dict) -> poses.Detection:
-        """Run the chosen pose detector on a fitted image; "no person found" is an error, never a black map."""
-        choice, hands, face = params.get("detector", "auto"), params.get("hands", False), params.get("face", False)
-        if choice in ("auto", "openpose"):
+    def _pick_detector(self, choice: str, hands: bool, face: bool) -> tuple[str, object | None, str]:
+        """(which detector runs, its weights for openpose, why): auto takes OpenPose's where they are on the
+        machine, else MediaPipe; a detector asked for by name must be there."""
+        note = ""
+        if choice != "mediapipe":
             detector, note = self._pose_detector(download=choice == "openpose")
-            if detector is None and choice == "openpose":
+            if detector is not None:
+                return "openpose", detector, ("asked for" if choice == "openpose" else f"chosen by auto: weights "
+                                                                                         f"from {note}")
+            if choice == "openpose":
                 raise InvalidRequest(f"{note}. Set PLAYGROUND_ANNOTATORS to a folder with body_pose_model.pth, "
                                      "hand_pose_model.pth and facenet.pth, or choose the mediapipe detector")
-        if choice == "mediapipe" or (choice == "auto" and detector is None):
-            missing = poses.mediapipe_available()
-            if missing is not None:
-                raise InvalidRequest(missing + (f"; and {note}" if choice == "auto" else ""))
-            used = "mediapipe"
-            why = "asked for" if choice == "mediapipe" else f"chosen by auto: {note}"
-            if hands or face:
-                why += "; MediaPipe draws the body only (hands and face need OpenPose's weights)"
-        else:
-            used, why = "openpose", ("asked for" if choice == "openpose" else f"chosen by auto: weights from {note}")
+        missing = poses.mediapipe_available()
+        if missing is not None:
+            raise InvalidRequest(missing + (f"; and {note}" if note else ""))
+        why = "asked for" if choice == "mediapipe" else f"chosen by auto: {note}"
+        if hands or face:
+            why += "; MediaPipe draws the body only (hands and face need OpenPose's weights)"
+        return "mediapipe", None, why
+
+    def _detect(self, image: Image.Image, params: dict) -> poses.Detection:
+        """Run the chosen pose detector on a fitted image; "no person found" is an error, never a black map."""
+        hands, face = params.get("hands", False), params.get("face", False)
+        used, detector, why = self._pick_detector(params.get("detector", "auto"), hands, face)
         start = time.perf_counter()
         pose = poses.detect_mediapipe(image) if used == "mediapipe" else \
             poses.detect_openpose(detector, image, hands=hands, face=face)

@@ -111,6 +111,7 @@ class AttentionView:
     low: float  # the step map's range, as a share of each position's attention
     high: float
     share: float  # the token's mean share of attention at the step
+    together: float  # every kept token's share at the step together (the padding takes the rest)
 
 
 def heat_colours(heat: np.ndarray) -> np.ndarray:
@@ -143,11 +144,12 @@ def attention_view(traj: Trajectory, index: int, tokens: list[int], resolution: 
     for k in tokens:
         integer("token", k, 0, len(names) - 1)
     at_step, summed = maps.stack(index, resolution), maps.stack(None, resolution)
-    share = maps.share(index, resolution)
+    share = maps.shares(at_step)
     heat = at_step[tokens].sum(0)
     base = backdrop.convert("RGB").resize(traj.image.size)
-    overall = maps.share(None, resolution)
+    overall = maps.shares(summed, summed=True)
     strip = [(overlay(traj.image, summed[k]), f"{name} · {100 * overall[k]:.1f}%") for k, name in enumerate(names)]
     return AttentionView(token=" ".join(names[k] for k in tokens), step=index, at_step=overlay(base, heat),
                          summed=overlay(traj.image, summed[tokens].sum(0)), strip=strip, low=float(heat.min()),
-                         high=float(heat.max()), share=float(share[tokens].sum()))
+                         high=float(heat.max()), share=float(share[tokens].sum()),
+                         together=float(share.sum()))

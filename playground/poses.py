@@ -174,21 +174,14 @@ def preset(name: str) -> Pose:
 
 # ---------------------------------------------------------------- drawing
 
-def _keypoints(points: tuple[Point, ...] | None):
+def _keypoints(points: tuple[Point, ...] | None, missing=None):
+    """controlnet_aux Keypoints; a missing point as `missing` (None for the body; the hand and face drawings
+    skip points at x, y <= 0 instead, so there it is (-1, -1))."""
     from controlnet_aux.open_pose.body import Keypoint
 
     if points is None:
         return None
-    return [None if p is None else Keypoint(p[0], p[1]) for p in points]
-
-
-def _hand(points: tuple[Point, ...] | None):
-    """controlnet_aux's hand drawing skips points at x or y <= eps; missing points go there."""
-    from controlnet_aux.open_pose.body import Keypoint
-
-    if points is None:
-        return None
-    return [Keypoint(-1.0, -1.0) if p is None else Keypoint(p[0], p[1]) for p in points]
+    return [missing if p is None else Keypoint(p[0], p[1]) for p in points]
 
 
 def draw(pose: Pose, width: int, height: int, hands: bool = True, face: bool = True) -> Image.Image:
@@ -196,17 +189,19 @@ def draw(pose: Pose, width: int, height: int, hands: bool = True, face: bool = T
     detector draws: on a canvas with the longer side DRAW_SIZE, then resized (bilinear)."""
     import cv2
     from controlnet_aux.open_pose import util
+    from controlnet_aux.open_pose.body import Keypoint
 
     scale = DRAW_SIZE / max(width, height)
     cw, ch = max(1, round(width * scale)), max(1, round(height * scale))
     canvas = np.zeros((ch, cw, 3), dtype=np.uint8)
     for person in pose.people:
         canvas = util.draw_bodypose(canvas, _keypoints(person.body))
+        off = Keypoint(-1.0, -1.0)
         if hands:
-            canvas = util.draw_handpose(canvas, _hand(person.left_hand))
-            canvas = util.draw_handpose(canvas, _hand(person.right_hand))
+            canvas = util.draw_handpose(canvas, _keypoints(person.left_hand, off))
+            canvas = util.draw_handpose(canvas, _keypoints(person.right_hand, off))
         if face:
-            canvas = util.draw_facepose(canvas, _hand(person.face))
+            canvas = util.draw_facepose(canvas, _keypoints(person.face, off))
     return Image.fromarray(cv2.resize(canvas, (width, height), interpolation=cv2.INTER_LINEAR))
 
 

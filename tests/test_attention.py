@@ -30,6 +30,10 @@ def traj(engine):
     return engine.inspect(REQ)
 
 
+def split(engine, prompt):
+    return attention.split_prompt(engine.model.pipe.tokenizer, prompt)
+
+
 def job(prompt="a red circle", guidance=5.0, steps=4) -> Job:
     return Job(scheduler="DDIM", prompts=[prompt], negative_prompts=["blurry"], guidance=[guidance],
                generators=[torch.Generator().manual_seed(1)], steps=steps, height=64, width=64)
@@ -122,6 +126,8 @@ def test_the_inspector_records_the_prompts_tokens(engine, traj):
     np.testing.assert_allclose(fine, a.maps[(8, 8)][2].float().numpy(), atol=1e-6)
     np.testing.assert_allclose(a.stack(None, "8x8"), a.maps[(8, 8)].float().sum(0).numpy(), atol=1e-4)
     assert 0 < a.share().sum() <= 1.0 + 1e-3 and a.share(step=0).shape == (9,)
+    np.testing.assert_allclose(a.share(step=2), step.mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(a.share(), a.stack(None).mean(axis=(1, 2)) / 5, rtol=1e-6)  # summed: per step
     with pytest.raises(InvalidRequest, match="'32x32'.*choose one of: all, 4x4, 8x8"):
         a.stack(0, "32x32")
 
@@ -143,10 +149,10 @@ def test_negative_prompt_attention_and_off(engine, traj):
 
 
 def test_the_prompt_as_clip_splits_it(engine):
-    tokens = engine.split_prompt("a red circle")
+    tokens = split(engine, "a red circle")
     assert [(t.text, t.kind) for t in tokens] == [("<start>", "start"), ("a", "word"), ("red", "word"),
                                                   ("circle", "word"), ("<end>", "end")]
-    long = engine.split_prompt(" ".join(["red"] * 80))
+    long = split(engine, " ".join(["red"] * 80))
     kinds = [t.kind for t in long]
     assert kinds.count("word") == 75 and kinds.count("dropped") == 5 and kinds[76] == "end"
     assert len(attention.kept(long)) == 77 and [t.position for t in attention.kept(long)] == list(range(77))
@@ -159,7 +165,7 @@ def test_finding_a_word(engine, traj):
     with pytest.raises(InvalidRequest, match="word 'green' is not among the prompt's tokens.*'red'"):
         engine.find_word(traj, "green")
     # a word CLIP splits into pieces is all of its pieces
-    tokens = engine.split_prompt("a xylophonist")
+    tokens = split(engine, "a xylophonist")
     pieces = engine.model.pipe.tokenizer.tokenize("xylophonist")
     assert len(pieces) > 1
     assert attention.find_word(tokens, "xylophonist", engine.model.pipe.tokenizer) == list(range(2, 2 + len(pieces)))
@@ -187,6 +193,8 @@ def test_the_pictures_of_a_token(engine, traj):
     heat = a.stack(2)[2]
     assert v.low == pytest.approx(float(heat.min())) and v.high == pytest.approx(float(heat.max()))
     assert v.share == pytest.approx(float(a.share(2)[2]))
+    assert v.together == pytest.approx(float(a.share(2).sum())) and 0 < v.together <= 1
+    assert a.resolution_names == ["all", "4x4", "8x8"]
     # no decoded x0 yet: the step's linear preview is the backdrop; once decoded, the decode is
     engine.decode_x0(traj, 2)
     assert np.asarray(engine.attention_view(traj, 2, 2, "all").at_step).tolist() != np.asarray(v.at_step).tolist()

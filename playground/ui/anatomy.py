@@ -31,7 +31,7 @@ def table(models: list[Anatomy]) -> pd.DataFrame:
         "text widths, token limits": ["; ".join(a.text) for a in models],
         "denoiser": [parts_of(a, "denoiser") for a in models],
         "VAE": [parts_of(a, "VAE") for a in models],
-        "ControlNets": [parts_of(a, "ControlNets") if a.source.startswith("the loaded") else "-" for a in models],
+        "ControlNets": [parts_of(a, "ControlNets") if a.loaded else "-" for a in models],
         "parameters in all": [millions(a.params) for a in models],
         "native size": [f"{a.native_size}x{a.native_size}x3" for a in models],
         "latent at the native size": [f"{a.latent[2]}x{a.latent[1]}x{a.latent[0]}" for a in models],

@@ -86,7 +86,7 @@ def attention_text(v: AttentionView, traj: Trajectory, resolution: str) -> str:
     a = traj.attention
     layers = sum(a.layers[g] for g in a.resolution_key(resolution))
     of = "prompt" if a.of == "prompt" else "negative prompt"
-    words = float(a.share(v.step, resolution).sum())
+    words = v.together
     return (f"**“{v.token}”** ({of}) gets **{100 * v.share:.1f}%** of the attention at this step, averaged over "
             f"the image; its map here runs from {100 * v.low:.2f}% to {100 * v.high:.2f}% of a position's "
             f"attention (black to pale yellow). The {len(a.kept)} tokens shown take {100 * words:.0f}% together, the "
@@ -237,8 +237,8 @@ def build(
             return (gr.HighlightedText(value=None), gr.Radio(choices=[], value=None),
                     gr.Radio(choices=["all"], value="all"), "Recorded without attention maps.", None, None, None)
         choices, first = token_choices(traj)
-        sizes = ["all", *(f"{w}x{h}" for h, w in traj.attention.resolutions)]
-        return (token_chips(traj), gr.Radio(choices=choices, value=first), gr.Radio(choices=sizes, value="all"),
+        return (token_chips(traj), gr.Radio(choices=choices, value=first),
+                gr.Radio(choices=traj.attention.resolution_names, value="all"),
                 *show_attention(traj, traj.steps, first, "all"))
 
     def on_attention(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of, word,
