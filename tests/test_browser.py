@@ -129,7 +129,7 @@ def test_prompt_tab(page, shots):
 
 def test_grid_tab(page, shots):
     page.get_by_role("tab", name="Grid").click()
-    visible(page.get_by_label("Prompt", exact=True)).fill("a small blue circle at the top left on a black background")
+    visible(page.get_by_label("Prompt", exact=True)).fill("a small blue circle on a black background")
     for name in ("DDIM", "Heun"):
         page.get_by_label(name, exact=True).check()
     scales = page.get_by_label("Column values")

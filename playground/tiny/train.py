@@ -406,8 +406,8 @@ def export(args) -> None:
         "architecture": dataclasses.asdict(ARCH),
         "examples": [
             "a large red star in the center on a white background",
-            "a small blue circle at the top left on a black background",
-            "a yellow triangle on the left and a purple ring on the right on a gray background",
+            "a small blue circle on a black background",
+            "a large yellow triangle on a gray background",
             "a green person with arms raised on a white background",
         ],
     }
