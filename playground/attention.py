@@ -361,3 +361,11 @@ def mass_centre(heat: np.ndarray) -> tuple[float, float]:
         return 0.5, 0.5
     ys, xs = np.mgrid[0:h, 0:w]
     return float((heat * (xs + 0.5)).sum() / total / w), float((heat * (ys + 0.5)).sum() / total / h)
+
+
+def focus(heat: np.ndarray) -> tuple[float, float]:
+    """Where a token's map points: the mass centre of the part above the map's own mean, (x, y) in
+    fractions of the width and height (every position attends to every token a little, and that floor
+    alone would pull any mass centre to the middle)."""
+    return mass_centre(np.clip(heat - heat.mean(), 0, None))
+

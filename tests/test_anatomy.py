@@ -56,6 +56,7 @@ def test_the_loaded_model_is_counted_from_its_own_modules(tiny_model, tiny_dir):
     assert a.latent == (4, 8, 8) and a.ratio == 48 and a.native_size == 64
     assert a.text == (f"CLIPTextModel: {pipe.text_encoder.config.hidden_size}-d, 77 tokens",)
     assert a.prediction_type == "epsilon" and "1000 steps" in a.schedule
+    assert a.schedule.endswith("the last keeps 6.8% of the image")  # SD 1.5's schedule: the noisiest step
     # a ControlNet, once loaded, is counted too
     net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(4, 4, 8, 8))
     engine._controlnets["canny"] = (net, "test")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -10,9 +11,13 @@ import torch
 
 from playground import attention
 from playground.attention import AttentionRecorder, cross_attention_layers, recording
+from playground import settings as settings_mod
 from playground.engine import Engine
+from playground.loading import load_model
 from playground.requests import GenerateRequest, InvalidRequest
 from playground.sampling import Job, denoise
+
+from playground.tiny import analyse
 
 from conftest import tiny_settings
 
@@ -207,3 +212,41 @@ def test_the_pictures_of_a_token(engine, traj):
         engine.attention_view(traj, 2, 9, "all")
     with pytest.raises(InvalidRequest, match="without attention maps"):
         engine.attention_view(engine.inspect(REQ, attention_of="off"), 2, 0)
+
+
+def test_focus_ignores_the_floor_every_token_gets():
+    heat = np.full((8, 8), 0.3)
+    heat[:2, 6:] = 0.5  # a little more at the top right, over a floor that alone would centre the mass
+    assert attention.mass_centre(heat)[0] < 0.6
+    assert attention.focus(heat) == pytest.approx((0.875, 0.125))
+
+
+# ---------------------------------------------------------------- the offline model
+
+@pytest.fixture(scope="module")
+def offline() -> Engine:
+    settings = dataclasses.replace(settings_mod.Settings(model="bundled", device="cpu"), safety_checker=False)
+    return Engine(load_model(settings), settings)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", [
+    "a large red square at the top left on a black background",
+    "a large blue circle at the bottom right on a white background",
+    "a large green triangle on the right on a gray background",
+    "a large yellow star at the top on a black background",
+])
+def test_the_offline_models_colour_and_shape_words_attend_to_the_object(offline, prompt):
+    """The issue's check: the mass centre of "red" and of "square", summed over the steps, lies on the
+    object the model drew (its bounding box, as the analyser finds it), wherever the prompt put it."""
+    traj = offline.inspect(GenerateRequest(prompt=prompt, seed=0, steps=25, scheduler="DDIM"))
+    found = analyse.analyse(traj.image).objects
+    assert found, f"nothing drawn for {prompt!r}"
+    x, y, w, h = found[0].bbox
+    size = traj.image.size
+    summed = traj.attention.stack()
+    for word in prompt.split()[2:4]:
+        fx, fy = attention.focus(summed[offline.find_word(traj, word)].sum(0))
+        cx, cy = fx * size[0], fy * size[1]
+        assert x <= cx <= x + w and y <= cy <= y + h, (word, (round(cx), round(cy)), found[0].bbox)
+

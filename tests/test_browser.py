@@ -95,9 +95,9 @@ def test_prompt_tab(page, shots):
     banner = page.locator("#banner").inner_text()
     assert "trained by the project" in banner and "UNTRAINED" not in banner
     # an example prompt the offline model knows, picked as a user would
-    visible(page.get_by_text("a large red star in the center on a white background")).click()
-    expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(re.compile("^a large red star"))
-    page.get_by_text("13 / 77 tokens").wait_for()
+    visible(page.get_by_text("a large red square at the top left on a black background")).click()
+    expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(re.compile("^a large red square"))
+    page.get_by_text("14 / 77 tokens").wait_for()
     page.get_by_label("Negative prompt").first.fill("blurry")
     page.get_by_role("button", name="Generate").click()
     page.get_by_text("model evaluations per image").wait_for(timeout=60_000)
@@ -129,7 +129,7 @@ def test_prompt_tab(page, shots):
 
 def test_grid_tab(page, shots):
     page.get_by_role("tab", name="Grid").click()
-    visible(page.get_by_label("Prompt", exact=True)).fill("a small blue circle on a black background")
+    visible(page.get_by_label("Prompt", exact=True)).fill("a large orange cross at the bottom left on a black background")
     for name in ("DDIM", "Heun"):
         page.get_by_label(name, exact=True).check()
     scales = page.get_by_label("Column values")
@@ -163,7 +163,7 @@ def test_grid_tab(page, shots):
 
 def test_inspector_tab(page, shots):
     page.get_by_role("tab", name="Latent inspector").click()
-    visible(page.get_by_label("Prompt", exact=True)).fill("a large red star in the center on a white background")
+    visible(page.get_by_label("Prompt", exact=True)).fill("a large red square at the top left on a black background")
     page.get_by_role("button", name="Generate and record").click()
     page.get_by_text("Recorded 25 model evaluations").wait_for(timeout=60_000)
     step = page.get_by_label("number input for Step (drag to scrub the trajectory)")
@@ -181,12 +181,12 @@ def test_inspector_tab(page, shots):
     heading = page.get_by_role("heading", name="Which word paints where")
     heading.scroll_into_view_if_needed()
     assert visible(page.get_by_text("<start>")).is_visible() and visible(page.get_by_text("<end>")).is_visible()
-    page.get_by_role("radio", name="red", exact=True).click()
-    page.get_by_text("“red” (prompt) gets").wait_for(timeout=30_000)
+    page.get_by_role("radio", name="square", exact=True).click()
+    page.get_by_text("“square” (prompt) gets").wait_for(timeout=30_000)
     page.get_by_role("radio", name="8x8", exact=True).click()
     page.get_by_text("Layers: 8x8").wait_for(timeout=30_000)
     strip = page.locator(".block", has=page.get_by_text("every token, summed over all steps")).last
-    assert strip.get_by_text("red ·").count() == 1 and strip.get_by_text("<start> ·").count() == 1
+    assert strip.get_by_text("square ·").count() == 1 and strip.get_by_text("<start> ·").count() == 1
     page.mouse.wheel(0, 600)
     settle(page)
     top = heading.bounding_box()["y"] + page.evaluate("window.scrollY") - 10

@@ -16,7 +16,7 @@ from playground.requests import ControlRequest, GenerateRequest
 from playground.loading import load_model
 from playground.control import canny
 from playground.tiny import analyse, train, world
-from playground.tiny.arch import Arch
+from playground.tiny.arch import OFFLINE, SD15_SCHEDULER, Arch, rescaled_betas, scheduler_config
 
 
 # ---------------------------------------------------------------- the world
@@ -142,11 +142,64 @@ def test_edge_f1_and_skeleton_recall_can_fail():
     assert not all(analyse.limbs_drawn(moved, person.image))
 
 
+# ---------------------------------------------------------------- the noise schedule
+
+def test_rescaled_schedule_ends_in_near_pure_noise():
+    from diffusers import DDPMScheduler
+
+    sd = DDPMScheduler.from_config(SD15_SCHEDULER).alphas_cumprod.double()
+    ours = torch.cumprod(1 - torch.tensor(rescaled_betas(0.02), dtype=torch.float64), 0)
+    assert sd[-1].sqrt() == pytest.approx(0.068, abs=1e-3)  # SD 1.5 leaves 6.8% of the image at its last step
+    assert ours[-1].sqrt() == pytest.approx(0.02, rel=1e-6)
+    assert ours[0] == pytest.approx(float(sd[0]), rel=1e-6)  # the same first step
+    assert bool((ours[1:] < ours[:-1]).all())  # still a noise schedule: every step noisier
+    assert bool((ours <= sd + 1e-6).all())  # noisier than SD's everywhere
+    assert float(ours[950].sqrt()) < 0.05 < float(sd[950].sqrt())
+
+
+def test_every_scheduler_samples_the_offline_models_schedule():
+    """No scheduler the app offers may fall back to SD's betas for the offline model (PNDM, LMS and Heun
+    have no `rescale_betas_zero_snr`: hence `trained_betas`), and every one reads v-prediction."""
+    from diffusers import DDPMScheduler
+
+    from playground import schedulers
+
+    config = scheduler_config(OFFLINE)
+    expected = DDPMScheduler.from_config(config).alphas_cumprod
+    assert OFFLINE.prediction_type == "v_prediction" and expected[-1].sqrt() == pytest.approx(0.02, rel=1e-4)
+    for name in schedulers.NAMES:
+        s = schedulers.make(name, config)
+        assert torch.allclose(s.alphas_cumprod, expected), name
+        assert s.config.prediction_type == "v_prediction", name
+        s.set_timesteps(25)
+        assert int(s.timesteps[0]) == 999, (name, s.timesteps[:2])  # sampling starts from the last step
+
+
+def test_v_target_is_what_the_schedulers_read():
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_config(scheduler_config(OFFLINE))
+    x0, noise, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
+    a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
+    target, weight = train.regression(sched, x0, noise, t, (a / (1 - a)).flatten())
+    assert torch.allclose(target, a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-6)
+    assert weight[2] == pytest.approx(1.0) and weight[0] < 0.01  # full weight where the layout is decided
+
+
+def test_noisy_share_draws_that_share_from_the_noisiest_steps():
+    gen = torch.Generator().manual_seed(0)
+    uniform, half = train.timesteps(1000, 4000, 0.0, gen), train.timesteps(1000, 4000, 0.5, gen)
+    assert 0.12 < float((uniform >= 850).float().mean()) < 0.18 and int(uniform.min()) < 20
+    assert 0.52 < float((half >= 850).float().mean()) < 0.62 and int(half.min()) < 20  # 0.5 + 0.5 * 0.15
+    assert int(train.timesteps(1000, 500, 1.0, gen).min()) >= 850 and int(half.max()) == 999
+
+
 # ---------------------------------------------------------------- training, export, loading
 
 @pytest.fixture(scope="module")
 def small_arch(monkeypatch_module):
-    arch = Arch(vae_channels=(8, 8, 16, 16), unet_channels=(16, 32, 32), text_width=32, text_layers=1, text_heads=2)
+    arch = dataclasses.replace(OFFLINE, vae_channels=(8, 8, 16, 16), unet_channels=(16, 32, 32), text_width=32,
+                               text_layers=1, text_heads=2)  # the shipped model's schedule, small
     monkeypatch_module.setattr(train, "ARCH", arch)
     return arch
 

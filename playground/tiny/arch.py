@@ -39,13 +39,48 @@ class Arch:
     text_layers: int = 3
     text_heads: int = 4
     prediction_type: str = "epsilon"
+    terminal_signal: float | None = None  # sqrt(alpha_bar) at the last step: None for SD's (see rescaled_betas)
 
 
-OFFLINE = Arch()  # the shipped, trained offline model (5.9M-parameter UNet)
+# the shipped, trained offline model (5.9M-parameter UNet): v-prediction on a schedule that ends in near-pure noise
+OFFLINE = Arch(prediction_type="v_prediction", terminal_signal=0.02)
 BUNDLED = Arch(vae_channels=(32, 32, 64, 64), vae_groups=32, unet_channels=(64, 128), unet_groups=32, text_width=64,
                text_layers=2)  # the random-weight stand-in the offline model replaced
 TEST = Arch(image_size=64, vae_channels=(8, 8, 8, 8), unet_channels=(8, 16), unet_groups=4, text_width=16,
             text_layers=1)  # the tests' tiny model: 8x8 latents
+
+
+def rescaled_betas(terminal_signal: float, config: dict = SD15_SCHEDULER) -> list[float]:
+    """SD's scaled-linear betas rescaled so that sqrt(alpha_bar), the share of the image left in the
+    latents, falls linearly to `terminal_signal` at the last step instead of SD's 0.068.
+
+    Lin et al. 2024 ("Common Diffusion Noise Schedules and Sample Steps Are Flawed"): with SD 1.5's
+    schedule even the noisiest training latents still show where the objects are, so the model learns
+    to read the layout from the noise and the prompt's place words never matter (the offline model drew
+    every "top left" and "bottom right" square exactly where the seed's noise put it). Rescaled, the
+    last steps show almost nothing and the layout has to come from the text. They rescale to exactly 0;
+    a small positive end keeps sigma_max finite and moderate (0.02: sigma_max 50, SD's 14.6), so sigma-space
+    schedulers (Euler, Heun, LMS) and Karras spacings do not spend their steps on pure noise.
+    """
+    import numpy as np
+
+    n = config["num_train_timesteps"]
+    betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n, dtype=np.float64) ** 2
+    root = np.sqrt(np.cumprod(1 - betas))
+    root = (root - root[-1]) * (root[0] - terminal_signal) / (root[0] - root[-1]) + terminal_signal
+    alpha_bar = root ** 2
+    previous = np.concatenate([[1.0], alpha_bar[:-1]])
+    return [float(b) for b in 1 - alpha_bar / previous]
+
+
+def scheduler_config(arch: Arch) -> dict:
+    """The noise schedule a model of `arch` is trained and sampled on: SD 1.5's, or its rescaling to a
+    lower terminal signal (as `trained_betas`, which every diffusers scheduler the app offers reads),
+    sampled from the last step ("trailing" spacing, as Lin et al. recommend)."""
+    config = {**SD15_SCHEDULER, "prediction_type": arch.prediction_type}
+    if arch.terminal_signal is not None:
+        config |= {"trained_betas": rescaled_betas(arch.terminal_signal), "timestep_spacing": "trailing"}
+    return config
 
 
 def new_text_encoder(arch: Arch, tokenizer) -> CLIPTextModel:

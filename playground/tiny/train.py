@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
 
@@ -35,7 +34,7 @@ from playground.control import canny
 from playground.loading import MARKER
 from playground.settings import CONTROLNETS
 from playground.tiny import arch, world
-from playground.tiny.arch import OFFLINE, SD15_SCHEDULER
+from playground.tiny.arch import OFFLINE, scheduler_config
 from playground.tiny.vocab import build_tokenizer
 
 RUN = Path("runs/offline-model")
@@ -255,6 +254,32 @@ def encode_captions(tokenizer, text_encoder, captions, device) -> torch.Tensor:
     return text_encoder(ids).last_hidden_state
 
 
+NOISY = 0.15  # the noisiest 15% of timesteps (sqrt(alpha_bar) < 0.11 on the offline schedule): where the layout is decided
+
+
+def timesteps(n: int, size: int, noisy_share: float, gen: torch.Generator) -> torch.Tensor:
+    """Training timesteps: uniform, but `noisy_share` of them drawn from the noisiest NOISY of the
+    schedule, where the prompt alone must say where things go (a model that already draws well learns
+    its layout from the text faster when those steps are not 15% of its batches but half)."""
+    t = torch.randint(0, n, (size,), generator=gen)
+    noisy = torch.randint(int(n * (1 - NOISY)), n, (size,), generator=gen)
+    return torch.where(torch.rand(size, generator=gen) < noisy_share, noisy, t)
+
+
+def regression(noise_sched, latents, noise, t, snr) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the UNet learns to output at timesteps `t`, and each sample's loss weight.
+
+    Epsilon: Min-SNR-5 weighting (Hang et al. 2023), so the easy low-noise steps stop dominating.
+    v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0 (Salimans & Ho 2022), the prediction a
+    zero-terminal-SNR schedule needs (at pure noise, epsilon is the input itself and says nothing):
+    the same truncation on the low-noise steps (weight min(snr + 1, 6) / (snr + 1)), full weight on the
+    noisy ones, where the layout is decided.
+    """
+    if ARCH.prediction_type == "v_prediction":
+        return noise_sched.get_velocity(latents, noise, t), (snr + 1).clamp(max=6.0) / (snr + 1)
+    return noise, snr.clamp(max=5.0) / snr
+
+
 def train_unet(args) -> None:
     """Epsilon prediction on SD 1.5's noise schedule; the text encoder learns with the UNet."""
     ckpt = Checkpoint(args.run, "unet")
@@ -263,11 +288,14 @@ def train_unet(args) -> None:
     unet, text = new_unet().to(args.device), new_text_encoder(tokenizer).to(args.device)
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr or 5e-4, weight_decay=0.01)
-    noise_sched = DDPMScheduler.from_config(SD15_SCHEDULER)
+    noise_sched = DDPMScheduler.from_config(scheduler_config(ARCH))
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
     state = ckpt.load()
     step = resume(state, opt, unet=unet, text=text)
+    # warm-up (learning rate and EMA) counts from where the optimiser started: the first step, or an
+    # `import`ed model's step (fresh moments), so fine-tuning shipped weights starts gently too
+    warm_from = state.get("warm_from", 0) if state and "opt" in state else step
     if state:
         scale = state["scale"]
     else:  # measured once, on the first chunk; later chunks keep it (the encoder is frozen by then)
@@ -282,7 +310,8 @@ def train_unet(args) -> None:
 
     def save():
         ckpt.save({"unet": unet.state_dict(), "text": text.state_dict(), "opt": opt.state_dict(), "step": step,
-                   "scale": scale, "ema_unet": ema["unet"].state_dict(), "ema_text": ema["text"].state_dict()})
+                   "scale": scale, "ema_unet": ema["unet"].state_dict(), "ema_text": ema["text"].state_dict(),
+                   "warm_from": warm_from})
 
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
     gen = torch.Generator().manual_seed(SEED_STRIDE["unet"] + step * ranks.size + ranks.rank)
@@ -292,20 +321,19 @@ def train_unet(args) -> None:
             latents = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
         captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
         noise = torch.randn(latents.shape, generator=gen).to(args.device)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(scenes),), generator=gen).to(args.device)
+        t = timesteps(noise_sched.config.num_train_timesteps, len(scenes), args.noisy_share, gen).to(args.device)
         noisy = noise_sched.add_noise(latents, noise, t)
         pred = unet(noisy, t, encode_captions(tokenizer, text, captions, args.device)).sample
-        # Min-SNR-5 weighting (Hang et al. 2023): the easy low-noise steps stop dominating; converges faster
-        weight = (snr[t].clamp(max=5.0) / snr[t]).to(args.device)
-        loss = (weight * ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        target, weight = regression(noise_sched, latents, noise, t, snr[t].to(args.device))
+        loss = (weight * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ranks.average_gradients(params)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         for g in opt.param_groups:  # short warm-up, then constant
-            g["lr"] = (args.lr or 5e-4) * min(1.0, (step + 1) / 100)
+            g["lr"] = (args.lr or 5e-4) * min(1.0, (step + 1 - warm_from) / 100)
         opt.step()
-        decay = min(0.998, (1 + step) / (10 + step))  # EMA with warm-up
+        decay = min(0.998, (1 + step - warm_from) / (10 + step - warm_from))  # EMA with warm-up
         ema_update(ema["unet"], unet, decay)
         ema_update(ema["text"], text, decay)
         step, done = step + 1, done + 1
@@ -339,7 +367,8 @@ def train_controlnet(args) -> None:
     net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 64, 128)).to(args.device).train()
     net.requires_grad_(True)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr or 4e-4, weight_decay=0.0)
-    noise_sched = DDPMScheduler.from_config(SD15_SCHEDULER)
+    noise_sched = DDPMScheduler.from_config(scheduler_config(ARCH))
+    alphas = noise_sched.alphas_cumprod
     step = resume(ckpt.load(), opt, model=net)
     kind = "person" if stage == "openpose" else None
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
@@ -353,11 +382,12 @@ def train_controlnet(args) -> None:
             hidden = encode_captions(tokenizer, text, captions, args.device)
         cond = (to_tensor(control_map(stage, s) for s in scenes).to(args.device) + 1) / 2  # [0, 1] like diffusers
         noise = torch.randn(latents.shape, generator=gen).to(args.device)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(scenes),), generator=gen).to(args.device)
+        t = timesteps(noise_sched.config.num_train_timesteps, len(scenes), args.noisy_share, gen).to(args.device)
         noisy = noise_sched.add_noise(latents, noise, t)
         down, mid = net(noisy, t, hidden, controlnet_cond=cond, return_dict=False)
         pred = unet(noisy, t, hidden, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-        loss = F.mse_loss(pred.float(), noise)
+        target, weight = regression(noise_sched, latents, noise, t, (alphas / (1 - alphas))[t].to(args.device))
+        loss = (weight * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -381,7 +411,7 @@ def export(args) -> None:
     vae = load_vae(args.run, "cpu")
     unet, text, tokenizer, scale = load_unet(args.run, "cpu")
     vae.register_to_config(scaling_factor=scale)
-    scheduler = DDIMScheduler.from_config(SD15_SCHEDULER)
+    scheduler = DDIMScheduler.from_config(scheduler_config(ARCH))
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.to(dtype=torch.float16).save_pretrained(out, safe_serialization=True)
@@ -405,9 +435,9 @@ def export(args) -> None:
         "steps": trained,
         "architecture": dataclasses.asdict(ARCH),
         "examples": [
-            "a large red star in the center on a white background",
-            "a small blue circle on a black background",
-            "a large yellow triangle on a gray background",
+            "a large red square at the top left on a black background",
+            "a large yellow triangle on the right on a gray background",
+            "a large orange cross at the bottom left on a black background",
             "a green person with arms raised on a white background",
         ],
     }
@@ -447,6 +477,8 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--noisy-share", type=float, default=0.0,
+                        help="unet, ControlNets: the share of timesteps drawn from the noisiest 15%% (default 0: uniform)")
     parser.add_argument("--decoder-only", action="store_true", help="vae: train the decoder alone (encoder frozen)")
     args = parser.parse_args(argv)
     if args.threads:
