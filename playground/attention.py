@@ -368,4 +368,3 @@ def focus(heat: np.ndarray) -> tuple[float, float]:
     fractions of the width and height (every position attends to every token a little, and that floor
     alone would pull any mass centre to the middle)."""
     return mass_centre(np.clip(heat - heat.mean(), 0, None))
-

@@ -271,7 +271,7 @@ def regression(noise_sched, latents, noise, t, snr) -> tuple[torch.Tensor, torch
 
     Epsilon: Min-SNR-5 weighting (Hang et al. 2023), so the easy low-noise steps stop dominating.
     v = sqrt(alpha_bar) * noise - sqrt(1 - alpha_bar) * x0 (Salimans & Ho 2022), the prediction a
-    zero-terminal-SNR schedule needs (at pure noise, epsilon is the input itself and says nothing):
+    near-zero-terminal-SNR schedule needs (at pure noise, epsilon is the input itself and says nothing):
     the same truncation on the low-noise steps (weight min(snr + 1, 6) / (snr + 1)), full weight on the
     noisy ones, where the layout is decided.
     """
@@ -281,7 +281,8 @@ def regression(noise_sched, latents, noise, t, snr) -> tuple[torch.Tensor, torch
 
 
 def train_unet(args) -> None:
-    """Epsilon prediction on SD 1.5's noise schedule; the text encoder learns with the UNet."""
+    """The architecture's prediction on its noise schedule (the offline model: v on the rescaled one, see
+    arch.rescaled_betas); the text encoder learns with the UNet."""
     ckpt = Checkpoint(args.run, "unet")
     tokenizer = build_tokenizer()
     vae = load_vae(args.run, args.device)
