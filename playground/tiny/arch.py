@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -62,8 +63,6 @@ def rescaled_betas(terminal_signal: float, config: dict = SD15_SCHEDULER) -> lis
     a small positive end keeps sigma_max finite and moderate (0.02: sigma_max 50, SD's 14.6), so sigma-space
     schedulers (Euler, Heun, LMS) and Karras spacings do not spend their steps on pure noise.
     """
-    import numpy as np
-
     n = config["num_train_timesteps"]
     betas = np.linspace(config["beta_start"] ** 0.5, config["beta_end"] ** 0.5, n, dtype=np.float64) ** 2
     root = np.sqrt(np.cumprod(1 - betas))

@@ -275,7 +275,7 @@ def regression(noise_sched, latents, noise, t, snr) -> tuple[torch.Tensor, torch
     the same truncation on the low-noise steps (weight min(snr + 1, 6) / (snr + 1)), full weight on the
     noisy ones, where the layout is decided.
     """
-    if ARCH.prediction_type == "v_prediction":
+    if noise_sched.config.prediction_type == "v_prediction":
         return noise_sched.get_velocity(latents, noise, t), (snr + 1).clamp(max=6.0) / (snr + 1)
     return noise, snr.clamp(max=5.0) / snr
 
@@ -369,7 +369,7 @@ def train_controlnet(args) -> None:
     net.requires_grad_(True)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr or 4e-4, weight_decay=0.0)
     noise_sched = DDPMScheduler.from_config(scheduler_config(ARCH))
-    alphas = noise_sched.alphas_cumprod
+    snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
     step = resume(ckpt.load(), opt, model=net)
     kind = "person" if stage == "openpose" else None
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
@@ -387,7 +387,7 @@ def train_controlnet(args) -> None:
         noisy = noise_sched.add_noise(latents, noise, t)
         down, mid = net(noisy, t, hidden, controlnet_cond=cond, return_dict=False)
         pred = unet(noisy, t, hidden, down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
-        target, weight = regression(noise_sched, latents, noise, t, (alphas / (1 - alphas))[t].to(args.device))
+        target, weight = regression(noise_sched, latents, noise, t, snr[t].to(args.device))
         loss = (weight * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
