@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import engine_for, sync  # noqa: E402
 
-from playground.requests import GenerateRequest  # noqa: E402
+from playground.requests import GenerateRequest, InspectRequest  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 
 
@@ -60,8 +60,8 @@ def measure(engine, req: GenerateRequest, runs: int) -> tuple[dict[str, float], 
     recorded state's size with attention maps, and theirs alone."""
     device = engine.model.device
     variants = {PLAIN: lambda: engine.generate(req),
-                RECORD: lambda: engine.inspect(req, attention_of="off"),
-                ATTENTION: lambda: engine.inspect(req, attention_of="prompt")}
+                RECORD: lambda: engine.inspect(InspectRequest(req, "off")),
+                ATTENTION: lambda: engine.inspect(InspectRequest(req, "prompt"))}
     for fn in variants.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in variants}
@@ -72,7 +72,7 @@ def measure(engine, req: GenerateRequest, runs: int) -> tuple[dict[str, float], 
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    traj = engine.inspect(req, attention_of="prompt")
+    traj = engine.inspect(InspectRequest(req, "prompt"))
     return {k: statistics.median(v) for k, v in times.items()}, traj.nbytes + traj.attention.nbytes, traj.attention.nbytes
 
 

@@ -29,7 +29,7 @@ import grid as grid_bench  # noqa: E402
 import prompt as prompt_bench  # noqa: E402
 import recording as recording_bench  # noqa: E402
 
-from playground.requests import GenerateRequest, GridRequest  # noqa: E402
+from playground.requests import GenerateRequest, GridRequest, InspectRequest  # noqa: E402
 from playground.loading import compile_model  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> Path:
     plain, recorded, attended = rec.values()
     rows.append(("inspector: generate without recording", plain, "1.00x", "-"))
     rows.append((f"inspector: recording every step ({(nbytes - attention_bytes) / 1e6:.2f} MB state)", recorded,
-                 f"{recorded / plain:.3f}x", peak_memory(device, lambda: engine.inspect(req, attention_of="off"))))
+                 f"{recorded / plain:.3f}x", peak_memory(device, lambda: engine.inspect(InspectRequest(req, "off")))))
     rows.append((f"inspector: + cross-attention maps ({attention_bytes / 1e6:.2f} MB more), ratio to recording",
                  attended, f"{attended / recorded:.3f}x", peak_memory(device, lambda: engine.inspect(req))))
 

@@ -21,129 +21,15 @@ import contextlib
 import contextvars
 import math
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from playground.requests import GenerateRequest, InvalidRequest, text, validate_attention, validate_generate
-from playground.settings import Settings
-from playground.sampling import tokenize
-
-START, END = "<start>", "<end>"
-
-
-# ---------------------------------------------------------------- tokens, as CLIP splits the prompt
-
-@dataclass(frozen=True)
-class Token:
-    text: str  # as shown: a word piece without CLIP's "</w>", or <start> / <end>
-    position: int  # index in the tokenized prompt (0 = start token); past the limit for dropped ones
-    kind: str  # "start", "word", "end" or "dropped" (past the 77-token window: the model never sees it)
-
-
-def split_prompt(tokenizer, prompt: str) -> list[Token]:
-    """Every token of `prompt` as CLIP's tokenizer makes it, marking the ones the window cuts off."""
-    ids = tokenize(tokenizer, [prompt], truncation=False)["input_ids"][0]  # start, words..., end
-    limit = tokenizer.model_max_length
-    pieces = tokenizer.convert_ids_to_tokens(ids[1:-1])
-    out = [Token(START, 0, "start")]
-    for k, piece in enumerate(pieces, start=1):
-        # the window keeps start + limit-2 word pieces + end
-        out.append(Token(piece.replace("</w>", ""), k, "word" if k < limit - 1 else "dropped"))
-    kept = sum(t.kind == "word" for t in out)
-    out.insert(kept + 1, Token(END, kept + 1, "end"))
-    return out
-
-
-def kept(tokens: list[Token]) -> list[Token]:
-    """The tokens the UNet attends to (start, words inside the window, end), in order."""
-    return [t for t in tokens if t.kind != "dropped"]
-
-
-# words that rarely paint anything: the token shown first is the first word not among them
-FILLER = {"a", "an", "the", "of", "on", "in", "at", "with", "and", "or", "to", "by", "from"}
-
-
-def first_word(tokens: list[Token]) -> int:
-    """Index (into `kept(tokens)`) of the first word worth a map: not a filler word; else the first token."""
-    shown = kept(tokens)
-    return next((k for k, t in enumerate(shown) if t.kind == "word" and t.text.lower() not in FILLER),
-                1 if len(shown) > 2 else 0)
-
-
-def find_word(tokens: list[Token], word: str, tokenizer) -> list[int]:
-    """Indices (into `kept(tokens)`) of the token pieces that spell `word`; InvalidRequest naming it if absent."""
-    shown = kept(tokens)
-    want = word.strip().lower()
-    if want in (START, END):
-        return [k for k, t in enumerate(shown) if t.text == want]
-    pieces = [p.replace("</w>", "") for p in tokenizer.tokenize(want)]  # no padding / truncation state
-    texts = [t.text for t in shown]
-    for k in range(len(texts) - len(pieces) + 1):
-        if pieces and texts[k: k + len(pieces)] == pieces:
-            return list(range(k, k + len(pieces)))
-    words = ", ".join(repr(t.text) for t in shown if t.kind == "word")
-    raise InvalidRequest(f"word {word!r} is not among the prompt's tokens; choose one of: {words} (or {START}, {END})")
-
-
-def layer_grids(unet_config, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
-    """The (h, w) grids at which a UNet2DConditionModel has cross-attention layers, coarsest first: a down
-    block's resolution when it cross-attends (each but the last halves it), the deepest for the mid block."""
-    h, w = latent_hw
-    grids, blocks = set(), list(unet_config["down_block_types"])
-    for k, block in enumerate(blocks):
-        if "CrossAttn" in block:
-            grids.add((h, w))
-        if k < len(blocks) - 1:
-            h, w = -(-h // 2), -(-w // 2)
-    if "CrossAttn" in str(unet_config.get("mid_block_type") or "UNetMidBlock2DCrossAttn"):
-        grids.add((h, w))
-    return sorted(grids, key=lambda g: g[0] * g[1])
-
-
-def resolution_names(grids: list[tuple[int, int]]) -> list[str]:
-    """'all' and 'WxH' for each grid: the layer-resolution choices."""
-    return ["all", *(f"{w}x{h}" for h, w in grids)]
-
-
-def check_resolution(resolution, grids: list[tuple[int, int]]) -> str:
-    """'all' (None and '' too) or one of the grids' names; InvalidRequest naming the choices."""
-    names = resolution_names(grids)
-    if resolution in (None, ""):
-        return "all"
-    if resolution not in names:
-        raise InvalidRequest(f"layer resolution {resolution!r} is not one this model has at this size; "
-                             f"choose one of: {', '.join(names)}")
-    return resolution
-
-
-@dataclass(frozen=True)
-class Checked:
-    """An `attention` call's values, checked before the run."""
-
-    request: GenerateRequest
-    of: str  # "prompt" or "negative"
-    tokens: list[int]  # the chosen word's pieces, as indices into the kept tokens
-    resolution: str
-
-
-def validate(req: GenerateRequest, attention_of, word, resolution, s: Settings, native_size: int, multiple: int,
-             tokenizer, unet_config) -> Checked:
-    """Every value of an `attention` call, checked before any work: the generation, whose tokens, the word
-    among them ("" = the first word worth a map), the layer resolution at this size."""
-    req = validate_generate(replace(req, num_images=1), s, native_size, multiple)
-    of = validate_attention(attention_of, req)
-    if of == "off":
-        raise InvalidRequest("attention of 'off' records no maps; ask for 'prompt' or 'negative'")
-    tokens = split_prompt(tokenizer, req.prompt if of == "prompt" else req.negative_prompt)
-    word = text("word", word, 200).strip()
-    chosen = find_word(tokens, word, tokenizer) if word else [first_word(tokens)]
-    grids = layer_grids(unet_config, (req.height // multiple, req.width // multiple))
-    return Checked(req, of, chosen, check_resolution(resolution, grids))
-
+from playground.tokens import END, START, Token, check_resolution, find_word, first_word, kept, resolution_names, \
+    split_prompt  # noqa: F401 (the recording's tokens, named here for its readers)
 
 # ---------------------------------------------------------------- the probabilities of one layer
 
@@ -233,7 +119,7 @@ class AttentionRecorder:
 
 _ACTIVE: contextvars.ContextVar[AttentionRecorder | None] = contextvars.ContextVar("attention_recorder", default=None)
 _LOCK = threading.Lock()
-_USERS: dict[int, int] = {}  # id(unet) -> recordings running on it
+_USERS: dict[int, int] = {}  # id(the first layer) -> recordings running on those layers
 
 
 class RecordingProcessor:
@@ -257,29 +143,30 @@ def cross_attention_layers(unet: torch.nn.Module) -> list[tuple[str, Attention]]
 
 
 @contextlib.contextmanager
-def recording(unet: torch.nn.Module, recorder: AttentionRecorder):
-    """Record `unet`'s cross-attention into `recorder` for the calls this thread makes inside the block.
+def recording(layers: list[tuple[str, Attention]], recorder: AttentionRecorder):
+    """Record the cross-attention of `layers` (a family's `attention_layers`) into `recorder` for the calls
+    this thread makes inside the block.
 
-    The wrappers go on when the first recording on this UNet starts and come off when the last one
+    The wrappers go on when the first recording on these layers starts and come off when the last one
     ends; other threads' runs meanwhile pass straight through to the wrapped processors.
     """
-    layers = cross_attention_layers(unet)
     if not layers:
-        raise ValueError("this UNet has no cross-attention layers (attn2) to record")
+        raise ValueError("this model has no cross-attention layers (attn2) to record")
+    key = id(layers[0][1])  # the same model's layers, whichever request lists them
     with _LOCK:
-        if _USERS.get(id(unet), 0) == 0:
+        if _USERS.get(key, 0) == 0:
             for _, layer in layers:
                 layer.set_processor(RecordingProcessor(layer.processor))
-        _USERS[id(unet)] = _USERS.get(id(unet), 0) + 1
+        _USERS[key] = _USERS.get(key, 0) + 1
     token = _ACTIVE.set(recorder)
     try:
         yield recorder
     finally:
         _ACTIVE.reset(token)
         with _LOCK:
-            _USERS[id(unet)] -= 1
-            if _USERS[id(unet)] == 0:
-                del _USERS[id(unet)]
+            _USERS[key] -= 1
+            if _USERS[key] == 0:
+                del _USERS[key]
                 for _, layer in layers:
                     if isinstance(layer.processor, RecordingProcessor):
                         layer.set_processor(layer.processor.inner)

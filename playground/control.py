@@ -19,6 +19,9 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from playground import poses
+from playground.errors import InvalidRequest
+
 RESIZE_MODES = {
     "crop": "scale to cover the size, then cut the middle (keeps the aspect, loses edges)",
     "pad": "scale to fit inside the size, then pad with black (keeps everything, adds borders)",
@@ -38,8 +41,9 @@ def as_is(image: Image.Image) -> Image.Image:
 
 
 def check_canny(low: int, high: int) -> None:
+    """The thresholds together: Canny's hysteresis needs low <= high."""
     if low > high:
-        raise ValueError(f"Canny low threshold ({low}) must not be above the high one ({high})")
+        raise InvalidRequest(f"Canny low threshold ({low}) must not be above the high one ({high})")
 
 
 @dataclass(frozen=True)
@@ -58,32 +62,76 @@ class Param:
 
 
 @dataclass(frozen=True)
+class CannyOptions:
+    """The Canny preprocessor's thresholds (see CANNY_PARAMS for their ranges)."""
+
+    low: int = 100
+    high: int = 200
+
+
+@dataclass(frozen=True)
+class PoseOptions:
+    """Which pose detector runs on a photo, and what it looks for (see POSE_PARAMS)."""
+
+    detector: str = "auto"  # one of DETECTORS
+    hands: bool = False
+    face: bool = False
+
+
+@dataclass(frozen=True)
+class MapInputs:
+    """What a preprocessor may read to make its map; each entry reads only what it needs."""
+
+    image: Callable[[], Image.Image]  # the upload, opened and fitted to the size when first asked for
+    pose: str  # a pose as OpenPose JSON
+    size: tuple[int, int]  # (width, height) of the generation
+    canny: CannyOptions
+    openpose: PoseOptions
+    detect: Callable[[Image.Image, PoseOptions], "poses.Detection"]  # the cached pose detectors (annotators)
+
+
+@dataclass(frozen=True)
 class Preprocessor:
-    fn: Callable[..., Image.Image] | None  # fn(image, **params) -> map; None when the Engine runs it
+    make_map: Callable[[MapInputs], Image.Image]  # the control map at the generation size
     label: str  # the choice as the UI and the API name it
     short: str  # the maps it makes, in a sentence: "Canny edges"
-    params: tuple[Param, ...] = ()
+    params: tuple[Param, ...] = ()  # the options it reads, for the UI (each options group is checked by requests)
     feeds: str | None = None  # the ControlNet its maps are for (None: whichever the user picks)
-    check: Callable[..., None] | None = None  # raises ValueError for a bad combination of params
-    reads: str = "image"  # "image": an upload; "pose": a pose as OpenPose JSON
-    detector: bool = False  # a pose detector with weights the Engine caches
+    needs_image: bool = True  # an upload is required (False: the map comes from the pose JSON)
+    needs_pose: bool = False  # the pose JSON is required, and checked before any work
+    check: Callable[[CannyOptions, PoseOptions], None] | None = None  # raises InvalidRequest for a bad combination
 
 
-DETECTORS = ("auto", "openpose", "mediapipe")  # which pose detector: see playground.poses
+DETECTORS = ("auto", "openpose", "mediapipe")  # which pose detector: see playground.annotators
+
+CANNY_PARAMS = (Param("low", "Canny low threshold", 0, 255, CannyOptions.low),
+                Param("high", "Canny high threshold", 0, 255, CannyOptions.high))
+POSE_PARAMS = (Param("detector", "pose detector", default=PoseOptions.detector, choices=DETECTORS,
+                     info="auto: OpenPose's own network where its weights are, else MediaPipe (offline)"),
+               Param("hands", "hands", default=PoseOptions.hands, flag=True, info="OpenPose only; about 9-16 s on a CPU"),
+               Param("face", "face", default=PoseOptions.face, flag=True, info="OpenPose only; about 1.4-2.2 s on a CPU"))
+
+
+def _canny_map(i: MapInputs) -> Image.Image:
+    return canny(i.image(), i.canny.low, i.canny.high)
+
+
+def _detected_map(i: MapInputs) -> Image.Image:
+    return i.detect(i.image(), i.openpose).control_map
+
+
+def _drawn_map(i: MapInputs) -> Image.Image:
+    return poses.draw(poses.from_json(i.pose), *i.size)
+
 
 PREPROCESSORS: dict[str, Preprocessor] = {
-    "canny": Preprocessor(
-        canny, "Canny edges from the photo", "Canny edges", feeds="canny", check=check_canny,
-        params=(Param("low", "Canny low threshold", 0, 255, 100), Param("high", "Canny high threshold", 0, 255, 200))),
-    "openpose": Preprocessor(
-        None, "OpenPose skeleton from the photo", "OpenPose skeletons", feeds="openpose", detector=True,
-        params=(Param("detector", "pose detector", default="auto", choices=DETECTORS,
-                      info="auto: OpenPose's own network where its weights are, else MediaPipe (offline)"),
-                Param("hands", "hands", default=False, flag=True, info="OpenPose only; about 9-16 s on a CPU"),
-                Param("face", "face", default=False, flag=True, info="OpenPose only; about 1.4-2.2 s on a CPU"))),
-    "pose": Preprocessor(None, "A pose as OpenPose JSON (detected, edited or a preset)", "Pose drawings",
-                         feeds="openpose", reads="pose"),
-    "image": Preprocessor(as_is, "My image is already the control map", "A ready map"),
+    "canny": Preprocessor(_canny_map, "Canny edges from the photo", "Canny edges", CANNY_PARAMS, feeds="canny",
+                          check=lambda canny, pose: check_canny(canny.low, canny.high)),
+    "openpose": Preprocessor(_detected_map, "OpenPose skeleton from the photo", "OpenPose skeletons", POSE_PARAMS,
+                             feeds="openpose"),
+    "pose": Preprocessor(_drawn_map, "A pose as OpenPose JSON (detected, edited or a preset)", "Pose drawings",
+                         feeds="openpose", needs_image=False, needs_pose=True),
+    "image": Preprocessor(lambda i: as_is(i.image()), "My image is already the control map", "A ready map"),
 }
 
 
@@ -102,8 +150,6 @@ def fit(image: Image.Image, width: int, height: int, mode: str = "crop") -> Imag
 def open_upload(image: Image.Image | str | Path | None, longest: int, max_pixels: int) -> Image.Image:
     """An upload as RGB at most `longest` on its longer side; over `max_pixels` (read from the header,
     before decoding), unreadable or missing, an InvalidRequest that names the file."""
-    from playground.requests import InvalidRequest  # here: requests imports this module's registry
-
     if image is None or image == "":
         raise InvalidRequest("no image given; upload one first")
     if not isinstance(image, Image.Image):

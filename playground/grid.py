@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -19,13 +19,21 @@ class Axis:
     field: str  # the GenerateRequest field each column sets
     cell: Callable[[float], str]  # a column's label on the sheet: "CFG 7.5", "20 steps"
     default: str  # a sensible list to start from
+    fixed: Callable[[Any], str]  # what the grid holds fixed, from its base request: "20 steps", "CFG 7.5"
+    # True: a row's columns run as one batch (the value is per sample in our loop). False: one pass per
+    # column, each compared with a long reference run of its scheduler from the same noise
+    batched: bool
+
+    def step_counts(self, values: list[float], base_steps: int, reference: int) -> list[int]:
+        """The step count of each pass one row of this axis makes."""
+        return [base_steps] if self.batched else [*(int(v) for v in values), reference]
 
 
 AXES: dict[str, Axis] = {
-    # every scale of a scheduler in one batch: CFG is per sample in our loop
-    "cfg": Axis("CFG scales", "CFG scales", "cfg_scale", lambda v: f"CFG {v:g}", "1, 3, 7.5, 12"),
-    # one pass per cell, each compared with a long reference run of its scheduler from the same noise
-    "steps": Axis("Steps", "step counts", "steps", lambda v: f"{v:g} steps", "5, 10, 20, 50"),
+    "cfg": Axis("CFG scales", "CFG scales", "cfg_scale", lambda v: f"CFG {v:g}", "1, 3, 7.5, 12",
+                fixed=lambda base: f"{base.steps} steps", batched=True),
+    "steps": Axis("Steps", "step counts", "steps", lambda v: f"{v:g} steps", "5, 10, 20, 50",
+                  fixed=lambda base: f"CFG {base.cfg_scale:g}", batched=False),
 }
 
 _RANGE_STEP = re.compile(r"^(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)$")  # 2-12 (+2)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
-from playground.settings import BUNDLED_MODEL, CONTROLNETS, CONTROLNETS_XL, Settings
+from playground.families import FAMILIES, StableDiffusion, of_pipeline
+from playground.settings import BUNDLED_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,11 @@ class LoadedModel:
     description: str = ""  # what the model knows, from the offline model's marker
     examples: tuple[str, ...] = ()  # prompts it understands, from the marker (the UI's gr.Examples)
     offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
+
+    @property
+    def family(self) -> StableDiffusion:
+        """Its entry in playground.families: what differs between SD 1.x / 2.x and SDXL."""
+        return of_pipeline(self.pipe)
 
     @property
     def native_size(self) -> int:
@@ -70,8 +78,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; choose one of: auto, {', '.join(DTYPES)}") from None
 
 
-# model_index.json's _class_name -> the family it is; the ones this app runs, and the ones it knows of
-SUPPORTED = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
+# model_index.json's _class_name -> the family it is; the ones this app runs (an entry each), and the ones it knows of
+SUPPORTED = {cls: f.name for cls, f in FAMILIES.items()}
 KNOWN = {"StableDiffusionXLImg2ImgPipeline": "SDXL (refiner)",
          "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "FLUX", "PixArtAlphaPipeline": "PixArt-α",
          "StableCascadeDecoderPipeline": "Stable Cascade", "KandinskyV22Pipeline": "Kandinsky 2.2"}
@@ -96,8 +104,6 @@ def family(source: str | Path) -> str:
 def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True) -> StableDiffusionPipeline:
     """The model's own pipeline class (StableDiffusionPipeline or StableDiffusionXLPipeline).from_pretrained for
     a hub id or a directory, with an explicit dtype, once its model_index.json says it is a family this app runs."""
-    import diffusers
-
     cls = getattr(diffusers, family(source))
     kwargs: dict = {"dtype": dtype}
     if not safety_checker and cls is StableDiffusionPipeline:
@@ -134,14 +140,14 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
 
 def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:
     """Where the `kind` ControlNet comes from: the setting, a controlnet-<kind> folder in the model, or the hub
-    (the SD 1.5 or the SDXL one, following the loaded model's family)."""
+    (its family entry's default: the SD 1.5 or the SDXL one)."""
     chosen = settings.controlnets.get(kind)
     if chosen:
         return chosen
     local = Path(model.source) / f"controlnet-{kind}"
     if local.is_dir():
         return str(local)
-    return (CONTROLNETS_XL if type(model.pipe).__name__ == "StableDiffusionXLPipeline" else CONTROLNETS)[kind]
+    return model.family.controlnets[kind]
 
 
 def load_controlnet(source: str, model: LoadedModel) -> ControlNetModel:
@@ -154,8 +160,6 @@ def load_pose_detector(source: str, device: torch.device, download: bool = True)
     """controlnet_aux's OpenposeDetector (body, hand and face networks) from a folder or a hub repo in the
     lllyasviel/Annotators layout, on `device`. A hub repo comes from the local cache, or is downloaded
     (about 490 MB) when `download` is set and HF_HUB_OFFLINE is not."""
-    import os
-
     from controlnet_aux import OpenposeDetector
 
     folder = Path(source).expanduser()

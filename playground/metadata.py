@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
+from playground.errors import InvalidRequest
+
 KEY = "parameters"
 # one "Key: value" pair of the last line; values with commas are JSON-quoted (as A1111 does)
 _PAIR = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -94,13 +96,13 @@ def save_png(image: Image.Image, params: Params, path: str | Path) -> Path:
 
 
 def read_png(path: str | Path) -> Params:
-    """Settings stored in a PNG; ValueError (naming the file) when it has none."""
+    """Settings stored in a PNG; InvalidRequest (naming the file) when it has none."""
     try:
         with Image.open(path) as im:
             im.load()
             text = im.info.get(KEY) or getattr(im, "text", {}).get(KEY)
     except (OSError, SyntaxError) as exc:
-        raise ValueError(f"{Path(path).name} is not a readable image ({exc})") from None
+        raise InvalidRequest(f"{Path(path).name} is not a readable image ({exc})") from None
     if not text:
-        raise ValueError(f"{Path(path).name} has no 'parameters' text chunk (was it made by a Stable Diffusion tool?)")
+        raise InvalidRequest(f"{Path(path).name} has no 'parameters' text chunk (was it made by a Stable Diffusion tool?)")
     return parse_parameters(text)

@@ -53,7 +53,7 @@ def save_grid(result: GridResult, out_dir: str | Path) -> tuple[str, list[tuple[
             items.append((str(path), f"{c.scheduler} · {label}"))
     prompt = r.base.prompt
     title = f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”  seed {r.base.seed}"
-    title += f", {r.base.steps} steps" if r.axis == "cfg" else f", CFG {r.base.cfg_scale:g}"
+    title += f", {axis.fixed(r.base)}"
     sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),
                    [axis.cell(v) for v in r.columns], title=title)
     first = result.cells[0][0].generated.params

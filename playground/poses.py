@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from playground.requests import InvalidRequest
+from playground.errors import InvalidRequest
 
 # OpenPose's 18 body keypoints (the COCO order its ControlNets were trained on)
 BODY = ("nose", "neck", "right shoulder", "right elbow", "right wrist", "left shoulder", "left elbow",

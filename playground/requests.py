@@ -1,9 +1,10 @@
 """Requests, results and their validation: plain data, no torch.
 
-Every validator takes a raw request (values straight from the UI or the API), checks each value
-against the limits in `Settings`, and returns a checked copy with the size filled in and the seed
-resolved, or raises `InvalidRequest`: a ValueError whose message names the bad value and what is
-accepted. Nothing here touches a model, so all of it runs in the fast tests.
+Every validator takes a raw request (values straight from the UI or the API) and one `Limits` value
+(built once from the settings and the loaded model), checks each value, and returns a checked copy
+with the size filled in and the seed resolved, or raises `InvalidRequest`: a ValueError whose message
+names the bad value and what is accepted. Each request is validated once, by its Engine action. Nothing
+here touches a model, so all of it runs in the fast tests.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import math
 import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from PIL import Image
 
-from playground import control, schedulers
+from playground import control, poses, schedulers, tokens as tokens_mod
+from playground.control import CannyOptions, PoseOptions
+from playground.errors import ControlNetUnavailable, InvalidRequest, OutOfMemory  # noqa: F401 (named here too)
 from playground.grid import AXES, parse_scales
 from playground.metadata import Params
 from playground.settings import CONTROLNETS, Settings
@@ -28,16 +31,29 @@ if TYPE_CHECKING:  # the tensors a trajectory holds; this module itself never im
 MAX_SEED = 2**32 - 1  # seeds are uint32, as torch.Generator.manual_seed and A1111 take them
 
 
-class InvalidRequest(ValueError):
-    """A request value out of range; the message names it and the allowed range."""
+@dataclass(frozen=True)
+class Limits:
+    """What every validator checks against: the settings' limits and the loaded model's facts, built once."""
 
+    max_steps: int = 100
+    max_size: int = 1024  # pixels per side
+    max_images: int = 4
+    max_grid_cells: int = 24
+    max_cfg: float = 30.0
+    max_prompt_chars: int = 20_000
+    native_size: int = 512  # the size a 0 width or height means
+    multiple: int = 8  # width and height are multiples of the VAE's factor
+    tokenizer: Any = None  # the first text encoder's: the attention endpoint's word lookup
+    # (height, width) in pixels -> the attention layer choices the model has there ("all", "8x8", ...)
+    attention_layers: Callable[[int, int], list[str]] = lambda height, width: ["all"]
 
-class OutOfMemory(InvalidRequest):
-    """The device ran out of memory; the message suggests what to make smaller."""
-
-
-class ControlNetUnavailable(InvalidRequest):
-    """The ControlNet's weights could not be loaded (offline, not cached, bad id)."""
+    @classmethod
+    def of(cls, s: Settings, native_size: int, multiple: int = 8, tokenizer=None,
+           attention_layers: Callable[[int, int], list[str]] | None = None) -> "Limits":
+        return cls(max_steps=s.max_steps, max_size=s.max_size, max_images=s.max_images,
+                   max_grid_cells=s.max_grid_cells, max_cfg=s.max_cfg, max_prompt_chars=s.max_prompt_chars,
+                   native_size=native_size, multiple=multiple, tokenizer=tokenizer,
+                   **({"attention_layers": attention_layers} if attention_layers else {}))
 
 
 # ---------------------------------------------------------------- requests
@@ -70,13 +86,23 @@ class ControlRequest:
     image: Image.Image | str | Path | None = None  # the photo, or a ready control map
     mode: str = "canny"  # a key or label of control.PREPROCESSORS
     controlnet: str = "canny"  # a key of settings.CONTROLNETS
-    params: dict[str, Any] = field(default_factory=dict)  # the preprocessor's parameters (defaults if absent)
+    canny: CannyOptions = CannyOptions()  # the Canny thresholds (checked whatever the mode)
+    openpose: PoseOptions = PoseOptions()  # the pose detector, hands, face (checked whatever the mode)
     pose: str = ""  # a pose as OpenPose JSON, for the "pose" mode
     resize: str = "crop"  # how the image is fitted to width x height: see control.RESIZE_MODES
     conditioning_scale: float = 1.0  # 0..2: how hard the map steers
     guidance_start: float = 0.0  # fraction of the steps before the ControlNet starts
     guidance_end: float = 1.0  # fraction after which it stops
     base: GenerateRequest = GenerateRequest()  # prompt, seed, steps, CFG, scheduler, size, images
+
+
+@dataclass(frozen=True)
+class InspectRequest:
+    base: GenerateRequest = GenerateRequest()  # one image
+    attention_of: str = "prompt"  # whose tokens' attention is recorded: a key (or label) of ATTENTION_OF
+    word: str = ""  # the `attention` call's word ("" = the first word worth a map)
+    resolution: str = "all"  # the `attention` call's layer choice
+    tokens: tuple[int, ...] = ()  # validated: the word's pieces among the kept tokens
 
 
 # ---------------------------------------------------------------- results
@@ -236,42 +262,89 @@ def resolve_seed(seed: int) -> int:
     return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
 
 
+# ---------------------------------------------------------------- whose attention is recorded
+
+@dataclass(frozen=True)
+class AttentionSource:
+    """Whose tokens the inspector's attention recording follows."""
+
+    label: str  # the choice as the UI and the API name it
+    records: bool = True  # False: no maps at all
+    negative: bool = False  # the negative prompt's tokens, from the unconditional half of the CFG batch
+
+    def text(self, req: GenerateRequest) -> str:
+        return req.negative_prompt if self.negative else req.prompt
+
+    def sample(self, req: GenerateRequest) -> int:
+        """The row of the denoiser's batch to record: it is [negative, prompt] with CFG, [prompt] without."""
+        return 0 if self.negative or req.cfg_scale == 1 else 1
+
+    def check(self, req: GenerateRequest) -> None:
+        if self.negative and req.cfg_scale == 1:
+            raise InvalidRequest("attention of the negative prompt needs a CFG scale other than 1: at CFG 1 the "
+                                 "unconditional (negative prompt) pass is skipped")
+
+
+ATTENTION_OF = {"prompt": AttentionSource("the prompt"),
+                "negative": AttentionSource("the negative prompt", negative=True),
+                "off": AttentionSource("off (no attention maps)", records=False)}
+
+
 # ---------------------------------------------------------------- validators
 
-# whose tokens the inspector's cross-attention recording follows (key -> label)
-ATTENTION_OF = {"prompt": "the prompt", "negative": "the negative prompt", "off": "off (no attention maps)"}
-
-
-def validate_attention(of, req: GenerateRequest) -> str:
-    """The ATTENTION_OF key for a validated request; the negative prompt's needs its CFG pass."""
-    of = choice("attention of", of, ATTENTION_OF)
-    if of == "negative" and req.cfg_scale == 1:
-        raise InvalidRequest("attention of the negative prompt needs a CFG scale other than 1: at CFG 1 the "
-                             "unconditional (negative prompt) pass is skipped")
-    return of
-
-
-def validate_generate(req: GenerateRequest, s: Settings, native_size: int, multiple: int = 8) -> GenerateRequest:
+def validate_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
     """A checked copy of `req`: size filled in (a multiple of the VAE's factor), seed resolved."""
-    width = native_size if req.width in (0, None) else req.width
-    height = native_size if req.height in (0, None) else req.height
-    width, height = integer("width", width, 64, s.max_size), integer("height", height, 64, s.max_size)
-    for name, v in (("width", width), ("height", height)):
-        if v % multiple:
-            raise InvalidRequest(f"{name} must be a multiple of {multiple}, got {v} "
-                                 f"(try {v - v % multiple} or {v - v % multiple + multiple})")
+    width, height = validate_size(req.width, req.height, limits)
     return replace(
         req,
-        prompt=text("prompt", req.prompt, s.max_prompt_chars),
-        negative_prompt=text("negative prompt", req.negative_prompt, s.max_prompt_chars),
+        prompt=text("prompt", req.prompt, limits.max_prompt_chars),
+        negative_prompt=text("negative prompt", req.negative_prompt, limits.max_prompt_chars),
         seed=resolve_seed(integer("seed", req.seed, -1, MAX_SEED)),
-        steps=integer("steps", req.steps, 1, s.max_steps),
-        cfg_scale=number("CFG scale", req.cfg_scale, 0.0, s.max_cfg),
+        steps=integer("steps", req.steps, 1, limits.max_steps),
+        cfg_scale=number("CFG scale", req.cfg_scale, 0.0, limits.max_cfg),
         scheduler=choice("scheduler", req.scheduler, {n: n for n in schedulers.NAMES}),
         width=width,
         height=height,
-        num_images=integer("number of images", req.num_images, 1, s.max_images),
+        num_images=integer("number of images", req.num_images, 1, limits.max_images),
     )
+
+
+def validate_size(width, height, limits: Limits) -> tuple[int, int]:
+    """(width, height): 0 or None is the model's native size; each a multiple of the VAE's factor."""
+    width = limits.native_size if width in (0, None) else width
+    height = limits.native_size if height in (0, None) else height
+    width, height = integer("width", width, 64, limits.max_size), integer("height", height, 64, limits.max_size)
+    m = limits.multiple
+    for name, v in (("width", width), ("height", height)):
+        if v % m:
+            raise InvalidRequest(f"{name} must be a multiple of {m}, got {v} (try {v - v % m} or {v - v % m + m})")
+    return width, height
+
+
+def validate_inspect(req: InspectRequest, limits: Limits) -> InspectRequest:
+    """A recorded generation: one image, and whose attention to record (the negative prompt's needs CFG)."""
+    base = validate_generate(replace(req.base, num_images=1), limits)
+    of = choice("attention of", req.attention_of, {k: a.label for k, a in ATTENTION_OF.items()})
+    ATTENTION_OF[of].check(base)
+    return replace(req, base=base, attention_of=of)
+
+
+def validate_attention(req: InspectRequest, limits: Limits) -> InspectRequest:
+    """Every value of an `attention` call, before any work: the recording, whose tokens (not 'off'), the
+    word among them ("" = the first word worth a map), the layer choice at this size."""
+    req = validate_inspect(req, limits)
+    source = ATTENTION_OF[req.attention_of]
+    if not source.records:
+        raise InvalidRequest("attention of 'off' records no maps; ask for 'prompt' or 'negative'")
+    split = tokens_mod.split_prompt(limits.tokenizer, source.text(req.base))
+    word = text("word", req.word, 200).strip()
+    chosen = tokens_mod.find_word(split, word, limits.tokenizer) if word else [tokens_mod.first_word(split)]
+    names = limits.attention_layers(req.base.height, req.base.width)
+    resolution = "all" if req.resolution in (None, "") else req.resolution
+    if resolution not in names:
+        raise InvalidRequest(f"layer resolution {req.resolution!r} is not one this model has at this size; "
+                             f"choose one of: {', '.join(names)}")
+    return replace(req, word=word, resolution=resolution, tokens=tuple(chosen))
 
 
 def grid_columns(raw, what: str) -> list:
@@ -288,7 +361,7 @@ def grid_columns(raw, what: str) -> list:
         raise InvalidRequest(str(exc)) from None
 
 
-def validate_grid(req: GridRequest, s: Settings, native_size: int, multiple: int = 8) -> GridRequest:
+def validate_grid(req: GridRequest, limits: Limits) -> GridRequest:
     """A checked copy of a grid request: every cell passes the Prompt tab's checks; one seed for all."""
     axis_key = choice("grid axis", req.axis, {k: a.label for k, a in AXES.items()})
     axis = AXES[axis_key]
@@ -300,59 +373,59 @@ def validate_grid(req: GridRequest, s: Settings, native_size: int, multiple: int
     if not scales:
         raise InvalidRequest(f"give at least one of the {axis.plural} for the grid's columns")
     cells = len(names) * len(scales)
-    if cells > s.max_grid_cells:
+    if cells > limits.max_grid_cells:
         raise InvalidRequest(f"{len(names)} schedulers x {len(scales)} {axis.plural} = {cells} cells; "
-                             f"the limit is {s.max_grid_cells} (MAX_GRID_CELLS)")
-    base = validate_generate(replace(req.base, num_images=1), s, native_size, multiple)  # resolves the seed once
+                             f"the limit is {limits.max_grid_cells} (MAX_GRID_CELLS)")
+    base = validate_generate(replace(req.base, num_images=1), limits)  # resolves the seed once
     values = []
     for name in names:
         for v in scales:  # the Prompt tab's checks, cell by cell, with the cell's own values
-            cell = validate_generate(replace(base, scheduler=name, **{axis.field: v}), s, native_size, multiple)
+            cell = validate_generate(replace(base, scheduler=name, **{axis.field: v}), limits)
             values.append(getattr(cell, axis.field))
     return replace(req, base=base, schedulers=tuple(names), columns=tuple(values[:len(scales)]), axis=axis_key)
 
 
-def validate_preprocess(req: ControlRequest, s: Settings, native_size: int, multiple: int = 8) -> ControlRequest:
-    """The map's part of a ControlNet request: an image, the preprocessor and its parameters, ControlNet, fit, size."""
+def check_options(options, params: tuple[control.Param, ...]):
+    """A checked copy of a preprocessor's options dataclass: each field by its Param's kind and range."""
+    return replace(options, **{p.name: check_param(p, getattr(options, p.name)) for p in params})
+
+
+def validate_preprocess(req: ControlRequest, limits: Limits) -> ControlRequest:
+    """The map's part of a ControlNet request: an image, the preprocessor and its options, ControlNet, fit, size."""
     mode = choice("control mode", req.mode, {k: p.label for k, p in control.PREPROCESSORS.items()})
     pre = control.PREPROCESSORS[mode]
-    pose = text("pose JSON", req.pose, s.max_prompt_chars)
-    if pre.reads == "image" and (req.image is None or req.image == ""):
+    pose = text("pose JSON", req.pose, limits.max_prompt_chars)
+    if pre.needs_image and (req.image is None or req.image == ""):
         raise InvalidRequest("no image given; upload one first")
-    if pre.reads == "pose":
-        from playground import poses  # here: poses imports this module
-
+    if pre.needs_pose:
         poses.from_json(pose)  # names what is wrong with it
     net = choice("ControlNet", req.controlnet, {k: k for k in CONTROLNETS})
     if pre.feeds and net != pre.feeds:
         raise InvalidRequest(f"{pre.short} need the {pre.feeds} ControlNet; pick '{pre.feeds}', or give a ready map")
-    # every parameter given is checked (another mode's too: a bad value is never silently kept); the
-    # chosen preprocessor's are kept, with defaults for those left out
-    params = {}
-    for other in control.PREPROCESSORS.values():
-        for p in other.params:
-            if p.name in req.params or other is pre:
-                value = check_param(p, req.params.get(p.name, p.default))
-                if other is pre:
-                    params[p.name] = value
+    # every option is checked whatever the mode: a bad value is never silently kept
+    canny = check_options(req.canny, control.CANNY_PARAMS)
+    openpose = check_options(req.openpose, control.POSE_PARAMS)
     if pre.check is not None:
-        try:
-            pre.check(**params)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc)) from None
+        pre.check(canny, openpose)
     resize = choice("resize mode", req.resize, {k: k for k in control.RESIZE_MODES})
-    size = validate_generate(GenerateRequest(width=req.base.width, height=req.base.height), s, native_size, multiple)
-    return replace(req, mode=mode, controlnet=net, params=params, resize=resize, pose=pose,
-                   base=replace(req.base, width=size.width, height=size.height))
+    width, height = validate_size(req.base.width, req.base.height, limits)
+    return replace(req, mode=mode, controlnet=net, canny=canny, openpose=openpose, resize=resize, pose=pose,
+                   base=replace(req.base, width=width, height=height))
 
 
-def validate_control(req: ControlRequest, s: Settings, native_size: int, multiple: int = 8) -> ControlRequest:
+def validate_control(req: ControlRequest, limits: Limits) -> ControlRequest:
     """A checked copy of a ControlNet request: the generation's settings, the ControlNet's, then the map's."""
-    base = validate_generate(req.base, s, native_size, multiple)
+    base = validate_generate(req.base, limits)
     scale = number("conditioning scale", req.conditioning_scale, 0.0, 2.0)
     start = number("guidance start", req.guidance_start, 0.0, 1.0)
     end = number("guidance end", req.guidance_end, 0.0, 1.0)
     if start >= end:
         raise InvalidRequest(f"guidance start ({start:g}) must be below guidance end ({end:g})")
-    req = validate_preprocess(replace(req, base=base), s, native_size, multiple)
+    req = validate_preprocess(replace(req, base=base), limits)
     return replace(req, conditioning_scale=scale, guidance_start=start, guidance_end=end)
+
+
+def validate_draw_pose(pose_json, width, height, limits: Limits) -> tuple[poses.Pose, int, int]:
+    """A pose to draw: its OpenPose JSON read (every malformed part named) and the size it is drawn at."""
+    width, height = validate_size(width, height, limits)
+    return poses.from_json(text("pose JSON", pose_json, limits.max_prompt_chars)), width, height

@@ -1,8 +1,10 @@
 """THE denoising loop: prompts -> latents -> images, with per-sample CFG and an observer.
 
-It follows diffusers' `StableDiffusionPipeline.__call__` step for step, and for SDXL-shaped models
-(two text encoders, text-time conditioning) `StableDiffusionXLPipeline.__call__` (tests check that both
-give the same images for every registered scheduler), and adds what the playground needs:
+It follows diffusers' `StableDiffusionPipeline.__call__` step for step, and for SDXL
+`StableDiffusionXLPipeline.__call__` (tests check that both give the same images for every registered
+scheduler). What differs between the families (the prompt encoding, the added conditioning, how the
+denoiser and its ControlNet are called, the VAE's scale and shift) is asked of the model's entry in
+`playground.families`; the loop itself is one. It adds what the playground needs:
 a guidance scale per sample (shape [B]) so grid cells can share one batch, an observer that sees
 every model evaluation (x_t, predicted x0, conditional / unconditional / guided model outputs),
 cancellation, and an optional ControlNet whose residuals are added to the UNet.
@@ -13,45 +15,17 @@ from __future__ import annotations
 import inspect
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from diffusers import ControlNetModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from playground import schedulers
-
-
-@dataclass(frozen=True)
-class Components:
-    """The loaded modules the loop runs on, read from the one cached pipeline for each request
-    (so a module compiled in loading is the one used: no second handle can go stale)."""
-
-    tokenizer: CLIPTokenizer
-    text_encoder: CLIPTextModel
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
-    scheduler_config: dict  # the model's own: every request's scheduler is made from it
-    tokenizer_2: CLIPTokenizer | None = None  # SDXL's second text encoder (OpenCLIP ViT-bigG), with projection
-    text_encoder_2: CLIPTextModel | None = None
-    force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is all zeros, not encoded ""
-
-    @classmethod
-    def from_pipeline(cls, pipe) -> "Components":
-        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config),
-                   getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None),
-                   bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False)))
-
-    @property
-    def text_time(self) -> bool:
-        """SDXL's conditioning: two text encoders' hidden states, a pooled vector, and size / crop ids."""
-        return self.text_encoder_2 is not None and self.unet.config.get("addition_embed_type") == "text_time"
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)  # 8 for SD
+from playground.errors import Cancelled
+from playground.families import Components  # noqa: F401 (the loop's input, named here for its callers)
+from playground.tokens import tokenize  # noqa: F401 (callers count tokens through the loop's lock)
 
 
 @dataclass
@@ -107,72 +81,6 @@ class Denoised:
     sigmas: list[float]  # noise level at each evaluation
     sigma_space: bool  # the scheduler's latents are x0 + sigma * eps (Euler-like); see SchedulerSpec
     prediction_type: str  # what the model outputs: "epsilon", "v_prediction" or "sample"
-
-
-class Cancelled(Exception):
-    """Raised inside the loop when the caller's cancel event is set."""
-
-
-# Fast tokenizers set padding/truncation on the shared Rust object before each call, so two
-# threads tokenizing with different settings could see each other's: one lock for all calls.
-_TOKENIZER_LOCK = threading.Lock()
-
-
-def tokenize(tokenizer: CLIPTokenizer, texts: list[str], **kwargs):
-    """tokenizer(texts, **kwargs), safe to call from several request threads at once."""
-    with _TOKENIZER_LOCK:
-        return tokenizer(texts, **kwargs)
-
-
-def encode_prompts(c: Components, prompts: Sequence[str]) -> torch.Tensor:
-    """(len(prompts), 77, D) CLIP hidden states; each distinct prompt is encoded once."""
-    unique = list(dict.fromkeys(prompts))
-    tokens = tokenize(c.tokenizer, unique, padding="max_length", max_length=c.tokenizer.model_max_length,
-                      truncation=True, return_tensors="pt")
-    mask = None
-    if getattr(c.text_encoder.config, "use_attention_mask", False):
-        mask = tokens.attention_mask.to(c.text_encoder.device)
-    hidden = c.text_encoder(tokens.input_ids.to(c.text_encoder.device), attention_mask=mask)[0]
-    hidden = hidden.to(dtype=c.text_encoder.dtype)
-    index = torch.tensor([unique.index(p) for p in prompts], device=hidden.device)
-    return hidden.index_select(0, index)
-
-
-def encode_prompts_xl(c: Components, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """SDXL: ((B, 77, D1 + D2) the penultimate hidden states of both encoders side by side, (B, P) the second
-    encoder's pooled, projected output), as StableDiffusionXLPipeline.encode_prompt makes them."""
-    unique = list(dict.fromkeys(prompts))
-    hidden, pooled = [], None
-    for tokenizer, encoder in ((c.tokenizer, c.text_encoder), (c.tokenizer_2, c.text_encoder_2)):
-        ids = tokenize(tokenizer, unique, padding="max_length", max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors="pt").input_ids.to(encoder.device)
-        out = encoder(ids, output_hidden_states=True)
-        if out[0].ndim == 2:  # the encoder with projection: its pooled output
-            pooled = out[0]
-        hidden.append(out.hidden_states[-2])
-    index = torch.tensor([unique.index(p) for p in prompts], device=hidden[0].device)
-    embeds = torch.cat(hidden, dim=-1).to(dtype=c.text_encoder_2.dtype).index_select(0, index)
-    return embeds, pooled.index_select(0, index)
-
-
-def encode(c: Components, job: "Job", use_cfg: bool) -> tuple[torch.Tensor, dict | None]:
-    """The UNet's text conditioning for a job: (2B or B, 77, D) hidden states as [negative..., prompt...] with
-    CFG, and for SDXL the added conditioning (pooled text embeddings and the size / crop time ids)."""
-    if not c.text_time:
-        cond = encode_prompts(c, job.prompts)
-        return (torch.cat([encode_prompts(c, job.negative_prompts), cond]) if use_cfg else cond), None
-    embeds, pooled = encode_prompts_xl(c, job.prompts)
-    if use_cfg:
-        neg_embeds, neg_pooled = encode_prompts_xl(c, job.negative_prompts)
-        if c.force_zeros_for_empty_prompt:  # diffusers' default for a negative prompt left out
-            empty = torch.tensor([not n for n in job.negative_prompts], device=embeds.device)
-            neg_embeds = torch.where(empty[:, None, None], torch.zeros_like(neg_embeds), neg_embeds)
-            neg_pooled = torch.where(empty[:, None], torch.zeros_like(neg_pooled), neg_pooled)
-        embeds, pooled = torch.cat([neg_embeds, embeds]), torch.cat([neg_pooled, pooled])
-    # (original size, crop top-left, target size): the whole image, uncropped, at the asked size
-    time_ids = torch.tensor([[job.height, job.width, 0, 0, job.height, job.width]], dtype=embeds.dtype,
-                            device=embeds.device).repeat(len(embeds), 1)
-    return embeds, {"text_embeds": pooled.to(embeds.device), "time_ids": time_ids}
 
 
 def noise_level(scheduler: SchedulerMixin, t: torch.Tensor) -> float:
@@ -233,8 +141,10 @@ def denoise(
     use_cfg = any(scale != 1.0 for scale in job.guidance)
     g = torch.tensor(job.guidance, dtype=torch.float32, device=device).to(dtype)[:, None, None, None]  # (B, 1, 1, 1)
 
-    # 3. Encode prompts: (2B, 77, D) as [uncond..., cond...] with CFG, else (B, 77, D); SDXL's added conditioning
-    embeds, added = encode(c, job, use_cfg)
+    # 3. Encode prompts: (2B, 77, D) as [uncond..., cond...] with CFG, else (B, 77, D), and the family's added
+    #    conditioning (SDXL: pooled text embeddings, size and crop ids)
+    family = c.family
+    cond = family.encode(c, job.prompts, job.negative_prompts, use_cfg, (job.width, job.height))
 
     # 4. Prepare timesteps (plus a CPU copy for the noise-level maths: no device sync per step)
     scheduler.set_timesteps(job.steps, device=device)
@@ -243,8 +153,8 @@ def denoise(
 
     # 5. Prepare latents: (B, 4, H/8, W/8) ~ N(0, 1) from CPU generators, scaled for the scheduler
     f = c.vae_scale_factor
-    shape = (batch, c.unet.config.in_channels, job.height // f, job.width // f)
-    latents = randn_tensor(shape, generator=job.generators, device=device, dtype=embeds.dtype)
+    shape = (batch, family.latent_channels(c), job.height // f, job.width // f)
+    latents = randn_tensor(shape, generator=job.generators, device=device, dtype=cond.embeds.dtype)
     latents = latents * scheduler.init_noise_sigma
     step_kwargs = _step_kwargs(scheduler, job.generators, job.eta)
 
@@ -263,17 +173,12 @@ def denoise(
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         model_input = scheduler.scale_model_input(model_input, t)
 
-        down_res, mid_res = None, None
-        if control is not None:
-            # on for steps whose position lies inside [start, end] (diffusers' controlnet_keep)
-            keep = not (i / total < control.start or (i + 1) / total > control.end)
-            if keep and control.scale != 0:
-                down_res, mid_res = control.model(model_input, t, encoder_hidden_states=embeds,
-                                                  controlnet_cond=control_image, conditioning_scale=control.scale,
-                                                  guess_mode=False, added_cond_kwargs=added, return_dict=False)
+        residuals = None
+        # a ControlNet is on for steps whose position lies inside [start, end] (diffusers' controlnet_keep)
+        if control is not None and control.scale != 0 and control.start <= i / total and (i + 1) / total <= control.end:
+            residuals = family.control(c, control.model, model_input, t, cond, control_image, control.scale)
 
-        out = c.unet(model_input, t, encoder_hidden_states=embeds, down_block_additional_residuals=down_res,
-                     mid_block_additional_residual=mid_res, added_cond_kwargs=added, return_dict=False)[0]
+        out = family.denoise(c, model_input, t, cond, residuals)
         if use_cfg:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + g * (out_cond - out_uncond)
@@ -290,7 +195,6 @@ def denoise(
             observer(Step(i, total, t, sigma, x_t, x0, out_cond, out_uncond, out))
 
     # 8. Decode: (B, 3, H, W) in [-1, 1], in the VAE's own dtype (SDXL's is kept in fp32: it overflows in fp16)
-    images = c.vae.decode(latents.to(c.vae.dtype) / c.vae.config.scaling_factor, return_dict=False,
-                          generator=job.generators)[0]
+    images = family.decode(c, latents, generator=job.generators)
     return Denoised(images=images, latents=latents, unet_calls=total, sigmas=sigmas_seen, sigma_space=sigma_space,
                     prediction_type=prediction_type)

@@ -59,7 +59,7 @@ def test_the_loaded_model_is_counted_from_its_own_modules(tiny_model, tiny_dir):
     assert a.schedule.endswith("the last keeps 6.8% of the image")  # SD 1.5's schedule: the noisiest step
     # a ControlNet, once loaded, is counted too
     net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(4, 4, 8, 8))
-    engine._controlnets["canny"] = (net, "test")
+    engine.annotators._controlnets["canny"] = (net, "test")
     assert {p.name for p in engine.anatomy().parts} >= {"ControlNet: canny"}
 
 

@@ -14,7 +14,7 @@ from playground.attention import AttentionRecorder, cross_attention_layers, reco
 from playground import settings as settings_mod
 from playground.engine import Engine
 from playground.loading import load_model
-from playground.requests import GenerateRequest, InvalidRequest
+from playground.requests import GenerateRequest, InspectRequest, InvalidRequest
 from playground.sampling import Job, denoise
 
 from playground.tiny import analyse
@@ -35,6 +35,11 @@ def traj(engine):
     return engine.inspect(REQ)
 
 
+def find(engine, traj, word):
+    """The kept-token indices of `word` in a recorded trajectory, as the inspector looks a word up."""
+    return attention.find_word(traj.attention.tokens, word, engine.model.pipe.tokenizer)
+
+
 def split(engine, prompt):
     return attention.split_prompt(engine.model.pipe.tokenizer, prompt)
 
@@ -46,7 +51,7 @@ def job(prompt="a red circle", guidance=5.0, steps=4) -> Job:
 
 def recorded_run(engine, recorder, j=None):
     """Our loop under a recording, ending each step as the Engine's observer does."""
-    with recording(engine.components.unet, recorder):
+    with recording(cross_attention_layers(engine.components.unet), recorder):
         return denoise(engine.components, j or job(), observer=lambda s: recorder.end_step(s.index, s.total))
 
 
@@ -108,7 +113,7 @@ def test_maps_over_all_77_tokens_sum_to_one_at_every_position(engine):
 def test_another_threads_run_is_not_recorded_while_one_records(engine):
     recorder = AttentionRecorder(sample=0, tokens=5, latent_hw=(8, 8))
     other: dict = {}
-    with recording(engine.components.unet, recorder):
+    with recording(cross_attention_layers(engine.components.unet), recorder):
         thread = threading.Thread(target=lambda: other.setdefault("out", denoise(engine.components, job())))
         thread.start()
         thread.join()
@@ -118,7 +123,7 @@ def test_another_threads_run_is_not_recorded_while_one_records(engine):
 
 def test_the_inspector_records_the_prompts_tokens(engine, traj):
     a = traj.attention
-    assert a.of == "prompt"
+    assert a.of == "the prompt"
     assert [t.text for t in a.kept] == ["<start>", "a", "red", "circle", "on", "a", "blue", "background", "<end>"]
     assert a.layers == {(8, 8): 3, (4, 4): 1} and a.steps == 5 and a.window == 77
     assert {g: tuple(m.shape) for g, m in a.maps.items()} == {(8, 8): (5, 9, 8, 8), (4, 4): (5, 9, 4, 4)}
@@ -138,16 +143,16 @@ def test_the_inspector_records_the_prompts_tokens(engine, traj):
 
 
 def test_negative_prompt_attention_and_off(engine, traj):
-    neg = engine.inspect(REQ, attention_of="negative")
-    assert neg.attention.of == "negative" and [t.text for t in neg.attention.kept] == ["<start>", "blurry", "ugly",
+    neg = engine.inspect(InspectRequest(REQ, "negative"))
+    assert neg.attention.of == "the negative prompt" and [t.text for t in neg.attention.kept] == ["<start>", "blurry", "ugly",
                                                                                        "<end>"]
     # the same picture: recording changes nothing
     assert np.array_equal(np.asarray(neg.image), np.asarray(traj.image))
-    assert engine.inspect(REQ, attention_of="off").attention is None
+    assert engine.inspect(InspectRequest(REQ, "off")).attention is None
     with pytest.raises(InvalidRequest, match="CFG scale other than 1"):
-        engine.inspect(GenerateRequest(**{**REQ.__dict__, "cfg_scale": 1.0}), attention_of="the negative prompt")
+        engine.inspect(InspectRequest(GenerateRequest(**{**REQ.__dict__, "cfg_scale": 1.0}), "the negative prompt"))
     with pytest.raises(InvalidRequest, match="unknown attention of 'both'"):
-        engine.inspect(REQ, attention_of="both")
+        engine.inspect(InspectRequest(REQ, "both"))
     # without CFG the batch is the prompt alone, and its maps are still recorded
     alone = engine.inspect(GenerateRequest(**{**REQ.__dict__, "cfg_scale": 1.0}))
     assert alone.attention.steps == 5
@@ -164,11 +169,11 @@ def test_the_prompt_as_clip_splits_it(engine):
 
 
 def test_finding_a_word(engine, traj):
-    assert engine.find_word(traj, "red") == [2]
-    assert engine.find_word(traj, " Blue ") == [6]
-    assert engine.find_word(traj, "<end>") == [8]
+    assert find(engine, traj, "red") == [2]
+    assert find(engine, traj, " Blue ") == [6]
+    assert find(engine, traj, "<end>") == [8]
     with pytest.raises(InvalidRequest, match="word 'green' is not among the prompt's tokens.*'red'"):
-        engine.find_word(traj, "green")
+        find(engine, traj, "green")
     # a word CLIP splits into pieces is all of its pieces
     tokens = split(engine, "a xylophonist")
     pieces = engine.model.pipe.tokenizer.tokenize("xylophonist")
@@ -189,7 +194,7 @@ def test_layer_grids_round_up_like_the_unet():
 def test_the_pictures_of_a_token(engine, traj):
     from PIL import Image
 
-    from playground.inspect import overlay
+    from playground.views import overlay
 
     v = engine.attention_view(traj, 2, "red", "all")
     a = traj.attention
@@ -211,7 +216,7 @@ def test_the_pictures_of_a_token(engine, traj):
     with pytest.raises(InvalidRequest, match="token must be an integer from 0 to 8"):
         engine.attention_view(traj, 2, 9, "all")
     with pytest.raises(InvalidRequest, match="without attention maps"):
-        engine.attention_view(engine.inspect(REQ, attention_of="off"), 2, 0)
+        engine.attention_view(engine.inspect(InspectRequest(REQ, "off")), 2, 0)
 
 
 def test_focus_ignores_the_floor_every_token_gets():
@@ -246,7 +251,17 @@ def test_the_offline_models_colour_and_shape_words_attend_to_the_object(offline,
     size = traj.image.size
     summed = traj.attention.stack()
     for word in prompt.split()[2:4]:
-        fx, fy = attention.focus(summed[offline.find_word(traj, word)].sum(0))
+        fx, fy = attention.focus(summed[find(offline, traj, word)].sum(0))
         cx, cy = fx * size[0], fy * size[1]
         assert x <= cx <= x + w and y <= cy <= y + h, (word, (round(cx), round(cy)), found[0].bbox)
 
+
+
+def test_the_attention_call_validates_its_request_once(engine, monkeypatch):
+    from playground import requests
+
+    calls = []
+    real = requests.validate_generate
+    monkeypatch.setattr(requests, "validate_generate", lambda req, limits: calls.append(req) or real(req, limits))
+    traj, view = engine.attention(InspectRequest(REQ, "prompt", "blue", "all"))
+    assert len(calls) == 1 and view.token == "blue" and traj.attention.steps == REQ.steps

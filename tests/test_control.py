@@ -13,6 +13,7 @@ from transformers import CLIPTextModel
 
 from playground import control
 from playground.engine import Engine
+from playground.control import CannyOptions
 from playground.requests import ControlNetUnavailable, ControlRequest, GenerateRequest, InvalidRequest
 from playground.loading import controlnet_source
 from playground.metadata import read_png
@@ -25,11 +26,11 @@ GENERATE = {f.name for f in dataclasses.fields(GenerateRequest)}
 
 
 def creq(**kw) -> ControlRequest:
-    """A ControlRequest from flat keywords: generation settings go to its base, thresholds to its params."""
+    """A ControlRequest from flat keywords: generation settings go to its base, thresholds to its Canny options."""
     base = GenerateRequest(**{k: v for k, v in kw.items() if k in GENERATE})
     params = {k: kw[k] for k in ("low", "high") if k in kw}
     rest = {k: v for k, v in kw.items() if k not in GENERATE and k not in params}
-    return ControlRequest(params=params, base=base, **rest)
+    return ControlRequest(canny=CannyOptions(**params), base=base, **rest)
 
 
 def _save_controlnet(unet, out, zero: bool):
@@ -128,7 +129,7 @@ def test_controlnet_reuses_the_base_components_and_loads_once(tiny_model, tiny_d
     assert loads == [str(nets[0])]  # loaded once, on first use
     assert engine.components.unet is tiny_model.pipe.unet and engine.components.vae is tiny_model.pipe.vae
     assert engine.components.text_encoder is tiny_model.pipe.text_encoder
-    net, _ = engine._controlnets["canny"]
+    net, _ = engine.annotators._controlnets["canny"]
     assert net.dtype == tiny_model.dtype
 
 
@@ -149,7 +150,7 @@ def test_unavailable_controlnet_is_named(tiny_model, tiny_dir, tmp_path):
     with pytest.raises(ControlNetUnavailable, match="the canny ControlNet .*missing.* could not be loaded"):
         engine.control(creq(image=SCENE, prompt="x", seed=1, steps=2))
     # a model folder's own controlnet-<kind> comes first; for a hub model, the SD 1.5 ControlNet
-    assert engine.controlnet_source("openpose") == str(tiny_dir / "controlnet-openpose")
+    assert engine.annotators.source("openpose") == str(tiny_dir / "controlnet-openpose")
     hub_model = dataclasses.replace(tiny_model, source="stable-diffusion-v1-5/stable-diffusion-v1-5")
     assert controlnet_source("openpose", tiny_settings(tiny_dir), hub_model) == "lllyasviel/control_v11p_sd15_openpose"
 
@@ -162,7 +163,7 @@ def test_bundled_model_ships_trained_controlnets():
 
     settings = tiny_settings("bundled", dtype="auto", max_size=256)
     engine = Engine(load_model(settings), settings)
-    assert engine.controlnet_source("canny") == str(BUNDLED_MODEL / "controlnet-canny")
+    assert engine.annotators.source("canny") == str(BUNDLED_MODEL / "controlnet-canny")
     req = dict(prompt="a house", seed=2, steps=3)
     plain = engine.generate(GenerateRequest(**req)).images[0].array
     steered = engine.control(creq(image=SCENE, **req))

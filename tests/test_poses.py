@@ -13,6 +13,7 @@ from skimage import data as skimage_data
 
 from playground import poses
 from playground.engine import Engine
+from playground.control import PoseOptions
 from playground.requests import ControlRequest, GenerateRequest, InvalidRequest
 from playground.settings import ASSETS, Settings
 from playground.tiny import world
@@ -130,7 +131,7 @@ def test_one_opencv_and_it_is_mediapipes_contrib_build():
 
 def test_mediapipe_finds_the_astronaut(engine, astronaut):
     start = time.perf_counter()
-    d = engine.detect_pose(ControlRequest(image=str(astronaut), params={"detector": "mediapipe"},
+    d = engine.detect_pose(ControlRequest(image=str(astronaut), openpose=PoseOptions(detector="mediapipe"),
                                           base=GenerateRequest(width=512, height=512)))
     assert d.detector == "mediapipe" and d.why == "asked for" and time.perf_counter() - start < 30
     pose = d.pose
@@ -151,19 +152,19 @@ def test_mediapipe_finds_the_astronaut(engine, astronaut):
 
 
 def test_auto_says_why_it_used_mediapipe_and_no_person_is_an_error(engine, astronaut):
-    d = engine.detect_pose(ControlRequest(image=str(astronaut), params={"hands": True},
+    d = engine.detect_pose(ControlRequest(image=str(astronaut), openpose=PoseOptions(hands=True),
                                           base=GenerateRequest(width=256, height=256)))
     assert d.detector == "mediapipe" and "chosen by auto: OpenPose's weights" in d.why and "could not be loaded" in d.why
     assert "MediaPipe draws the body only" in d.why and d.control_map.size == (256, 256)
     with pytest.raises(InvalidRequest, match="no person found in the photo by the mediapipe detector"):
-        engine.detect_pose(ControlRequest(image=str(SHAPES), params={"detector": "mediapipe"}))
+        engine.detect_pose(ControlRequest(image=str(SHAPES), openpose=PoseOptions(detector="mediapipe")))
     with pytest.raises(InvalidRequest, match="could not be loaded.*PLAYGROUND_ANNOTATORS"):
-        engine.detect_pose(ControlRequest(image=str(astronaut), params={"detector": "openpose"}))
+        engine.detect_pose(ControlRequest(image=str(astronaut), openpose=PoseOptions(detector="openpose")))
 
 
 def test_preprocess_and_draw_pose_through_the_engine(engine, astronaut):
     pose_map = engine.preprocess(ControlRequest(image=str(astronaut), mode="openpose", controlnet="openpose",
-                                                params={"detector": "mediapipe"}, base=GenerateRequest(width=64,
+                                                openpose=PoseOptions(detector="mediapipe"), base=GenerateRequest(width=64,
                                                                                                        height=64)))
     assert pose_map.size == (64, 64) and np.asarray(pose_map).sum() > 0
     text = poses.to_json(poses.preset("t-pose"))
@@ -216,16 +217,16 @@ def test_openpose_detector_with_random_weights_through_the_apps_loader(tiny_mode
                                                                        astronaut):
     """The Annotators layout, written once per run with random weights, loaded lazily once and kept."""
     engine = Engine(tiny_model, tiny_settings(tiny_dir, max_size=512, annotators=str(annotators_dir)))
-    req = ControlRequest(image=str(astronaut), params={"detector": "auto"}, base=GenerateRequest(width=512, height=512))
+    req = ControlRequest(image=str(astronaut), openpose=PoseOptions(detector="auto"), base=GenerateRequest(width=512, height=512))
     try:
         d = engine.detect_pose(req)
         ran, why = d.detector, d.why
     except InvalidRequest as exc:  # random weights may find nobody: then the error names the detector
         ran, why = "openpose" if "by the openpose detector" in str(exc) else str(exc), ""
     assert ran == "openpose", why
-    detector, source = engine._pose_detector(download=False)
+    detector, source = engine.annotators.pose_detector(download=False)
     assert source == str(annotators_dir) and type(detector).__name__ == "OpenposeDetector"
-    assert engine._pose_detector(download=True)[0] is detector  # loaded once
+    assert engine.annotators.pose_detector(download=True)[0] is detector  # loaded once
     # hands and face run too (the networks are there); each adds its own pass
     people = poses.detect_openpose(detector, Image.open(astronaut).convert("RGB"), hands=True, face=True)
     assert isinstance(people, poses.Pose) and people.width == 512

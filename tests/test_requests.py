@@ -10,18 +10,23 @@ import sys
 
 import pytest
 
-from playground import attention, control, poses, schedulers
+from playground import control, families, schedulers, tokens
+from playground.control import CannyOptions, PoseOptions
 from playground.requests import (
+    ATTENTION_OF,
     ControlRequest,
     GenerateRequest,
     GridRequest,
+    InspectRequest,
     InvalidRequest,
+    Limits,
     choice,
-    text,
     validate_attention,
     validate_control,
+    validate_draw_pose,
     validate_generate,
     validate_grid,
+    validate_inspect,
     validate_preprocess,
 )
 from playground.settings import CONTROLNETS, Settings
@@ -31,41 +36,31 @@ from playground.ui.grid import grid_request
 
 from bad_inputs import CASES, POSE_JSON, VALID, case_id
 
-LIMITS = Settings(max_steps=50, max_size=128, max_images=4, max_grid_cells=6)
-NATIVE = 64
-
 TOKENIZER = build_tokenizer()
 UNET_CONFIG = {"down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D")}  # arch.TEST's: 8x8 and 4x4 (mid)
+# the limits a tiny model's Engine builds: its native size, VAE factor, tokenizer and attention layers
+LIMITS = Limits.of(Settings(max_steps=50, max_size=128, max_images=4, max_grid_cells=6), native_size=64,
+                   multiple=8, tokenizer=TOKENIZER, attention_layers=lambda h, w: tokens.resolution_names(
+                       families.layer_grids(UNET_CONFIG, (h // 8, w // 8))))
 
 
-def generate_only(p: dict) -> GenerateRequest:
-    return GenerateRequest(**{k: v for k, v in p.items() if k not in ("attention_of", "word", "resolution")})
+def inspect_request(p: dict) -> InspectRequest:
+    gen = GenerateRequest(**{k: v for k, v in p.items() if k not in ("attention_of", "word", "resolution")})
+    return InspectRequest(gen, p["attention_of"], p.get("word", ""), p.get("resolution", "all"))
 
 
-def validate_inspect(p: dict, s, native):
-    req = validate_generate(generate_only(p), s, native)
-    validate_attention(p["attention_of"], req)
-    return req
-
-
-def validate_attention_call(p: dict, s, native):
-    return attention.validate(generate_only(p), p["attention_of"], p["word"], p["resolution"], s, native, 8,
-                              TOKENIZER, UNET_CONFIG).request
-
-
-# endpoint -> (the tab's request builder, the validator its Engine action runs first)
+# endpoint -> (the tab's request builder, the validator its Engine action runs first: the one check it gets)
 ENDPOINTS = {
     "/generate": (lambda p: GenerateRequest(**p), validate_generate),
-    "/inspect": (lambda p: p, validate_inspect),
-    "/attention": (lambda p: p, validate_attention_call),
+    "/inspect": (inspect_request, validate_inspect),
+    "/attention": (inspect_request, validate_attention),
     "/grid": (lambda p: grid_request(**p), validate_grid),
     "/preprocess": (lambda p: control_request(**p), validate_preprocess),
-    "/pose": (lambda p: control_request(p["image"], "openpose", "openpose", 100, 200, p["resize"], width=p["width"],
+    "/pose": (lambda p: control_request(p["image"], "openpose", "openpose", resize=p["resize"], width=p["width"],
                                         height=p["height"], detector=p["detector"], hands=p["hands"], face=p["face"]),
               validate_preprocess),
-    "/draw_pose": (lambda p: p, lambda p, s, native: GenerateRequest(
-        width=validate_generate(GenerateRequest(width=p["width"], height=p["height"]), s, native).width,
-        prompt=str(poses.from_json(text("pose JSON", p["pose"], s.max_prompt_chars))))),
+    "/draw_pose": (lambda p: p, lambda p, limits: GenerateRequest(
+        width=validate_draw_pose(p["pose"], p["width"], p["height"], limits)[1])),
     "/control": (lambda p: control_request(**p), validate_control),
 }
 
@@ -73,7 +68,7 @@ ENDPOINTS = {
 def check(endpoint: str, params: dict):
     build, validate = ENDPOINTS[endpoint]
     params = {k: POSE_JSON if v == "POSE" else v for k, v in params.items()}  # the table's stand-in for a pose
-    return validate(build(params), LIMITS, NATIVE)
+    return validate(build(params), LIMITS)
 
 
 @pytest.mark.parametrize("endpoint", list(VALID))
@@ -99,9 +94,9 @@ def test_requests_module_imports_no_torch():
 
 
 def test_size_and_seed_are_filled_in():
-    req = validate_generate(GenerateRequest(prompt=None, seed=-1), LIMITS, NATIVE)
+    req = validate_generate(GenerateRequest(prompt=None, seed=-1), LIMITS)
     assert (req.width, req.height, req.prompt) == (64, 64, "") and 0 <= req.seed < 2**32
-    assert validate_generate(GenerateRequest(seed=5, width=72.0), LIMITS, NATIVE).width == 72
+    assert validate_generate(GenerateRequest(seed=5, width=72.0), LIMITS).width == 72
 
 
 def test_limits_come_from_settings():
@@ -109,25 +104,25 @@ def test_limits_come_from_settings():
     for change, words in ((dict(cfg_scale=13), "0 to 12"), (dict(prompt="x" * 11), "limit is 10"),
                           (dict(steps=9), "1 to 8")):
         with pytest.raises(InvalidRequest, match=words):
-            validate_generate(GenerateRequest(**{"steps": 8, **change}), strict, NATIVE)
-    validate_generate(GenerateRequest(cfg_scale=12, prompt="x" * 10, steps=8), strict, NATIVE)
+            validate_generate(GenerateRequest(**{"steps": 8, **change}), strict)
+    validate_generate(GenerateRequest(cfg_scale=12, prompt="x" * 10, steps=8), strict)
 
 
 def test_grid_resolves_one_seed_and_merges_repeated_rows():
     req = validate_grid(GridRequest(GenerateRequest(seed=-1), schedulers=("Euler", "DDIM", "Euler"), columns=[1, 7]),
-                        LIMITS, NATIVE)
+                        LIMITS)
     assert req.schedulers == ("Euler", "DDIM") and req.columns == (1.0, 7.0) and 0 <= req.base.seed < 2**32
-    assert validate_grid(GridRequest(columns=3), LIMITS, NATIVE).columns == (3.0,)
+    assert validate_grid(GridRequest(columns=3), LIMITS).columns == (3.0,)
 
 
 def test_grid_steps_axis_takes_whole_step_counts_within_the_limit():
     req = validate_grid(GridRequest(GenerateRequest(seed=1), schedulers=("DDIM",), columns="5, 10-20 (+5)",
-                                    axis="Steps"), LIMITS, NATIVE)
+                                    axis="Steps"), LIMITS)
     assert req.axis == "steps" and req.columns == (5, 10, 15, 20) and all(isinstance(v, int) for v in req.columns)
     for columns, words in (("5, 60", "steps must be an integer from 1 to 50, got 60"), ("2.5", "got 2.5"),
                            ("", "step counts are empty"), ("5, x", "'x' in step counts")):
         with pytest.raises(InvalidRequest, match=words):
-            validate_grid(GridRequest(schedulers=("DDIM",), columns=columns, axis="steps"), LIMITS, NATIVE)
+            validate_grid(GridRequest(schedulers=("DDIM",), columns=columns, axis="steps"), LIMITS)
 
 
 def test_choices_accept_the_key_or_the_label_and_list_both():
@@ -147,32 +142,54 @@ def test_preprocessor_registry_carries_its_rules():
                 assert isinstance(param.default, bool), (key, param)
             else:
                 assert param.lo <= param.default <= param.hi, (key, param)
-    req = validate_preprocess(ControlRequest(image="x.png"), LIMITS, NATIVE)  # defaults from the registry
-    assert req.params == {"low": 100, "high": 200} and req.base.width == 64
+    req = validate_preprocess(ControlRequest(image="x.png"), LIMITS)  # defaults from the registry
+    assert req.canny == CannyOptions(100, 200) and req.openpose == PoseOptions("auto", False, False)
+    assert req.base.width == 64
     pose = validate_preprocess(ControlRequest(image="x.png", mode="openpose", controlnet="openpose",
-                                              params={"low": 10, "hands": 1}), LIMITS, NATIVE)
-    assert pose.params == {"detector": "auto", "hands": True, "face": False}  # its own, with defaults
-    ready = validate_control(ControlRequest(image="x.png", mode="image", controlnet="openpose", params={"low": 50}),
-                             LIMITS, NATIVE)
-    assert ready.params == {}  # a ready map takes no parameters: others' are checked, not kept
-    with pytest.raises(InvalidRequest, match="Canny low threshold must be .* 999"):
-        validate_control(ControlRequest(image="x.png", mode="image", controlnet="openpose", params={"low": 999}),
-                         LIMITS, NATIVE)
+                                              canny=CannyOptions(low=10), openpose=PoseOptions(hands=1)), LIMITS)
+    assert pose.openpose == PoseOptions("auto", True, False) and pose.openpose.hands is True  # 1 read as True
+    with pytest.raises(InvalidRequest, match="Canny low threshold must be .* 999"):  # every option is checked
+        validate_control(ControlRequest(image="x.png", mode="image", controlnet="openpose",
+                                        canny=CannyOptions(low=999)), LIMITS)
+    # the thresholds' order matters where Canny runs, and only there
+    validate_preprocess(ControlRequest(image="x.png", mode="image", canny=CannyOptions(150, 100)), LIMITS)
+    with pytest.raises(InvalidRequest, match="must not be above the high one"):
+        validate_preprocess(ControlRequest(image="x.png", canny=CannyOptions(150, 100)), LIMITS)
     # a pose needs no image, but valid OpenPose JSON
-    drawn = validate_preprocess(ControlRequest(mode="pose", controlnet="openpose", pose=POSE_JSON), LIMITS, NATIVE)
-    assert drawn.pose == POSE_JSON and drawn.params == {}
+    drawn = validate_preprocess(ControlRequest(mode="pose", controlnet="openpose", pose=POSE_JSON), LIMITS)
+    assert drawn.pose == POSE_JSON
     with pytest.raises(InvalidRequest, match="pose JSON is not valid JSON"):
-        validate_preprocess(ControlRequest(mode="pose", controlnet="openpose", pose="{people"), LIMITS, NATIVE)
+        validate_preprocess(ControlRequest(mode="pose", controlnet="openpose", pose="{people"), LIMITS)
     with pytest.raises(InvalidRequest, match="pose JSON is empty"):
-        validate_preprocess(ControlRequest(mode="pose", controlnet="openpose"), LIMITS, NATIVE)
+        validate_preprocess(ControlRequest(mode="pose", controlnet="openpose"), LIMITS)
     with pytest.raises(InvalidRequest, match="Pose drawings need the openpose ControlNet"):
-        validate_preprocess(ControlRequest(mode="pose", controlnet="canny", pose=POSE_JSON), LIMITS, NATIVE)
+        validate_preprocess(ControlRequest(mode="pose", controlnet="canny", pose=POSE_JSON), LIMITS)
 
 
 
 def test_every_registered_scheduler_is_accepted_and_makes_its_class():
     for name in schedulers.NAMES:
-        assert validate_generate(GenerateRequest(scheduler=name), LIMITS, NATIVE).scheduler == name
+        assert validate_generate(GenerateRequest(scheduler=name), LIMITS).scheduler == name
         made = schedulers.make(name, {"num_train_timesteps": 1000})
         assert type(made).__name__ == schedulers.REGISTRY[name].cls
     assert schedulers.evaluations("Heun", {"num_train_timesteps": 1000}, 5) == 9  # two per step but the last
+
+
+def test_attention_sources_say_which_row_of_the_batch_they_record():
+    cfg, plain = GenerateRequest(cfg_scale=7.5), GenerateRequest(cfg_scale=1.0)
+    prompt, negative, off = (ATTENTION_OF[k] for k in ("prompt", "negative", "off"))
+    assert (prompt.sample(cfg), prompt.sample(plain), negative.sample(cfg)) == (1, 0, 0)  # [negative, prompt] with CFG
+    assert prompt.text(GenerateRequest("a", "b")) == "a" and negative.text(GenerateRequest("a", "b")) == "b"
+    assert prompt.records and negative.records and not off.records
+    with pytest.raises(InvalidRequest, match="needs a CFG scale other than 1"):
+        negative.check(plain)
+
+
+def test_attention_call_is_checked_whole_before_any_work():
+    req = validate_attention(InspectRequest(GenerateRequest("a red circle on a blue background", seed=1, width=64),
+                                            "the prompt", " Blue ", None), LIMITS)
+    assert req.attention_of == "prompt" and req.word == "Blue" and req.resolution == "all"
+    assert req.tokens == tuple(tokens.find_word(tokens.split_prompt(TOKENIZER, req.base.prompt), "blue", TOKENIZER))
+    assert validate_attention(InspectRequest(GenerateRequest("a red circle"), "prompt"), LIMITS).tokens == (2,)  # red
+    with pytest.raises(InvalidRequest, match="records no maps"):
+        validate_attention(InspectRequest(GenerateRequest("a red circle"), "off"), LIMITS)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from playground import schedulers
+from playground import families, schedulers
 from playground.engine import Engine
 from playground.loading import load_model
 from playground.requests import ControlRequest, GenerateRequest, GridRequest
@@ -51,7 +51,9 @@ def theirs(model, name="DDIM", negative=NEGATIVE, cfg=7.5, n=2, size=64, control
 
 def test_the_app_loads_it_as_sdxl(xl):
     c = Components.from_pipeline(xl.pipe)
-    assert type(xl.pipe).__name__ == "StableDiffusionXLPipeline" and c.text_time and c.force_zeros_for_empty_prompt
+    assert type(xl.pipe).__name__ == "StableDiffusionXLPipeline" and c.force_zeros_for_empty_prompt
+    assert c.family is families.FAMILIES["StableDiffusionXLPipeline"] and xl.family.name == "SDXL"
+    assert xl.family.controlnets["canny"] == "diffusers/controlnet-canny-sdxl-1.0"
 
 
 @pytest.mark.parametrize("name", schedulers.NAMES)
@@ -117,7 +119,7 @@ def test_the_engine_runs_every_action_on_sdxl(xl, tiny_sdxl_dir, tmp_path):
 
     assert token_text(engine.count_tokens("a red circle")) == "5 / 77 tokens (each of its 2 text encoders)"
     # the default ControlNets follow the family
-    assert Engine(xl, tiny_settings(tiny_sdxl_dir)).controlnet_source("openpose") == "thibaud/controlnet-openpose-sdxl-1.0"
+    assert Engine(xl, tiny_settings(tiny_sdxl_dir)).annotators.source("openpose") == "thibaud/controlnet-openpose-sdxl-1.0"
 
 
 @pytest.mark.slow

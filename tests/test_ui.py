@@ -21,6 +21,8 @@ from playground.ui import SD_EXAMPLES, banner, build_app, examples
 from playground.ui import control as control_tab
 from playground.ui import inspector as inspector_tab
 from playground.ui import prompt as prompt_tab
+from playground.ui.common import GPU
+from playground.ui.fields import Fields
 
 
 def fake_model(**changes) -> LoadedModel:
@@ -35,10 +37,10 @@ def refuse(*args, **kwargs):
 
 def fake_engine(model: LoadedModel) -> SimpleNamespace:
     return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text: TokenCount(2, 77, ""),
-                           controlnet_source=lambda kind: f"/models/fake/controlnet-{kind}",
+                           annotators=SimpleNamespace(source=lambda kind: f"/models/fake/controlnet-{kind}"),
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
                                                          "step_view", "decode_x0", "roundtrip", "attention_view",
-                                                         "attention", "detect_pose", "draw_pose", "anatomy", "families")})
+                                                         "attention", "detect_pose", "draw_pose", "anatomy")})
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def test_prompt_handler_streams_progress_then_writes_pngs(tmp_path):
         return GenerateResult(images, GenerateRequest(prompt=req.prompt, seed=40, num_images=2), 2, 0.5)
 
     with gr.Blocks() as demo:
-        prompt_tab.build(generate, lambda text: TokenCount(2, 77, ""), schedulers.NAMES, 128, settings)
+        prompt_tab.build(generate, lambda text: TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
     handler = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
     outputs = handler("a red square", "", 40, 2, 7.5, "DDIM", 8, 8, 2, progress=lambda *a, **k: None)
     assert isinstance(next(outputs)[0], Image.Image)  # the live preview first
@@ -138,7 +140,33 @@ def test_engine_errors_become_gradio_errors(tmp_path):
         raise InvalidRequest("steps must be an integer from 1 to 50, got 0")
 
     with gr.Blocks() as demo:
-        inspector_tab.build(bad, refuse, refuse, refuse, refuse, refuse, schedulers.NAMES, 128, Settings(output_dir=tmp_path))
+        settings = Settings(output_dir=tmp_path)
+        inspector_tab.build(bad, refuse, refuse, refuse, refuse, refuse, Fields(settings, 128, schedulers.NAMES), settings)
     handler = next(f.fn for f in demo.fns.values() if f.api_name == "inspect")
     with pytest.raises(gr.Error, match="steps must be an integer from 1 to 50, got 0"):
         list(handler("x", "", 1, 0, 7.5, "DDIM", 64, 64, "prompt", progress=lambda *a, **k: None))
+
+
+MODEL_WORK = ["generate", "grid", "preprocess", "control", "inspect", "vae_roundtrip", "attention", "pose"]
+
+
+def test_every_event_that_runs_the_model_is_in_the_one_gpu_group(app):
+    demo, settings = app
+    fns = {f.api_name: f for f in demo.fns.values() if f.api_visibility == "public"}
+    for name in MODEL_WORK:  # preprocess runs the pose detector too
+        assert (fns[name].concurrency_id, fns[name].concurrency_limit) == (GPU, settings.gpu_concurrency), name
+    decodes = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_decode"]
+    assert len(decodes) == 2 and all(f.concurrency_id == GPU for f in decodes)  # after a run, and after scrubbing
+    light = ["restore", "draw_pose", "mirror_pose", "anatomy"]  # no model: never queued behind a generation
+    assert all(fns[name].concurrency_id != GPU for name in light)
+
+
+def test_a_bad_png_on_restore_is_named_beside_the_action(tmp_path):
+    settings = Settings(output_dir=tmp_path)
+    with gr.Blocks() as demo:
+        prompt_tab.build(refuse, lambda text: TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
+    restore = next(f.fn for f in demo.fns.values() if f.api_name == "restore")
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    with pytest.raises(gr.Error, match="plain.png has no 'parameters' text chunk"):
+        restore(str(plain))

@@ -7,20 +7,19 @@ from pathlib import Path
 
 import gradio as gr
 
-from playground import schedulers
+from playground import anatomy as anatomy_mod, schedulers
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
 from playground.ui import anatomy, control, grid, inspector, prompt
 from playground.ui.common import PIXELS_CSS, PIXELS_JS
+from playground.ui.fields import Fields
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
 #banner.untrained {border-left: 6px solid #e0a000;}
 .token-count {font-size: 0.85em; opacity: 0.85; padding: 0 4px;}
 """ + PIXELS_CSS
-
-GPU = "gpu"  # the one concurrency group every tab's model work goes through
 
 # prompts for a general text-to-image model (SD 1.5 and friends); the offline model lists its own
 SD_EXAMPLES = (
@@ -48,56 +47,21 @@ def examples(model: LoadedModel) -> list[str]:
 def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole playground: banner, then one tab per activity, all on the same Engine."""
     model = engine.model
+    fields = Fields(settings, engine.native_size, schedulers.NAMES, examples(model))
     with gr.Blocks(title="Diffusion Playground") as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
         gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])
         with gr.Tab("Prompt"):
-            prompt.build(
-                generate=engine.generate,
-                count_tokens=engine.count_tokens,
-                scheduler_names=schedulers.NAMES,
-                native_size=engine.native_size,
-                settings=settings,
-                examples=examples(model),
-                concurrency_id=GPU,
-            )
+            prompt.build(engine.generate, engine.count_tokens, fields, settings)
         with gr.Tab("Grid"):
-            grid.build(
-                grid=engine.grid,
-                scheduler_names=schedulers.NAMES,
-                native_size=engine.native_size,
-                settings=settings,
-                examples=examples(model),
-                concurrency_id=GPU,
-            )
+            grid.build(engine.grid, fields, settings)
         with gr.Tab("ControlNet"):
-            control.build(
-                control=engine.control,
-                preprocess=engine.preprocess,
-                detect_pose=engine.detect_pose,
-                draw_pose=engine.draw_pose,
-                controlnet_source=engine.controlnet_source,
-                offline=model.offline,
-                scheduler_names=schedulers.NAMES,
-                native_size=engine.native_size,
-                settings=settings,
-                concurrency_id=GPU,
-            )
+            control.build(engine.control, engine.preprocess, engine.detect_pose, engine.draw_pose,
+                          engine.annotators.source, fields, settings, offline=model.offline)
         with gr.Tab("Latent inspector"):
-            inspector.build(
-                inspect=engine.inspect,
-                step_view=engine.step_view,
-                decode_x0=engine.decode_x0,
-                roundtrip=engine.roundtrip,
-                attention_view=engine.attention_view,
-                attention=engine.attention,
-                scheduler_names=schedulers.NAMES,
-                native_size=engine.native_size,
-                settings=settings,
-                examples=examples(model),
-                concurrency_id=GPU,
-            )
-        anatomy.build(loaded=engine.anatomy, families=engine.families)
+            inspector.build(engine.inspect, engine.step_view, engine.decode_x0, engine.roundtrip,
+                            engine.attention_view, engine.attention, fields, settings)
+        anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families)
     return demo
 
 

@@ -1,15 +1,52 @@
-"""What the tabs share: running an Engine action in a worker thread while the handler streams."""
+"""What the tabs share: the GPU group every heavy event joins, request errors shown as gr.Error, and
+running an Engine action in a worker thread while the handler streams its progress."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import queue
 import threading
 from typing import Any, Callable, Iterator
 
 import gradio as gr
 
-from playground.requests import InvalidRequest, Progress
-from playground.sampling import Cancelled
+from playground.errors import Cancelled, InvalidRequest
+from playground.gpu import gpu
+from playground.requests import Progress
+from playground.settings import Settings
+
+GPU = "gpu"  # the one concurrency group every tab's model work goes through
+
+
+def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, **kwargs):
+    """Wire `fn` to one trigger (`button.click`, `event.then`) or a list of them as model work: a ZeroGPU
+    lease (`gpu`), and the one concurrency group shared by every tab, `settings.gpu_concurrency` at once."""
+    kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency)
+    if isinstance(triggers, (list, tuple)):
+        return gr.on(triggers, gpu(fn), inputs, outputs, **kwargs)
+    return triggers(gpu(fn), inputs, outputs, **kwargs)
+
+
+def shows_errors(fn: Callable) -> Callable:
+    """A handler whose request errors (InvalidRequest: a bad value, named) are shown as gr.Error beside the
+    action, for plain handlers and generators alike."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except InvalidRequest as exc:
+                raise gr.Error(str(exc)) from None
+        return stream_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InvalidRequest as exc:
+            raise gr.Error(str(exc)) from None
+    return wrapper
 
 # Components with elem_classes=["pixels"] show small images (the offline model's 128 px) whole, at a
 # whole-number scale that fits their box, with nearest-neighbour sampling: every pixel the model made
@@ -43,7 +80,7 @@ PIXELS_JS = """<script>
 def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]:
     """Yield Progress (the newest only) while `action(request, on_progress=, cancel=)` runs, then its result.
 
-    Errors come out as gr.Error with the Engine's message. When the consumer stops early (the browser
+    A request error is raised as it is (the handler's `shows_errors` shows it), any other as gr.Error. When the consumer stops early (the browser
     left, or Stop cancelled the event), the action is cancelled at its next step.
     """
     events: queue.Queue = queue.Queue()
@@ -65,7 +102,7 @@ def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]
                 yield item
             elif kind == "error":
                 if isinstance(item, InvalidRequest):
-                    raise gr.Error(str(item))
+                    raise item  # named by the handler's shows_errors
                 if isinstance(item, Cancelled):
                     raise gr.Error(f"Stopped: {item}")
                 raise gr.Error(f"{type(item).__name__}: {item}")

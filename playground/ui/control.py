@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import gradio as gr
 
 from playground import poses
-from playground.control import PREPROCESSORS, RESIZE_MODES
-from playground.gpu import gpu
+from playground.control import CANNY_PARAMS, POSE_PARAMS, PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
 from playground.outputs import save_control, save_pose
-from playground.requests import ControlRequest, ControlResult, GenerateRequest, InvalidRequest, Progress
+from playground.requests import ControlRequest, ControlResult, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
-from playground.ui.common import stream
+from playground.ui.common import heavy, shows_errors, stream
+from playground.ui.fields import Fields, generate_request
 
 MODES = {p.label: key for key, p in PREPROCESSORS.items()}  # the radio's labels (the API takes these) -> keys
-CANNY = {p.name: p for p in PREPROCESSORS["canny"].params}  # the threshold sliders' ranges and defaults
-POSE = {p.name: p for p in PREPROCESSORS["openpose"].params}  # the detector radio, the hands and face boxes
+CANNY = {p.name: p for p in CANNY_PARAMS}  # the threshold sliders' ranges and defaults
+POSE = {p.name: p for p in POSE_PARAMS}  # the detector radio, the hands and face boxes
+DEFAULTS = ControlRequest()
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -43,17 +45,24 @@ def upload_path(upload) -> str | None:
     return upload.get("path") if isinstance(upload, dict) else upload
 
 
-def control_request(image, mode, controlnet, low, high, resize, conditioning_scale=1.0, guidance_start=0.0,
-                    guidance_end=1.0, prompt="", negative_prompt="", seed=-1, steps=25, cfg_scale=7.5,
-                    scheduler="DPM++ 2M Karras", width=0, height=0, num_images=1, detector="auto", hands=False,
-                    face=False, pose="") -> ControlRequest:
-    """The `preprocess` / `control` API's values, as they come, in a request (the Engine checks them)."""
-    base = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
-                           scheduler=scheduler, width=width, height=height, num_images=num_images)
-    return ControlRequest(image=upload_path(image), mode=mode, controlnet=controlnet,
-                          params={"low": low, "high": high, "detector": detector, "hands": hands, "face": face},
-                          resize=resize, conditioning_scale=conditioning_scale, guidance_start=guidance_start,
-                          guidance_end=guidance_end, base=base, pose=pose)
+def control_request(image, mode, controlnet, low=CannyOptions.low, high=CannyOptions.high, resize=DEFAULTS.resize,
+                    conditioning_scale=DEFAULTS.conditioning_scale, guidance_start=DEFAULTS.guidance_start,
+                    guidance_end=DEFAULTS.guidance_end, prompt="", negative_prompt="", seed=-1,
+                    steps=DEFAULTS.base.steps, cfg_scale=DEFAULTS.base.cfg_scale, scheduler=DEFAULTS.base.scheduler,
+                    width=0, height=0, num_images=1, detector=PoseOptions.detector, hands=PoseOptions.hands,
+                    face=PoseOptions.face, pose="") -> ControlRequest:
+    """The `preprocess` / `pose` / `control` API's values, as they come, in a request (the Engine checks them)."""
+    return ControlRequest(image=upload_path(image), mode=mode, controlnet=controlnet, canny=CannyOptions(low, high),
+                          openpose=PoseOptions(detector, hands, face), resize=resize,
+                          conditioning_scale=conditioning_scale, guidance_start=guidance_start,
+                          guidance_end=guidance_end, base=generate_request(locals()), pose=pose)
+
+
+def control_text(result: ControlResult) -> str:
+    c, r = result.request, result.request.base
+    return (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}; "
+            f"ControlNet `{result.controlnet}` at scale {c.conditioning_scale:g} from {c.guidance_start:g} to "
+            f"{c.guidance_end:g} of the steps; {result.seconds:.2f} s")
 
 
 def detection_text(d: poses.Detection) -> str:
@@ -64,58 +73,21 @@ def detection_text(d: poses.Detection) -> str:
             f"{d.seconds:.2f} s: {found}. The map now comes from the pose below: edit it, mirror it, or generate.")
 
 
-def build(
-    control: Callable[..., ControlResult],
-    preprocess: Callable[[ControlRequest], object],
-    detect_pose: Callable[[ControlRequest], poses.Detection],
-    draw_pose: Callable[..., tuple[object, str]],
-    controlnet_source: Callable[[str], str],
-    scheduler_names: list[str],
-    native_size: int,
-    settings: Settings,
-    offline: bool = False,
-    concurrency_id: str = "gpu",
-) -> None:
-    """Lay out the tab inside the current Blocks and wire its events."""
-    defaults = ControlRequest()
-    sources = ", ".join(f"**{k}**: `{controlnet_source(k)}`" for k in CONTROLNETS)
+@dataclass
+class PoseSection:
+    """The OpenPose section's inputs the tab's events read."""
 
+    detector: gr.Radio
+    hands: gr.Checkbox
+    face: gr.Checkbox
+    pose: gr.Code
+
+
+def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_pose: Callable[..., tuple],
+                 image_box, resize_box, width_box, height_box, made_pose: list, settings: Settings) -> PoseSection:
+    """The OpenPose accordion: detect the pose in the photo or start from a preset, edit it as JSON, mirror it,
+    draw it; each result shows the map and the JSON, and switches the mode to the pose JSON (`made_pose`)."""
     # -- layout -------------------------------------------------------------------------------
-    gr.Markdown("Upload a picture, turn it into a **control map**, and generate images that follow its structure. "
-                f"ControlNets (loaded on first use, sharing the model's UNet, VAE and text encoder): {sources}.")
-    with gr.Row():
-        with gr.Column(scale=5):
-            image_box = gr.Image(label="Photo or control map", type="filepath", sources=["upload", "clipboard"],
-                                 height=260)
-            mode_box = gr.Radio(list(MODES), value=PREPROCESSORS[defaults.mode].label, label="Control map")
-            net_box = gr.Radio(list(CONTROLNETS), value=defaults.controlnet, label="ControlNet",
-                               info="Canny edges need 'canny'; poses (detected, JSON or a ready drawing) 'openpose'")
-            with gr.Row():
-                low_box, high_box = (gr.Slider(p.lo, p.hi, value=p.default, step=1, label=p.label)
-                                     for p in (CANNY["low"], CANNY["high"]))
-            resize_box = gr.Radio(list(RESIZE_MODES), value=defaults.resize, label="Fit to the size by",
-                                  info="; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items()))
-            show_map = gr.Button("Preview the control map")
-        with gr.Column(scale=5):
-            prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a cosy cottage on a hill, sunny day")
-            negative_box = gr.Textbox(label="Negative prompt", lines=1)
-            with gr.Row():
-                scale_box = gr.Slider(0, 2, value=defaults.conditioning_scale, step=0.05, label="Conditioning scale")
-                start_box = gr.Slider(0, 1, value=defaults.guidance_start, step=0.05, label="Guidance start")
-                end_box = gr.Slider(0, 1, value=defaults.guidance_end, step=0.05, label="Guidance end")
-            with gr.Row():
-                scheduler_box = gr.Dropdown(scheduler_names, value=defaults.base.scheduler, label="Scheduler")
-                steps_box = gr.Slider(1, settings.max_steps, value=defaults.base.steps, step=1, label="Steps")
-                cfg_box = gr.Slider(0, settings.max_cfg, value=defaults.base.cfg_scale, step=0.5, label="CFG scale")
-            with gr.Row():
-                width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
-                height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
-            with gr.Row():
-                seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random)")
-                images_box = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary", scale=3)
-                stop = gr.Button("Stop", variant="stop", scale=1)
     with gr.Accordion("OpenPose: detect the pose in the photo, or start from a preset; edit it as JSON", open=True):
         with gr.Row():
             with gr.Column(scale=5):
@@ -131,50 +103,30 @@ def build(
                                              scale=2)
                     pose_upload = gr.UploadButton("Upload pose JSON", file_types=[".json"], scale=1)
             with gr.Column(scale=5):
-                pose_box = gr.Code(value="", language="json", label="The pose as OpenPose JSON (x, y in pixels, confidence; "
-                                   "0, 0, 0 = not found): edit it, then draw it", lines=6, interactive=True)
+                pose_box = gr.Code(value="", language="json", label="The pose as OpenPose JSON (x, y in pixels, "
+                                   "confidence; 0, 0, 0 = not found): edit it, then draw it", lines=6, interactive=True)
                 with gr.Row():
                     mirror = gr.Button("Mirror left-right")
                     redraw = gr.Button("Draw this pose")
                 pose_file = gr.File(label="Download the pose (.json)", interactive=False)
-    with gr.Row():
-        map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
-                            height=300, elem_classes=["pixels"])
-        gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height=300,
-                             object_fit="contain", fit_columns=False, elem_classes=["pixels"])
-    info = gr.Markdown()
-    # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
-    gr.Examples(control_examples(offline), inputs=[image_box, mode_box, net_box, prompt_box],
-                label="Examples (no download): click one, then Generate", examples_per_page=8)
+    made_pose = [*made_pose[:1], pose_box, pose_file, pose_info, *made_pose[1:]]
 
     # -- handlers -----------------------------------------------------------------------------
-    def on_preprocess(image, mode, controlnet, low, high, resize, width, height, detector="auto", hands=False,
-                      face=False, pose=""):
-        try:
-            return preprocess(control_request(image, mode, controlnet, low, high, resize, width=width, height=height,
-                                              detector=detector, hands=hands, face=face, pose=pose))
-        except InvalidRequest as exc:
-            raise gr.Error(str(exc)) from None
-
     def as_pose_mode(text: str, info: str, control_map):
         """After a pose is made: the map, the JSON (box and file), and the mode switched to the pose JSON."""
         return (control_map, text, str(save_pose(text, settings.output_dir)), info, PREPROCESSORS["pose"].label,
-                "openpose")
+                PREPROCESSORS["pose"].feeds)
 
+    @shows_errors
     def on_detect(image, resize, width, height, detector, hands, face):
-        try:
-            d = detect_pose(control_request(image, PREPROCESSORS["openpose"].label, "openpose", CANNY["low"].default,
-                                            CANNY["high"].default, resize, width=width, height=height,
-                                            detector=detector, hands=hands, face=face))
-        except InvalidRequest as exc:
-            raise gr.Error(str(exc)) from None
+        d = detect_pose(control_request(image, PREPROCESSORS["openpose"].label, PREPROCESSORS["openpose"].feeds,
+                                        resize=resize, width=width, height=height, detector=detector, hands=hands,
+                                        face=face))
         return as_pose_mode(poses.to_json(d.pose), detection_text(d), d.control_map)
 
+    @shows_errors
     def on_draw(pose, width, height, flip=False):
-        try:
-            control_map, text = draw_pose(pose, width, height, mirror=flip)
-        except InvalidRequest as exc:
-            raise gr.Error(str(exc)) from None
+        control_map, text = draw_pose(pose, width, height, mirror=flip)
         return as_pose_mode(text, "Mirrored left-right: the person's right is now their left." if flip
                             else "Drawn from the pose JSON.", control_map)
 
@@ -182,9 +134,7 @@ def build(
         return on_draw(pose, width, height, flip=True)
 
     def on_preset(name, width, height):
-        if not name:
-            return [gr.skip()] * 6
-        return on_draw(poses.presets()[name].read_text(), width, height)
+        return on_draw(poses.presets()[name].read_text(), width, height) if name else [gr.skip()] * 6
 
     def on_upload_pose(file, width, height):
         try:
@@ -193,9 +143,85 @@ def build(
             raise gr.Error(f"could not read the pose file: {exc}") from None
         return on_draw(text, width, height)
 
+    # -- events -------------------------------------------------------------------------------
+    heavy(detect.click, on_detect, [image_box, resize_box, width_box, height_box, detector_box, hands_box, face_box],
+          made_pose, settings, api_name="pose", preprocess=False)
+    redraw.click(on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose")
+    mirror.click(on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose")
+    preset_box.input(on_preset, [preset_box, width_box, height_box], made_pose, api_visibility="private")
+    pose_upload.upload(on_upload_pose, [pose_upload, width_box, height_box], made_pose, api_visibility="private")
+    return PoseSection(detector_box, hands_box, face_box, pose_box)
+
+
+def build(
+    control: Callable[..., ControlResult],
+    preprocess: Callable[[ControlRequest], object],
+    detect_pose: Callable[[ControlRequest], poses.Detection],
+    draw_pose: Callable[..., tuple[object, str]],
+    controlnet_source: Callable[[str], str],
+    fields: Fields,
+    settings: Settings,
+    offline: bool = False,
+) -> None:
+    """Lay out the tab inside the current Blocks and wire its events."""
+    sources = ", ".join(f"**{k}**: `{controlnet_source(k)}`" for k in CONTROLNETS)
+
+    # -- layout -------------------------------------------------------------------------------
+    gr.Markdown("Upload a picture, turn it into a **control map**, and generate images that follow its structure. "
+                f"ControlNets (loaded on first use, sharing the model's UNet, VAE and text encoder): {sources}.")
+    with gr.Row():
+        with gr.Column(scale=5):
+            image_box = gr.Image(label="Photo or control map", type="filepath", sources=["upload", "clipboard"],
+                                 height=260)
+            mode_box = gr.Radio(list(MODES), value=PREPROCESSORS[DEFAULTS.mode].label, label="Control map")
+            net_box = gr.Radio(list(CONTROLNETS), value=DEFAULTS.controlnet, label="ControlNet",
+                               info="Canny edges need 'canny'; poses (detected, JSON or a ready drawing) 'openpose'")
+            with gr.Row():
+                low_box, high_box = (gr.Slider(p.lo, p.hi, value=p.default, step=1, label=p.label)
+                                     for p in CANNY_PARAMS)
+            resize_box = gr.Radio(list(RESIZE_MODES), value=DEFAULTS.resize, label="Fit to the size by",
+                                  info="; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items()))
+            show_map = gr.Button("Preview the control map")
+        with gr.Column(scale=5):
+            prompt_box, negative_box = fields.prompt(examples=False), fields.negative_prompt()
+            with gr.Row():
+                scale_box = gr.Slider(0, 2, value=DEFAULTS.conditioning_scale, step=0.05, label="Conditioning scale")
+                start_box = gr.Slider(0, 1, value=DEFAULTS.guidance_start, step=0.05, label="Guidance start")
+                end_box = gr.Slider(0, 1, value=DEFAULTS.guidance_end, step=0.05, label="Guidance end")
+            with gr.Row():
+                scheduler_box, steps_box, cfg_box = fields.scheduler("Scheduler"), fields.steps(), \
+                    fields.cfg_scale(info=None)
+            width_box, height_box = fields.size()
+            with gr.Row():
+                seed_box, images_box = fields.seed(), fields.num_images()
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", scale=3)
+                stop = gr.Button("Stop", variant="stop", scale=1)
+    map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
+                        height=300, elem_classes=["pixels"], render=False)
+    pose = pose_section(detect_pose, draw_pose, image_box, resize_box, width_box, height_box,
+                        [map_view, mode_box, net_box], settings)
+    with gr.Row():
+        map_view.render()
+        gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height=300,
+                             object_fit="contain", fit_columns=False, elem_classes=["pixels"])
+    info = gr.Markdown()
+    # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
+    gr.Examples(control_examples(offline), inputs=[image_box, mode_box, net_box, prompt_box],
+                label="Examples (no download): click one, then Generate", examples_per_page=8)
+
+    # -- handlers -----------------------------------------------------------------------------
+    @shows_errors
+    def on_preprocess(image, mode, controlnet, low, high, resize, width, height, detector=PoseOptions.detector,
+                      hands=PoseOptions.hands, face=PoseOptions.face, pose=""):
+        return preprocess(control_request(image, mode, controlnet, low, high, resize, width=width, height=height,
+                                          detector=detector, hands=hands, face=face, pose=pose))
+
+    @shows_errors
     def on_control(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start, guidance_end,
                    prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
-                   detector="auto", hands=False, face=False, pose="", progress=gr.Progress()):
+                   detector=PoseOptions.detector, hands=PoseOptions.hands, face=PoseOptions.face, pose="",
+                   progress=gr.Progress()):
         req = control_request(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start,
                               guidance_end, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height,
                               num_images, detector, hands, face, pose)
@@ -204,29 +230,16 @@ def build(
                 progress((item.step, item.total), desc=item.label, unit="steps")
             else:
                 files = save_control(item, settings.output_dir)
-                c, r = item.request, item.request.base
-                text = (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}; "
-                        f"ControlNet `{item.controlnet}` at scale {c.conditioning_scale:g} from "
-                        f"{c.guidance_start:g} to {c.guidance_end:g} of the steps; {item.seconds:.2f} s")
-                yield files[0][0], files, text
+                yield files[0][0], files, control_text(item)
 
     # -- events -------------------------------------------------------------------------------
     map_inputs = [image_box, mode_box, net_box, low_box, high_box, resize_box]
-    pose_inputs = [detector_box, hands_box, face_box, pose_box]  # last in both APIs: older calls still fit
+    pose_inputs = [pose.detector, pose.hands, pose.face, pose.pose]  # last in both APIs: older calls still fit
     # preprocess=False: plain values and the raw upload; the Engine's checks name a bad value or file
-    show_map.click(gpu(on_preprocess), [*map_inputs, width_box, height_box, *pose_inputs], map_view,
-                   api_name="preprocess", preprocess=False)
-    made_pose = [map_view, pose_box, pose_file, pose_info, mode_box, net_box]
-    detect.click(gpu(on_detect), [image_box, resize_box, width_box, height_box, detector_box, hands_box, face_box],
-                 made_pose, api_name="pose", preprocess=False, concurrency_id=concurrency_id,
-                 concurrency_limit=settings.gpu_concurrency)
-    redraw.click(on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose")
-    mirror.click(on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose")
-    preset_box.input(on_preset, [preset_box, width_box, height_box], made_pose, api_visibility="private")
-    pose_upload.upload(on_upload_pose, [pose_upload, width_box, height_box], made_pose, api_visibility="private")
+    heavy(show_map.click, on_preprocess, [*map_inputs, width_box, height_box, *pose_inputs], map_view, settings,
+          api_name="preprocess", preprocess=False)
     inputs = [*map_inputs, scale_box, start_box, end_box, prompt_box, negative_box, seed_box, steps_box, cfg_box,
               scheduler_box, width_box, height_box, images_box, *pose_inputs]
-    event = run.click(gpu(on_control), inputs, [map_view, gallery, info], api_name="control", preprocess=False,
-                      show_progress_on=map_view, concurrency_id=concurrency_id,
-                      concurrency_limit=settings.gpu_concurrency)
+    event = heavy(run.click, on_control, inputs, [map_view, gallery, info], settings, api_name="control",
+                  preprocess=False, show_progress_on=map_view)
     stop.click(None, cancels=[event], api_visibility="private")

@@ -8,13 +8,15 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from playground.gpu import gpu
 from playground.grid import AXES
 from playground.latents import snr_db
 from playground.outputs import save_grid
-from playground.requests import GenerateRequest, GridRequest, GridResult, Progress
+from playground.requests import GridRequest, GridResult, Progress
 from playground.settings import Settings
-from playground.ui.common import stream
+from playground.ui.common import heavy, shows_errors, stream
+from playground.ui.fields import Fields, generate_request
+
+DEFAULTS = GridRequest()
 
 TABLE_HEADERS = ["scheduler", "CFG scale", "steps", "seed", "model evaluations", "seconds", "size",
                  "PSNR vs reference (dB)", "latent RMS vs reference"]
@@ -40,25 +42,26 @@ def convergence_table(result: GridResult) -> pd.DataFrame:
 
 
 def cell_table(result: GridResult) -> list[list]:
-    r, by_steps = result.request.base, result.request.axis == "steps"
+    """One row per cell, with the settings its PNG carries (the column's value among them)."""
     out = []
     for row in result.cells:
         for c in row:
+            p = c.generated.params
             distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else ["", ""]
-            out.append([c.scheduler, r.cfg_scale if by_steps else c.value, int(c.value) if by_steps else r.steps,
-                        r.seed, c.unet_calls, round(c.seconds, 3), f"{r.width}x{r.height}", *distance])
+            out.append([c.scheduler, p.cfg_scale, p.steps, p.seed, c.unet_calls, round(c.seconds, 3),
+                        f"{p.width}x{p.height}", *distance])
     return out
 
 
 def summary(result: GridResult) -> str:
     req, r = result.request, result.request.base
     rows, cols = len(result.cells), len(result.cells[0])
-    evals = sum(c.unet_calls for row in result.cells for c in row)
-    if req.axis == "steps":
-        how = (f"CFG {r.cfg_scale:g}; each cell compared with a {result.reference_steps}-step run of its "
-               "scheduler from the same noise (PSNR of the images, RMS of the final latents)")
+    evals, axis = sum(c.unet_calls for row in result.cells for c in row), AXES[req.axis]
+    if axis.batched:
+        how = f"{axis.fixed(r)}; each scheduler's {axis.plural} ran as one batch"
     else:
-        how = f"{r.steps} steps; each scheduler's scales ran as one batch"
+        how = (f"{axis.fixed(r)}; each cell compared with a {result.reference_steps}-step run of its "
+               "scheduler from the same noise (PSNR of the images, RMS of the final latents)")
     return "  \n".join([
         f"**Seed {r.seed}**, the same starting noise in every cell",
         f"{rows} scheduler{'s' * (rows > 1)} x {cols} {AXES[req.axis].plural} = {rows * cols} cells; "
@@ -67,25 +70,15 @@ def summary(result: GridResult) -> str:
     ])
 
 
-def grid_request(prompt="", negative_prompt="", seed=-1, steps=20, schedulers=("Euler a", "DPM++ 2M Karras"),
-                 columns="1, 3, 7.5, 12", width=0, height=0, axis="cfg", cfg_scale=7.5) -> GridRequest:
+def grid_request(prompt="", negative_prompt="", seed=-1, steps=DEFAULTS.base.steps, schedulers=DEFAULTS.schedulers,
+                 columns=DEFAULTS.columns, width=0, height=0, axis=DEFAULTS.axis,
+                 cfg_scale=DEFAULTS.base.cfg_scale) -> GridRequest:
     """The `grid` API's values, as they come, in a request (the Engine checks them)."""
-    base = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                           cfg_scale=cfg_scale, width=width, height=height)
-    return GridRequest(base=base, schedulers=schedulers, columns=columns, axis=axis)
+    return GridRequest(base=generate_request(locals()), schedulers=schedulers, columns=columns, axis=axis)
 
 
-def build(
-    grid: Callable[..., GridResult],
-    scheduler_names: list[str],
-    native_size: int,
-    settings: Settings,
-    examples: list[str] = (),
-    concurrency_id: str = "gpu",
-) -> None:
+def build(grid: Callable[..., GridResult], fields: Fields, settings: Settings) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
-    defaults = GridRequest()
-
     # -- layout -------------------------------------------------------------------------------
     gr.Markdown("Rows are schedulers, columns are CFG scales or step counts, and every cell starts from the **same "
                 "noise**: the only thing that changes is the setting you compare. All scales of a scheduler run as one "
@@ -95,24 +88,17 @@ def build(
                 "PNGs with their settings inside: drop a cell on the Prompt tab's restore box to make it again.")
     with gr.Row():
         with gr.Column(scale=5):
-            prompt_box = gr.Textbox(label="Prompt", lines=2, placeholder="a red circle on a blue background")
-            if examples:
-                gr.Examples([[e] for e in examples], inputs=[prompt_box], label="Prompts this model knows")
-            negative_box = gr.Textbox(label="Negative prompt", lines=1)
-            schedulers_box = gr.CheckboxGroup(scheduler_names, value=list(defaults.schedulers),
+            prompt_box, negative_box = fields.prompt(), fields.negative_prompt()
+            schedulers_box = gr.CheckboxGroup(fields.scheduler_names, value=list(DEFAULTS.schedulers),
                                               label="Schedulers (rows)")
-            axis_box = gr.Radio([(a.label, key) for key, a in AXES.items()], value=defaults.axis, label="Columns vary")
-            columns_box = gr.Textbox(value=defaults.columns, label="Column values",
+            axis_box = gr.Radio([(a.label, key) for key, a in AXES.items()], value=DEFAULTS.axis, label="Columns vary")
+            columns_box = gr.Textbox(value=DEFAULTS.columns, label="Column values",
                                      info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
             with gr.Row():
-                steps_box = gr.Slider(1, settings.max_steps, value=defaults.base.steps, step=1,
-                                      label="Steps (when the columns are CFG scales)")
-                cfg_box = gr.Slider(0, settings.max_cfg, value=defaults.base.cfg_scale, step=0.5,
-                                    label="CFG scale (when the columns are steps)")
-            seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random, one for all cells)")
-            with gr.Row():
-                width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
-                height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
+                steps_box = fields.steps(DEFAULTS.base.steps, label="Steps (when the columns are CFG scales)")
+                cfg_box = fields.cfg_scale(label="CFG scale (when the columns are steps)", info=None)
+            seed_box = fields.seed(label="Seed (-1 = random, one for all cells)")
+            width_box, height_box = fields.size()
             with gr.Row():
                 run = gr.Button("Run grid", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
@@ -132,8 +118,9 @@ def build(
     table = gr.Dataframe(headers=TABLE_HEADERS, label="What each cell cost", interactive=False)
 
     # -- handlers -----------------------------------------------------------------------------
-    def on_grid(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis="cfg", cfg_scale=7.5,
-                progress=gr.Progress()):
+    @shows_errors
+    def on_grid(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis=DEFAULTS.axis,
+                cfg_scale=DEFAULTS.base.cfg_scale, progress=gr.Progress()):
         req = grid_request(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis, cfg_scale)
         for item in stream(grid, req):
             if isinstance(item, Progress):
@@ -151,8 +138,6 @@ def build(
               axis_box, cfg_box]
     # preprocess=False: plain values; the Engine's checks name the bad value before any work starts
     axis_box.change(on_axis, axis_box, columns_box, api_visibility="private", queue=False)
-    event = run.click(gpu(on_grid), inputs, [sheet, cells, table, plot, convergence, info], api_name="grid",
-                      preprocess=False,
-                      show_progress_on=sheet, concurrency_id=concurrency_id,
-                      concurrency_limit=settings.gpu_concurrency)
+    event = heavy(run.click, on_grid, inputs, [sheet, cells, table, plot, convergence, info], settings,
+                  api_name="grid", preprocess=False, show_progress_on=sheet)
     stop.click(None, cancels=[event], api_visibility="private")

@@ -6,12 +6,12 @@ from typing import Callable
 
 import gradio as gr
 
-from playground.gpu import gpu
 from playground.metadata import read_png
 from playground.outputs import save_images
-from playground.requests import GenerateRequest, GenerateResult, Progress, TokenCount
+from playground.requests import GenerateResult, Progress, TokenCount
 from playground.settings import Settings
-from playground.ui.common import stream
+from playground.ui.common import heavy, shows_errors, stream
+from playground.ui.fields import Fields, generate_request
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -40,39 +40,29 @@ def summary(result: GenerateResult) -> str:
 def build(
     generate: Callable[..., GenerateResult],
     count_tokens: Callable[[str], TokenCount],
-    scheduler_names: list[str],
-    native_size: int,
+    fields: Fields,
     settings: Settings,
-    examples: list[str] = (),
-    concurrency_id: str = "gpu",
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
-    defaults = GenerateRequest()
-
     # -- layout -------------------------------------------------------------------------------
     with gr.Row():
         with gr.Column(scale=5):
-            prompt_box = gr.Textbox(label="Prompt", lines=3, placeholder="a red circle on a blue background")
+            prompt_box = fields.prompt(lines=3, examples=False)
             prompt_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
-            if examples:
-                gr.Examples([[e] for e in examples], inputs=[prompt_box], label="Prompts this model knows")
-            negative_box = gr.Textbox(label="Negative prompt", lines=2, placeholder="what you don't want (optional)")
+            if fields.examples:
+                gr.Examples([[e] for e in fields.examples], inputs=[prompt_box], label="Prompts this model knows")
+            negative_box = fields.negative_prompt(lines=2)
             negative_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
             with gr.Row():
-                scheduler_box = gr.Dropdown(scheduler_names, value=defaults.scheduler, label="Scheduler (sampler)")
-                steps_box = gr.Slider(1, settings.max_steps, value=defaults.steps, step=1, label="Steps")
+                scheduler_box, steps_box = fields.scheduler(), fields.steps()
             with gr.Row():
-                cfg_box = gr.Slider(0, settings.max_cfg, value=defaults.cfg_scale, step=0.5, label="CFG scale",
-                                info="1 = no guidance; higher follows the prompt harder")
-                images_box = gr.Slider(1, settings.max_images, value=1, step=1, label="Images")
+                cfg_box, images_box = fields.cfg_scale(), fields.num_images()
+            width_box, height_box = fields.size()
             with gr.Row():
-                width_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Width")
-                height_box = gr.Slider(64, settings.max_size, value=native_size, step=8, label="Height")
-            with gr.Row():
-                seed_box = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", scale=3)
+                seed_box = fields.seed(scale=3)
                 reuse = gr.Button("♻ Reuse last seed", scale=1)
             restore = gr.File(label="Drop a PNG made here (or by A1111) to restore its settings",
                               file_types=[".png"], type="filepath", height=140)
@@ -85,12 +75,10 @@ def build(
             seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
 
     # -- handlers -----------------------------------------------------------------------------
+    @shows_errors
     def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
                     progress=gr.Progress()):
-        req = GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                              cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height,
-                              num_images=num_images)
-        for item in stream(generate, req):
+        for item in stream(generate, generate_request(locals())):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 # the Engine makes a preview a few times a second: each yield is encoded and sent to
@@ -101,17 +89,15 @@ def build(
                 files = save_images(item.images, settings.output_dir)
                 yield files[0][0], files, summary(item), item.request.seed
 
+    @shows_errors
     def on_restore(path):
         if not path:
             return [gr.skip()] * 9
-        try:
-            p = read_png(path)
-        except ValueError as exc:
-            raise gr.Error(str(exc))
-        if p.sampler not in scheduler_names:
+        p = read_png(path)
+        if p.sampler not in fields.scheduler_names:
             gr.Warning(f"Sampler {p.sampler!r} is not in this playground; the scheduler was left as it was")
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
-                p.sampler if p.sampler in scheduler_names else gr.skip(), p.width, p.height,
+                p.sampler if p.sampler in fields.scheduler_names else gr.skip(), p.width, p.height,
                 f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
 
     # -- events -------------------------------------------------------------------------------
@@ -120,9 +106,8 @@ def build(
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the preview only: the gallery keeps the last images in view
     # the button and Enter in the prompt box are one event, with one API name
-    gen = gr.on([run.click, prompt_box.submit], gpu(on_generate), inputs, [preview, gallery, info, seed_used],
-                api_name="generate", preprocess=False, show_progress_on=preview, concurrency_id=concurrency_id,
-                concurrency_limit=settings.gpu_concurrency)
+    gen = heavy([run.click, prompt_box.submit], on_generate, inputs, [preview, gallery, info, seed_used], settings,
+                api_name="generate", preprocess=False, show_progress_on=preview)
     stop.click(None, cancels=[gen], api_visibility="private")
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
         box.change(lambda text: token_text(count_tokens(text)), box, counter, show_progress="hidden",

@@ -1,4 +1,4 @@
-"""What the latent inspector shows, as pictures: functions over a recorded Trajectory and a VAE round trip.
+"""Trajectory views: what the latent inspector shows, as pictures: functions over a recorded Trajectory and a VAE round trip.
 
 No model calls here (the Engine decodes); only tensors already on the CPU, turned into PIL images
 and numbers for the UI.
@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from playground import latents
-from playground.requests import Trajectory, integer
+from playground import latents, tokens as tokens_mod
+from playground.errors import InvalidRequest
+from playground.requests import Trajectory, integer, text
 
 
 @dataclass
@@ -134,10 +135,20 @@ def overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.6) -> Image.I
     return Image.fromarray((mixed * 255).round().astype(np.uint8))
 
 
-def attention_view(traj: Trajectory, index: int, tokens: list[int], resolution: str | None,
-                   backdrop: Image.Image) -> AttentionView:
-    """Maps of the kept tokens `tokens` (their sum: a word CLIP splits in pieces) at step `index` over
+def chosen_tokens(traj: Trajectory, token: int | str | list[int], tokenizer) -> list[int]:
+    """Kept-token indices from an index, a list of them, or a word (all the pieces it is split into)."""
+    if traj.attention is None:
+        raise InvalidRequest("this trajectory was recorded without attention maps")
+    if isinstance(token, str):
+        return tokens_mod.find_word(traj.attention.tokens, text("word", token, 200), tokenizer)
+    return list(token) if isinstance(token, (list, tuple)) else [token]
+
+
+def attention_view(traj: Trajectory, index: int, token: int | str | list[int], resolution: str | None,
+                   backdrop: Image.Image, tokenizer=None) -> AttentionView:
+    """Maps of the chosen kept tokens (their sum: a word CLIP splits in pieces) at step `index` over
     `backdrop`, and over all steps over the final image; plus every token's map over all steps."""
+    tokens = chosen_tokens(traj, token, tokenizer)
     maps = traj.attention
     index = integer("step", index, 0, traj.steps - 1)
     names = [t.text for t in maps.kept]

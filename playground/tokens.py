@@ -1,0 +1,92 @@
+"""The prompt as the text encoder's tokenizer splits it: pure Python over a tokenizer, no torch.
+
+The token counter, the attention chips and the word lookup of the `attention` endpoint all read
+prompts through here, so the same split is shown, checked and recorded.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from playground.errors import InvalidRequest
+
+START, END = "<start>", "<end>"
+
+# Fast tokenizers set padding/truncation on the shared Rust object before each call, so two
+# threads tokenizing with different settings could see each other's: one lock for all calls.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def tokenize(tokenizer, texts: list[str], **kwargs):
+    """tokenizer(texts, **kwargs), safe to call from several request threads at once."""
+    with _TOKENIZER_LOCK:
+        return tokenizer(texts, **kwargs)
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str  # as shown: a word piece without CLIP's "</w>", or <start> / <end>
+    position: int  # index in the tokenized prompt (0 = start token); past the limit for dropped ones
+    kind: str  # "start", "word", "end" or "dropped" (past the 77-token window: the model never sees it)
+
+
+def split_prompt(tokenizer, prompt: str) -> list[Token]:
+    """Every token of `prompt` as CLIP's tokenizer makes it, marking the ones the window cuts off."""
+    ids = tokenize(tokenizer, [prompt], truncation=False)["input_ids"][0]  # start, words..., end
+    limit = tokenizer.model_max_length
+    pieces = tokenizer.convert_ids_to_tokens(ids[1:-1])
+    out = [Token(START, 0, "start")]
+    for k, piece in enumerate(pieces, start=1):
+        # the window keeps start + limit-2 word pieces + end
+        out.append(Token(piece.replace("</w>", ""), k, "word" if k < limit - 1 else "dropped"))
+    kept_words = sum(t.kind == "word" for t in out)
+    out.insert(kept_words + 1, Token(END, kept_words + 1, "end"))
+    return out
+
+
+def kept(tokens: list[Token]) -> list[Token]:
+    """The tokens the denoiser attends to (start, words inside the window, end), in order."""
+    return [t for t in tokens if t.kind != "dropped"]
+
+
+# words that rarely paint anything: the token shown first is the first word not among them
+FILLER = {"a", "an", "the", "of", "on", "in", "at", "with", "and", "or", "to", "by", "from"}
+
+
+def first_word(tokens: list[Token]) -> int:
+    """Index (into `kept(tokens)`) of the first word worth a map: not a filler word; else the first token."""
+    shown = kept(tokens)
+    return next((k for k, t in enumerate(shown) if t.kind == "word" and t.text.lower() not in FILLER),
+                1 if len(shown) > 2 else 0)
+
+
+def find_word(tokens: list[Token], word: str, tokenizer) -> list[int]:
+    """Indices (into `kept(tokens)`) of the token pieces that spell `word`; InvalidRequest naming it if absent."""
+    shown = kept(tokens)
+    want = word.strip().lower()
+    if want in (START, END):
+        return [k for k, t in enumerate(shown) if t.text == want]
+    pieces = [p.replace("</w>", "") for p in tokenizer.tokenize(want)]  # no padding / truncation state
+    texts = [t.text for t in shown]
+    for k in range(len(texts) - len(pieces) + 1):
+        if pieces and texts[k: k + len(pieces)] == pieces:
+            return list(range(k, k + len(pieces)))
+    words = ", ".join(repr(t.text) for t in shown if t.kind == "word")
+    raise InvalidRequest(f"word {word!r} is not among the prompt's tokens; choose one of: {words} (or {START}, {END})")
+
+
+def resolution_names(grids: list[tuple[int, int]]) -> list[str]:
+    """'all' and 'WxH' for each (h, w) grid: the layer-resolution choices."""
+    return ["all", *(f"{w}x{h}" for h, w in grids)]
+
+
+def check_resolution(resolution, grids: list[tuple[int, int]]) -> str:
+    """'all' (None and '' too) or one of the grids' names; InvalidRequest naming the choices."""
+    names = resolution_names(grids)
+    if resolution in (None, ""):
+        return "all"
+    if resolution not in names:
+        raise InvalidRequest(f"layer resolution {resolution!r} is not one this model has at this size; "
+                             f"choose one of: {', '.join(names)}")
+    return resolution

@@ -1,0 +1,92 @@
+"""The generation form every tab shares: its inputs (defaults read from `requests`, ranges from the
+settings) and the request built from a handler's values.
+
+Each tab lays the inputs out its own way (the Prompt tab puts the token counters under the boxes,
+the Grid has checkboxes for schedulers), but the labels, ranges and defaults are made here once, and
+`generate_request` is the one place a `GenerateRequest` is built from what the browser or the API sent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import gradio as gr
+
+from playground.requests import GenerateRequest
+from playground.settings import Settings
+
+DEFAULTS = GenerateRequest()
+FIELDS = tuple(f.name for f in dataclasses.fields(GenerateRequest))  # also the API's parameter names
+
+
+def generate_request(values: dict) -> GenerateRequest:
+    """The GenerateRequest among a handler's arguments (`locals()`), by their API names, as they come (the
+    Engine checks them); a name the handler does not take keeps the request's default."""
+    return GenerateRequest(**{name: values[name] for name in FIELDS if name in values})
+
+
+@dataclass
+class Form:
+    """The shared inputs of one tab (None where the tab does not have that input)."""
+
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    seed: gr.Number
+    steps: gr.Slider
+    cfg_scale: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    scheduler: gr.Dropdown | None = None
+    num_images: gr.Slider | None = None
+
+
+class Fields:
+    """Makes the form's inputs inside the current layout, each with its label, range and default."""
+
+    def __init__(self, settings: Settings, native_size: int, scheduler_names: list[str], examples: list[str] = ()):
+        self.settings, self.native_size = settings, native_size
+        self.scheduler_names, self.examples = list(scheduler_names), list(examples)
+
+    def prompt(self, lines: int = 2, examples: bool = True) -> gr.Textbox:
+        box = gr.Textbox(label="Prompt", lines=lines, placeholder="describe the picture")
+        if examples and self.examples:
+            gr.Examples([[e] for e in self.examples], inputs=[box], label="Prompts this model knows")
+        return box
+
+    def negative_prompt(self, lines: int = 1) -> gr.Textbox:
+        return gr.Textbox(label="Negative prompt", lines=lines, placeholder="what you don't want (optional)")
+
+    def scheduler(self, label: str = "Scheduler (sampler)") -> gr.Dropdown:
+        return gr.Dropdown(self.scheduler_names, value=DEFAULTS.scheduler, label=label)
+
+    def steps(self, value: int = DEFAULTS.steps, label: str = "Steps") -> gr.Slider:
+        return gr.Slider(1, self.settings.max_steps, value=value, step=1, label=label)
+
+    def cfg_scale(self, label: str = "CFG scale",
+                  info: str = "1 = no guidance; higher follows the prompt harder") -> gr.Slider:
+        return gr.Slider(0, self.settings.max_cfg, value=DEFAULTS.cfg_scale, step=0.5, label=label, info=info)
+
+    def seed(self, label: str = "Seed (-1 = random)", **kwargs) -> gr.Number:
+        return gr.Number(value=DEFAULTS.seed, precision=0, label=label, **kwargs)
+
+    def size(self) -> tuple[gr.Slider, gr.Slider]:
+        """Width and height in a row, starting at the model's native size."""
+        with gr.Row():
+            return tuple(gr.Slider(64, self.settings.max_size, value=self.native_size, step=8, label=label)
+                         for label in ("Width", "Height"))
+
+    def num_images(self) -> gr.Slider:
+        return gr.Slider(1, self.settings.max_images, value=DEFAULTS.num_images, step=1, label="Images")
+
+    def form(self, lines: int = 2, images: bool = False) -> Form:
+        """The whole form in the usual order: prompt, negative prompt, scheduler and steps, CFG and seed (and
+        images), width and height."""
+        prompt, negative = self.prompt(lines), self.negative_prompt()
+        with gr.Row():
+            scheduler, steps = self.scheduler("Scheduler"), self.steps()
+        with gr.Row():
+            cfg, seed = self.cfg_scale(info=None), self.seed()
+            count = self.num_images() if images else None
+        width, height = self.size()
+        return Form(prompt, negative, seed, steps, cfg, width, height, scheduler, count)
