@@ -2,7 +2,7 @@
 
 In each cross-attention layer (`attn2`) of the UNet the image positions are the queries and the
 prompt's 77 CLIP tokens the keys: softmax(Q K^T / sqrt(d)) says, for every position, how much of its
-attention goes to each token. `recording(unet, recorder)` wraps those layers' own processors for as long
+attention goes to each token. `recording(layers, recorder)` wraps those layers' own processors for as long
 as a recording runs: the layer's output is still the wrapped processor's (the fast SDPA path, the same
 numbers), and only in the thread that records does the wrapper also compute the probabilities for one
 sample (the prompt's half of the CFG batch, or the negative prompt's), average them over the heads and
@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 
-from playground.tokens import END, START, Token, check_resolution, find_word, first_word, kept, resolution_names, \
-    split_prompt  # noqa: F401 (the recording's tokens, named here for its readers)
+from playground.tokens import Token, check_resolution, first_word, kept, resolution_names
 
 # ---------------------------------------------------------------- the probabilities of one layer
 
@@ -179,7 +178,7 @@ class AttentionMaps:
     """Recorded cross-attention of one trajectory: per step, per layer resolution, per kept token."""
 
     tokens: list[Token]  # the whole split prompt (dropped ones too); maps follow kept(tokens)
-    of: str  # whose tokens: "prompt" or "negative prompt"
+    of: str  # whose tokens: a key of requests.ATTENTION_OF ("prompt" or "negative")
     latent_hw: tuple[int, int]
     layers: dict[tuple[int, int], int]  # resolution -> how many layers were averaged there
     window: int  # how many text tokens every position attends over (77 for CLIP): the kept ones plus padding
@@ -214,7 +213,7 @@ class AttentionMaps:
 
     def resolution_key(self, resolution: str | None) -> list[tuple[int, int]]:
         """'all' (or None) or '16x16' -> the resolutions to average; InvalidRequest naming a bad one."""
-        resolution = check_resolution(resolution, self.resolutions)
+        resolution = check_resolution(resolution, self.resolution_names)
         return self.resolutions if resolution == "all" else [g for g in self.maps if resolution == f"{g[1]}x{g[0]}"]
 
     def stack(self, step: int | None = None, resolution: str | None = None) -> np.ndarray:

@@ -1,12 +1,14 @@
 """ControlNet preprocessors (image -> control map) and fitting images to the generation size.
 
-Every preprocessor has one entry in PREPROCESSORS that carries its rules: the label the UI and the
-API show, what it reads (an uploaded image, or a pose as OpenPose JSON), its parameters with their
-ranges or choices and defaults, and which ControlNet its maps feed. The UI builds its radio, sliders
-and checkboxes from these entries and `requests.validate_preprocess` checks requests against them,
-so adding a preprocessor is adding an entry. The pure ones are a function fn(image: PIL RGB,
-**params) -> PIL RGB map (OpenCV / PIL, no weights); a pose detector needs the Engine's cached
-weights, so the Engine runs those (`detector=True`), and a pose is drawn by `playground.poses`.
+Every preprocessor has one entry in PREPROCESSORS that carries its rules: the label the UI and
+the API show, whether it needs an uploaded image (`needs_image`) or a pose as OpenPose JSON
+(`needs_pose`), the options it reads (`params`, with their ranges or choices and defaults), which
+ControlNet its maps feed, and how it makes its map (`make_map(MapInputs) -> PIL RGB`). The UI builds its
+radio, sliders and checkboxes from these entries, `requests.validate_preprocess` checks requests against
+them, and the Engine only asks the chosen entry for its map. A new preprocessor over the existing options
+is one entry; one with options of its own also adds them to `ControlRequest` and `MapInputs`. The pure
+ones are OpenCV / PIL functions; the pose detector's weights are kept by `playground.annotators`, which
+`MapInputs.detect` reaches.
 """
 
 from __future__ import annotations

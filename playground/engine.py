@@ -121,7 +121,8 @@ def scales_row(run: Callable, model: str, row: GenerateRequest, scales: list[flo
 
 def steps_row(run: Callable, model: str, row: GenerateRequest, counts: list[int], reference: int, progress: tuple,
               cancel: threading.Event | None) -> tuple[list[GridCell], list[float]]:
-    """One pass per step count, then the reference run; each cell's distance to the reference."""
+    """One pass per step count (an unbatched axis varies the steps: see grid.Axis), then the reference run;
+    each cell's distance to the reference."""
     on_progress, label, done, total = progress
     passes = []
     for n in [*counts, reference]:
@@ -264,10 +265,11 @@ class Engine:
                        resolution: str | None = "all") -> views.AttentionView:
         """Cross-attention pictures of step `index` for one kept token (an index, indices, or a word: all its
         pieces), over the step's decoded x0 when it has been decoded, else over its linear RGB preview."""
+        chosen = views.chosen_tokens(traj, token, self.model.pipe.tokenizer)  # names a bad word before any work
         backdrop = traj.decoded.get(index)
         if backdrop is None:
             backdrop = self._preview(traj.tensors["x0"][integer("step", index, 0, traj.steps - 1)])
-        return views.attention_view(traj, index, token, resolution, backdrop, self.model.pipe.tokenizer)
+        return views.attention_view(traj, index, chosen, resolution, backdrop)
 
     @torch.no_grad()
     def decode_x0(self, traj: Trajectory, index: int) -> Image.Image:
@@ -345,7 +347,7 @@ class Engine:
                                            f"a recorded {gen.width}x{gen.height} image")
         return Trajectory(request=gen, params=made[0].params, image=made[0].image, tensors=recorder.tensors(),
                           sigma_space=out.sigma_space, prediction_type=out.prediction_type, seconds=seconds,
-                          attention=attn.maps(split, source.label) if attn is not None else None)
+                          attention=attn.maps(split, req.attention_of) if attn is not None else None)
 
     def _run(self, job: Job, params: list[Params], observer: Observer | None, cancel: threading.Event | None,
              what: str) -> tuple[list[Generated], Denoised, float]:

@@ -2,8 +2,7 @@
 
 An entry says how its prompt is encoded, which added conditioning the denoiser takes, how the denoiser
 and its ControlNet are called, where its attention is recorded and at which resolutions, its latent
-channels, scale and shift, its default ControlNets and which published family the anatomy compares it
-with. `sampling.denoise` and the Engine ask `components.family` instead of testing what a pipeline has,
+channels, scale and shift, and its default ControlNets. `sampling.denoise` and the Engine ask `components.family` instead of testing what a pipeline has,
 so a new family (SD3's MMDiT, three encoders and flow) is one more entry plus what its loop truly adds.
 The encodings follow diffusers' `encode_prompt` of each pipeline; tests check the images are equal.
 """
@@ -39,7 +38,6 @@ class StableDiffusion:
 
     name = "SD 1.x / 2.x"
     pipeline = "StableDiffusionPipeline"  # model_index.json's _class_name
-    anatomy = "SD 1.5"  # the published family the Model anatomy tab shows beside it
     controlnets = CONTROLNETS  # kind -> hub id, when neither a setting nor the model names one
 
     # -- text ---------------------------------------------------------------------------------
@@ -100,7 +98,8 @@ class StableDiffusion:
         """(B, 3, H, W) in [-1, 1] from the denoiser's latents (undo the scale, add the shift back), in the
         VAE's own dtype (SDXL's is kept in fp32: it overflows in fp16)."""
         shift = c.vae.config.get("shift_factor") or 0.0
-        z = latents.to(device=c.vae.device, dtype=c.vae.dtype) / c.vae.config.scaling_factor + shift
+        z = latents.to(device=c.vae.device, dtype=c.vae.dtype) / c.vae.config.scaling_factor
+        z = z + shift if shift else z
         return c.vae.decode(z, return_dict=False, generator=generator)[0]
 
     def encode_image(self, c: Components, pixels: torch.Tensor) -> torch.Tensor:
@@ -108,7 +107,7 @@ class StableDiffusion:
         (deterministic), shifted and scaled (0.18215 is SD 1.x's scaling factor)."""
         shift = c.vae.config.get("shift_factor") or 0.0
         z = c.vae.encode(pixels.to(device=c.vae.device, dtype=c.vae.dtype)).latent_dist.mode()
-        return (z - shift) * c.vae.config.scaling_factor
+        return (z - shift if shift else z) * c.vae.config.scaling_factor
 
     # -- where attention is recorded ------------------------------------------------------------
     def attention_layers(self, c: Components) -> list[tuple[str, Attention]]:
@@ -125,7 +124,6 @@ class StableDiffusionXL(StableDiffusion):
 
     name = "SDXL"
     pipeline = "StableDiffusionXLPipeline"
-    anatomy = "SDXL"
     controlnets = CONTROLNETS_XL
 
     def tokenizers(self, c: Components) -> list[CLIPTokenizer]:

@@ -20,8 +20,8 @@ class Axis:
     cell: Callable[[float], str]  # a column's label on the sheet: "CFG 7.5", "20 steps"
     default: str  # a sensible list to start from
     fixed: Callable[[Any], str]  # what the grid holds fixed, from its base request: "20 steps", "CFG 7.5"
-    # True: a row's columns run as one batch (the value is per sample in our loop). False: one pass per
-    # column, each compared with a long reference run of its scheduler from the same noise
+    # True: a row's columns run as one batch (the value is per sample in our loop, as CFG is). False: the
+    # columns are step counts, one pass each, each compared with a long reference run of its scheduler
     batched: bool
 
     def step_counts(self, values: list[float], base_steps: int, reference: int) -> list[int]:

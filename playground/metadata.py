@@ -63,12 +63,15 @@ def format_parameters(p: Params) -> str:
 
 
 def parse_parameters(text: str) -> Params:
-    """Read A1111-style parameters (ours or another tool's); raises ValueError when it isn't that."""
+    """Read A1111-style parameters (ours or another tool's); InvalidRequest (a ValueError) when it isn't that."""
     lines = text.strip().split("\n")
     pairs = dict(_PAIR.findall(lines[-1])) if lines else {}
     if len(pairs) < 3:
-        raise ValueError("no Stable Diffusion settings line found in the PNG's parameters text")
-    pairs = {k.strip(): (json.loads(v) if v.startswith('"') else v.strip()) for k, v in pairs.items()}
+        raise InvalidRequest("no Stable Diffusion settings line found in the PNG's parameters text")
+    try:
+        pairs = {k.strip(): (json.loads(v) if v.startswith('"') else v.strip()) for k, v in pairs.items()}
+    except ValueError as exc:  # a quoted value that is not valid JSON
+        raise InvalidRequest(f"unreadable settings line {lines[-1]!r}: {exc}") from None
     prompt, negative, in_negative = [], [], False
     for line in lines[:-1]:
         if line.startswith("Negative prompt:"):
@@ -84,7 +87,7 @@ def parse_parameters(text: str) -> Params:
                       sampler=sampler, cfg_scale=float(pairs.get("CFG scale", 0)), seed=int(pairs.get("Seed", -1)),
                       width=int(width), height=int(height), model=pairs.get("Model", ""))
     except ValueError as exc:
-        raise ValueError(f"unreadable settings line {lines[-1]!r}: {exc}") from None
+        raise InvalidRequest(f"unreadable settings line {lines[-1]!r}: {exc}") from None
 
 
 def save_png(image: Image.Image, params: Params, path: str | Path) -> Path:

@@ -337,13 +337,9 @@ def validate_attention(req: InspectRequest, limits: Limits) -> InspectRequest:
     if not source.records:
         raise InvalidRequest("attention of 'off' records no maps; ask for 'prompt' or 'negative'")
     split = tokens_mod.split_prompt(limits.tokenizer, source.text(req.base))
-    word = text("word", req.word, 200).strip()
+    word = text("word", req.word, tokens_mod.MAX_WORD_CHARS).strip()
     chosen = tokens_mod.find_word(split, word, limits.tokenizer) if word else [tokens_mod.first_word(split)]
-    names = limits.attention_layers(req.base.height, req.base.width)
-    resolution = "all" if req.resolution in (None, "") else req.resolution
-    if resolution not in names:
-        raise InvalidRequest(f"layer resolution {req.resolution!r} is not one this model has at this size; "
-                             f"choose one of: {', '.join(names)}")
+    resolution = tokens_mod.check_resolution(req.resolution, limits.attention_layers(req.base.height, req.base.width))
     return replace(req, word=word, resolution=resolution, tokens=tuple(chosen))
 
 

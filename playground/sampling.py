@@ -25,7 +25,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from playground import schedulers
 from playground.errors import Cancelled
 from playground.families import Components  # noqa: F401 (the loop's input, named here for its callers)
-from playground.tokens import tokenize  # noqa: F401 (callers count tokens through the loop's lock)
 
 
 @dataclass

@@ -81,9 +81,11 @@ def resolution_names(grids: list[tuple[int, int]]) -> list[str]:
     return ["all", *(f"{w}x{h}" for h, w in grids)]
 
 
-def check_resolution(resolution, grids: list[tuple[int, int]]) -> str:
-    """'all' (None and '' too) or one of the grids' names; InvalidRequest naming the choices."""
-    names = resolution_names(grids)
+MAX_WORD_CHARS = 200  # a word to look up among the prompt's tokens
+
+
+def check_resolution(resolution, names: list[str]) -> str:
+    """'all' (None and '' too) or one of the layer choices `names` ('all', '8x8', ...); InvalidRequest naming them."""
     if resolution in (None, ""):
         return "all"
     if resolution not in names:

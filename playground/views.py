@@ -140,12 +140,12 @@ def chosen_tokens(traj: Trajectory, token: int | str | list[int], tokenizer) -> 
     if traj.attention is None:
         raise InvalidRequest("this trajectory was recorded without attention maps")
     if isinstance(token, str):
-        return tokens_mod.find_word(traj.attention.tokens, text("word", token, 200), tokenizer)
+        return tokens_mod.find_word(traj.attention.tokens, text("word", token, tokens_mod.MAX_WORD_CHARS), tokenizer)
     return list(token) if isinstance(token, (list, tuple)) else [token]
 
 
 def attention_view(traj: Trajectory, index: int, token: int | str | list[int], resolution: str | None,
-                   backdrop: Image.Image, tokenizer=None) -> AttentionView:
+                   backdrop: Image.Image, tokenizer=None) -> AttentionView:  # a word needs the tokenizer
     """Maps of the chosen kept tokens (their sum: a word CLIP splits in pieces) at step `index` over
     `backdrop`, and over all steps over the final image; plus every token's map over all steps."""
     tokens = chosen_tokens(traj, token, tokenizer)

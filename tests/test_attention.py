@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from playground import attention
+from playground import attention, tokens
 from playground.attention import AttentionRecorder, cross_attention_layers, recording
 from playground import settings as settings_mod
 from playground.engine import Engine
@@ -37,11 +37,11 @@ def traj(engine):
 
 def find(engine, traj, word):
     """The kept-token indices of `word` in a recorded trajectory, as the inspector looks a word up."""
-    return attention.find_word(traj.attention.tokens, word, engine.model.pipe.tokenizer)
+    return tokens.find_word(traj.attention.tokens, word, engine.model.pipe.tokenizer)
 
 
 def split(engine, prompt):
-    return attention.split_prompt(engine.model.pipe.tokenizer, prompt)
+    return tokens.split_prompt(engine.model.pipe.tokenizer, prompt)
 
 
 def job(prompt="a red circle", guidance=5.0, steps=4) -> Job:
@@ -123,7 +123,7 @@ def test_another_threads_run_is_not_recorded_while_one_records(engine):
 
 def test_the_inspector_records_the_prompts_tokens(engine, traj):
     a = traj.attention
-    assert a.of == "the prompt"
+    assert a.of == "prompt"
     assert [t.text for t in a.kept] == ["<start>", "a", "red", "circle", "on", "a", "blue", "background", "<end>"]
     assert a.layers == {(8, 8): 3, (4, 4): 1} and a.steps == 5 and a.window == 77
     assert {g: tuple(m.shape) for g, m in a.maps.items()} == {(8, 8): (5, 9, 8, 8), (4, 4): (5, 9, 4, 4)}
@@ -144,7 +144,7 @@ def test_the_inspector_records_the_prompts_tokens(engine, traj):
 
 def test_negative_prompt_attention_and_off(engine, traj):
     neg = engine.inspect(InspectRequest(REQ, "negative"))
-    assert neg.attention.of == "the negative prompt" and [t.text for t in neg.attention.kept] == ["<start>", "blurry", "ugly",
+    assert neg.attention.of == "negative" and [t.text for t in neg.attention.kept] == ["<start>", "blurry", "ugly",
                                                                                        "<end>"]
     # the same picture: recording changes nothing
     assert np.array_equal(np.asarray(neg.image), np.asarray(traj.image))
@@ -159,13 +159,13 @@ def test_negative_prompt_attention_and_off(engine, traj):
 
 
 def test_the_prompt_as_clip_splits_it(engine):
-    tokens = split(engine, "a red circle")
-    assert [(t.text, t.kind) for t in tokens] == [("<start>", "start"), ("a", "word"), ("red", "word"),
+    short = split(engine, "a red circle")
+    assert [(t.text, t.kind) for t in short] == [("<start>", "start"), ("a", "word"), ("red", "word"),
                                                   ("circle", "word"), ("<end>", "end")]
     long = split(engine, " ".join(["red"] * 80))
     kinds = [t.kind for t in long]
     assert kinds.count("word") == 75 and kinds.count("dropped") == 5 and kinds[76] == "end"
-    assert len(attention.kept(long)) == 77 and [t.position for t in attention.kept(long)] == list(range(77))
+    assert len(tokens.kept(long)) == 77 and [t.position for t in tokens.kept(long)] == list(range(77))
 
 
 def test_finding_a_word(engine, traj):
@@ -175,10 +175,10 @@ def test_finding_a_word(engine, traj):
     with pytest.raises(InvalidRequest, match="word 'green' is not among the prompt's tokens.*'red'"):
         find(engine, traj, "green")
     # a word CLIP splits into pieces is all of its pieces
-    tokens = split(engine, "a xylophonist")
+    split_up = split(engine, "a xylophonist")
     pieces = engine.model.pipe.tokenizer.tokenize("xylophonist")
     assert len(pieces) > 1
-    assert attention.find_word(tokens, "xylophonist", engine.model.pipe.tokenizer) == list(range(2, 2 + len(pieces)))
+    assert tokens.find_word(split_up, "xylophonist", engine.model.pipe.tokenizer) == list(range(2, 2 + len(pieces)))
 
 
 def test_layer_grids_round_up_like_the_unet():

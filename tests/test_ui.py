@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from playground import control, schedulers
 from playground.loading import LoadedModel
@@ -170,3 +170,9 @@ def test_a_bad_png_on_restore_is_named_beside_the_action(tmp_path):
     Image.new("RGB", (8, 8)).save(plain)
     with pytest.raises(gr.Error, match="plain.png has no 'parameters' text chunk"):
         restore(str(plain))
+    for line in ("Steps: abc, Sampler: DDIM, CFG scale: 7, Seed: 1, Size: 8x8", 'Steps: 2, Sampler: "DDIM, Seed: 1'):
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", f"a red circle\n{line}")
+        Image.new("RGB", (8, 8)).save(tmp_path / "odd.png", pnginfo=info)
+        with pytest.raises(gr.Error, match="unreadable settings line|no Stable Diffusion settings line"):
+            restore(str(tmp_path / "odd.png"))

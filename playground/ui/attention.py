@@ -12,7 +12,7 @@ from typing import Callable
 
 import gradio as gr
 
-from playground.requests import InspectRequest, Progress, Trajectory
+from playground.requests import ATTENTION_OF, InspectRequest, Progress, Trajectory
 from playground.settings import Settings
 from playground.ui.common import heavy, shows_errors, stream
 from playground.ui.fields import generate_request
@@ -50,7 +50,7 @@ def token_choices(traj: Trajectory) -> tuple[list[tuple[str, int]], int]:
 def attention_text(v: AttentionView, traj: Trajectory, resolution: str) -> str:
     a = traj.attention
     layers = sum(a.layers[g] for g in a.resolution_key(resolution))
-    of = a.of.removeprefix("the ")
+    of = ATTENTION_OF[a.of].label.removeprefix("the ")
     words = v.together
     return (f"**“{v.token}”** ({of}) gets **{100 * v.share:.1f}%** of the attention at this step, averaged over "
             f"the image; its map here runs from {100 * v.low:.2f}% to {100 * v.high:.2f}% of a position's "

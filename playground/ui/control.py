@@ -9,7 +9,7 @@ from typing import Callable
 import gradio as gr
 
 from playground import poses
-from playground.control import CANNY_PARAMS, POSE_PARAMS, PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
+from playground.control import PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
 from playground.outputs import save_control, save_pose
 from playground.requests import ControlRequest, ControlResult, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
@@ -17,8 +17,8 @@ from playground.ui.common import heavy, shows_errors, stream
 from playground.ui.fields import Fields, generate_request
 
 MODES = {p.label: key for key, p in PREPROCESSORS.items()}  # the radio's labels (the API takes these) -> keys
-CANNY = {p.name: p for p in CANNY_PARAMS}  # the threshold sliders' ranges and defaults
-POSE = {p.name: p for p in POSE_PARAMS}  # the detector radio, the hands and face boxes
+CANNY = {p.name: p for p in PREPROCESSORS["canny"].params}  # the threshold sliders' ranges and defaults
+POSE = {p.name: p for p in PREPROCESSORS["openpose"].params}  # the detector radio, the hands and face boxes
 DEFAULTS = ControlRequest()
 
 
@@ -178,7 +178,7 @@ def build(
                                info="Canny edges need 'canny'; poses (detected, JSON or a ready drawing) 'openpose'")
             with gr.Row():
                 low_box, high_box = (gr.Slider(p.lo, p.hi, value=p.default, step=1, label=p.label)
-                                     for p in CANNY_PARAMS)
+                                     for p in CANNY.values())
             resize_box = gr.Radio(list(RESIZE_MODES), value=DEFAULTS.resize, label="Fit to the size by",
                                   info="; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items()))
             show_map = gr.Button("Preview the control map")

@@ -3,7 +3,6 @@ its cross-attention (`ui.attention`); and a VAE round trip (`ui.roundtrip`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import gradio as gr
