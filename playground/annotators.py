@@ -8,6 +8,7 @@ its default comes from the family entry, a `controlnet-<kind>` folder inside a l
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from PIL import Image
 from playground import poses
 from playground.control import PoseOptions
 from playground.errors import ControlNetUnavailable, InvalidRequest
-from playground.loading import LoadedModel, controlnet_source, load_controlnet, load_pose_detector
+from playground.loading import LoadedModel, controlnet_source, load_controlnet, load_pose_detector, shown_source
 from playground.settings import Settings
 
 
@@ -59,7 +60,7 @@ class Annotators:
                     self._controlnets[kind] = (load_controlnet(source, self.model), source)
                 except Exception as exc:  # offline and not cached, a bad id or folder
                     raise ControlNetUnavailable(
-                        f"the {kind} ControlNet ({source}) could not be loaded: {first_line(exc)}. Without a "
+                        f"the {kind} ControlNet ({shown_source(source)}) could not be loaded: {first_line(exc)}. Without a "
                         f"download, set PLAYGROUND_CONTROLNET_{kind.upper()} to a local folder") from None
             return self._controlnets[kind]
 
@@ -84,14 +85,26 @@ class Annotators:
     def _load_detector(self, download: bool) -> DetectorState:
         source = self.settings.annotators
         try:
-            return DetectorState(load_pose_detector(source, self.model.device, download=download), source, download)
+            return DetectorState(load_pose_detector(source, self.model.device, download=download),
+                                 shown_source(source), download)
         except Exception as exc:  # not cached, offline, a bad folder, a broken file
-            why = first_line(exc).rstrip(".")
-            hub = "/" in source and not source.startswith(("/", ".", "~"))
-            if not download and hub and not Path(source).expanduser().is_dir():
-                why = ("not in this machine's cache, and auto never downloads (pick the openpose detector to "
-                       "download them, about 490 MB)")
-            return DetectorState(None, f"OpenPose's weights ({source}) could not be loaded: {why}", download)
+            return DetectorState(None, f"OpenPose's weights ({shown_source(source)}) could not be loaded: "
+                                       f"{self._why_not(source, download, exc)}", download)
+
+    @staticmethod
+    def _why_not(source: str, download: bool, exc: Exception) -> str:
+        """Why the detector's weights are not here, with advice that can work on this machine."""
+        hub = "/" in source and not source.startswith(("/", ".", "~")) and not Path(source).expanduser().is_dir()
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        unreachable = offline or "local_files_only" in str(exc) or "Connection" in type(exc).__name__ \
+            or "LocalEntryNotFound" in type(exc).__name__
+        if hub and not download:
+            how = ("this machine is offline (HF_HUB_OFFLINE)" if offline else
+                   "pick the openpose detector to download them from the Hugging Face Hub (about 490 MB)")
+            return f"they are not on this machine, and auto never downloads; {how}"
+        if hub and unreachable:
+            return "they are not on this machine, and the Hugging Face Hub cannot be reached from it"
+        return first_line(exc).rstrip(".")
 
     def pick_detector(self, options: PoseOptions) -> tuple[str, object | None, str]:
         """(which detector runs, its weights for openpose, why): auto takes OpenPose's where they are on the

@@ -166,7 +166,8 @@ def open_upload(image: Image.Image | str | Path | None, longest: int, max_pixels
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             if isinstance(exc, InvalidRequest):
                 raise
-            raise InvalidRequest(f"{name} is not a readable image ({exc})") from None
+            why = str(exc).replace(repr(str(image)), "").replace(str(image), name)  # never the server's path
+            raise InvalidRequest(f"{name} is not a readable image ({why.strip()})") from None
     return downscale(image.convert("RGB"), longest)
 
 

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import gc
 import math
+import re
 import threading
 import time
 from dataclasses import replace
@@ -168,8 +169,12 @@ class Engine:
         return tokens.resolution_names(self.model.family.attention_grids(self.components, (height // f, width // f)))
 
     def count_tokens(self, prompt: str) -> TokenCount:
-        """How many of the text encoders' tokens `prompt` uses, and what gets cut off past the limit."""
-        return self.model.family.count_tokens(self.components, text("prompt", prompt, self.limits.max_prompt_chars))
+        """How many of the text encoders' tokens `prompt` uses, what gets cut off past the limit, and which words
+        the model never saw (when it lists its vocabulary, as the offline model does)."""
+        count = self.model.family.count_tokens(self.components, text("prompt", prompt, self.limits.max_prompt_chars))
+        known = self.model.vocabulary
+        words = dict.fromkeys(w for w in re.findall(r"[a-z]+(?:-[a-z]+)*", prompt.lower()) if w not in known)
+        return replace(count, unknown=tuple(words) if known else ())
 
     def warm_up(self) -> float:
         """One short generation at the native size (with CFG), so compiling happens before users come."""
@@ -201,8 +206,7 @@ class Engine:
         reference = None if axis.batched else self.settings.grid_reference_steps
 
         # 2. How many model evaluations the whole grid takes, for one progress bar over all of it
-        config, counts = self.model.pipe.scheduler.config, axis.step_counts(values, req.base.steps, reference)
-        calls = {name: sum(schedulers.evaluations(name, config, n) for n in counts) for name in req.schedulers}
+        calls = self._evaluations(req)
         total, done = sum(calls.values()), 0
 
         # 3. Row by row
@@ -216,6 +220,10 @@ class Engine:
             done += calls[name]
         return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start,
                           reference_steps=reference)
+
+    def grid_evaluations(self, req: GridRequest) -> dict[str, int]:
+        """Model evaluations each row of a grid would make (its reference runs included): its cost, before it runs."""
+        return self._evaluations(validate_grid(req, self.limits))
 
     def control(self, req: ControlRequest, on_progress: OnProgress | None = None,
                 cancel: threading.Event | None = None) -> ControlResult:
@@ -348,6 +356,12 @@ class Engine:
         return Trajectory(request=gen, params=made[0].params, image=made[0].image, tensors=recorder.tensors(),
                           sigma_space=out.sigma_space, prediction_type=out.prediction_type, seconds=seconds,
                           attention=attn.maps(split, req.attention_of) if attn is not None else None)
+
+    def _evaluations(self, req: GridRequest) -> dict[str, int]:
+        """A validated grid's model evaluations per row (scheduler)."""
+        counts = AXES[req.axis].step_counts(list(req.columns), req.base.steps, self.settings.grid_reference_steps)
+        config = self.model.pipe.scheduler.config
+        return {name: sum(schedulers.evaluations(name, config, n) for n in counts) for name in req.schedulers}
 
     def _run(self, job: Job, params: list[Params], observer: Observer | None, cancel: threading.Event | None,
              what: str) -> tuple[list[Generated], Denoised, float]:

@@ -9,6 +9,7 @@ The encodings follow diffusers' `encode_prompt` of each pipeline; tests check th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import Sequence
 
@@ -52,8 +53,9 @@ class StableDiffusion:
         for tok in self.tokenizers(c):
             ids = tokenize(tok, [prompt])["input_ids"][0]  # includes start and end tokens
             limit = tok.model_max_length
-            counts.append(TokenCount(used=len(ids), limit=limit,
-                                     dropped=tok.decode(ids[limit - 1:-1]) if len(ids) > limit else ""))
+            dropped = tok.decode(ids[limit - 1:-1]) if len(ids) > limit else ""
+            dropped = re.sub(r"\s+([,.;:!?])", r"\1", dropped).strip()  # CLIP's decode spaces out punctuation
+            counts.append(TokenCount(used=len(ids), limit=limit, dropped=dropped))
         return replace(max(counts, key=lambda n: n.used - n.limit), encoders=len(counts))
 
     def encode_prompts(self, c: Components, prompts: Sequence[str]) -> Conditioning:

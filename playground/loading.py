@@ -42,6 +42,7 @@ class LoadedModel:
     compiled: str = ""  # the torch.compile backend, when --compile is on
     description: str = ""  # what the model knows, from the offline model's marker
     examples: tuple[str, ...] = ()  # prompts it understands, from the marker (the UI's gr.Examples)
+    vocabulary: frozenset[str] = frozenset()  # every word its captions used, from the marker (empty: any word)
     offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
 
     @property
@@ -135,7 +136,15 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
     return LoadedModel(pipe=pipe, name=name, source=str(source), reason=reason,
                        trained=bool(marker.get("trained", True)), device=device, dtype=dtype,
                        description=marker.get("description", "") if marker.get("trained") else "",
-                       examples=tuple(marker.get("examples", ())), offline=bool(marker))
+                       examples=tuple(marker.get("examples", ())), offline=bool(marker),
+                       vocabulary=frozenset(marker.get("vocabulary", ()) if marker.get("trained") else ()))
+
+
+def shown_source(source: str) -> str:
+    """Where weights come from, as a page or a message may show it: a hub id as it is, a local folder by its
+    last two parts (never a server path)."""
+    path = Path(source)
+    return "/".join(path.parts[-2:]) if path.is_absolute() or path.exists() else source
 
 
 def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:

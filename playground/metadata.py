@@ -105,7 +105,8 @@ def read_png(path: str | Path) -> Params:
             im.load()
             text = im.info.get(KEY) or getattr(im, "text", {}).get(KEY)
     except (OSError, SyntaxError) as exc:
-        raise InvalidRequest(f"{Path(path).name} is not a readable image ({exc})") from None
+        why = str(exc).replace(repr(str(path)), "").replace(str(path), Path(path).name).strip()  # no server path
+        raise InvalidRequest(f"{Path(path).name} is not a readable image ({why})") from None
     if not text:
         raise InvalidRequest(f"{Path(path).name} has no 'parameters' text chunk (was it made by a Stable Diffusion tool?)")
     return parse_parameters(text)

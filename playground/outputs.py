@@ -52,7 +52,8 @@ def save_grid(result: GridResult, out_dir: str | Path) -> tuple[str, list[tuple[
                             f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-{label.replace(' ', '')}.png")
             items.append((str(path), f"{c.scheduler} · {label}"))
     prompt = r.base.prompt
-    title = f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”  seed {r.base.seed}"
+    shown = f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”" if prompt.strip() else "(empty prompt: unconditional)"
+    title = f"{shown}  seed {r.base.seed}"
     title += f", {axis.fixed(r.base)}"
     sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),
                    [axis.cell(v) for v in r.columns], title=title)

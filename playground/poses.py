@@ -90,8 +90,12 @@ def to_json(pose: Pose) -> str:
             if points is not None:
                 entry[key] = _flat(points, w, h)
         people.append(entry)
-    # one line per person's keypoint list: short enough to read and edit in a code box
-    lines = ",\n".join("  {" + ",\n   ".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in entry.items()) + "}"
+    # one keypoint (x, y, confidence) per line: short lines to read and edit in a code box
+    def points(values: list[float]) -> str:
+        rows = (", ".join(json.dumps(v) for v in values[k: k + 3]) for k in range(0, len(values), 3))
+        return "[\n      " + ",\n      ".join(rows) + "]"
+
+    lines = ",\n".join("  {" + ",\n   ".join(f"{json.dumps(k)}: {points(v)}" for k, v in entry.items()) + "}"
                        for entry in people)
     return f'{{"canvas_width": {w}, "canvas_height": {h}, "people": [\n{lines}\n]}}'
 

@@ -157,6 +157,7 @@ class TokenCount:
     limit: int  # 77 for CLIP
     dropped: str  # the text CLIP will not see ("" when it fits)
     encoders: int = 1  # text encoders reading the prompt, each through its own tokenizer (SDXL: 2, same count)
+    unknown: tuple[str, ...] = ()  # words the model never saw in training (a model that lists its vocabulary)
 
 
 @dataclass

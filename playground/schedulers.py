@@ -20,13 +20,16 @@ class SchedulerSpec:
     # True for k-diffusion style schedulers whose latents are x0 + sigma * eps (Euler, Heun, LMS);
     # False for those that keep sqrt(alpha_bar) * x0 + sqrt(1 - alpha_bar) * eps (DDIM, PNDM, DPM, UniPC)
     sigma_space: bool = False
+    # True for ancestral / SDE samplers that add fresh noise at every step: two runs with different step counts
+    # never meet, so a grid's distance to a long reference run measures that noise, not the sampler's error
+    stochastic: bool = False
 
 
 REGISTRY: dict[str, SchedulerSpec] = {
     "DDIM": SchedulerSpec("DDIMScheduler"),
     "PNDM": SchedulerSpec("PNDMScheduler", {"skip_prk_steps": True}),
     "Euler": SchedulerSpec("EulerDiscreteScheduler", sigma_space=True),
-    "Euler a": SchedulerSpec("EulerAncestralDiscreteScheduler", sigma_space=True),
+    "Euler a": SchedulerSpec("EulerAncestralDiscreteScheduler", sigma_space=True, stochastic=True),
     "Heun": SchedulerSpec("HeunDiscreteScheduler", sigma_space=True),
     "LMS": SchedulerSpec("LMSDiscreteScheduler", sigma_space=True),
     "DPM++ 2M": SchedulerSpec("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -36,7 +39,7 @@ REGISTRY: dict[str, SchedulerSpec] = {
     ),
     "DPM++ 2M SDE Karras": SchedulerSpec(
         "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, stochastic=True,
     ),
     "UniPC": SchedulerSpec("UniPCMultistepScheduler"),
 }

@@ -272,3 +272,93 @@ def test_anatomy_tab(page, shots):
     page.mouse.wheel(0, 2000)
     settle(page)
     page.screenshot(path=str(shots / "anatomy-tab.png"), full_page=True)
+
+
+# ---------------------------------------------------------------- the moments: during a run, failing, resizing, stopping
+
+# the first image in a block (by its label) as the user sees it: (painted width, height, its own width, height);
+# with object-fit contain the picture is painted inside the element's box at its own aspect
+SHOWN_SIZE = """(label) => { const b = [...document.querySelectorAll('.block')].find(x => x.innerText.includes(label));
+    const i = b && [...b.querySelectorAll('img')].find(i => i.complete && i.naturalWidth > 0);
+    if (!i) return null;
+    const r = i.getBoundingClientRect(), fit = getComputedStyle(i).objectFit;
+    const k = ['contain', 'scale-down'].includes(fit) ? Math.min(r.width / i.naturalWidth, r.height / i.naturalHeight) : 0;
+    return [k ? i.naturalWidth * k : r.width, k ? i.naturalHeight * k : r.height, i.naturalWidth, i.naturalHeight]; }"""
+# whether a block (by its label) is covered by a progress or error overlay
+COVERED = """(label) => { const b = [...document.querySelectorAll('.block')].find(x => x.innerText.includes(label));
+    const t = b && b.querySelector('[data-testid="status-tracker"]');
+    return !!t && !t.classList.contains('hide') && t.getBoundingClientRect().height > 0; }"""
+
+
+def steps(page, n: int) -> None:
+    box = page.get_by_label("number input for Steps").first
+    box.fill(str(n))
+    box.press("Enter")
+
+
+def test_the_preview_stays_in_view_while_it_runs_and_stop_says_where(page):
+    steps(page, 100)
+    page.get_by_role("button", name="Generate", exact=True).first.click()
+    page.get_by_text(re.compile(r"Running \(denoising\): step \d+ of 100")).wait_for(timeout=30_000)
+    page.wait_for_function(SHOWN_SIZE, arg="Live preview", timeout=30_000)  # a preview arrived
+    assert not page.evaluate(COVERED, "Live preview")  # the picture, not a progress cover
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    stopped = page.get_by_text(re.compile(r"Stopped at step \d+ of 100"))
+    stopped.wait_for(timeout=30_000)
+    assert page.evaluate(SHOWN_SIZE, "Live preview")  # the half-done preview stays, and the line says why
+    assert not page.get_by_label("Seed used").is_visible()  # no seed yet: nothing to reuse
+
+
+def test_a_failure_is_named_beside_the_action_and_covers_nothing(page):
+    steps(page, 5)
+    page.get_by_role("button", name="Generate", exact=True).first.click()
+    page.get_by_text("model evaluations per image").wait_for(timeout=60_000)
+    width = page.get_by_label("number input for Width")
+    width.fill("68")
+    width.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).first.click()
+    page.get_by_text("width must be a multiple of 8, got 68").first.wait_for(timeout=30_000)
+    for label in ("Live preview", "Images (PNG with settings inside)"):
+        assert not page.evaluate(COVERED, label), label  # the last images stay in view, usable
+    assert page.evaluate(SHOWN_SIZE, "Images (PNG with settings inside)")
+    # the ControlNet tab: Mirror before any pose fails beside the pose tools; the choices stay clickable
+    page.get_by_role("tab", name="ControlNet").click()
+    page.get_by_role("button", name="Mirror left-right").click()
+    page.get_by_text("pose JSON is empty").first.wait_for(timeout=30_000)
+    for label in ("Control map (what the ControlNet sees)", "Control map\n"):
+        assert not page.evaluate(COVERED, label), label
+    page.get_by_label("OpenPose skeleton from the photo").check(timeout=5_000)  # not blocked by a cover
+    nets = page.locator(".block", has=page.get_by_text("Canny edges need 'canny'")).first
+    expect(nets.get_by_label("openpose", exact=True)).to_be_checked()  # the mode picked its ControlNet
+    expect(page.get_by_label("Canny low threshold", exact=True)).to_be_hidden()  # no Canny here
+
+
+def test_a_second_run_at_another_size_is_drawn_at_its_own_shape(page):
+    steps(page, 3)
+    for w, h in ((64, 128), (512, 128)):
+        for name, value in (("Width", w), ("Height", h)):
+            box = page.get_by_label(f"number input for {name}")
+            box.fill(str(value))
+            box.press("Enter")
+        page.get_by_role("button", name="Generate", exact=True).first.click()
+        page.get_by_text(f"{w}x{h}").first.wait_for(timeout=60_000)
+        page.get_by_text(f"is not the 128x128 the model was trained at").first.wait_for(timeout=10_000)
+        page.wait_for_function(f"""() => {{ const s = ({SHOWN_SIZE})("Live preview");
+            return s && s[2] === {w} && s[3] === {h}; }}""", timeout=30_000)
+        shown_w, shown_h, *_ = page.evaluate(SHOWN_SIZE, "Live preview")
+        assert abs(shown_w / shown_h - w / h) < 0.05, (w, h, shown_w, shown_h)
+
+
+def test_the_page_names_what_leaves_the_models_world(page):
+    box = visible(page.get_by_label("Prompt", exact=True))
+    assert box.input_value()  # the first run starts from a prompt the model knows, not an empty box
+    box.fill("a cat in a hat on a red background")
+    page.get_by_text("“cat” and “hat” are not words this model knows").wait_for(timeout=10_000)
+    page.get_by_role("tab", name="Grid").click()
+    assert visible(page.get_by_label("Prompt", exact=True)).input_value()
+    page.get_by_text("This grid takes 40 model evaluations").wait_for(timeout=10_000)
+    page.get_by_label("Steps", exact=True).check()
+    page.get_by_text("including a 200-step reference run of each scheduler").wait_for(timeout=10_000)
+    page.get_by_role("tab", name="ControlNet").click()
+    intro = page.get_by_text("ControlNets (loaded on first use").inner_text()
+    assert "offline-model/controlnet-canny" in intro and str(ASSETS) not in intro  # no server path

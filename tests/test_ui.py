@@ -38,6 +38,7 @@ def refuse(*args, **kwargs):
 def fake_engine(model: LoadedModel) -> SimpleNamespace:
     return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text: TokenCount(2, 77, ""),
                            annotators=SimpleNamespace(source=lambda kind: f"/models/fake/controlnet-{kind}"),
+                           grid_evaluations=lambda req: {name: 20 for name in req.schedulers},
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
                                                          "step_view", "decode_x0", "roundtrip", "attention_view",
                                                          "attention", "detect_pose", "draw_pose", "anatomy")})

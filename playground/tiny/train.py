@@ -435,6 +435,7 @@ def export(args) -> None:
         "native_size": ARCH.image_size,
         "steps": trained,
         "architecture": dataclasses.asdict(ARCH),
+        "vocabulary": world.vocabulary(),  # the UI names any other word as one the model does not know
         "examples": [
             "a large red square at the top left on a black background",
             "a large yellow triangle on the right on a gray background",

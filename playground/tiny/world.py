@@ -48,6 +48,13 @@ POSES = ("standing", "waving", "with arms raised", "in a t-pose", "walking", "ju
 PERSON_PLACES = {"on the left": 0.3, "in the center": 0.5, "on the right": 0.7}
 
 
+def vocabulary() -> list[str]:
+    """Every word the world's captions use: what the offline model can know (the UI names the others)."""
+    phrases = [*COLOURS, *BACKGROUNDS, *SHAPES, *SIZES, *PLACES, *POSES, *PERSON_PLACES,
+               "a", "an", "and", "person", "background"]
+    return sorted({word for phrase in phrases for word in phrase.split()})
+
+
 @dataclass
 class Scene:
     caption: str

@@ -12,14 +12,14 @@ from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
 from playground.ui import anatomy, control, grid, inspector, prompt
-from playground.ui.common import PIXELS_CSS, PIXELS_JS
+from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
 from playground.ui.fields import Fields
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
 #banner.untrained {border-left: 6px solid #e0a000;}
 .token-count {font-size: 0.85em; opacity: 0.85; padding: 0 4px;}
-""" + PIXELS_CSS
+""" + PIXELS_CSS + LABELS_CSS
 
 # prompts for a general text-to-image model (SD 1.5 and friends); the offline model lists its own
 SD_EXAMPLES = (
@@ -47,14 +47,14 @@ def examples(model: LoadedModel) -> list[str]:
 def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole playground: banner, then one tab per activity, all on the same Engine."""
     model = engine.model
-    fields = Fields(settings, engine.native_size, schedulers.NAMES, examples(model))
+    fields = Fields(settings, engine.native_size, schedulers.NAMES, examples(model), model.vocabulary)
     with gr.Blocks(title="Diffusion Playground") as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
         gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])
         with gr.Tab("Prompt"):
             prompt.build(engine.generate, engine.count_tokens, fields, settings)
         with gr.Tab("Grid"):
-            grid.build(engine.grid, fields, settings)
+            grid.build(engine.grid, engine.grid_evaluations, fields, settings)
         with gr.Tab("ControlNet"):
             control.build(engine.control, engine.preprocess, engine.detect_pose, engine.draw_pose,
                           engine.annotators.source, fields, settings, offline=model.offline)

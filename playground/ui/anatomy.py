@@ -77,10 +77,10 @@ def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatom
             "16-channel latents, and rectified flow instead of the noise-prediction schedule. The reference figures "
             "are counted from each model's published configs, built on PyTorch's meta device (no weights, no "
             "download); the loaded model's from its own modules.")
-        show = gr.Button("Count", variant="primary")
+        show = gr.Button("Count again (a ControlNet loaded since the tab opened is counted too)")
         compare = gr.Markdown()
         chart = gr.BarPlot(x="model", y="parameters (millions)", color="component", label="Parameters by component",
-                           height=360, color_map=GROUPS, colors_in_legend=[])
+                           height=400, color_map=GROUPS, colors_in_legend=[], x_label_angle=0)
         key = gr.HTML()
         gr.Markdown("**Compression**: the VAE turns an HxWx3 image into an (H/8)x(W/8)xC latent. With C = 4 (SD 1.5, "
                     "SDXL) that is 3·64 / 4 = 48x fewer numbers; SD3's 16 channels keep 4x more detail: 12x.")

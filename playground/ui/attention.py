@@ -70,13 +70,16 @@ class AttentionSection:
     first_outputs: list  # chips, token radio, resolution radio, then `outputs`
     show: Callable  # (traj, step, token, resolution) -> `outputs`
     first: Callable  # (traj) -> `first_outputs`: a new trajectory's attention section
+    chip_clicked: object  # the event of a click on a token's chip (it sets the token radio): chain the re-draw
 
 
-def section(attention_view: Callable[..., AttentionView]) -> AttentionSection:
-    """Lay out the attention section inside the current layout; its token and resolution choices re-draw it."""
+def section(attention_view: Callable[..., AttentionView], traj_state: gr.State) -> AttentionSection:
+    """Lay out the attention section inside the current layout; a click on a token (its chip or its radio) or a
+    resolution re-draws it."""
     # -- layout -------------------------------------------------------------------------------
     gr.Markdown("### Which word paints where: cross-attention")
-    chips = gr.HighlightedText(label="The prompt as CLIP splits it (the 77-token window; words past it are cut)",
+    chips = gr.HighlightedText(label="The prompt as CLIP splits it (click a token to map it; words past the 77-token "
+                                     "window are cut)",
                                color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                show_inline_category=False, interactive=False)
     with gr.Row():
@@ -109,9 +112,17 @@ def section(attention_view: Callable[..., AttentionView]) -> AttentionSection:
         return (token_chips(traj), gr.Radio(choices=choices, value=chosen),
                 gr.Radio(choices=traj.attention.resolution_names, value="all"), *show(traj, traj.steps, chosen, "all"))
 
+    def on_chip(traj: Trajectory | None, evt: gr.SelectData):
+        """A clicked chip chooses its token (the chips list the kept tokens first, then any cut off)."""
+        if traj is None or traj.attention is None or evt.index is None:
+            return gr.skip()
+        index = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+        return index if index < len(traj.attention.kept) else gr.skip()
+
+    chip_clicked = chips.select(on_chip, traj_state, token_box, api_visibility="private", queue=False)
     outputs = [info, at_step, summed, strip]
     return AttentionSection(token_box, resolution_box, outputs, [chips, token_box, resolution_box, *outputs], show,
-                            first)
+                            first, chip_clicked)
 
 
 def api(attention: Callable[..., tuple[Trajectory, AttentionView]], form_inputs: list, section: AttentionSection,

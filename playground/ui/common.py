@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import inspect
 import queue
+import re
 import threading
 from typing import Any, Callable, Iterator
 
@@ -28,16 +29,22 @@ def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, **kwargs)
     return triggers(gpu(fn), inputs, outputs, **kwargs)
 
 
+def error(message: str) -> gr.Error:
+    """A message for the page: it stays until it is closed (a learner reads it, then fixes the value), while the
+    action's status line shows the error badge and every output keeps what it showed."""
+    return gr.Error(message, duration=None, print_exception=False)
+
+
 def shows_errors(fn: Callable) -> Callable:
-    """A handler whose request errors (InvalidRequest: a bad value, named) are shown as gr.Error beside the
-    action, for plain handlers and generators alike."""
+    """A handler whose request errors (InvalidRequest: a bad value, named) are shown as a message, for plain
+    handlers and generators alike; the API returns them as errors."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def stream_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except InvalidRequest as exc:
-                raise gr.Error(str(exc)) from None
+                raise error(str(exc)) from None
         return stream_wrapper
 
     @functools.wraps(fn)
@@ -45,8 +52,33 @@ def shows_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except InvalidRequest as exc:
-            raise gr.Error(str(exc)) from None
+            raise error(str(exc)) from None
     return wrapper
+
+
+def status_line() -> gr.Markdown:
+    """A line under an action's buttons that shows its progress while it runs (so the outputs stay in view) and
+    its error badge if it fails; not an output of any event (the API's outputs stay as they are)."""
+    return gr.Markdown("", elem_classes=["status-line"])
+
+
+def running(p: Progress) -> str:
+    """An action's info line while it runs (Stop reads it back)."""
+    return f"Running ({p.label}): step {p.step} of {p.total}"
+
+
+def stopped(note: str | None) -> str:
+    """The info line after Stop: at which step it stopped, from what the line said last."""
+    found = re.search(r"step (\d+) of (\d+)", note or "")
+    if not found:
+        return "**Stopped** before the first step."
+    return (f"**Stopped** at step {found[1]} of {found[2]}. What is shown is the last view before the stop; "
+            "no image was finished or saved.")
+
+
+def stop_button(stop: gr.Button, event, note: gr.Markdown) -> None:
+    """Stop cancels `event` (at its next denoising step) and says in its info line `note` where it stopped."""
+    stop.click(stopped, note, note, cancels=[event], api_visibility="private", queue=False)
 
 # Components with elem_classes=["pixels"] show small images (the offline model's 128 px) whole, at a
 # whole-number scale that fits their box, with nearest-neighbour sampling: every pixel the model made
@@ -55,13 +87,19 @@ def shows_errors(fn: Callable) -> Callable:
 PIXELS_CSS = """
 .pixels img {image-rendering: pixelated;}
 """
+# A component's label sits above what it shows, never over the top of an image, a plot or an upload box.
+LABELS_CSS = """
+.block label[data-testid="block-label"].float {position: static; margin-bottom: 4px;}
+.status-line {min-height: 2.2em; font-size: 0.9em;}
+"""
 PIXELS_JS = """<script>
 (() => {
   const LARGEST = 256;  // images up to this many pixels a side get a whole-number scale
   function fit(img) {
     const w = img.naturalWidth, h = img.naturalHeight, box = img.parentElement;
+    // clear the size set for the image shown before (a larger one is drawn by the page's own rules)
+    for (const k of ["width", "height", "maxWidth", "maxHeight", "objectFit", "margin"]) img.style[k] = "";
     if (!w || !box || Math.max(w, h) > LARGEST) return;
-    img.style.width = img.style.height = img.style.maxWidth = img.style.maxHeight = "";
     const r = box.getBoundingClientRect();
     const k = Math.max(1, Math.floor(Math.min(r.width / w, r.height / h)));
     Object.assign(img.style, {width: `${w * k}px`, height: `${h * k}px`, maxWidth: "none", maxHeight: "none",
@@ -104,8 +142,8 @@ def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]
                 if isinstance(item, InvalidRequest):
                     raise item  # named by the handler's shows_errors
                 if isinstance(item, Cancelled):
-                    raise gr.Error(f"Stopped: {item}")
-                raise gr.Error(f"{type(item).__name__}: {item}")
+                    raise error(f"Stopped: {item}")
+                raise error(f"{type(item).__name__}: {item}")
             else:
                 yield item
                 return

@@ -10,11 +10,12 @@ import gradio as gr
 
 from playground import poses
 from playground.control import PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
+from playground.loading import shown_source
 from playground.outputs import save_control, save_pose
 from playground.requests import ControlRequest, ControlResult, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
-from playground.ui.common import heavy, shows_errors, stream
-from playground.ui.fields import Fields, generate_request
+from playground.ui.common import error, heavy, running, shows_errors, status_line, stop_button, stream
+from playground.ui.fields import Fields, generate_request, size_note
 
 MODES = {p.label: key for key, p in PREPROCESSORS.items()}  # the radio's labels (the API takes these) -> keys
 CANNY = {p.name: p for p in PREPROCESSORS["canny"].params}  # the threshold sliders' ranges and defaults
@@ -61,7 +62,7 @@ def control_request(image, mode, controlnet, low=CannyOptions.low, high=CannyOpt
 def control_text(result: ControlResult) -> str:
     c, r = result.request, result.request.base
     return (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}; "
-            f"ControlNet `{result.controlnet}` at scale {c.conditioning_scale:g} from {c.guidance_start:g} to "
+            f"ControlNet `{shown_source(result.controlnet)}` at scale {c.conditioning_scale:g} from {c.guidance_start:g} to "
             f"{c.guidance_end:g} of the steps; {result.seconds:.2f} s")
 
 
@@ -97,18 +98,21 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
                     hands_box = gr.Checkbox(value=POSE["hands"].default, label="hands", info=POSE["hands"].info)
                     face_box = gr.Checkbox(value=POSE["face"].default, label="face", info=POSE["face"].info)
                 detect = gr.Button("Detect the pose in the photo")
+                pose_status = status_line()
                 pose_info = gr.Markdown()
                 with gr.Row():
                     preset_box = gr.Dropdown(list(poses.presets()), value=None, label="Or start from a preset",
                                              scale=2)
                     pose_upload = gr.UploadButton("Upload pose JSON", file_types=[".json"], scale=1)
             with gr.Column(scale=5):
-                pose_box = gr.Code(value="", language="json", label="The pose as OpenPose JSON (x, y in pixels, "
-                                   "confidence; 0, 0, 0 = not found): edit it, then draw it", lines=6, interactive=True)
+                pose_box = gr.Code(value="", language="json", label="The pose (OpenPose JSON)", lines=12, max_lines=20,
+                                   interactive=True)
+                gr.Markdown("One keypoint a line: x, y in pixels, then confidence (0, 0, 0 = not found). Edit it, "
+                            "then draw it.")
                 with gr.Row():
                     mirror = gr.Button("Mirror left-right")
                     redraw = gr.Button("Draw this pose")
-                pose_file = gr.File(label="Download the pose (.json)", interactive=False)
+                pose_file = gr.File(label="Download the pose (.json)", interactive=False, height=80)
     made_pose = [*made_pose[:1], pose_box, pose_file, pose_info, *made_pose[1:]]
 
     # -- handlers -----------------------------------------------------------------------------
@@ -137,19 +141,26 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
         return on_draw(poses.presets()[name].read_text(), width, height) if name else [gr.skip()] * 6
 
     def on_upload_pose(file, width, height):
+        path = Path(file if isinstance(file, str) else file.name)
         try:
-            text = Path(file if isinstance(file, str) else file.name).read_text()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise gr.Error(f"could not read the pose file: {exc}") from None
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:  # the message names the file, never its server path
+            why = "it is not text" if isinstance(exc, UnicodeDecodeError) else (exc.strerror or type(exc).__name__)
+            raise error(f"could not read the pose file {path.name}: {why}") from None
         return on_draw(text, width, height)
 
     # -- events -------------------------------------------------------------------------------
+    # progress and errors on the section's status line: the map, the JSON and the choices stay usable
     heavy(detect.click, on_detect, [image_box, resize_box, width_box, height_box, detector_box, hands_box, face_box],
-          made_pose, settings, api_name="pose", preprocess=False)
-    redraw.click(on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose")
-    mirror.click(on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose")
-    preset_box.input(on_preset, [preset_box, width_box, height_box], made_pose, api_visibility="private")
-    pose_upload.upload(on_upload_pose, [pose_upload, width_box, height_box], made_pose, api_visibility="private")
+          made_pose, settings, api_name="pose", preprocess=False, show_progress_on=pose_status)
+    redraw.click(on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose",
+                 show_progress_on=pose_status)
+    mirror.click(on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose",
+                 show_progress_on=pose_status)
+    preset_box.input(on_preset, [preset_box, width_box, height_box], made_pose, api_visibility="private",
+                     show_progress_on=pose_status)
+    pose_upload.upload(on_upload_pose, [pose_upload, width_box, height_box], made_pose, api_visibility="private",
+                       show_progress_on=pose_status)
     return PoseSection(detector_box, hands_box, face_box, pose_box)
 
 
@@ -164,7 +175,7 @@ def build(
     offline: bool = False,
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
-    sources = ", ".join(f"**{k}**: `{controlnet_source(k)}`" for k in CONTROLNETS)
+    sources = ", ".join(f"**{k}**: `{shown_source(controlnet_source(k))}`" for k in CONTROLNETS)
 
     # -- layout -------------------------------------------------------------------------------
     gr.Markdown("Upload a picture, turn it into a **control map**, and generate images that follow its structure. "
@@ -182,6 +193,7 @@ def build(
             resize_box = gr.Radio(list(RESIZE_MODES), value=DEFAULTS.resize, label="Fit to the size by",
                                   info="; ".join(f"{k}: {v}" for k, v in RESIZE_MODES.items()))
             show_map = gr.Button("Preview the control map")
+            map_status = status_line()
         with gr.Column(scale=5):
             prompt_box, negative_box = fields.prompt(examples=False), fields.negative_prompt()
             with gr.Row():
@@ -189,26 +201,26 @@ def build(
                 start_box = gr.Slider(0, 1, value=DEFAULTS.guidance_start, step=0.05, label="Guidance start")
                 end_box = gr.Slider(0, 1, value=DEFAULTS.guidance_end, step=0.05, label="Guidance end")
             with gr.Row():
-                scheduler_box, steps_box, cfg_box = fields.scheduler("Scheduler"), fields.steps(), \
-                    fields.cfg_scale(info=None)
+                scheduler_box = fields.scheduler("Scheduler")
+                steps_box, cfg_box = fields.steps(), fields.cfg_scale(info=None)
             width_box, height_box = fields.size()
             with gr.Row():
                 seed_box, images_box = fields.seed(), fields.num_images()
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
-    map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
-                        height=300, elem_classes=["pixels"], render=False)
-    pose = pose_section(detect_pose, draw_pose, image_box, resize_box, width_box, height_box,
-                        [map_view, mode_box, net_box], settings)
-    with gr.Row():
-        map_view.render()
-        gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height=300,
+            status = status_line()
+    with gr.Row():  # the outputs right under the form; the examples and the pose editor below them
+        map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
+                            height=300, elem_classes=["pixels"])
+        gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height="auto",
                              object_fit="contain", fit_columns=False, elem_classes=["pixels"])
     info = gr.Markdown()
     # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
     gr.Examples(control_examples(offline), inputs=[image_box, mode_box, net_box, prompt_box],
                 label="Examples (no download): click one, then Generate", examples_per_page=8)
+    pose = pose_section(detect_pose, draw_pose, image_box, resize_box, width_box, height_box,
+                        [map_view, mode_box, net_box], settings)
 
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
@@ -228,18 +240,30 @@ def build(
         for item in stream(control, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
+                yield gr.skip(), gr.skip(), running(item)
             else:
                 files = save_control(item, settings.output_dir)
-                yield files[0][0], files, control_text(item)
+                note = size_note(item.request.base.width, item.request.base.height, fields.native_size)
+                yield files[0][0], files, control_text(item) + (f"  \n{note}" if note else "")
+
+    def on_mode(mode):
+        pre = PREPROCESSORS.get(MODES.get(mode, mode))
+        if pre is None:
+            return [gr.skip()] * 3
+        canny = {p.name for p in pre.params} >= set(CANNY)
+        return (pre.feeds or gr.skip(), *(gr.Slider(visible=canny) for _ in CANNY))
 
     # -- events -------------------------------------------------------------------------------
     map_inputs = [image_box, mode_box, net_box, low_box, high_box, resize_box]
     pose_inputs = [pose.detector, pose.hands, pose.face, pose.pose]  # last in both APIs: older calls still fit
     # preprocess=False: plain values and the raw upload; the Engine's checks name a bad value or file
     heavy(show_map.click, on_preprocess, [*map_inputs, width_box, height_box, *pose_inputs], map_view, settings,
-          api_name="preprocess", preprocess=False)
+          api_name="preprocess", preprocess=False, show_progress_on=map_status)
+    # a mode that feeds one ControlNet picks it; the Canny thresholds show only where Canny runs
+    mode_box.change(on_mode, mode_box, [net_box, low_box, high_box], api_visibility="private", queue=False,
+                    show_progress="hidden")
     inputs = [*map_inputs, scale_box, start_box, end_box, prompt_box, negative_box, seed_box, steps_box, cfg_box,
               scheduler_box, width_box, height_box, images_box, *pose_inputs]
     event = heavy(run.click, on_control, inputs, [map_view, gallery, info], settings, api_name="control",
-                  preprocess=False, show_progress_on=map_view)
-    stop.click(None, cancels=[event], api_visibility="private")
+                  preprocess=False, show_progress_on=status)
+    stop_button(stop, event, info)

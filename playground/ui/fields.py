@@ -26,6 +26,14 @@ def generate_request(values: dict) -> GenerateRequest:
     return GenerateRequest(**{name: values[name] for name in FIELDS if name in values})
 
 
+def size_note(width: int, height: int, native: int) -> str:
+    """A warning when the size is not the one the model was trained at."""
+    if (width, height) == (native, native):
+        return ""
+    return (f"⚠️ {width}x{height} is not the {native}x{native} the model was trained at: shapes may repeat, "
+            "stretch or break up.")
+
+
 @dataclass
 class Form:
     """The shared inputs of one tab (None where the tab does not have that input)."""
@@ -44,12 +52,17 @@ class Form:
 class Fields:
     """Makes the form's inputs inside the current layout, each with its label, range and default."""
 
-    def __init__(self, settings: Settings, native_size: int, scheduler_names: list[str], examples: list[str] = ()):
+    def __init__(self, settings: Settings, native_size: int, scheduler_names: list[str], examples: list[str] = (),
+                 vocabulary: frozenset[str] = frozenset()):
         self.settings, self.native_size = settings, native_size
         self.scheduler_names, self.examples = list(scheduler_names), list(examples)
+        self.vocabulary = vocabulary  # the words the model knows, when it lists them (the offline model does)
 
     def prompt(self, lines: int = 2, examples: bool = True) -> gr.Textbox:
-        box = gr.Textbox(label="Prompt", lines=lines, placeholder="describe the picture")
+        """The prompt box, starting with the model's first example: an empty prompt draws the unconditional
+        picture (what CFG pushes away from), which is no way to start."""
+        box = gr.Textbox(label="Prompt", lines=lines, value=self.examples[0] if self.examples else "",
+                         placeholder="describe the picture (empty: the model's unconditional picture)")
         if examples and self.examples:
             gr.Examples([[e] for e in self.examples], inputs=[box], label="Prompts this model knows")
         return box
@@ -58,7 +71,8 @@ class Fields:
         return gr.Textbox(label="Negative prompt", lines=lines, placeholder="what you don't want (optional)")
 
     def scheduler(self, label: str = "Scheduler (sampler)") -> gr.Dropdown:
-        return gr.Dropdown(self.scheduler_names, value=DEFAULTS.scheduler, label=label)
+        # min_width: the longest name ("DPM++ 2M SDE Karras") is read whole, never cut off
+        return gr.Dropdown(self.scheduler_names, value=DEFAULTS.scheduler, label=label, min_width=220)
 
     def steps(self, value: int = DEFAULTS.steps, label: str = "Steps") -> gr.Slider:
         return gr.Slider(1, self.settings.max_steps, value=value, step=1, label=label)

@@ -11,9 +11,11 @@ import pandas as pd
 from playground.grid import AXES
 from playground.latents import snr_db
 from playground.outputs import save_grid
+from playground import schedulers
+from playground.errors import InvalidRequest
 from playground.requests import GridRequest, GridResult, Progress
 from playground.settings import Settings
-from playground.ui.common import heavy, shows_errors, stream
+from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
 from playground.ui.fields import Fields, generate_request
 
 DEFAULTS = GridRequest()
@@ -41,16 +43,46 @@ def convergence_table(result: GridResult) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["steps", "scheduler", "PSNR vs reference (dB)", "latent RMS"])
 
 
-def cell_table(result: GridResult) -> list[list]:
-    """One row per cell, with the settings its PNG carries (the column's value among them)."""
-    out = []
+def cell_table(result: GridResult) -> pd.DataFrame:
+    """One row per cell, with the settings its PNG carries (the column's value among them); the distance to the
+    reference run only for an axis that has one."""
+    headers = TABLE_HEADERS if not AXES[result.request.axis].batched else TABLE_HEADERS[:-2]
+    rows = []
     for row in result.cells:
         for c in row:
             p = c.generated.params
-            distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else ["", ""]
-            out.append([c.scheduler, p.cfg_scale, p.steps, p.seed, c.unet_calls, round(c.seconds, 3),
-                        f"{p.width}x{p.height}", *distance])
-    return out
+            distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else []
+            rows.append([c.scheduler, p.cfg_scale, p.steps, p.seed, c.unet_calls, round(c.seconds, 3),
+                         f"{p.width}x{p.height}", *distance])
+    return pd.DataFrame(rows, columns=headers)
+
+
+def cost_text(calls: dict[str, int], axis: str, reference: int) -> str:
+    """What a grid will cost, said before it runs."""
+    text = f"This grid takes **{sum(calls.values())} model evaluations**"
+    if AXES[axis].batched:
+        return text + ", each on a batch of its row's cells (every CFG scale of a scheduler at once)."
+    return text + (f", one cell at a time, including a {reference}-step reference run of each scheduler: "
+                   "the slow kind of grid.")
+
+
+def on_cost_text(grid_evaluations: Callable, reference: int, schedulers, columns, steps, axis) -> str:
+    """The cost line for the form's values; a bad value is named there, before anything runs."""
+    try:
+        calls = grid_evaluations(grid_request(steps=steps, schedulers=schedulers, columns=columns, axis=axis))
+    except InvalidRequest as exc:
+        return f"⚠ {exc}"
+    return cost_text(calls, axis, reference)
+
+
+def stochastic_note(names) -> str:
+    """Why an ancestral / SDE scheduler's cells never come close to its reference run."""
+    noisy = [n for n in names if schedulers.REGISTRY[n].stochastic]
+    if not noisy:
+        return ""
+    return (f"{' and '.join(noisy)} add{'s' * (len(noisy) == 1)} fresh noise at every step, so a run of any other "
+            "length never meets the reference: the distance stays large at every step count and measures that "
+            "noise, not the sampler's error.")
 
 
 def summary(result: GridResult) -> str:
@@ -62,12 +94,13 @@ def summary(result: GridResult) -> str:
     else:
         how = (f"{axis.fixed(r)}; each cell compared with a {result.reference_steps}-step run of its "
                "scheduler from the same noise (PSNR of the images, RMS of the final latents)")
-    return "  \n".join([
+    return "  \n".join(line for line in [
         f"**Seed {r.seed}**, the same starting noise in every cell",
         f"{rows} scheduler{'s' * (rows > 1)} x {cols} {AXES[req.axis].plural} = {rows * cols} cells; "
         f"{r.width}x{r.height}; {how}",
         f"{evals} model evaluations in the cells; {result.seconds:.2f} s in all",
-    ])
+        "" if axis.batched else stochastic_note(req.schedulers),
+    ] if line)
 
 
 def grid_request(prompt="", negative_prompt="", seed=-1, steps=DEFAULTS.base.steps, schedulers=DEFAULTS.schedulers,
@@ -77,7 +110,8 @@ def grid_request(prompt="", negative_prompt="", seed=-1, steps=DEFAULTS.base.ste
     return GridRequest(base=generate_request(locals()), schedulers=schedulers, columns=columns, axis=axis)
 
 
-def build(grid: Callable[..., GridResult], fields: Fields, settings: Settings) -> None:
+def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridRequest], dict[str, int]], fields: Fields,
+          settings: Settings) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
     # -- layout -------------------------------------------------------------------------------
     gr.Markdown("Rows are schedulers, columns are CFG scales or step counts, and every cell starts from the **same "
@@ -99,9 +133,12 @@ def build(grid: Callable[..., GridResult], fields: Fields, settings: Settings) -
                 cfg_box = fields.cfg_scale(label="CFG scale (when the columns are steps)", info=None)
             seed_box = fields.seed(label="Seed (-1 = random, one for all cells)")
             width_box, height_box = fields.size()
+            cost = gr.Markdown(on_cost_text(grid_evaluations, settings.grid_reference_steps, DEFAULTS.schedulers,
+                                            DEFAULTS.columns, DEFAULTS.base.steps, DEFAULTS.axis))
             with gr.Row():
                 run = gr.Button("Run grid", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
+            status = status_line()
             info = gr.Markdown()
         with gr.Column(scale=7):
             sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath",
@@ -110,10 +147,11 @@ def build(grid: Callable[..., GridResult], fields: Fields, settings: Settings) -
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
                            label="Noise level at each model evaluation (SNR = 1/sigma², in dB: higher is cleaner)")
         convergence = gr.LinePlot(x="steps", y="PSNR vs reference (dB)", color="scheduler",
-                                  tooltip=["scheduler", "steps", "latent RMS"],
+                                  tooltip=["scheduler", "steps", "latent RMS"], visible=not AXES[DEFAULTS.axis].batched,
                                   label="Step columns: how close each cell is to its scheduler's long run "
                                         "(PSNR in dB: higher is closer)")
-    cells = gr.Gallery(label="Cells", format="png", columns=6, object_fit="contain", height=320, fit_columns=False,
+    # every row of cells in view (height "auto"), four a row so that "DPM++ 2M SDE Karras · CFG 12" fits
+    cells = gr.Gallery(label="Cells", format="png", columns=4, object_fit="contain", height="auto", fit_columns=False,
                        elem_classes=["pixels"])
     table = gr.Dataframe(headers=TABLE_HEADERS, label="What each cell cost", interactive=False)
 
@@ -125,19 +163,29 @@ def build(grid: Callable[..., GridResult], fields: Fields, settings: Settings) -
         for item in stream(grid, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="evaluations")
+                yield *[gr.skip()] * 5, running(item)
             else:
                 path, items = save_grid(item, settings.output_dir)
                 yield path, items, cell_table(item), noise_table(item), convergence_table(item), summary(item)
 
+    def on_cost(schedulers, columns, steps, axis):
+        return on_cost_text(grid_evaluations, settings.grid_reference_steps, schedulers, columns, steps, axis)
+
     def on_axis(axis):
-        """A fresh list that suits the new axis, unless the user typed one that already does."""
-        return AXES[axis].default if axis in AXES else gr.skip()
+        """A fresh list that suits the new axis; the distance plot only where there is a distance (steps)."""
+        if axis not in AXES:
+            return gr.skip(), gr.skip()
+        return AXES[axis].default, gr.LinePlot(visible=not AXES[axis].batched)
 
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, columns_box, width_box, height_box,
               axis_box, cfg_box]
     # preprocess=False: plain values; the Engine's checks name the bad value before any work starts
-    axis_box.change(on_axis, axis_box, columns_box, api_visibility="private", queue=False)
+    axis_box.change(on_axis, axis_box, [columns_box, convergence], api_visibility="private", queue=False)
+    for box in (schedulers_box, columns_box, steps_box, axis_box):
+        box.change(on_cost, [schedulers_box, columns_box, steps_box, axis_box], cost, api_visibility="private",
+                   show_progress="hidden", trigger_mode="always_last")
+    # progress and errors on the status line: the last grid stays in view until the new one is done
     event = heavy(run.click, on_grid, inputs, [sheet, cells, table, plot, convergence, info], settings,
-                  api_name="grid", preprocess=False, show_progress_on=sheet)
-    stop.click(None, cancels=[event], api_visibility="private")
+                  api_name="grid", preprocess=False, show_progress_on=status)
+    stop_button(stop, event, info)

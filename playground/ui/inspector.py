@@ -13,8 +13,8 @@ from playground.outputs import save_trajectory
 from playground.requests import ATTENTION_OF, InspectRequest, Progress, Trajectory
 from playground.settings import Settings
 from playground.ui import attention as attention_part, roundtrip as roundtrip_part
-from playground.ui.common import heavy, shows_errors, stream
-from playground.ui.fields import Fields, generate_request
+from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
+from playground.ui.fields import Fields, generate_request, size_note
 from playground.views import AttentionView, RoundTrip, StepView
 
 # the noise plot's series: colour, and what the legend under the plot says of each
@@ -53,9 +53,10 @@ def step_text(v: StepView) -> str:
             f"SNR = {v.snr_db:+.1f} dB. Colours: blue < 0 < red, white = 0, saturating at ±{v.scale:.2f}.  \n{stats}")
 
 
-def inspect_text(traj: Trajectory) -> str:
+def inspect_text(traj: Trajectory, native: int) -> str:
     r = traj.request
-    return (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}.  \n"
+    note = size_note(r.width, r.height, native)
+    return (f"{note}  \n" if note else "") + (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}.  \n"
             f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session"
             + (f", plus {traj.attention.nbytes / 1e6:.2f} MB of cross-attention maps" if traj.attention else "")
             + f"; {traj.seconds:.2f} s.")
@@ -86,26 +87,28 @@ def build(
                 with gr.Row():
                     run = gr.Button("Generate and record", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
+                status = status_line()
                 info = gr.Markdown()
                 download = gr.File(label="Download the trajectory (.safetensors: every x_t, x0 and model output)")
             with gr.Column(scale=4):
                 final = gr.Image(label="Final image", format="png", interactive=False, type="filepath", height=300,
                                  elem_classes=["pixels"])
+        # the slider right above the pictures it drives: both in view at once
         step_slider = gr.Slider(1, 2, value=1, step=1, label="Step (drag to scrub the trajectory)", interactive=False)
-        step_info = gr.Markdown()
-        # height "auto": the four square channel images are always shown whole, however wide the page
-        channels = gr.Gallery(label="x_t: the 4 latent channels at this step (one shared colour scale)", columns=4,
-                              height="auto", object_fit="contain", format="png", allow_preview=False)
         with gr.Row():
             rgb_x_t, rgb_x0, decoded = (gr.Image(label=label, format="png", interactive=False, height=260,
                                                  elem_classes=["pixels"]) for label in (
                 "x_t as RGB (linear map, no VAE)", "predicted x0 as RGB (linear map)",
                 "predicted x0 through the VAE decoder"))
+        step_info = gr.Markdown()
+        # height "auto": the four square channel images are always shown whole, however wide the page
+        channels = gr.Gallery(label="x_t: the 4 latent channels at this step (one shared colour scale)", columns=4,
+                              height="auto", object_fit="contain", format="png", allow_preview=False)
         noise = gr.LinePlot(x="step", y="value", color="series", label="Noise level over the steps", height=280,
                             color_map={name: colour for name, (colour, _) in NOISE_SERIES.items()},
                             colors_in_legend=[])
         gr.HTML(noise_legend())
-        attn = attention_part.section(attention_view)
+        attn = attention_part.section(attention_view, traj_state)
         gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts the noise twice, with the prompt "
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()
@@ -116,7 +119,7 @@ def build(
                        form.width, form.height, attention_box]
         attention_part.api(attention, form_inputs, attn, settings)
     with gr.Tab("VAE round trip"):
-        roundtrip_part.build(roundtrip, settings)
+        roundtrip_part.build(roundtrip, settings, offline=bool(fields.vocabulary))
 
     # -- handlers -----------------------------------------------------------------------------
     def show_step(traj: Trajectory | None, step: int):
@@ -137,11 +140,12 @@ def build(
         for item in stream(inspect, InspectRequest(generate_request(locals()), attention_of)):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
+                yield *[gr.skip()] * 2, running(item), *[gr.skip()] * (len(outputs) - 3)
                 continue
             traj: Trajectory = item
             image, file = save_trajectory(traj, settings.output_dir)
             slider = gr.Slider(1, traj.steps, value=traj.steps, step=1, interactive=True)
-            yield (traj, str(image), inspect_text(traj), str(file), slider, None, *show_step(traj, traj.steps),
+            yield (traj, str(image), inspect_text(traj, fields.native_size), str(file), slider, None, *show_step(traj, traj.steps),
                    *attn.first(traj))
 
     def on_decode(traj: Trajectory | None, step: int):
@@ -149,14 +153,14 @@ def build(
 
     # -- events -------------------------------------------------------------------------------
     step_outputs = [step_info, channels, rgb_x_t, rgb_x0, noise, cfg_text, *cfg_images]
+    outputs = [traj_state, final, info, download, step_slider, decoded, *step_outputs, *attn.first_outputs]
     attention_inputs = [traj_state, step_slider, attn.token, attn.resolution]
-    event = heavy(run.click, on_inspect, form_inputs, [traj_state, final, info, download, step_slider, decoded,
-                                                       *step_outputs, *attn.first_outputs], settings,
-                  api_name="inspect", preprocess=False, show_progress_on=final)
+    event = heavy(run.click, on_inspect, form_inputs, outputs, settings, api_name="inspect", preprocess=False,
+                  show_progress_on=status)
     # the step's x0 through the VAE; then the attention map of the step over it
     heavy(event.then, on_decode, [traj_state, step_slider], decoded, settings, api_visibility="private").then(
         attn.show, attention_inputs, attn.outputs, show_progress="hidden", api_visibility="private")
-    stop.click(None, cancels=[event], api_visibility="private")
+    stop_button(stop, event, info)
     step_slider.change(show_step, [traj_state, step_slider], step_outputs, show_progress="hidden",
                        trigger_mode="always_last", api_visibility="private")
     step_slider.change(attn.show, attention_inputs, attn.outputs, show_progress="hidden",
@@ -167,3 +171,4 @@ def build(
     for box in (attn.token, attn.resolution):
         box.input(attn.show, attention_inputs, attn.outputs, show_progress="hidden", trigger_mode="always_last",
                   api_visibility="private")
+    attn.chip_clicked.then(attn.show, attention_inputs, attn.outputs, show_progress="hidden", api_visibility="private")

@@ -10,21 +10,25 @@ from playground.metadata import read_png
 from playground.outputs import save_images
 from playground.requests import GenerateResult, Progress, TokenCount
 from playground.settings import Settings
-from playground.ui.common import heavy, shows_errors, stream
-from playground.ui.fields import Fields, generate_request
+from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
+from playground.ui.fields import Fields, generate_request, size_note
 
 
 # -- helpers ----------------------------------------------------------------------------------
-def token_text(count: TokenCount) -> str:
-    """'12 / 77 tokens', with a warning and the dropped words past the limit."""
+def token_text(count: TokenCount, vocabulary: frozenset[str] = frozenset()) -> str:
+    """'12 / 77 tokens', with a warning and the dropped words past the limit, and the words the model never saw."""
     text = f"{count.used} / {count.limit} tokens" + (f" (each of its {count.encoders} text encoders)"
                                                    if count.encoders > 1 else "")
     if count.dropped:
         text = f"⚠️ {text}: CLIP only reads {count.limit}, so it will not see: “{count.dropped}”"
+    if count.unknown:
+        words = " and ".join(", ".join(f"“{w}”" for w in count.unknown).rsplit(", ", 1))
+        text += (f"  \n⚠️ {words} {'is not a word' if len(count.unknown) == 1 else 'are not words'} this model "
+                 f"knows: it draws whatever it makes of the letters. It knows: {', '.join(sorted(vocabulary))}.")
     return text
 
 
-def summary(result: GenerateResult) -> str:
+def summary(result: GenerateResult, native: int) -> str:
     r = result.request
     n = len(result.images)
     lines = [
@@ -34,7 +38,10 @@ def summary(result: GenerateResult) -> str:
     ]
     if any(g.nsfw for g in result.images):
         lines.append("⚠️ The model's safety checker blacked out at least one image.")
-    return "  \n".join(lines)
+    if not r.prompt.strip():
+        lines.append("The prompt was empty: this is the model's unconditional picture, the one CFG pushes away from.")
+    lines.append(size_note(r.width, r.height, native))
+    return "  \n".join(line for line in lines if line)
 
 
 def build(
@@ -48,14 +55,16 @@ def build(
     with gr.Row():
         with gr.Column(scale=5):
             prompt_box = fields.prompt(lines=3, examples=False)
-            prompt_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
+            prompt_tokens = gr.Markdown(token_text(count_tokens(prompt_box.value), fields.vocabulary),
+                                        elem_classes=["token-count"])
             if fields.examples:
                 gr.Examples([[e] for e in fields.examples], inputs=[prompt_box], label="Prompts this model knows")
             negative_box = fields.negative_prompt(lines=2)
-            negative_tokens = gr.Markdown(token_text(count_tokens("")), elem_classes=["token-count"])
+            negative_tokens = gr.Markdown(token_text(count_tokens(""), fields.vocabulary), elem_classes=["token-count"])
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
+            status = status_line()
             with gr.Row():
                 scheduler_box, steps_box = fields.scheduler(), fields.steps()
             with gr.Row():
@@ -70,9 +79,10 @@ def build(
             preview = gr.Image(label="Live preview (predicted clean image, from latents)", format="png",
                                interactive=False, height=256, elem_classes=["pixels"])
             gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
-                                 object_fit="contain", height=420, fit_columns=False, elem_classes=["pixels"])
+                                 object_fit="contain", height="auto", fit_columns=False, elem_classes=["pixels"])
             info = gr.Markdown(label="Run info")
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+            # shown once there is a seed to reuse (an empty number box would read as seed 0)
+            seed_used = gr.Number(None, label="Seed used", precision=0, interactive=False, visible=False)
 
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
@@ -84,10 +94,10 @@ def build(
                 # the Engine makes a preview a few times a second: each yield is encoded and sent to
                 # the browser, and sending one every step made a 50-step request 1.5x slower on 2 cores
                 if item.preview is not None:
-                    yield item.preview, gr.skip(), gr.skip(), gr.skip()
+                    yield item.preview, gr.skip(), running(item), gr.skip()
             else:
                 files = save_images(item.images, settings.output_dir)
-                yield files[0][0], files, summary(item), item.request.seed
+                yield files[0][0], files, summary(item, fields.native_size), item.request.seed
 
     @shows_errors
     def on_restore(path):
@@ -104,14 +114,15 @@ def build(
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
-    # progress and errors show on the preview only: the gallery keeps the last images in view
+    # progress and errors show on the status line under the buttons: the live preview and the gallery stay in view
     # the button and Enter in the prompt box are one event, with one API name
     gen = heavy([run.click, prompt_box.submit], on_generate, inputs, [preview, gallery, info, seed_used], settings,
-                api_name="generate", preprocess=False, show_progress_on=preview)
-    stop.click(None, cancels=[gen], api_visibility="private")
+                api_name="generate", preprocess=False, show_progress_on=status)
+    stop_button(stop, gen, info)
+    gen.success(lambda: gr.Number(visible=True), None, seed_used, api_visibility="private", queue=False)
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
-        box.change(lambda text: token_text(count_tokens(text)), box, counter, show_progress="hidden",
-                   trigger_mode="always_last", api_visibility="private", queue=False)
+        box.change(lambda text: token_text(count_tokens(text), fields.vocabulary), box, counter,
+                   show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
     restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
                                          width_box, height_box, info],

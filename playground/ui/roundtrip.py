@@ -12,14 +12,19 @@ from playground.ui.common import heavy, shows_errors
 from playground.views import RoundTrip
 
 
-def roundtrip_text(r: RoundTrip) -> str:
+def roundtrip_text(r: RoundTrip, offline: bool = False) -> str:
     c, h, w = r.latent_shape
     H, W = r.original.height, r.original.width
-    return (f"**{W}x{H}x3 = {W * H * 3:,} numbers → {w}x{h}x{c} = {w * h * c:,} numbers: {r.ratio:.0f}x smaller.**  \n"
+    text = (f"**{W}x{H}x3 = {W * H * 3:,} numbers → {w}x{h}x{c} = {w * h * c:,} numbers: {r.ratio:.0f}x smaller.**  \n"
             f"Reconstruction PSNR: **{r.psnr:.2f} dB** (higher is closer; above ~30 dB differences are hard to see).")
+    if offline:
+        text += ("  \nThis VAE was trained only on the playground's own world of flat shapes and stick figures: "
+                 "anything else, a photo above all, comes back posterised into that world's colours. A VAE trained "
+                 "on photos, as Stable Diffusion's is, keeps them far closer.")
+    return text
 
 
-def build(roundtrip: Callable[..., RoundTrip], settings: Settings) -> None:
+def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool = False) -> None:
     """Lay out the round trip inside the current layout and wire its event (the `vae_roundtrip` endpoint)."""
     gr.Markdown("Upload a picture and watch the VAE squeeze it into 4 channels at 1/8 the width and height, then "
                 "decode it back. The diffusion model only ever works on that small latent.")
@@ -41,7 +46,8 @@ def build(roundtrip: Callable[..., RoundTrip], settings: Settings) -> None:
         if not path:
             raise InvalidRequest("Upload an image first")
         r = roundtrip(path)
-        return r.original, r.reconstruction, [(im, f"channel {k}") for k, im in enumerate(r.channels)], roundtrip_text(r)
+        return r.original, r.reconstruction, [(im, f"channel {k}") for k, im in enumerate(r.channels)], \
+            roundtrip_text(r, offline)
 
     heavy(trip.click, on_roundtrip, image_box, [original, reconstruction, channels, info], settings,
           api_name="vae_roundtrip", preprocess=False)
