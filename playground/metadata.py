@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,11 +92,23 @@ def parse_parameters(text: str) -> Params:
 
 
 def save_png(image: Image.Image, params: Params, path: str | Path) -> Path:
-    """Write `image` as PNG with the parameters chunk."""
+    """Write `image` as PNG with the parameters chunk, atomically: a crash leaves no half PNG behind."""
     info = PngImagePlugin.PngInfo()
     info.add_text(KEY, format_parameters(params))
-    image.save(path, format="PNG", pnginfo=info)
-    return Path(path)
+    return write_atomically(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=info))
+
+
+def write_atomically(path: str | Path, write) -> Path:
+    """`write(temporary path)` in the same folder, then a rename onto `path` (atomic on POSIX): readers see the
+    old file or the whole new one, never a part; a failed write leaves nothing."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def read_png(path: str | Path) -> Params:

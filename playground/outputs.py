@@ -8,22 +8,51 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from playground.grid import AXES, layout
-from playground.metadata import format_parameters, save_png
+from playground.metadata import format_parameters, save_png, write_atomically
+from playground.settings import Settings
 from playground.requests import ControlResult, Generated, GridResult, Trajectory
 
 
-def output_stem(out_dir: str | Path) -> Path:
-    """A fresh, sortable file stem in the output folder (made if missing): 20261126-131427-2cfb48."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+@dataclass(frozen=True)
+class Folder:
+    """Where the playground writes, and how much it keeps there: past `max_mb` the oldest files go first."""
+
+    path: Path
+    max_mb: float = 0  # 0: no limit
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Folder":
+        return cls(Path(settings.output_dir), settings.max_output_mb)
+
+    def prune(self) -> int:
+        """Delete the oldest files until the folder holds at most `max_mb` (before a request's new files are
+        written: it may exceed the cap by one request's files); how many were deleted."""
+        if self.max_mb <= 0 or not self.path.is_dir():
+            return 0
+        files = sorted((f for f in self.path.iterdir() if f.is_file()), key=lambda f: f.stat().st_mtime)
+        total, cap, gone = sum(f.stat().st_size for f in files), self.max_mb * 1e6, 0
+        for f in files:
+            if total <= cap:
+                break
+            size = f.stat().st_size
+            f.unlink(missing_ok=True)  # another request may have pruned it already
+            total, gone = total - size, gone + 1
+        return gone
 
 
-def save_images(images: list[Generated], out_dir: str | Path) -> list[tuple[str, str]]:
+def output_stem(out: Folder | str | Path) -> Path:
+    """A fresh, sortable file stem in the output folder (made if missing, pruned to its cap): 20261126-131427-2cfb48."""
+    folder = out if isinstance(out, Folder) else Folder(Path(out))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.prune()
+    return folder.path / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def save_images(images: list[Generated], out_dir: Folder | str | Path) -> list[tuple[str, str]]:
     """Each image as a PNG carrying its parameters; (path, caption) pairs for a gallery."""
     stem = output_stem(out_dir)
     items = []
@@ -33,14 +62,14 @@ def save_images(images: list[Generated], out_dir: str | Path) -> list[tuple[str,
     return items
 
 
-def save_control(result: ControlResult, out_dir: str | Path) -> list[tuple[str, str]]:
+def save_control(result: ControlResult, out_dir: Folder | str | Path) -> list[tuple[str, str]]:
     """The control map, then the images; (path, caption) pairs."""
     stem = output_stem(out_dir)
-    result.control_map.save(f"{stem}-control-map.png")
-    return [(f"{stem}-control-map.png", "control map"), *save_images(result.images, out_dir)]
+    path = write_atomically(f"{stem}-control-map.png", lambda tmp: result.control_map.save(tmp, format="PNG"))
+    return [(str(path), "control map"), *save_images(result.images, out_dir)]
 
 
-def save_grid(result: GridResult, out_dir: str | Path) -> tuple[str, list[tuple[str, str]]]:
+def save_grid(result: GridResult, out_dir: Folder | str | Path) -> tuple[str, list[tuple[str, str]]]:
     """The labelled grid and every cell as PNGs with their parameters; (grid path, gallery items)."""
     stem = f"{output_stem(out_dir)}-grid"
     r, axis = result.request, AXES[result.request.axis]
@@ -63,7 +92,7 @@ def save_grid(result: GridResult, out_dir: str | Path) -> tuple[str, list[tuple[
     return str(save_png(sheet, params, f"{stem}.png")), items
 
 
-def save_trajectory(traj: Trajectory, out_dir: str | Path) -> tuple[Path, Path]:
+def save_trajectory(traj: Trajectory, out_dir: Folder | str | Path) -> tuple[Path, Path]:
     """The final image as a PNG, and every recorded tensor as one .safetensors file with the
     generation's parameters in its metadata; (png, safetensors)."""
     from safetensors.torch import save_file
@@ -73,13 +102,11 @@ def save_trajectory(traj: Trajectory, out_dir: str | Path) -> tuple[Path, Path]:
     meta = {"parameters": format_parameters(traj.params), "sigma_space": str(traj.sigma_space),
             "model": traj.params.model, "prediction_type": traj.prediction_type,
             "layout": "x_t, x0, out_*: (steps, 4, H/8, W/8) float16, sample 0"}
-    path = Path(f"{stem}-trajectory.safetensors")
-    save_file({k: v.contiguous() for k, v in traj.tensors.items()}, str(path), metadata=meta)
+    tensors = {k: v.contiguous() for k, v in traj.tensors.items()}
+    path = write_atomically(f"{stem}-trajectory.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return image, path
 
 
-def save_pose(text: str, out_dir: str | Path) -> Path:
+def save_pose(text: str, out_dir: Folder | str | Path) -> Path:
     """A pose's OpenPose JSON as a .json file (the format pose editors open)."""
-    path = Path(f"{output_stem(out_dir)}-pose.json")
-    path.write_text(text + "\n")
-    return path
+    return write_atomically(f"{output_stem(out_dir)}-pose.json", lambda tmp: tmp.write_text(text + "\n"))

@@ -89,6 +89,9 @@ def settle(page, timeout: int = 20_000) -> None:
     """Wait (bounded) until every visible image has loaded, and fonts too: then a screenshot is whole."""
     page.wait_for_function(IMAGES_LOADED, timeout=timeout)
     page.evaluate("document.fonts.ready")
+    for close in page.locator(".toast-close").all():  # earlier errors: a screenshot shows the page itself
+        if close.is_visible():
+            close.click()
 
 
 def test_prompt_tab(page, shots):

@@ -48,7 +48,9 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole playground: banner, then one tab per activity, all on the same Engine."""
     model = engine.model
     fields = Fields(settings, engine.native_size, schedulers.NAMES, examples(model), model.vocabulary)
-    with gr.Blocks(title="Diffusion Playground") as demo:
+    # gradio's cache (uploads, results) is cleared of files older than CACHE_HOURS, checked every half hour
+    cache_age = max(60, int(settings.cache_hours * 3600))
+    with gr.Blocks(title="Diffusion Playground", delete_cache=(min(1800, cache_age), cache_age)) as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
         gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])
         with gr.Tab("Prompt"):

@@ -29,10 +29,13 @@ def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, **kwargs)
     return triggers(gpu(fn), inputs, outputs, **kwargs)
 
 
+ERROR_SECONDS = 20  # long enough to read a message and fix the value; a toast that never left would cover outputs
+
+
 def error(message: str) -> gr.Error:
-    """A message for the page: it stays until it is closed (a learner reads it, then fixes the value), while the
-    action's status line shows the error badge and every output keeps what it showed."""
-    return gr.Error(message, duration=None, print_exception=False)
+    """A message for the page, shown for ERROR_SECONDS (or until closed), while the action's status line keeps
+    the error badge and every output keeps what it showed."""
+    return gr.Error(message, duration=ERROR_SECONDS, print_exception=False)
 
 
 def shows_errors(fn: Callable) -> Callable:
@@ -87,10 +90,13 @@ def stop_button(stop: gr.Button, event, note: gr.Markdown) -> None:
 PIXELS_CSS = """
 .pixels img {image-rendering: pixelated;}
 """
-# A component's label sits above what it shows, never over the top of an image, a plot or an upload box.
+# A component's label sits above what it shows, never over the top of an image, a plot or an upload box;
+# a plot's axis labels are drawn whole, below the plot.
 LABELS_CSS = """
 .block label[data-testid="block-label"].float {position: static; margin-bottom: 4px;}
 .status-line {min-height: 2.2em; font-size: 0.9em;}
+.vega-embed svg.marks {overflow: visible;}
+.block:has(> .vega-embed) {overflow: visible !important; padding-bottom: 36px !important;}
 """
 PIXELS_JS = """<script>
 (() => {

@@ -11,7 +11,7 @@ import gradio as gr
 from playground import poses
 from playground.control import PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
 from playground.loading import shown_source
-from playground.outputs import save_control, save_pose
+from playground.outputs import Folder, save_control, save_pose
 from playground.requests import ControlRequest, ControlResult, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui.common import error, heavy, running, shows_errors, status_line, stop_button, stream
@@ -118,7 +118,7 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
     # -- handlers -----------------------------------------------------------------------------
     def as_pose_mode(text: str, info: str, control_map):
         """After a pose is made: the map, the JSON (box and file), and the mode switched to the pose JSON."""
-        return (control_map, text, str(save_pose(text, settings.output_dir)), info, PREPROCESSORS["pose"].label,
+        return (control_map, text, str(save_pose(text, Folder.of(settings))), info, PREPROCESSORS["pose"].label,
                 PREPROCESSORS["pose"].feeds)
 
     @shows_errors
@@ -242,7 +242,7 @@ def build(
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 yield gr.skip(), gr.skip(), running(item)
             else:
-                files = save_control(item, settings.output_dir)
+                files = save_control(item, Folder.of(settings))
                 note = size_note(item.request.base.width, item.request.base.height, fields.native_size)
                 yield files[0][0], files, control_text(item) + (f"  \n{note}" if note else "")
 

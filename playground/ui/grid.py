@@ -10,7 +10,7 @@ import pandas as pd
 
 from playground.grid import AXES
 from playground.latents import snr_db
-from playground.outputs import save_grid
+from playground.outputs import Folder, save_grid
 from playground import schedulers
 from playground.errors import InvalidRequest
 from playground.requests import GridRequest, GridResult, Progress
@@ -165,7 +165,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                 progress((item.step, item.total), desc=item.label, unit="evaluations")
                 yield *[gr.skip()] * 5, running(item)
             else:
-                path, items = save_grid(item, settings.output_dir)
+                path, items = save_grid(item, Folder.of(settings))
                 yield path, items, cell_table(item), noise_table(item), convergence_table(item), summary(item)
 
     def on_cost(schedulers, columns, steps, axis):

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from playground.latents import snr_db
-from playground.outputs import save_trajectory
+from playground.outputs import Folder, save_trajectory
 from playground.requests import ATTENTION_OF, InspectRequest, Progress, Trajectory
 from playground.settings import Settings
 from playground.ui import attention as attention_part, roundtrip as roundtrip_part
@@ -143,7 +143,7 @@ def build(
                 yield *[gr.skip()] * 2, running(item), *[gr.skip()] * (len(outputs) - 3)
                 continue
             traj: Trajectory = item
-            image, file = save_trajectory(traj, settings.output_dir)
+            image, file = save_trajectory(traj, Folder.of(settings))
             slider = gr.Slider(1, traj.steps, value=traj.steps, step=1, interactive=True)
             yield (traj, str(image), inspect_text(traj, fields.native_size), str(file), slider, None, *show_step(traj, traj.steps),
                    *attn.first(traj))

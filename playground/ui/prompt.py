@@ -7,7 +7,7 @@ from typing import Callable
 import gradio as gr
 
 from playground.metadata import read_png
-from playground.outputs import save_images
+from playground.outputs import Folder, save_images
 from playground.requests import GenerateResult, Progress, TokenCount
 from playground.settings import Settings
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
@@ -96,7 +96,7 @@ def build(
                 if item.preview is not None:
                     yield item.preview, gr.skip(), running(item), gr.skip()
             else:
-                files = save_images(item.images, settings.output_dir)
+                files = save_images(item.images, Folder.of(settings))
                 yield files[0][0], files, summary(item, fields.native_size), item.request.seed
 
     @shows_errors

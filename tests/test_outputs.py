@@ -1,0 +1,60 @@
+"""Ring (a): what the playground writes stays bounded (the oldest files go first) and is never half written."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from playground.metadata import Params, read_png, save_png, write_atomically
+from playground.outputs import Folder, output_stem, save_images, save_pose
+from playground.requests import Generated
+from playground.settings import Settings
+
+PARAMS = Params("a red square", "", 2, "DDIM", 7.5, 1, 64, 64, "test")
+
+
+def noise_png(path, seed: int):
+    """A 64x64 PNG that does not compress (about 12 KB), dated `seed` seconds apart."""
+    image = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))
+    save_png(image, PARAMS, path)
+    os.utime(path, (time.time() - 1000 + seed, time.time() - 1000 + seed))
+    return path
+
+
+def test_the_folder_keeps_under_its_cap_oldest_first(tmp_path):
+    files = [noise_png(tmp_path / f"{k:02d}.png", k) for k in range(10)]
+    each = files[0].stat().st_size
+    folder = Folder(tmp_path, max_mb=4.5 * each / 1e6)
+    assert folder.prune() == 6  # the six oldest
+    assert sorted(f.name for f in tmp_path.iterdir()) == [f.name for f in files[6:]]
+    assert Folder(tmp_path, max_mb=0).prune() == 0 and len(list(tmp_path.iterdir())) == 4  # 0: no limit
+
+
+def test_every_write_prunes_first_so_a_request_finds_room(tmp_path):
+    for k in range(6):
+        noise_png(tmp_path / f"old{k}.png", k)
+    each = (tmp_path / "old0.png").stat().st_size
+    folder = Folder(tmp_path, max_mb=2.5 * each / 1e6)
+    made = save_images([Generated(Image.new("RGB", (8, 8)), PARAMS)], folder)
+    names = sorted(f.name for f in tmp_path.iterdir())
+    assert Path(made[0][0]).name in names and "old5.png" in names and "old0.png" not in names
+    assert read_png(made[0][0]).prompt == "a red square"
+    assert Folder.of(Settings(output_dir=tmp_path, max_output_mb=3)).max_mb == 3
+
+
+def test_a_failed_write_leaves_nothing_and_the_old_file_whole(tmp_path):
+    path = save_png(Image.new("RGB", (8, 8), "red"), PARAMS, tmp_path / "a.png")
+
+    def crash(tmp):
+        tmp.write_bytes(b"\x89PNG half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(path, crash)
+    assert read_png(path).seed == 1 and [f.name for f in tmp_path.iterdir()] == ["a.png"]  # no .part left
+    pose = save_pose('{"people": []}', Folder(tmp_path))
+    assert pose.read_text() == '{"people": []}\n' and output_stem(tmp_path).parent == tmp_path
