@@ -133,7 +133,8 @@ class Annotators:
         pose = poses.detect_mediapipe(image) if detector is None else \
             poses.detect_openpose(detector, image, hands=options.hands, face=options.face)
         seconds = time.perf_counter() - start
-        if not pose.people:
+        if not pose.people:  # the other detector is advice only where it can run
+            other = used == "openpose" or self._detector is not None and self._detector.detector is not None
             raise InvalidRequest(f"no person found in the photo by the {used} detector; try a photo with a person "
-                                 "in full view, the other detector, or a pose preset")
+                                 f"in full view{', the other detector' if other else ''} or a pose preset")
         return poses.Detection(pose, poses.draw(pose, *image.size), used, why, seconds)

@@ -17,6 +17,9 @@ from playground.settings import Settings
 from playground.requests import ControlResult, Generated, GridResult, Trajectory
 
 
+STALE_PART_SECONDS = 600  # no write takes this long: an older temporary file is a crash's leftover
+
+
 @dataclass(frozen=True)
 class Folder:
     """Where the playground writes, and how much it keeps there: past `max_mb` the oldest files go first."""
@@ -31,7 +34,13 @@ class Folder:
     def prune(self) -> int:
         """Delete the oldest files until the folder holds at most `max_mb` (before a request's new files are
         written: it may exceed the cap by one request's files); how many were deleted."""
-        if self.max_mb <= 0 or not self.path.is_dir():
+        if not self.path.is_dir():
+            return 0
+        stale = time.time() - STALE_PART_SECONDS  # a write killed mid-way (a crash) left its .part file
+        for part in self.path.glob(".*.part"):
+            if part.stat().st_mtime < stale:
+                part.unlink(missing_ok=True)
+        if self.max_mb <= 0:
             return 0
         files = sorted((f for f in self.path.iterdir() if f.is_file()), key=lambda f: f.stat().st_mtime)
         total, cap, gone = sum(f.stat().st_size for f in files), self.max_mb * 1e6, 0

@@ -141,7 +141,7 @@ def test_grid_tab(page, shots):
     page.get_by_text("'x' in CFG scales").first.wait_for(timeout=30_000)
     scales.fill("1, 3, 7.5, 12")
     page.get_by_role("button", name="Run grid").click()
-    page.get_by_text("model evaluations in the cells").wait_for(timeout=120_000)
+    page.get_by_text("s in all").wait_for(timeout=120_000)
     assert page.get_by_text("4 schedulers x 4 CFG scales = 16 cells").is_visible()
     page.mouse.wheel(0, 3000)  # the table and the images below the fold render when scrolled to
     settle(page)
@@ -159,6 +159,14 @@ def test_grid_tab(page, shots):
     page.get_by_role("button", name="Run grid").click()
     page.get_by_text("each cell compared with a 200-step run").wait_for(timeout=120_000)
     assert page.get_by_text("1 scheduler x 3 step counts = 3 cells").is_visible()
+    # the distance plot draws its line, though a CFG grid (no distances) ran in this page before
+    plot = page.locator(".block", has=page.get_by_text("Step columns: how close")).first
+    plot.scroll_into_view_if_needed()
+    line = plot.locator("g.mark-line path").first
+    expect(line).to_be_attached(timeout=20_000)
+    page.wait_for_timeout(1_000)  # the plot's transition
+    drawn = line.evaluate("p => [p.getBBox().width, getComputedStyle(p).stroke]")
+    assert drawn[0] > 50 and drawn[1] != "none", drawn  # a line across the step counts, in a colour
     page.mouse.wheel(0, 2000)
     settle(page)
     page.screenshot(path=str(shots / "grid-steps.png"), full_page=True)
@@ -302,7 +310,7 @@ def steps(page, n: int) -> None:
 def test_the_preview_stays_in_view_while_it_runs_and_stop_says_where(page):
     steps(page, 100)
     page.get_by_role("button", name="Generate", exact=True).first.click()
-    page.get_by_text(re.compile(r"Running \(denoising\): step \d+ of 100")).wait_for(timeout=30_000)
+    page.get_by_text(re.compile(r"Running: denoising, step \d+ of 100")).wait_for(timeout=30_000)
     page.wait_for_function(SHOWN_SIZE, arg="Live preview", timeout=30_000)  # a preview arrived
     assert not page.evaluate(COVERED, "Live preview")  # the picture, not a progress cover
     page.get_by_role("button", name="Stop", exact=True).first.click()

@@ -56,5 +56,9 @@ def test_a_failed_write_leaves_nothing_and_the_old_file_whole(tmp_path):
     with pytest.raises(OSError, match="disk full"):
         write_atomically(path, crash)
     assert read_png(path).seed == 1 and [f.name for f in tmp_path.iterdir()] == ["a.png"]  # no .part left
+    left = tmp_path / ".b.png.part"  # a write killed mid-way: gone at the next write once it is stale
+    left.write_bytes(b"\x89PNG half")
+    os.utime(left, (time.time() - 3600, time.time() - 3600))
     pose = save_pose('{"people": []}', Folder(tmp_path))
+    assert not left.exists()
     assert pose.read_text() == '{"people": []}\n' and output_stem(tmp_path).parent == tmp_path

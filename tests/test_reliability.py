@@ -6,6 +6,7 @@ All traffic goes to an app launched on 127.0.0.1 by these tests; every loop is b
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,8 @@ from playground.engine import Engine
 from playground.requests import GenerateRequest, OutOfMemory
 from playground.sampling import Cancelled
 from playground.settings import ASSETS
+
+ROOT = ASSETS.parent  # the project's folder on the server
 
 from bad_inputs import FIRST, POSE_JSON, VALID, case_id
 from conftest import free_port, launched, settled, tiny_settings, wait_until
@@ -74,6 +77,8 @@ def test_bad_input_matrix(app, endpoint, name, value, words):
     message = json.loads(message)
     message = message["error"] if isinstance(message, dict) else str(message)
     assert "Traceback" not in message
+    for server_path in (tempfile.gettempdir() + "/", str(ROOT)):  # nothing of the server's files
+        assert server_path not in message, message
     for w in words:
         assert w.lower() in message.lower(), message
     kind, _ = raw_call(url, endpoint, list(valid[endpoint].values()))  # the very next valid call works
@@ -87,8 +92,9 @@ def test_bad_uploads(app, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
     for path, words in ((tmp_path / "broken.png", "broken.png is not a readable image"),
                         (tmp_path / "notes.png", "notes.png is not a readable image")):
-        with pytest.raises(Exception, match=words):
+        with pytest.raises(Exception, match=words) as err:
             client.predict(handle_file(str(path)), api_name="/vae_roundtrip")
+        assert tempfile.gettempdir() + "/" not in str(err.value)  # named by its own file name only
         with pytest.raises(Exception, match=path.name):
             client.predict(handle_file(str(path)), api_name="/restore")
     with pytest.raises(Exception, match="plain.png has no 'parameters' text chunk"):

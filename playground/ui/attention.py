@@ -7,6 +7,7 @@ inspector records the maps; this part only shows them (and answers the `attentio
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,11 +53,11 @@ def attention_text(v: AttentionView, traj: Trajectory, resolution: str) -> str:
     layers = sum(a.layers[g] for g in a.resolution_key(resolution))
     of = ATTENTION_OF[a.of].label.removeprefix("the ")
     words = v.together
-    return (f"**“{v.token}”** ({of}) gets **{100 * v.share:.1f}%** of the attention at this step, averaged over "
+    return (f"**“{html.escape(v.token)}”** ({of}) gets **{100 * v.share:.1f}%** of the attention at this step, averaged over "
             f"the image; its map here runs from {100 * v.low:.2f}% to {100 * v.high:.2f}% of a position's "
             f"attention (black to pale yellow). The {len(a.kept)} tokens shown take {100 * words:.0f}% together, the "
             f"{a.window - len(a.kept)} padding tokens the other {100 * (1 - words):.0f}%. Layers: {resolution} ({layers} "
-            f"cross-attention layers). Kept for this session: {a.steps} steps x {len(a.kept)} tokens, "
+            f"cross-attention layer{'s' * (layers != 1)}). Kept for this session: {a.steps} steps x {len(a.kept)} tokens, "
             f"{a.nbytes / 1e6:.2f} MB.")
 
 

@@ -65,17 +65,17 @@ def status_line() -> gr.Markdown:
     return gr.Markdown("", elem_classes=["status-line"])
 
 
-def running(p: Progress) -> str:
+def running(p: Progress, unit: str = "step") -> str:
     """An action's info line while it runs (Stop reads it back)."""
-    return f"Running ({p.label}): step {p.step} of {p.total}"
+    return f"Running: {p.label}, {unit} {p.step} of {p.total}"
 
 
 def stopped(note: str | None) -> str:
     """The info line after Stop: at which step it stopped, from what the line said last."""
-    found = re.search(r"step (\d+) of (\d+)", note or "")
+    found = re.search(r"(step|model evaluation) (\d+) of (\d+)", note or "")
     if not found:
         return "**Stopped** before the first step."
-    return (f"**Stopped** at step {found[1]} of {found[2]}. What is shown is the last view before the stop; "
+    return (f"**Stopped** at {found[1]} {found[2]} of {found[3]}. What is shown is the last view before the stop; "
             "no image was finished or saved.")
 
 
@@ -91,10 +91,17 @@ PIXELS_CSS = """
 .pixels img {image-rendering: pixelated;}
 """
 # A component's label sits above what it shows, never over the top of an image, a plot or an upload box;
-# a plot's axis labels are drawn whole, below the plot.
+# a plot's axis labels are drawn whole, below the plot; a gallery's captions are read whole, under their images.
 LABELS_CSS = """
 .block label[data-testid="block-label"].float {position: static; margin-bottom: 4px;}
+.block:has(> label[data-testid="block-label"].float) {display: flex; flex-direction: column;}
+.block:has(> label[data-testid="block-label"].float) > .image-container {flex: 1 1 0; min-height: 0;}
 .status-line {min-height: 2.2em; font-size: 0.9em;}
+.thumbnail-item {display: flex !important; flex-direction: column !important; height: auto !important;
+                 aspect-ratio: auto !important;}
+.thumbnail-item .caption-label {position: static !important; transform: none !important; margin: 4px auto 0 !important;
+                                max-width: 100% !important; white-space: normal !important; overflow: visible !important;
+                                text-overflow: clip !important;}
 .vega-embed svg.marks {overflow: visible;}
 .block:has(> .vega-embed) {overflow: visible !important; padding-bottom: 36px !important;}
 """

@@ -112,6 +112,7 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
                 with gr.Row():
                     mirror = gr.Button("Mirror left-right")
                     redraw = gr.Button("Draw this pose")
+                edit_status = status_line()  # drawing, mirroring, a preset or an upload: errors show here
                 pose_file = gr.File(label="Download the pose (.json)", interactive=False, height=80)
     made_pose = [*made_pose[:1], pose_box, pose_file, pose_info, *made_pose[1:]]
 
@@ -154,13 +155,13 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
     heavy(detect.click, on_detect, [image_box, resize_box, width_box, height_box, detector_box, hands_box, face_box],
           made_pose, settings, api_name="pose", preprocess=False, show_progress_on=pose_status)
     redraw.click(on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose",
-                 show_progress_on=pose_status)
+                 show_progress_on=edit_status)
     mirror.click(on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose",
-                 show_progress_on=pose_status)
+                 show_progress_on=edit_status)
     preset_box.input(on_preset, [preset_box, width_box, height_box], made_pose, api_visibility="private",
-                     show_progress_on=pose_status)
+                     show_progress_on=edit_status)
     pose_upload.upload(on_upload_pose, [pose_upload, width_box, height_box], made_pose, api_visibility="private",
-                       show_progress_on=pose_status)
+                       show_progress_on=edit_status)
     return PoseSection(detector_box, hands_box, face_box, pose_box)
 
 

@@ -40,7 +40,9 @@ def convergence_table(result: GridResult) -> pd.DataFrame:
     rows = [{"steps": c.value, "scheduler": c.scheduler, "PSNR vs reference (dB)": round(c.psnr, 2),
              "latent RMS": round(c.latent_rms, 4)}
             for row in result.cells for c in row if c.psnr is not None and math.isfinite(c.psnr)]
-    return pd.DataFrame(rows, columns=["steps", "scheduler", "PSNR vs reference (dB)", "latent RMS"])
+    frame = pd.DataFrame(rows, columns=["steps", "scheduler", "PSNR vs reference (dB)", "latent RMS"])
+    # numbers even when empty (a CFG grid): an empty table of objects would leave the plot's axes as categories
+    return frame.astype({"steps": float, "scheduler": str, "PSNR vs reference (dB)": float, "latent RMS": float})
 
 
 def cell_table(result: GridResult) -> pd.DataFrame:
@@ -98,7 +100,9 @@ def summary(result: GridResult) -> str:
         f"**Seed {r.seed}**, the same starting noise in every cell",
         f"{rows} scheduler{'s' * (rows > 1)} x {cols} {AXES[req.axis].plural} = {rows * cols} cells; "
         f"{r.width}x{r.height}; {how}",
-        f"{evals} model evaluations in the cells; {result.seconds:.2f} s in all",
+        (f"{sum(row[0].unet_calls for row in result.cells)} model evaluations, each on a batch of its row's {cols} "
+         f"cells; {result.seconds:.2f} s in all" if axis.batched else
+         f"{evals} model evaluations in the cells, plus the reference runs; {result.seconds:.2f} s in all"),
         "" if axis.batched else stochastic_note(req.schedulers),
     ] if line)
 
@@ -153,7 +157,8 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
     # every row of cells in view (height "auto"), four a row so that "DPM++ 2M SDE Karras · CFG 12" fits
     cells = gr.Gallery(label="Cells", format="png", columns=4, object_fit="contain", height="auto", fit_columns=False,
                        elem_classes=["pixels"])
-    table = gr.Dataframe(headers=TABLE_HEADERS, label="What each cell cost", interactive=False)
+    table = gr.Dataframe(headers=TABLE_HEADERS if not AXES[DEFAULTS.axis].batched else TABLE_HEADERS[:-2],
+                         label="What each cell cost", interactive=False)
 
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
@@ -163,7 +168,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
         for item in stream(grid, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="evaluations")
-                yield *[gr.skip()] * 5, running(item)
+                yield *[gr.skip()] * 5, running(item, unit="model evaluation")
             else:
                 path, items = save_grid(item, Folder.of(settings))
                 yield path, items, cell_table(item), noise_table(item), convergence_table(item), summary(item)
@@ -175,7 +180,8 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
         """A fresh list that suits the new axis; the distance plot only where there is a distance (steps)."""
         if axis not in AXES:
             return gr.skip(), gr.skip()
-        return AXES[axis].default, gr.LinePlot(visible=not AXES[axis].batched)
+        # the distance plot starts afresh: after a CFG grid's empty table it would keep no series to draw
+        return AXES[axis].default, gr.LinePlot(value=None, visible=not AXES[axis].batched)
 
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, columns_box, width_box, height_box,

@@ -96,7 +96,7 @@ def build(
         # the slider right above the pictures it drives: both in view at once
         step_slider = gr.Slider(1, 2, value=1, step=1, label="Step (drag to scrub the trajectory)", interactive=False)
         with gr.Row():
-            rgb_x_t, rgb_x0, decoded = (gr.Image(label=label, format="png", interactive=False, height=260,
+            rgb_x_t, rgb_x0, decoded = (gr.Image(label=label, format="png", interactive=False, height=290,
                                                  elem_classes=["pixels"]) for label in (
                 "x_t as RGB (linear map, no VAE)", "predicted x0 as RGB (linear map)",
                 "predicted x0 through the VAE decoder"))

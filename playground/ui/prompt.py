@@ -76,8 +76,10 @@ def build(
             restore = gr.File(label="Drop a PNG made here (or by A1111) to restore its settings",
                               file_types=[".png"], type="filepath", height=140)
         with gr.Column(scale=6):
-            preview = gr.Image(label="Live preview (predicted clean image, from latents)", format="png",
-                               interactive=False, height=256, elem_classes=["pixels"])
+            # 290: a 128 px picture at twice its size, under its label
+            preview = gr.Image(label="Live preview: the model's current guess of the clean image (a cheap linear "
+                                     "map of the latents; the finished image goes through the VAE)", format="png",
+                               interactive=False, height=290, elem_classes=["pixels"])
             gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
                                  object_fit="contain", height="auto", fit_columns=False, elem_classes=["pixels"])
             info = gr.Markdown(label="Run info")

@@ -8,7 +8,7 @@ import gradio as gr
 
 from playground.errors import InvalidRequest
 from playground.settings import Settings
-from playground.ui.common import heavy, shows_errors
+from playground.ui.common import heavy, shows_errors, status_line
 from playground.views import RoundTrip
 
 
@@ -32,6 +32,7 @@ def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool
         image_box = gr.Image(label="Your image", type="filepath", sources=["upload", "clipboard"], height=300)
         with gr.Column():
             trip = gr.Button("Encode and decode", variant="primary")
+            status = status_line()
             info = gr.Markdown()
     with gr.Row():
         original = gr.Image(label="Original (fitted to a multiple of 8)", format="png", interactive=False)
@@ -49,5 +50,6 @@ def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool
         return r.original, r.reconstruction, [(im, f"channel {k}") for k, im in enumerate(r.channels)], \
             roundtrip_text(r, offline)
 
+    # progress and errors on the status line: the last round trip stays in view, with its figures
     heavy(trip.click, on_roundtrip, image_box, [original, reconstruction, channels, info], settings,
-          api_name="vae_roundtrip", preprocess=False)
+          api_name="vae_roundtrip", preprocess=False, show_progress_on=status)
