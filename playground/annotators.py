@@ -60,8 +60,8 @@ class Annotators:
                     self._controlnets[kind] = (load_controlnet(source, self.model), source)
                 except Exception as exc:  # offline and not cached, a bad id or folder
                     raise ControlNetUnavailable(
-                        f"the {kind} ControlNet ({shown_source(source)}) could not be loaded: {first_line(exc)}. Without a "
-                        f"download, set PLAYGROUND_CONTROLNET_{kind.upper()} to a local folder") from None
+                        f"the {kind} ControlNet ({shown_source(source)}) could not be loaded: {first_line(exc)}. "
+                        f"Without a download, set PLAYGROUND_CONTROLNET_{kind.upper()} to a local folder") from None
             return self._controlnets[kind]
 
     def loaded_controlnets(self) -> dict:

@@ -2,9 +2,10 @@
 
 An entry says how its prompt is encoded, which added conditioning the denoiser takes, how the denoiser
 and its ControlNet are called, where its attention is recorded and at which resolutions, its latent
-channels, scale and shift, and its default ControlNets. `sampling.denoise` and the Engine ask `components.family` instead of testing what a pipeline has,
-so a new family (SD3's MMDiT, three encoders and flow) is one more entry plus what its loop truly adds.
-The encodings follow diffusers' `encode_prompt` of each pipeline; tests check the images are equal.
+channels, scale and shift, and its default ControlNets. `sampling.denoise` and the Engine ask
+`components.family` instead of testing what a pipeline has, so a new family (SD3's MMDiT, three encoders
+and flow) is one more entry plus what its loop truly adds. The encodings follow diffusers' `encode_prompt`
+of each pipeline; tests check the images are equal.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ Each function takes a result and the output folder, writes under a fresh sortabl
 
 from __future__ import annotations
 
+import stat
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -33,28 +34,41 @@ class Folder:
 
     def prune(self) -> int:
         """Delete the oldest files until the folder holds at most `max_mb` (before a request's new files are
-        written: it may exceed the cap by one request's files); how many were deleted."""
+        written: it may exceed the cap by one request's files); how many were deleted. Other requests write and
+        prune at the same time, so a file may vanish between listing it and looking at it: it is skipped."""
         if not self.path.is_dir():
             return 0
         stale = time.time() - STALE_PART_SECONDS  # a write killed mid-way (a crash) left its .part file
-        for part in self.path.glob(".*.part"):
-            if part.stat().st_mtime < stale:
+        for part, (mtime, _) in _listed(self.path.glob(".*.part")):
+            if mtime < stale:
                 part.unlink(missing_ok=True)
         if self.max_mb <= 0:
             return 0
-        files = sorted((f for f in self.path.iterdir() if f.is_file()), key=lambda f: f.stat().st_mtime)
-        total, cap, gone = sum(f.stat().st_size for f in files), self.max_mb * 1e6, 0
-        for f in files:
+        files = sorted(_listed(f for f in self.path.iterdir() if not f.name.startswith(".")), key=lambda e: e[1][0])
+        total, cap, gone = sum(size for _, (_, size) in files), self.max_mb * 1e6, 0
+        for f, (_, size) in files:
             if total <= cap:
                 break
-            size = f.stat().st_size
             f.unlink(missing_ok=True)  # another request may have pruned it already
             total, gone = total - size, gone + 1
         return gone
 
 
+def _listed(paths) -> list[tuple[Path, tuple[float, int]]]:
+    """(path, (mtime, size)) of each regular file still there when looked at."""
+    out = []
+    for path in paths:
+        try:
+            st = path.stat()
+        except FileNotFoundError:  # renamed or pruned by another request meanwhile
+            continue
+        if stat.S_ISREG(st.st_mode):
+            out.append((path, (st.st_mtime, st.st_size)))
+    return out
+
+
 def output_stem(out: Folder | str | Path) -> Path:
-    """A fresh, sortable file stem in the output folder (made if missing, pruned to its cap): 20261126-131427-2cfb48."""
+    """A fresh, sortable file stem in the output folder (made if missing, pruned to its cap): 20261126-131427-2cfb48"""
     folder = out if isinstance(out, Folder) else Folder(Path(out))
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.prune()
@@ -90,7 +104,8 @@ def save_grid(result: GridResult, out_dir: Folder | str | Path) -> tuple[str, li
                             f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-{label.replace(' ', '')}.png")
             items.append((str(path), f"{c.scheduler} · {label}"))
     prompt = r.base.prompt
-    shown = f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”" if prompt.strip() else "(empty prompt: unconditional)"
+    shown = (f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”" if prompt.strip()
+             else "(empty prompt: unconditional)")
     title = f"{shown}  seed {r.base.seed}"
     title += f", {axis.fixed(r.base)}"
     sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),

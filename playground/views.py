@@ -1,4 +1,4 @@
-"""Trajectory views: what the latent inspector shows, as pictures: functions over a recorded Trajectory and a VAE round trip.
+"""Trajectory views: what the latent inspector shows, as pictures, from a recorded Trajectory and a VAE round trip.
 
 No model calls here (the Engine decodes); only tensors already on the CPU, turned into PIL images
 and numbers for the UI.

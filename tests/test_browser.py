@@ -353,7 +353,7 @@ def test_a_second_run_at_another_size_is_drawn_at_its_own_shape(page):
             box.press("Enter")
         page.get_by_role("button", name="Generate", exact=True).first.click()
         page.get_by_text(f"{w}x{h}").first.wait_for(timeout=60_000)
-        page.get_by_text(f"is not the 128x128 the model was trained at").first.wait_for(timeout=10_000)
+        page.get_by_text("is not the 128x128 the model was trained at").first.wait_for(timeout=10_000)
         page.wait_for_function(f"""() => {{ const s = ({SHOWN_SIZE})("Live preview");
             return s && s[2] === {w} && s[3] === {h}; }}""", timeout=30_000)
         shown_w, shown_h, *_ = page.evaluate(SHOWN_SIZE, "Live preview")

@@ -62,3 +62,21 @@ def test_a_failed_write_leaves_nothing_and_the_old_file_whole(tmp_path):
     pose = save_pose('{"people": []}', Folder(tmp_path))
     assert not left.exists()
     assert pose.read_text() == '{"people": []}\n' and output_stem(tmp_path).parent == tmp_path
+
+
+def test_requests_writing_and_pruning_at_once_never_fail(tmp_path):
+    """Four requests at a time write and prune one folder: a file that vanishes under one of them is skipped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    image = Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3))
+    folder = Folder(tmp_path, max_mb=0.05)  # a few images' worth: every write prunes
+
+    def work(k):
+        for _ in range(25):
+            save_images([Generated(image, PARAMS)], folder)
+            save_pose("{}", folder)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))  # raises if any write or prune failed
+    assert sum(f.stat().st_size for f in tmp_path.iterdir()) < 0.05e6 + 4 * 20_000
+    assert not list(tmp_path.glob(".*.part"))

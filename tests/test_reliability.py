@@ -247,3 +247,53 @@ def test_cancel_stops_the_work_and_keeps_no_state(app, monkeypatch):
     wait_until(lambda: len(calls) >= 3, what="the job to start")
     job.cancel()
     assert settled(lambda: len(calls), quiet=0.5) < 40  # the UNet calls stop soon after the cancel
+
+
+@pytest.mark.slow
+def test_a_server_killed_mid_run_leaves_no_half_file_and_restarts_clean(tiny_dir, tmp_path):
+    """Kill -9 the app while it writes and denoises; start it again: every PNG still restores, no half file stays."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from playground.metadata import read_png
+
+    out, port = tmp_path / "out", free_port()
+    env = {**os.environ, "PLAYGROUND_OUTPUT_DIR": str(out), "MAX_STEPS": "500", "MAX_SIZE": "128"}
+
+    def start() -> subprocess.Popen:
+        server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(tiny_dir), "--device", "cpu",
+                                   "--port", str(port)], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+
+        def up() -> bool:
+            if server.poll() is not None:
+                pytest.fail("the app exited")
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=120, what="the app")
+        return server
+
+    server = start()
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict("a red circle", "", 1, 2, 7.5, "DDIM", 64, 64, 4, api_name="/generate")  # four PNGs written
+        job = client.submit("a red circle", "", 2, 500, 7.5, "DDIM", 128, 128, 4, api_name="/generate")
+        wait_until(lambda: job.status().code.name in ("PROCESSING", "PROGRESS", "ITERATING"), timeout=60,
+                   what="the long run")
+        time.sleep(1.0)  # well inside its 500 steps
+        os.kill(server.pid, signal.SIGKILL)  # mid-run: no cleanup of any kind
+        server.wait(30)
+        server = start()
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict("a blue square", "", 3, 2, 7.5, "DDIM", 64, 64, 1, api_name="/generate")
+    finally:
+        server.kill()
+        server.wait(30)
+    pngs = sorted(out.glob("*.png"), key=lambda p: (p.stat().st_mtime, p.name))
+    assert len(pngs) == 5 and [read_png(p).seed for p in pngs] == [1, 2, 3, 4, 3]  # the killed run wrote nothing
+    assert not list(out.glob(".*.part"))

@@ -131,8 +131,8 @@ PIXELS_JS = """<script>
 def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]:
     """Yield Progress (the newest only) while `action(request, on_progress=, cancel=)` runs, then its result.
 
-    A request error is raised as it is (the handler's `shows_errors` shows it), any other as gr.Error. When the consumer stops early (the browser
-    left, or Stop cancelled the event), the action is cancelled at its next step.
+    A request error is raised as it is (the handler's `shows_errors` shows it), any other as gr.Error. When the
+    consumer stops early (the browser left, or Stop cancelled the event), the action is cancelled at its next step.
     """
     events: queue.Queue = queue.Queue()
     cancel = threading.Event()
