@@ -62,8 +62,8 @@ def control_request(image, mode, controlnet, low=CannyOptions.low, high=CannyOpt
 def control_text(result: ControlResult) -> str:
     c, r = result.request, result.request.base
     return (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}; "
-            f"ControlNet `{shown_source(result.controlnet)}` at scale {c.conditioning_scale:g} from {c.guidance_start:g} to "
-            f"{c.guidance_end:g} of the steps; {result.seconds:.2f} s")
+            f"ControlNet `{shown_source(result.controlnet)}` at scale {c.conditioning_scale:g} from "
+            f"{c.guidance_start:g} to {c.guidance_end:g} of the steps; {result.seconds:.2f} s")
 
 
 def detection_text(d: poses.Detection) -> str:
