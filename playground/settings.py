@@ -89,7 +89,8 @@ class Settings:
     output_dir: Path = field(default_factory=lambda: Path(os.environ.get("PLAYGROUND_OUTPUT_DIR", "outputs")))
     # what the output folder may hold, in MB: past it the oldest files are deleted first (0 = no limit)
     max_output_mb: float = field(default_factory=lambda: _env_float("MAX_OUTPUT_MB", 500.0))
-    # gradio's cache of uploads and results: files older than this are deleted (checked every half hour)
+    # gradio's cache of uploads and results: files older than this are deleted (checked every half hour; 0: kept
+    # until the server stops)
     cache_hours: float = field(default_factory=lambda: _env_float("CACHE_HOURS", 6.0))
 
 

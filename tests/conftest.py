@@ -133,9 +133,12 @@ def tiny_model(tiny_dir) -> LoadedModel:
 
 @contextlib.contextmanager
 def launched(engine: Engine, settings: Settings):
-    """The whole app on 127.0.0.1 (settings.port), as app.py serves it; its URL. Closed on exit."""
+    """The whole app on 127.0.0.1 (settings.port), as app.py serves it; its URL. Closed on exit. Its gradio cache
+    is kept until it stops (CACHE_HOURS=0): a stopping app empties its cache, which is shared by content with
+    the apps launched after it in this process (same seeds, same files)."""
     from playground.ui import build_app, launch_options
 
+    settings = dataclasses.replace(settings, cache_hours=0)
     demo = build_app(engine, settings)
     demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
     try:

@@ -17,7 +17,7 @@ from playground.loading import LoadedModel
 from playground.metadata import Params, read_png
 from playground.requests import GenerateRequest, GenerateResult, Generated, InvalidRequest, Progress, TokenCount
 from playground.settings import ASSETS, CONTROLNETS, Settings
-from playground.ui import SD_EXAMPLES, banner, build_app, examples
+from playground.ui import SD_EXAMPLES, banner, build_app, cache_schedule, examples
 from playground.ui import control as control_tab
 from playground.ui import inspector as inspector_tab
 from playground.ui import prompt as prompt_tab
@@ -177,3 +177,11 @@ def test_a_bad_png_on_restore_is_named_beside_the_action(tmp_path):
         Image.new("RGB", (8, 8)).save(tmp_path / "odd.png", pnginfo=info)
         with pytest.raises(gr.Error, match="unreadable settings line|no Stable Diffusion settings line"):
             restore(str(tmp_path / "odd.png"))
+
+
+def test_gradio_cache_is_deleted_by_age_unless_kept():
+    assert cache_schedule(Settings(cache_hours=6)) == (1800, 21600)  # every half hour, what is 6 hours old
+    assert cache_schedule(Settings(cache_hours=0.25)) == (900, 900)
+    assert cache_schedule(Settings(cache_hours=0)) is None
+    demo = build_app(fake_engine(fake_model()), Settings(cache_hours=2))
+    assert demo.delete_cache == (1800, 7200)

@@ -48,9 +48,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole playground: banner, then one tab per activity, all on the same Engine."""
     model = engine.model
     fields = Fields(settings, engine.native_size, schedulers.NAMES, examples(model), model.vocabulary)
-    # gradio's cache (uploads, results) is cleared of files older than CACHE_HOURS, checked every half hour
-    cache_age = max(60, int(settings.cache_hours * 3600))
-    with gr.Blocks(title="Diffusion Playground", delete_cache=(min(1800, cache_age), cache_age)) as demo:
+    with gr.Blocks(title="Diffusion Playground", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
         gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])
         with gr.Tab("Prompt"):
@@ -65,6 +63,16 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                             engine.attention_view, engine.attention, fields, settings)
         anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families)
     return demo
+
+
+def cache_schedule(settings: Settings) -> tuple[int, int] | None:
+    """gradio's delete_cache: every half hour (or sooner), delete its cached uploads and results older than
+    CACHE_HOURS; None (CACHE_HOURS=0): keep them until the server stops. Gradio also empties the cache of an app
+    that stops, and the cache is shared by content: so one process that runs several apps (the tests) sets 0."""
+    if settings.cache_hours <= 0:
+        return None
+    age = max(60, int(settings.cache_hours * 3600))
+    return min(1800, age), age
 
 
 def launch_options(settings: Settings) -> dict:
