@@ -8,6 +8,7 @@ import inspect
 import queue
 import re
 import threading
+import time
 from typing import Any, Callable, Iterator
 
 import gradio as gr
@@ -79,9 +80,17 @@ def stopped(note: str | None) -> str:
             "no image was finished or saved.")
 
 
+def stopped_again(note: str | None) -> str:
+    """stopped(), once more a moment later: a progress line already on its way when Stop was clicked may have
+    replaced the first note (it then says the later step); a note already there stays as it is."""
+    time.sleep(0.5)
+    return stopped(note)
+
+
 def stop_button(stop: gr.Button, event, note: gr.Markdown) -> None:
     """Stop cancels `event` (at its next denoising step) and says in its info line `note` where it stopped."""
-    stop.click(stopped, note, note, cancels=[event], api_visibility="private", queue=False)
+    stop.click(stopped, note, note, cancels=[event], api_visibility="private", queue=False).then(
+        stopped_again, note, note, api_visibility="private", queue=False)
 
 # Components with elem_classes=["pixels"] show small images (the offline model's 128 px) whole, at a
 # whole-number scale that fits their box, with nearest-neighbour sampling: every pixel the model made
