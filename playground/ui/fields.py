@@ -36,7 +36,7 @@ def size_note(width: int, height: int, native: int) -> str:
 
 @dataclass
 class Form:
-    """The shared inputs of one tab (None where the tab does not have that input)."""
+    """The shared inputs of one tab laid out by `Fields.form`."""
 
     prompt: gr.Textbox
     negative_prompt: gr.Textbox
@@ -45,8 +45,7 @@ class Form:
     cfg_scale: gr.Slider
     width: gr.Slider
     height: gr.Slider
-    scheduler: gr.Dropdown | None = None
-    num_images: gr.Slider | None = None
+    scheduler: gr.Dropdown
 
 
 class Fields:
@@ -93,14 +92,13 @@ class Fields:
     def num_images(self) -> gr.Slider:
         return gr.Slider(1, self.settings.max_images, value=DEFAULTS.num_images, step=1, label="Images")
 
-    def form(self, lines: int = 2, images: bool = False) -> Form:
-        """The whole form in the usual order: prompt, negative prompt, scheduler and steps, CFG and seed (and
-        images), width and height."""
+    def form(self, lines: int = 2) -> Form:
+        """The whole form in the usual order: prompt, negative prompt, scheduler and steps, CFG and seed, width
+        and height."""
         prompt, negative = self.prompt(lines), self.negative_prompt()
         with gr.Row():
             scheduler, steps = self.scheduler("Scheduler"), self.steps()
         with gr.Row():
             cfg, seed = self.cfg_scale(info=None), self.seed()
-            count = self.num_images() if images else None
         width, height = self.size()
-        return Form(prompt, negative, seed, steps, cfg, width, height, scheduler, count)
+        return Form(prompt, negative, seed, steps, cfg, width, height, scheduler)
