@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import cv2
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -33,7 +35,7 @@ def test_captions_say_what_is_drawn():
     checked = 0
     for seed in range(300):
         scene = world.sample(seed, "shape")
-        words = scene.caption.split()
+        words = scene.caption.replace(",", " ").replace(":", " ").split()
         colour = next(w for w in words if w in world.COLOURS)
         shape = next(w for w in words if w in world.SHAPES)
         background = words[words.index("background") - 1]
@@ -59,9 +61,30 @@ def test_training_never_sees_an_evaluation_prompt():
     prompts = world.evaluation_prompts(240)
     assert len(prompts) == 240 and len({p["prompt"] for p in prompts}) == 240
     assert all(world.held_out(p["prompt"]) for p in prompts)
-    captions = {world.sample(seed).caption for seed in range(3000)}
+    scenes = [world.sample(seed) for seed in range(3000)]
+    captions = {s.caption for s in scenes} | {s.canonical for s in scenes if s.canonical}
     assert not captions & {p["prompt"] for p in prompts}
+    assert not captions & {p["prompt"] for p in world.two_shape_prompts(60)}
     assert not any(world.held_out(c) for c in captions)
+    # a caption that says what an evaluation prompt says in other words is held out with it
+    rng = random.Random(3)
+    for p in prompts[:20]:
+        caption = world.shape_caption(rng, p["colour"], p["shape"], p["background"], p["size"], p["place"])
+        assert world.held_out(world.one_shape_caption(**{k: p[k] for k in ("size", "colour", "shape", "place",
+                                                                              "background")}))
+        assert all(w in caption for w in (p["colour"], p["shape"], p["place"], p["background"]))
+
+
+def test_captions_put_the_colour_before_and_after_the_shape():
+    rng = random.Random(0)
+    phrases = [world.object_phrase(rng, "orange", "square", "large") for _ in range(200)]
+    before = sum(p.index("orange") < p.index("square") for p in phrases)
+    assert 70 <= before <= 130  # both orders, about half each
+    assert {p.split()[0] for p in phrases} == {"a"}
+    assert {world.object_phrase(random.Random(k), "orange", "ring").split()[0] for k in range(20)} == {"a", "an"}
+    two = [world.sample(s, "two") for s in range(300)]
+    assert sum(s.caption != s.canonical for s in two) > 100
+    assert all(s.caption.count(" and ") == 1 and s.canonical.count(" and ") == 1 for s in two)
 
 
 def test_pose_map_is_drawn_like_controlnet_aux():

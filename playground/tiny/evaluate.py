@@ -30,7 +30,8 @@ import numpy as np
 
 from playground import settings as settings_mod
 from playground.engine import Engine
-from playground.requests import ControlRequest, GenerateRequest
+from playground.attention import focus
+from playground.requests import ControlRequest, GenerateRequest, InspectRequest
 from playground.loading import load_model
 from playground.control import canny
 from playground.tiny import analyse, world
@@ -93,6 +94,54 @@ def score_people(engine: Engine, prompts: list[dict]) -> dict:
         right["colour"] += bool(found and found[0].colour == p["colour"])
         right["pose"] += bool(found and found[0].pose == p["pose"])
     return {k: v / len(prompts) for k, v in right.items()}
+
+
+def word_maps(engine: Engine, prompt: str, seed: int, cfg: float = 7.5):
+    """The analysis of what the model draws for `prompt` (as `draw` makes it), the kept tokens' texts and
+    their cross-attention maps summed over every step and layer ((T, h, w), the inspector's summed view)."""
+    traj = engine.inspect(GenerateRequest(prompt=prompt, seed=seed, steps=25, cfg_scale=cfg, scheduler="DDIM"))
+    return analyse.analyse(traj.image), [t.text for t in traj.attention.kept], traj.attention.stack(None, "all")
+
+
+def lands_on(heat: np.ndarray, found: analyse.Found | None, margin: float = 2.0) -> bool:
+    """Whether a token map's focus (attention.focus) lies in the object's bounding box (`margin` px around it)."""
+    if found is None:
+        return False
+    fx, fy = focus(heat)
+    x, y, w, h = found.bbox
+    px, py = fx * world.SIZE, fy * world.SIZE
+    return x - margin <= px <= x + w + margin and y - margin <= py <= y + h + margin
+
+
+def score_focus(engine: Engine, prompts: list[dict]) -> dict:
+    """One-shape prompts: whether the colour word's and the shape word's maps focus on the drawn object
+    (the largest one found; a prompt with no object found counts as a miss for both)."""
+    right = {"colour": 0, "shape": 0}
+    for i, p in enumerate(prompts):
+        found, names, maps = word_maps(engine, p["prompt"], i)
+        top = found.objects[0] if found.objects else None
+        right["colour"] += lands_on(maps[names.index(p["colour"])], top)
+        right["shape"] += lands_on(maps[names.index(p["shape"])], top)
+    return {k: v / len(prompts) for k, v in right.items()}
+
+
+def score_two_focus(engine: Engine, prompts: list[dict]) -> dict:
+    """Two-shape prompts: whether each object's colour word and shape word focus on that object (the drawn
+    object nearest the caption's side); four checks a prompt."""
+    right = {"colour": 0, "shape": 0}
+    for i, p in enumerate(prompts):
+        found, names, maps = word_maps(engine, p["prompt"], i)
+        start = 0
+        for colour, shape, place in p["objects"]:
+            k = names.index(colour, start)  # the colour word, then its shape right after it
+            start = k + 2
+            fx, fy = world.PLACES[place]
+            mine = min(found.objects, default=None, key=lambda f: np.hypot(f.centre[0] - fx * world.SIZE,
+                                                                          f.centre[1] - fy * world.SIZE))
+            mine = mine if mine is not None and on_side(mine, place) else None
+            right["colour"] += lands_on(maps[k], mine)
+            right["shape"] += lands_on(maps[k + 1], mine)
+    return {k: v / (2 * len(prompts)) for k, v in right.items()}
 
 
 def control_scenes(kind: str, n: int, seed: int) -> list[world.Scene]:

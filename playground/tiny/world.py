@@ -60,6 +60,7 @@ class Scene:
     caption: str
     image: Image.Image
     keypoints: np.ndarray | None = None  # (18, 2) pixel coordinates of a stick figure, OpenPose order
+    canonical: str | None = None  # the scene in the evaluation's phrasing, when the caption says all of it another way
 
 
 # ---------------------------------------------------------------- shapes
@@ -207,6 +208,34 @@ def render_shapes(objects: list[tuple[str, str, float, float, float]], backgroun
     return img.resize((size, size), Image.LANCZOS)
 
 
+# Phrasings of one object: the colour before the shape and after it. A causal text encoder's shape token
+# has read a colour written before it, so with one word order alone the UNet can take the colour from the
+# shape word and leave the colour word free to mean anything (it lit the background); with both orders
+# the colour word is the one that always knows the colour.
+OBJECT_PHRASES = ("{a} {size}{colour} {shape}", "{a} {size}{shape}, {colour},", "{a} {size}{shape} in {colour}")
+
+
+def object_phrase(rng: random.Random, colour: str, shape: str, size: str | None = None) -> str:
+    """"a large red square", "a large square, red," or "a large square in red" (half of them the first)."""
+    template = OBJECT_PHRASES[0] if rng.random() < 0.5 else rng.choice(OBJECT_PHRASES[1:])
+    first = f"{size} " if size else ""
+    article = "an" if (first or (colour if template == OBJECT_PHRASES[0] else shape))[0] in "aeiou" else "a"
+    return template.format(a=article, size=first, colour=colour, shape=shape)
+
+
+def shape_caption(rng: random.Random, colour: str, shape: str, background: str, size: str | None = None,
+                  place: str | None = None) -> str:
+    """A training caption of a one-shape scene: the object's phrase, its place before or after it."""
+    thing = object_phrase(rng, colour, shape, size)
+    on = f"on a {background} background"
+    roll = rng.random()
+    if place and roll < 0.15:
+        return f"{place}: {thing.rstrip(',')} {on}"
+    if roll < 0.3:
+        return f"{on}, {thing.rstrip(',')}" + (f" {place}" if place else "")
+    return " ".join(w for w in (thing, place, on) if w).replace(", on", " on")
+
+
 def _shape_scene(rng: random.Random) -> Scene:
     background = rng.choice(list(BACKGROUNDS))
     colour, shape, size_word, place = (rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(SIZES)),
@@ -215,21 +244,40 @@ def _shape_scene(rng: random.Random) -> Scene:
     fx, fy = PLACES[place]
     cx, cy = fx * SIZE + rng.uniform(-5, 5), fy * SIZE + rng.uniform(-5, 5)
     # the caption names what is drawn; a word may be left out (then any value fits it)
-    words = [size_word if rng.random() < 0.7 else None, colour, shape, place if rng.random() < 0.6 else None]
-    caption = a(" ".join(w for w in [words[0], colour, shape, words[3]] if w)) + f" on a {background} background"
-    return Scene(caption, render_shapes([(colour, shape, cx, cy, side)], background, rng))
+    said_size, said_place = size_word if rng.random() < 0.7 else None, place if rng.random() < 0.6 else None
+    caption = shape_caption(rng, colour, shape, background, said_size, said_place)
+    canonical = one_shape_caption(size_word, colour, shape, place, background) if said_size and said_place else None
+    return Scene(caption, render_shapes([(colour, shape, cx, cy, side)], background, rng), canonical=canonical)
+
+
+TWO_PLACES = [("on the left", "on the right"), ("at the top", "at the bottom"),
+              ("at the top left", "at the bottom right"), ("at the top right", "at the bottom left")]
+
+
+def two_shape_caption(c1: str, s1: str, first: str, c2: str, s2: str, second: str, background: str) -> str:
+    """The evaluation's phrasing of a two-shape scene."""
+    return f"{a(f'{c1} {s1}')} {first} and {a(f'{c2} {s2}')} {second} on a {background} background"
 
 
 def _two_shape_scene(rng: random.Random) -> Scene:
     background = rng.choice(list(BACKGROUNDS))
     (c1, c2), (s1, s2) = rng.sample(list(COLOURS), 2), (rng.choice(SHAPES), rng.choice(SHAPES))
-    first, second = rng.choice([("on the left", "on the right"), ("at the top", "at the bottom")])
+    first, second = rng.choice(TWO_PLACES[:2] if rng.random() < 0.7 else TWO_PLACES[2:])
     objects = []
     for colour, shape, place in ((c1, s1, first), (c2, s2, second)):
         fx, fy = PLACES[place]
         objects.append((colour, shape, fx * SIZE + rng.uniform(-4, 4), fy * SIZE + rng.uniform(-4, 4), rng.uniform(30, 44)))
-    caption = f"{a(f'{c1} {s1}')} {first} and {a(f'{c2} {s2}')} {second} on a {background} background"
-    return Scene(caption, render_shapes(objects, background, rng))
+    said = [(c1, s1, first), (c2, s2, second)]
+    if rng.random() < 0.5:  # either object may be named first
+        said.reverse()
+    if rng.random() < 0.5:
+        caption = two_shape_caption(*said[0], *said[1], background)
+    else:
+        (ca, sa, pa), (cb, sb, pb) = said
+        caption = (f"{object_phrase(rng, ca, sa).rstrip(',')} {pa} and {object_phrase(rng, cb, sb).rstrip(',')} {pb}"
+                   f" on a {background} background")
+    canonical = two_shape_caption(c1, s1, first, c2, s2, second, background)
+    return Scene(caption, render_shapes(objects, background, rng), canonical=canonical)
 
 
 def _person_scene(rng: random.Random) -> Scene:
@@ -247,13 +295,14 @@ def _person_scene(rng: random.Random) -> Scene:
 
 
 def sample(seed: int, kind: str | None = None) -> Scene:
-    """The scene of `seed`: shapes 70% (a fifth of them two shapes), people 30%; never a held-out caption."""
+    """The scene of `seed`: one shape 45%, two shapes 30%, people 25%; never a held-out scene (a caption
+    that says all an evaluation prompt says, in any phrasing, is held out as that prompt is)."""
     rng = random.Random(seed)
     while True:
         roll = rng.random()
-        pick = kind or ("person" if roll < 0.3 else "two" if roll < 0.44 else "shape")
+        pick = kind or ("person" if roll < 0.25 else "two" if roll < 0.55 else "shape")
         scene = {"shape": _shape_scene, "two": _two_shape_scene, "person": _person_scene}[pick](rng)
-        if not held_out(scene.caption):
+        if not held_out(scene.canonical or scene.caption) and not held_out(scene.caption):
             return scene
 
 
@@ -278,8 +327,8 @@ def two_shape_prompts(n: int = 60, seed: int = 2027) -> list[dict]:
     while len(out) < n:
         background = rng.choice(list(BACKGROUNDS))
         (c1, c2), (s1, s2) = rng.sample(list(COLOURS), 2), (rng.choice(SHAPES), rng.choice(SHAPES))
-        first, second = rng.choice([("on the left", "on the right"), ("at the top", "at the bottom")])
-        caption = f"{a(f'{c1} {s1}')} {first} and {a(f'{c2} {s2}')} {second} on a {background} background"
+        first, second = rng.choice(TWO_PLACES[:2])
+        caption = two_shape_caption(c1, s1, first, c2, s2, second, background)
         if held_out(caption) and caption not in seen:
             seen.add(caption)
             out.append({"prompt": caption, "objects": [(c1, s1, first), (c2, s2, second)], "background": background})
