@@ -83,6 +83,12 @@ class Settings:
     port: int = field(default_factory=lambda: _env_int("GRADIO_SERVER_PORT", 7860))
     gpu_concurrency: int = field(default_factory=lambda: _env_int("GPU_CONCURRENCY", 1))  # jobs on the model at once
     queue_size: int = field(default_factory=lambda: _env_int("QUEUE_SIZE", 64))  # waiting jobs before "busy"
+    # model jobs one browser session (or API client) may have waiting or running at once (0 = no limit)
+    session_jobs: int = field(default_factory=lambda: _env_int("SESSION_JOBS", 3))
+    # browser sessions whose inspector recordings are kept in memory (the oldest session's go first), and for how
+    # long after their last recording (a closed tab's go an hour after it closed, or sooner)
+    session_states: int = field(default_factory=lambda: _env_int("SESSION_STATES", 100))
+    state_minutes: float = field(default_factory=lambda: _env_float("STATE_MINUTES", 60.0))
     max_upload_mb: int = field(default_factory=lambda: _env_int("MAX_UPLOAD_MB", 25))  # per uploaded file
     share: bool = False
     # where generated PNGs are written before the browser fetches them

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -373,3 +374,29 @@ def test_the_page_names_what_leaves_the_models_world(page):
     page.get_by_role("tab", name="ControlNet").click()
     intro = page.get_by_text("ControlNets (loaded on first use").inner_text()
     assert "offline-model/controlnet-canny" in intro and str(ASSETS) not in intro  # no server path
+
+
+def test_a_waiting_visitor_sees_its_place_in_the_queue_and_a_refusal_says_why(browser, page):
+    """Two visitors on one model: the second's status line shows gradio's queue place ("queue: 1/1") in view;
+    a visitor with SESSION_JOBS (3) jobs waiting or running is told why a fourth is refused, beside the action."""
+    steps(page, 100)
+    page.get_by_role("button", name="Generate", exact=True).first.click()  # the first visitor's long run
+    page.get_by_text(re.compile(r"Running: denoising, step \d+ of 100")).wait_for(timeout=30_000)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    other = context.new_page()
+    other.goto(page.url)
+    other.get_by_text("Diffusion Playground").first.wait_for()
+    other.get_by_role("button", name="Generate", exact=True).first.click()
+    place = other.locator(".status-line").first.get_by_text(re.compile(r"queue: \d+/\d+"))
+    place.wait_for(timeout=10_000)
+    line, text = other.locator(".status-line").first.bounding_box(), place.bounding_box()
+    assert line["y"] - 2 <= text["y"] and text["y"] + text["height"] <= line["y"] + line["height"] + 2  # in view
+    for tab, button in (("Grid", "Run grid"), ("Latent inspector", "Generate and record"),
+                        ("ControlNet", "Generate")):
+        other.get_by_role("tab", name=tab).click()
+        visible(other.get_by_role("button", name=button, exact=True)).click()
+        time.sleep(0.3)
+    other.get_by_text(re.compile(r"You already have 3 jobs waiting or running \(at most 3")).first.wait_for(
+        timeout=10_000)
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    context.close()

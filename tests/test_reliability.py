@@ -24,6 +24,8 @@ from playground.requests import GenerateRequest, OutOfMemory
 from playground.sampling import Cancelled
 from playground.settings import ASSETS
 
+from playground.ui.fairness import SETTLE_SECONDS as SETTLE
+
 ROOT = ASSETS.parent  # the project's folder on the server
 
 from bad_inputs import FIRST, POSE_JSON, VALID, case_id
@@ -39,7 +41,8 @@ def app(serve, tiny_model, tmp_path_factory):
 
     canny = tmp_path_factory.mktemp("controlnet") / "canny"
     ControlNetModel.from_unet(tiny_model.pipe.unet, conditioning_embedding_out_channels=(4, 4, 8, 8)).save_pretrained(canny)
-    engine, client = serve(max_grid_cells=6, gpu_concurrency=4, queue_size=64, controlnets={"canny": str(canny)})
+    engine, client = serve(max_grid_cells=6, gpu_concurrency=4, queue_size=64, controlnets={"canny": str(canny)},
+                           session_jobs=0)  # 4 clients carry a room's load here; fairness has its own test
     url = client.src if client.src.endswith("/") else client.src + "/"
     person = tmp_path_factory.mktemp("person") / "astronaut.png"
     Image.fromarray(skimage_data.astronaut()).save(person)  # a photo with a person: scikit-image ships it
@@ -171,7 +174,8 @@ def test_concurrent_load_mixed_across_tabs(app):
 
 
 def test_full_queue_says_busy(tiny_model, tiny_dir, tmp_path, monkeypatch):
-    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, gpu_concurrency=1, queue_size=1)
+    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, gpu_concurrency=1, queue_size=1,
+                             session_jobs=0)
     engine = Engine(tiny_model, settings)
     unet = engine.components.unet
     slow = unet.forward
@@ -196,6 +200,58 @@ def test_full_queue_says_busy(tiny_model, tiny_dir, tmp_path, monkeypatch):
         busy = [o for o in outcomes if o != "ok"]
         assert "ok" in outcomes and busy and all("queue is full" in o.lower() for o in busy), outcomes
         client.close()
+
+
+def outcome(job, timeout: float = 120) -> str:
+    try:
+        job.result(timeout=timeout)
+        return "ok"
+    except Exception as exc:  # noqa: BLE001
+        return str(exc)
+
+
+def test_one_visitor_flooding_grids_does_not_hold_up_another(tiny_model, tiny_dir, tmp_path, monkeypatch):
+    """SESSION_JOBS=2: a client that submits 8 grids at once gets 2 in and 6 refused with the reason; another
+    client's generate then waits for those 2 only; jobs that finished or were stopped are counted out."""
+    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, gpu_concurrency=1, queue_size=64,
+                             session_jobs=2, max_grid_cells=6)
+    engine = Engine(tiny_model, settings)
+    unet = engine.components.unet
+    slow = unet.forward
+
+    def slow_forward(*a, **k):
+        time.sleep(0.02)
+        return slow(*a, **k)
+
+    monkeypatch.setattr(unet, "forward", slow_forward)
+    grid = list({**VALID["/grid"], "schedulers": ["Euler", "DDIM", "Heun"], "steps": 6}.values())
+    generate = list({**VALID["/generate"], "steps": 4}.values())
+    with launched(engine, settings) as url:
+        flooder, visitor = Client(url, verbose=False), Client(url, verbose=False)
+        start = time.perf_counter()
+        flooder.predict(*grid, api_name="/grid")
+        one_grid = time.perf_counter() - start
+        flood = [flooder.submit(*grid, api_name="/grid") for _ in range(8)]
+        time.sleep(0.5)  # the flood has asked to join
+        start = time.perf_counter()
+        visitor.predict(*generate, api_name="/generate")
+        waited = time.perf_counter() - start
+        outcomes = [outcome(job) for job in flood]
+        refused = [o for o in outcomes if o != "ok"]
+        assert outcomes.count("ok") == 2, outcomes
+        assert all("2 jobs waiting or running" in o and "at most 2" in o for o in refused), refused
+        # without the limit the visitor would wait for 8 grids; with it, for the 2 let in (and its own run)
+        assert waited < 4 * one_grid, (waited, one_grid)
+
+        # counted out when stopped: 2 more in, both stopped (gradio_client's cancel stops the session's jobs of the
+        # endpoint, the running one and the waiting one), and 2 more are let in at once
+        stopped = [flooder.submit(*grid, api_name="/grid") for _ in range(2)]
+        time.sleep(0.3)
+        stopped[1].cancel()
+        time.sleep(SETTLE + 0.5)
+        again = [flooder.submit(*grid, api_name="/grid") for _ in range(2)]
+        assert [outcome(job) for job in again] == ["ok", "ok"]
+        flooder.close(), visitor.close()
 
 
 def test_out_of_memory_is_a_clear_message_and_the_next_request_works(app, monkeypatch):

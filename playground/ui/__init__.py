@@ -81,4 +81,4 @@ def launch_options(settings: Settings) -> dict:
     example_dir = ASSETS / "examples"  # served to gr.Examples wherever the app was started from
     return dict(server_name=settings.host, server_port=settings.port, share=settings.share, css=CSS,
                 head=PIXELS_JS, theme=gr.themes.Soft(), allowed_paths=[str(out), str(example_dir)],
-                max_file_size=f"{settings.max_upload_mb}mb")
+                max_file_size=f"{settings.max_upload_mb}mb", state_session_capacity=settings.session_states)

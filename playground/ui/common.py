@@ -17,14 +17,17 @@ from playground.errors import Cancelled, InvalidRequest
 from playground.gpu import gpu
 from playground.requests import Progress
 from playground.settings import Settings
+from playground.ui import fairness
 
 GPU = "gpu"  # the one concurrency group every tab's model work goes through
 
 
 def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, **kwargs):
     """Wire `fn` to one trigger (`button.click`, `event.then`) or a list of them as model work: a ZeroGPU
-    lease (`gpu`), and the one concurrency group shared by every tab, `settings.gpu_concurrency` at once."""
-    kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency)
+    lease (`gpu`), and the one concurrency group shared by every tab, `settings.gpu_concurrency` at once; each
+    browser session may hold `settings.session_jobs` of them at once (fairness.py)."""
+    kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency,
+                  validator=fairness.of_app(settings.session_jobs).validator(inputs))
     if isinstance(triggers, (list, tuple)):
         return gr.on(triggers, gpu(fn), inputs, outputs, **kwargs)
     return triggers(gpu(fn), inputs, outputs, **kwargs)
@@ -100,12 +103,17 @@ PIXELS_CSS = """
 .pixels img {image-rendering: pixelated;}
 """
 # A component's label sits above what it shows, never over the top of an image, a plot or an upload box;
+# a status line shows gradio's place in the queue ("queue: 2/3 | 1.2/7.6s") in its height, beside a small spinner;
 # a plot's axis labels are drawn whole, below the plot; a gallery's captions are read whole, under their images.
 LABELS_CSS = """
 .block label[data-testid="block-label"].float {position: static; margin-bottom: 4px;}
 .block:has(> label[data-testid="block-label"].float) {display: flex; flex-direction: column;}
 .block:has(> label[data-testid="block-label"].float) > .image-container {flex: 1 1 0; min-height: 0;}
 .status-line {min-height: 2.2em; font-size: 0.9em;}
+.status-line [data-testid="status-tracker"].full {flex-direction: row !important; justify-content: center !important;
+                                                   gap: 8px;}
+.status-line [data-testid="status-tracker"].full svg {width: 1.4em !important; height: 1.4em !important;}
+.status-line [data-testid="status-tracker"] .meta-text-center {position: static !important; transform: none !important;}
 .thumbnail-item {display: flex !important; flex-direction: column !important; height: auto !important;
                  aspect-ratio: auto !important;}
 .thumbnail-item .caption-label {position: static !important; transform: none !important; margin: 4px auto 0 !important;

@@ -74,8 +74,9 @@ def build(
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
     # -- layout -------------------------------------------------------------------------------
-    # the recorded trajectory lives in this browser session only; freed when the tab closes (or after an hour)
-    traj_state = gr.State(None, time_to_live=3600)
+    # the recorded trajectory lives in this browser session only: freed STATE_MINUTES after it was made (an hour after
+    # the tab closed at most), or sooner when more than SESSION_STATES sessions hold one
+    traj_state = gr.State(None, time_to_live=settings.state_minutes * 60)  # freed after, and per session_states
     with gr.Tab("Trajectory"):
         gr.Markdown("Run a generation that **records every step**, then scrub through it: the 4 latent channels the "
                     "model works on, what it currently believes the clean image is, and how much noise is left.")

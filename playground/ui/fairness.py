@@ -1,0 +1,96 @@
+"""Fair to every visitor: one browser session (one gradio_client) may hold only `settings.session_jobs`
+model jobs at once, waiting or running; one more is refused when it asks to join the queue, with the
+reason, before it takes a place that somebody else is waiting for.
+
+The check is gradio's event `validator`, which runs when a job asks to join the queue, with the session's
+`gr.Request`; the count is read from the app's own queue (`held`), so a job that finished, failed or was
+stopped while it waited is counted out at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+import weakref
+from typing import Callable
+
+import gradio as gr
+
+SETTLE_SECONDS = 1.0  # a job let in is in gradio's queue well within this (the validator returns first)
+
+
+def held(blocks: gr.Blocks, session: str) -> int:
+    """How many jobs of `session` the app's queue holds: waiting in any concurrency group, or running."""
+    queue = getattr(blocks, "_queue", None)
+    if queue is None:
+        return 0
+    waiting = sum(e.session_hash == session for q in queue.event_queue_per_concurrency_id.values() for e in q.queue)
+    running = sum(e.session_hash == session for job in queue.active_jobs if job for e in job)
+    return waiting + running
+
+
+def from_browser(request) -> bool:
+    """Whether the request comes from a web browser (the page) rather than gradio_client or another program."""
+    headers = getattr(request, "headers", None) or {}
+    return "mozilla" in str(headers.get("user-agent", "")).lower()
+
+
+class Fairness:
+    """The per-session limit of one app (0 = none). `admit` lets a job in or raises the refusal."""
+
+    def __init__(self, blocks: gr.Blocks, limit: int):
+        self.blocks, self.limit = weakref.ref(blocks), limit
+        self._lock = threading.Lock()
+        self._recent: dict[str, tuple[float, int, int]] = {}  # session -> (first let in at, held then, let in since)
+
+    def admit(self, session: str | None) -> str | None:
+        """None when the job may join the queue; else why not."""
+        if self.limit <= 0 or not session or self.blocks() is None:
+            return None
+        with self._lock:
+            now, count = time.monotonic(), held(self.blocks(), session)
+            since, base, let_in = self._recent.get(session, (0.0, count, 0))
+            if now - since > SETTLE_SECONDS:  # the jobs let in before are in the queue's own count by now
+                since, base, let_in = now, count, 0
+            if max(count, base + let_in) >= self.limit:
+                return (f"You already have {max(count, base + let_in)} jobs waiting or running (at most {self.limit} "
+                        "a visitor, so that everyone gets a turn). Wait for one to finish, or stop one, then try again.")
+            self._recent[session] = (since, base, let_in + 1)
+            if len(self._recent) > 1000:  # forget sessions whose jobs settled long ago
+                self._recent = {s: v for s, v in self._recent.items() if now - v[0] <= SETTLE_SECONDS}
+            return None
+
+    def validator(self, inputs) -> Callable:
+        """A gradio validator for an event with `inputs`: it takes the same values plus the session's gr.Request
+        (gradio passes the request to a parameter annotated gr.Request) and admits the job, or refuses it with
+        the reason: to a browser as an error (a message beside the action, its status line's badge), to an API
+        client as a validation error (gradio answers 422 with the reason, which gradio_client raises as a
+        ValidationError; a browser would paint it on the event's first input as if that value were wrong)."""
+        n = len(inputs) if isinstance(inputs, (list, tuple, set)) else (0 if inputs is None else 1)
+
+        def admit(*values):
+            request = values[-1]
+            refusal = self.admit(getattr(request, "session_hash", None))
+            if refusal and (n == 0 or from_browser(request)):
+                raise gr.Error(refusal, duration=20, print_exception=False)
+            verdicts = [gr.validate(False, refusal) if refusal and i == 0 else None for i in range(n)]
+            return verdicts[0] if n == 1 else verdicts
+
+        parameter = inspect.Parameter
+        admit.__signature__ = inspect.Signature(
+            [parameter(f"value_{i}", parameter.POSITIONAL_OR_KEYWORD) for i in range(n)]
+            + [parameter("request", parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)])
+        admit.__annotations__ = {"request": gr.Request}
+        return admit
+
+
+_OF: "weakref.WeakKeyDictionary[gr.Blocks, Fairness]" = weakref.WeakKeyDictionary()
+
+
+def of_app(limit: int) -> Fairness:
+    """The Fairness of the app being built (one per gr.Blocks)."""
+    blocks = gr.context.Context.root_block
+    if blocks not in _OF:
+        _OF[blocks] = Fairness(blocks, limit)
+    return _OF[blocks]
