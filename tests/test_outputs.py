@@ -80,3 +80,33 @@ def test_requests_writing_and_pruning_at_once_never_fail(tmp_path):
         list(pool.map(work, range(4)))  # raises if any write or prune failed
     assert sum(f.stat().st_size for f in tmp_path.iterdir()) < 0.05e6 + 4 * 20_000
     assert not list(tmp_path.glob(".*.part"))
+
+
+def test_the_cache_sweep_deletes_old_files_and_keeps_what_the_page_keeps(tmp_path):
+    from playground.ui.cache import sweep
+
+    old = tmp_path / "abc" / "image.png"
+    example = tmp_path / "def" / "example.png"
+    for path in (old, example):
+        path.parent.mkdir()
+        path.write_bytes(b"x" * 100)
+    assert sweep(tmp_path, 3600) == (0, 0)  # nothing is an hour old yet
+    files, freed = sweep(tmp_path, 3600, keep={str(example.resolve())}, now=time.time() + 7200)  # two hours on
+    assert (files, freed) == (1, 100)
+    assert not old.exists() and not old.parent.exists() and example.exists()  # its emptied folder went too
+
+
+def test_a_built_app_sweeps_gradio_cache_by_age_unless_told_to_keep_it(tiny_model, tiny_dir, tmp_path):
+    import threading
+
+    from playground.engine import Engine
+    from playground.ui import build_app
+    from conftest import tiny_settings
+
+    before = sum(t.name == "cache-sweeper" for t in threading.enumerate())
+    build_app(Engine(tiny_model, tiny_settings(tiny_dir, output_dir=tmp_path, cache_hours=0)), tiny_settings(
+        tiny_dir, output_dir=tmp_path, cache_hours=0))
+    assert sum(t.name == "cache-sweeper" for t in threading.enumerate()) == before
+    settings = tiny_settings(tiny_dir, output_dir=tmp_path, cache_hours=2)
+    build_app(Engine(tiny_model, settings), settings)
+    assert sum(t.name == "cache-sweeper" for t in threading.enumerate()) == before + 1

@@ -267,7 +267,7 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
 
     # the evaluation runs the same way on any exported model, and reports every target
     from playground.tiny import evaluate
-    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1, n_two=2, n_people=2)
+    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1, n_two=2, n_people=2, n_focus=2)
     for cfg in ("cfg7.5", "cfg1.0"):  # shares of the 2 prompts, and "both" right only where each one is
         scores = result[cfg]
         assert all(scores[k] * 2 in (0, 1, 2) for k in ("colour", "shape", "both", "place", "background", "size"))
@@ -275,6 +275,20 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     assert result["analyser"]["shape"] >= 0.98
     text = evaluate.report(result)
     assert text.count(" | >= ") == len(evaluate.TARGETS) and "CFG gap" in text and "n/a" not in text
+
+
+def test_a_word_lands_on_its_object_only_where_its_map_points_there():
+    from playground.tiny import evaluate
+
+    square = analyse.Found(colour="red", shape="square", area=900, bbox=(8, 8, 30, 30), iou=1.0)  # top left
+    heat = np.full((16, 16), 0.1)
+    heat[1:5, 1:5] = 1.0  # on the square (16x16 latents of a 128 px image: 8 px a cell)
+    assert evaluate.lands_on(heat, square)
+    assert not evaluate.lands_on(heat[::-1, ::-1].copy(), square)  # bottom right
+    everything_else = np.ones((16, 16))
+    everything_else[1:5, 1:5] = 0.0  # the background lit, the object dark: "red" as it was
+    assert not evaluate.lands_on(everything_else, square)
+    assert not evaluate.lands_on(heat, None)  # no object drawn: a miss
 
 
 # ---------------------------------------------------------------- the shipped model

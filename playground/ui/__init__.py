@@ -11,7 +11,7 @@ from playground import anatomy as anatomy_mod, schedulers
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
-from playground.ui import anatomy, control, grid, inspector, prompt
+from playground.ui import anatomy, cache, control, grid, inspector, prompt
 from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
 from playground.ui.fields import Fields
 
@@ -62,12 +62,15 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
             inspector.build(engine.inspect, engine.step_view, engine.decode_x0, engine.roundtrip,
                             engine.attention_view, engine.attention, fields, settings)
         anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families)
+    schedule = cache_schedule(settings)
+    if schedule:  # gradio's delete_cache misses the images it wrote from PIL images: swept here too
+        cache.start_sweeping(demo, age_seconds=schedule[1], every_seconds=schedule[0])
     return demo
 
 
 def cache_schedule(settings: Settings) -> tuple[int, int] | None:
-    """gradio's delete_cache: every half hour (or sooner), delete its cached uploads and results older than
-    CACHE_HOURS; None (CACHE_HOURS=0): keep them until the server stops. Gradio also empties the cache of an app
+    """gradio's delete_cache (and ui/cache.py's sweep): every half hour (or sooner), delete its cached uploads and
+    results older than CACHE_HOURS; None (CACHE_HOURS=0): keep them until the server stops. Gradio also empties the cache of an app
     that stops, and the cache is shared by content: so one process that runs several apps (the tests) sets 0."""
     if settings.cache_hours <= 0:
         return None

@@ -3,6 +3,7 @@ running an Engine action in a worker thread while the handler streams its progre
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import inspect
 import queue
@@ -145,6 +146,20 @@ PIXELS_JS = """<script>
 </script>"""
 
 
+try:
+    _LIBC = ctypes.CDLL("libc.so.6")  # glibc: malloc_trim
+except OSError:  # another C library (macOS, musl): nothing to trim
+    _LIBC = None
+
+
+def trim_memory() -> None:
+    """Give the memory a finished job freed back to the system (glibc's malloc_trim). Without it, glibc keeps
+    freed blocks in its per-thread arenas, and a server whose jobs run on ever new threads grows: measured over
+    a 500-request soak, resident memory rose about 9% after warm-up and was still rising."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]:
     """Yield Progress (the newest only) while `action(request, on_progress=, cancel=)` runs, then its result.
 
@@ -159,6 +174,8 @@ def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]
             events.put(("done", action(request, on_progress=lambda p: events.put(("step", p)), cancel=cancel)))
         except BaseException as exc:  # handed over to the request's own thread and raised there
             events.put(("error", exc))
+        finally:
+            trim_memory()
 
     threading.Thread(target=work, daemon=True, name=getattr(action, "__name__", "action")).start()
     try:

@@ -30,6 +30,13 @@ def held(blocks: gr.Blocks, session: str) -> int:
     return waiting + running
 
 
+def joined_since(blocks: gr.Blocks, session: str, since: float) -> int:
+    """How many jobs of `session` joined the app's queue since `since` (time.time()), from gradio's own record."""
+    queue = getattr(blocks, "_queue", None)
+    record = getattr(queue, "event_analytics", {}) if queue is not None else {}
+    return sum(e.get("session_hash") == session and e.get("time", 0) >= since for e in list(record.values()))
+
+
 def from_browser(request) -> bool:
     """Whether the request comes from a web browser (the page) rather than gradio_client or another program."""
     headers = getattr(request, "headers", None) or {}
@@ -37,28 +44,35 @@ def from_browser(request) -> bool:
 
 
 class Fairness:
-    """The per-session limit of one app (0 = none). `admit` lets a job in or raises the refusal."""
+    """The per-session limit of one app (0 = none). `admit` lets a job in or says why not.
+
+    The count is the queue's own (waiting and running jobs of the session) plus the jobs let in a moment ago
+    that are not in the queue yet: gradio appends a job after its validator returns, so two jobs asking at
+    the same moment would both see the other one missing. Those are the jobs let in within SETTLE_SECONDS
+    less the session's jobs that joined the queue in that time.
+    """
 
     def __init__(self, blocks: gr.Blocks, limit: int):
         self.blocks, self.limit = weakref.ref(blocks), limit
         self._lock = threading.Lock()
-        self._recent: dict[str, tuple[float, int, int]] = {}  # session -> (first let in at, held then, let in since)
+        self._let_in: dict[str, list[float]] = {}  # session -> when its recent jobs were let in (time.time())
 
     def admit(self, session: str | None) -> str | None:
         """None when the job may join the queue; else why not."""
-        if self.limit <= 0 or not session or self.blocks() is None:
+        blocks = self.blocks()
+        if self.limit <= 0 or not session or blocks is None:
             return None
         with self._lock:
-            now, count = time.monotonic(), held(self.blocks(), session)
-            since, base, let_in = self._recent.get(session, (0.0, count, 0))
-            if now - since > SETTLE_SECONDS:  # the jobs let in before are in the queue's own count by now
-                since, base, let_in = now, count, 0
-            if max(count, base + let_in) >= self.limit:
-                return (f"You already have {max(count, base + let_in)} jobs waiting or running (at most {self.limit} "
-                        "a visitor, so that everyone gets a turn). Wait for one to finish, or stop one, then try again.")
-            self._recent[session] = (since, base, let_in + 1)
-            if len(self._recent) > 1000:  # forget sessions whose jobs settled long ago
-                self._recent = {s: v for s, v in self._recent.items() if now - v[0] <= SETTLE_SECONDS}
+            now = time.time()
+            recent = [t for t in self._let_in.get(session, []) if now - t <= SETTLE_SECONDS]
+            on_the_way = max(0, len(recent) - (joined_since(blocks, session, recent[0]) if recent else 0))
+            count = held(blocks, session) + on_the_way
+            if count >= self.limit:
+                return (f"You already have {count} jobs waiting or running (at most {self.limit} a visitor, so that "
+                        "everyone gets a turn). Wait for one to finish, or stop one, then try again.")
+            self._let_in[session] = recent + [now]
+            if len(self._let_in) > 1000:  # forget sessions whose jobs settled long ago
+                self._let_in = {s: v for s, v in self._let_in.items() if v and now - v[-1] <= SETTLE_SECONDS}
             return None
 
     def validator(self, inputs) -> Callable:
