@@ -34,6 +34,9 @@ from playground.loading import compile_model  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 
 
+SOAK_HEADING = "## Soak"
+
+
 def peak_memory(device: torch.device, fn) -> str:
     """Peak GPU memory allocated while fn runs, or n/a on CPU."""
     if device.type != "cuda":
@@ -134,7 +137,10 @@ def main(argv: list[str] | None = None) -> Path:
     if server:
         lines += ["", "| the app (app.py, through gradio_client) | seconds |", "|---|---|",
                   *[f"| {k} | {v:.2f} |" for k, v in server.items()]]
-    a.out.write_text("\n".join(lines) + "\n")
+    kept = ""  # the soak's section (benchmarks/soak.py writes it) stays as it was
+    if a.out.exists() and SOAK_HEADING in a.out.read_text():
+        kept = "\n" + a.out.read_text()[a.out.read_text().index(SOAK_HEADING):]
+    a.out.write_text("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
     return a.out
 

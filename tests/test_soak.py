@@ -21,7 +21,6 @@ def test_500_mixed_requests_keep_memory_threads_and_disk_flat():
     assert not r["failures"], r["failures"][:10]
     assert r["ok"] > 300 and r["bad_inputs_named"] > 40 and r["stopped"] > 10  # every kind of traffic was there
     assert r["rss_growth"] < soak.GROWTH_LIMIT, r["samples"]
-    assert r["threads_max"] <= r["threads_after_warmup"] + soak.THREAD_SLACK, r["samples"]
+    assert soak.threads_stable(r), r["samples"]
     assert r["outputs_max_mb"] <= r["outputs_cap_mb"] + soak.OVER_CAP_MB, r["samples"]
-    # gradio's cache was pruned by age during the run: it ends smaller than it was at its largest
-    assert r["cache_end_mb"] < r["cache_max_mb"], r["samples"]
+    # gradio's cache is kept through this run (CACHE_HOURS=0): its sweep by age has its own tests (test_outputs.py)
