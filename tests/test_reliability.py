@@ -173,36 +173,22 @@ def test_concurrent_load_mixed_across_tabs(app):
           f"each identical to the same request run alone")
 
 
-def test_full_queue_says_busy(tiny_model, tiny_dir, tmp_path, monkeypatch):
-    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, gpu_concurrency=1, queue_size=1,
-                             session_jobs=0)
+def slow_engine(tiny_model, settings, monkeypatch, seconds: float) -> Engine:
+    """An Engine on the tiny model whose every UNet call takes `seconds` longer: jobs wait in the queue."""
     engine = Engine(tiny_model, settings)
     unet = engine.components.unet
-    slow = unet.forward
+    fast = unet.forward
 
     def slow_forward(*a, **k):
-        time.sleep(0.05)
-        return slow(*a, **k)
+        time.sleep(seconds)
+        return fast(*a, **k)
 
-    monkeypatch.setattr(unet, "forward", slow_forward)  # a slow model, so that the queue fills
-    with launched(engine, settings) as url:
-        client = Client(url, verbose=False)
-        args = list({**VALID["/generate"], "steps": 20}.values())
-        jobs = [client.submit(*args, api_name="/generate") for _ in range(4)]
-        outcomes = []
-        for job in jobs:
-            try:
-                job.result(timeout=120)
-                outcomes.append("ok")
-            except Exception as exc:  # noqa: BLE001
-                outcomes.append(str(exc))
-        # the submits race, so which job got in first varies; what holds: some ran, the rest were told
-        busy = [o for o in outcomes if o != "ok"]
-        assert "ok" in outcomes and busy and all("queue is full" in o.lower() for o in busy), outcomes
-        client.close()
+    monkeypatch.setattr(unet, "forward", slow_forward)
+    return engine
 
 
 def outcome(job, timeout: float = 120) -> str:
+    """"ok", or the error a gradio_client job ended with."""
     try:
         job.result(timeout=timeout)
         return "ok"
@@ -210,20 +196,27 @@ def outcome(job, timeout: float = 120) -> str:
         return str(exc)
 
 
+def test_full_queue_says_busy(tiny_model, tiny_dir, tmp_path, monkeypatch):
+    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, gpu_concurrency=1, queue_size=1,
+                             session_jobs=0)
+    engine = slow_engine(tiny_model, settings, monkeypatch, 0.1)  # so that the queue fills
+    with launched(engine, settings) as url:
+        client = Client(url, verbose=False)
+        args = list({**VALID["/generate"], "steps": 20}.values())
+        jobs = [client.submit(*args, api_name="/generate") for _ in range(4)]
+        outcomes = [outcome(job) for job in jobs]
+        # the submits race, so which job got in first varies; what holds: some ran, the rest were told
+        busy = [o for o in outcomes if o != "ok"]
+        assert "ok" in outcomes and busy and all("queue is full" in o.lower() for o in busy), outcomes
+        client.close()
+
+
 def test_one_visitor_flooding_grids_does_not_hold_up_another(tiny_model, tiny_dir, tmp_path, monkeypatch):
     """SESSION_JOBS=2: a client that submits 8 grids at once gets 2 in and 6 refused with the reason; another
     client's generate then waits for those 2 only; jobs that finished or were stopped are counted out."""
     settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, gpu_concurrency=1, queue_size=64,
                              session_jobs=2, max_grid_cells=6)
-    engine = Engine(tiny_model, settings)
-    unet = engine.components.unet
-    slow = unet.forward
-
-    def slow_forward(*a, **k):
-        time.sleep(0.02)
-        return slow(*a, **k)
-
-    monkeypatch.setattr(unet, "forward", slow_forward)
+    engine = slow_engine(tiny_model, settings, monkeypatch, 0.02)
     grid = list({**VALID["/grid"], "schedulers": ["Euler", "DDIM", "Heun"], "steps": 6}.values())
     generate = list({**VALID["/generate"], "steps": 4}.values())
     with launched(engine, settings) as url:
