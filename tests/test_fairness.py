@@ -53,3 +53,11 @@ def test_no_limit_and_no_session_let_everything_in():
     blocks = FakeBlocks()
     assert all(Fairness(blocks, limit=0).admit("a") is None for _ in range(10))
     assert all(Fairness(blocks, limit=1).admit(None) is None for _ in range(10))
+
+
+def test_a_burst_cannot_pass_the_queue_size_before_its_jobs_are_queued():
+    blocks = FakeBlocks()
+    fair = Fairness(blocks, limit=0, queue_size=3)
+    assert [fair.admit(f"s{k}") for k in range(3)] == [None] * 3  # three visitors at once, none queued yet
+    refusal = fair.admit("s3")
+    assert refusal and refusal.startswith("Queue is full") and "at most 3" in refusal

@@ -28,7 +28,7 @@ def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, **kwargs)
     lease (`gpu`), and the one concurrency group shared by every tab, `settings.gpu_concurrency` at once; each
     browser session may hold `settings.session_jobs` of them at once (fairness.py)."""
     kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency,
-                  validator=fairness.of_app(settings.session_jobs).validator(inputs))
+                  validator=fairness.of_app(settings.session_jobs, settings.queue_size).validator(inputs))
     if isinstance(triggers, (list, tuple)):
         return gr.on(triggers, gpu(fn), inputs, outputs, **kwargs)
     return triggers(gpu(fn), inputs, outputs, **kwargs)

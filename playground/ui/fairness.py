@@ -30,11 +30,18 @@ def held(blocks: gr.Blocks, session: str) -> int:
     return waiting + running
 
 
-def joined_since(blocks: gr.Blocks, session: str, since: float) -> int:
-    """How many jobs of `session` joined the app's queue since `since` (time.time()), from gradio's own record."""
+def waiting(blocks: gr.Blocks) -> int:
+    """How many jobs wait in the app's queue (gradio's QUEUE_SIZE counts these)."""
+    queue = getattr(blocks, "_queue", None)
+    return 0 if queue is None else sum(len(q.queue) for q in queue.event_queue_per_concurrency_id.values())
+
+
+def joined_since(blocks: gr.Blocks, session: str | None, since: float) -> int:
+    """How many jobs of `session` (None: of anyone) joined the app's queue since `since` (time.time()), from
+    gradio's own record."""
     queue = getattr(blocks, "_queue", None)
     record = getattr(queue, "event_analytics", {}) if queue is not None else {}
-    return sum(e.get("session_hash") == session and e.get("time", 0) >= since for e in list(record.values()))
+    return sum(session in (None, e.get("session_hash")) and e.get("time", 0) >= since for e in list(record.values()))
 
 
 def from_browser(request) -> bool:
@@ -52,28 +59,43 @@ class Fairness:
     less the session's jobs that joined the queue in that time.
     """
 
-    def __init__(self, blocks: gr.Blocks, limit: int):
-        self.blocks, self.limit = weakref.ref(blocks), limit
+    def __init__(self, blocks: gr.Blocks, limit: int, queue_size: int = 0):
+        self.blocks, self.limit, self.queue_size = weakref.ref(blocks), limit, queue_size
         self._lock = threading.Lock()
-        self._let_in: dict[str, list[float]] = {}  # session -> when its recent jobs were let in (time.time())
+        self._let_in: dict[str | None, list[float]] = {}  # session (None: anyone's) -> when its recent jobs were let in
 
     def admit(self, session: str | None) -> str | None:
         """None when the job may join the queue; else why not."""
         blocks = self.blocks()
-        if self.limit <= 0 or not session or blocks is None:
+        if blocks is None:
             return None
         with self._lock:
             now = time.time()
+            full = self._queue_full(blocks, now)
+            if full or self.limit <= 0 or not session:
+                return full
             recent = [t for t in self._let_in.get(session, []) if now - t <= SETTLE_SECONDS]
             on_the_way = max(0, len(recent) - (joined_since(blocks, session, recent[0]) if recent else 0))
             count = held(blocks, session) + on_the_way
             if count >= self.limit:
+                self._let_in[None].pop()  # not on its way after all
                 return (f"You already have {count} jobs waiting or running (at most {self.limit} a visitor, so that "
                         "everyone gets a turn). Wait for one to finish, or stop one, then try again.")
             self._let_in[session] = recent + [now]
             if len(self._let_in) > 1000:  # forget sessions whose jobs settled long ago
                 self._let_in = {s: v for s, v in self._let_in.items() if v and now - v[-1] <= SETTLE_SECONDS}
             return None
+
+    def _queue_full(self, blocks: gr.Blocks, now: float) -> str | None:
+        """gradio checks QUEUE_SIZE before it runs the validator and queues the job after it, so a burst of jobs
+        would all pass its check: the same count is made here, with the jobs on their way, under the lock."""
+        recent = [t for t in self._let_in.get(None, []) if now - t <= SETTLE_SECONDS]
+        self._let_in[None] = recent + [now]  # taken back below if the job is refused
+        count = waiting(blocks) + max(0, len(recent) - (joined_since(blocks, None, recent[0]) if recent else 0))
+        if self.queue_size and count >= self.queue_size:
+            self._let_in[None] = recent
+            return f"Queue is full: {count} jobs are waiting (at most {self.queue_size}). Please try again in a moment."
+        return None
 
     def validator(self, inputs) -> Callable:
         """A gradio validator for an event with `inputs`: it takes the same values plus the session's gr.Request
@@ -102,9 +124,9 @@ class Fairness:
 _OF: "weakref.WeakKeyDictionary[gr.Blocks, Fairness]" = weakref.WeakKeyDictionary()
 
 
-def of_app(limit: int) -> Fairness:
+def of_app(limit: int, queue_size: int = 0) -> Fairness:
     """The Fairness of the app being built (one per gr.Blocks)."""
     blocks = gr.context.Context.root_block
     if blocks not in _OF:
-        _OF[blocks] = Fairness(blocks, limit)
+        _OF[blocks] = Fairness(blocks, limit, queue_size)
     return _OF[blocks]
