@@ -24,7 +24,7 @@ LAYERS = [
     ["annotators"],
     ["engine", "tiny.train", "tiny.untrained"],
     ["tiny.evaluate"],
-    ["ui.fairness", "ui.cache"],
+    ["ui.fairness", "ui.cache", "ui.sessions"],
     ["ui.common", "ui.fields"],
     ["ui.prompt", "ui.grid", "ui.control", "ui.attention", "ui.roundtrip", "ui.anatomy"],
     ["ui.inspector"],

@@ -173,6 +173,28 @@ def test_concurrent_load_mixed_across_tabs(app):
           f"each identical to the same request run alone")
 
 
+def test_a_session_stays_the_same_size_over_many_jobs(tiny_model, tiny_dir, tmp_path):
+    # gradio 6 files one more block in a session each time an event yields gr.skip() and then a value
+    # (playground/ui/sessions.py); every streaming endpoint does, so a session grew with every job it ran
+    from playground.ui import build_app, launch_options, sessions
+
+    settings = tiny_settings(tiny_dir, port=free_port(), output_dir=tmp_path, controlnets={}, cache_hours=0)
+    demo = build_app(Engine(tiny_model, settings), settings)
+    demo.queue().launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
+    jobs = [job for job in load_jobs() if job[0] in ("/generate", "/grid", "/inspect")]
+    try:
+        client = Client(f"http://127.0.0.1:{settings.port}/", verbose=False)
+        sizes = []
+        for _ in range(3):
+            for endpoint, args in jobs:
+                client.predict(*args, api_name=endpoint)
+            sizes.append(sessions.size(demo, client.session_hash))
+        client.close()
+    finally:
+        demo.close()
+    assert sizes[0] > 0 and sizes == [sizes[0]] * 3, f"the session's blocks after each round of jobs: {sizes}"
+
+
 def slow_engine(tiny_model, settings, monkeypatch, seconds: float) -> Engine:
     """An Engine on the tiny model whose every UNet call takes `seconds` longer: jobs wait in the queue."""
     engine = Engine(tiny_model, settings)

@@ -11,7 +11,7 @@ from playground import anatomy as anatomy_mod, schedulers
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
-from playground.ui import anatomy, cache, control, grid, inspector, prompt
+from playground.ui import anatomy, cache, control, grid, inspector, prompt, sessions
 from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
 from playground.ui.fields import Fields
 
@@ -47,6 +47,7 @@ def examples(model: LoadedModel) -> list[str]:
 def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole playground: banner, then one tab per activity, all on the same Engine."""
     model = engine.model
+    sessions.keep_ids()  # gradio 6 grows a session by a block on every streamed job without it
     fields = Fields(settings, engine.native_size, schedulers.NAMES, examples(model), model.vocabulary)
     with gr.Blocks(title="Diffusion Playground", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
