@@ -58,6 +58,25 @@ def cross_attention_probs(attn: Attention, hidden_states: torch.Tensor, encoder_
     return scores.softmax(dim=-1).mean(dim=1)
 
 
+def joint_attention_probs(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor
+                          ) -> torch.Tensor:
+    """(B, patches, tokens): an MMDiT joint-attention layer's image queries over its text keys, averaged over
+    the heads. A joint layer attends over image and text keys at once; the softmax over the text columns
+    alone is the full softmax renormalised over them, so each row says how a patch shares out the attention
+    it pays to the text."""
+    batch = hidden_states.shape[0]
+    query, key = attn.to_q(hidden_states), attn.add_k_proj(encoder_hidden_states)
+    head_dim = query.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_added_k is not None:
+        key = attn.norm_added_k(key)
+    scores = query.float() @ key.float().transpose(-1, -2) / math.sqrt(head_dim)
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
 def layer_grid(positions: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     """The (h, w) of a layer with `positions` image positions: the latent grid halved k times (rounding up,
     as the UNet's stride-2 convolutions do)."""
@@ -90,7 +109,8 @@ class AttentionRecorder:
 
     def add(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
         s = self.sample
-        probs = cross_attention_probs(attn, hidden_states[s: s + 1], encoder_hidden_states[s: s + 1])[0]
+        probs_of = joint_attention_probs if is_joint(attn) else cross_attention_probs
+        probs = probs_of(attn, hidden_states[s: s + 1], encoder_hidden_states[s: s + 1])[0]
         grid, self.window = layer_grid(probs.shape[0], self.latent_hw), probs.shape[1]
         maps = probs[:, : self.tokens].T.reshape(self.tokens, *grid)  # (T, h, w)
         if grid in self._sum:
@@ -141,6 +161,17 @@ def cross_attention_layers(unet: torch.nn.Module) -> list[tuple[str, Attention]]
     return [(name, m) for name, m in unet.named_modules() if name.endswith("attn2") and isinstance(m, Attention)]
 
 
+def is_joint(attn: Attention) -> bool:
+    """An MMDiT joint-attention layer (text keys from its own added projections), not a U-Net cross-attention."""
+    return getattr(attn, "add_k_proj", None) is not None
+
+
+def joint_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, Attention]]:
+    """An MMDiT's joint-attention layers (`attn` of every block; SD3.5's extra self-attention `attn2` has no
+    text), by name."""
+    return [(name, m) for name, m in transformer.named_modules() if isinstance(m, Attention) and is_joint(m)]
+
+
 @contextlib.contextmanager
 def recording(layers: list[tuple[str, Attention]], recorder: AttentionRecorder):
     """Record the cross-attention of `layers` (a family's `attention_layers`) into `recorder` for the calls
@@ -150,7 +181,7 @@ def recording(layers: list[tuple[str, Attention]], recorder: AttentionRecorder):
     ends; other threads' runs meanwhile pass straight through to the wrapped processors.
     """
     if not layers:
-        raise ValueError("this model has no cross-attention layers (attn2) to record")
+        raise ValueError("this model has no cross-attention or joint-attention layers to record")
     key = id(layers[0][1])  # the same model's layers, whichever request lists them
     with _LOCK:
         if _USERS.get(key, 0) == 0:

@@ -69,13 +69,14 @@ def job_for(req: GenerateRequest, seeds: list[int], guidance: list[float] | None
     return Job(scheduler=req.scheduler, prompts=[req.prompt] * n, negative_prompts=[req.negative_prompt] * n,
                guidance=list(guidance) if guidance is not None else [req.cfg_scale] * n,
                generators=[torch.Generator("cpu").manual_seed(s) for s in seeds], steps=req.steps,
-               height=req.height, width=req.width, control=control)
+               height=req.height, width=req.width, control=control, shift=req.shift or None)
 
 
 def params_for(model: str, req: GenerateRequest, **changes) -> Params:
     """The settings of one image made for `req` (its own seed, a grid cell's scale), as its PNG carries them."""
     p = Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
-               cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, model=model)
+               cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, model=model,
+               shift=req.shift)
     return replace(p, **changes)
 
 
@@ -120,23 +121,24 @@ def scales_row(run: Callable, model: str, row: GenerateRequest, scales: list[flo
         out.sigmas
 
 
-def steps_row(run: Callable, model: str, row: GenerateRequest, counts: list[int], reference: int, progress: tuple,
-              cancel: threading.Event | None) -> tuple[list[GridCell], list[float]]:
-    """One pass per step count (an unbatched axis varies the steps: see grid.Axis), then the reference run;
-    each cell's distance to the reference."""
+def passes_row(run: Callable, model: str, row: GenerateRequest, field: str, values: list[float],
+               reference: int | None, progress: tuple, cancel: threading.Event | None
+               ) -> tuple[list[GridCell], list[float]]:
+    """One pass per column (an unbatched axis: see grid.Axis) setting `field` to its value; with `reference`,
+    a last run of that many steps, and each cell's distance to it (the steps axis)."""
     on_progress, label, done, total = progress
     passes = []
-    for n in [*counts, reference]:
-        cell = replace(row, steps=n)
+    for v in [*values, reference] if reference else values:
+        cell = replace(row, **{field: int(v) if field == "steps" else v})
         passes.append(run(job_for(cell, [row.seed]), [params_for(model, cell)],
                           progress_observer(on_progress, label, done, total), cancel,
-                          f"a {n}-step cell of {row.width}x{row.height}"))
+                          f"a {cell.steps}-step cell of {row.width}x{row.height}"))
         done += passes[-1][1].unet_calls
-    (ref,), ref_out, _ = passes.pop()
-    cells = [GridCell(row.scheduler, n, made, out.unet_calls, seconds,
-                      psnr=latents.psnr(made.array, ref.array, peak=1.0),
-                      latent_rms=float((out.latents - ref_out.latents).float().pow(2).mean().sqrt()))
-             for n, ((made,), out, seconds) in zip(counts, passes)]
+    ref = passes.pop() if reference else None
+    cells = [GridCell(row.scheduler, v, made, out.unet_calls, seconds,
+                      **({} if ref is None else {"psnr": latents.psnr(made.array, ref[0][0].array, peak=1.0),
+                          "latent_rms": float((out.latents - ref[1].latents).float().pow(2).mean().sqrt())}))
+             for v, ((made,), out, seconds) in zip(values, passes)]
     return cells, max((out for _, out, _ in passes), key=lambda o: o.unet_calls).sigmas
 
 
@@ -147,13 +149,13 @@ class Engine:
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
         self.limits = Limits.of(settings, self.native_size, self.vae_factor, model.pipe.tokenizer,
-                                self._attention_layers)
+                                self._attention_layers, model.family.flow, model.family.name)
 
     # -- facts --------------------------------------------------------------------------------
     @property
     def components(self) -> Components:
         """The modules of the one pipeline, read afresh (compiled ones included): never a stale handle."""
-        return Components.from_pipeline(self.model.pipe)
+        return Components.from_pipeline(self.model.pipe, self.settings.t5_tokens)
 
     @property
     def native_size(self) -> int:
@@ -179,7 +181,7 @@ class Engine:
     def warm_up(self) -> float:
         """One short generation at the native size (with CFG), so compiling happens before users come."""
         start = time.perf_counter()
-        self.generate(GenerateRequest(prompt="warm-up", steps=2, seed=0))
+        self.generate(GenerateRequest(prompt="warm-up", steps=2, seed=0, scheduler=self.model.family.default_scheduler))
         return time.perf_counter() - start
 
     # -- actions ------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ class Engine:
         # 1. Check every cell before any work; one seed for all of them
         req = validate_grid(req, self.limits)
         axis, values = AXES[req.axis], list(req.columns)
-        reference = None if axis.batched else self.settings.grid_reference_steps
+        reference = self.settings.grid_reference_steps if axis.reference else None
 
         # 2. How many model evaluations the whole grid takes, for one progress bar over all of it
         calls = self._evaluations(req)
@@ -214,12 +216,13 @@ class Engine:
         for r, name in enumerate(req.schedulers):
             label = f"{name}: cells {r * len(values) + 1}-{(r + 1) * len(values)} of {len(req.schedulers) * len(values)}"
             row, progress = replace(req.base, scheduler=name), (on_progress, label, done, total)
-            made, sigmas[name] = (scales_row(self._run, self.model.name, row, values, progress, cancel) if axis.batched
-                                  else steps_row(self._run, self.model.name, row, values, reference, progress, cancel))
+            made, sigmas[name] = (
+                scales_row(self._run, self.model.name, row, values, progress, cancel) if axis.batched else
+                passes_row(self._run, self.model.name, row, axis.field, values, reference, progress, cancel))
             cells.append(made)
             done += calls[name]
         return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start,
-                          reference_steps=reference)
+                          reference_steps=reference, flow=self.model.family.flow)
 
     def grid_evaluations(self, req: GridRequest) -> dict[str, int]:
         """Model evaluations each row of a grid would make (its reference runs included): its cost, before it runs."""

@@ -15,13 +15,13 @@ from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, SD3Transformer2DModel, UNet2DConditionModel
 from diffusers.models.attention_processor import Attention
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from playground.attention import cross_attention_layers
+from playground.attention import cross_attention_layers, joint_attention_layers
 from playground.requests import TokenCount
-from playground.settings import CONTROLNETS, CONTROLNETS_XL
+from playground.settings import CONTROLNETS, CONTROLNETS_SD3, CONTROLNETS_XL
 from playground.tokens import tokenize
 
 
@@ -41,6 +41,9 @@ class StableDiffusion:
     name = "SD 1.x / 2.x"
     pipeline = "StableDiffusionPipeline"  # model_index.json's _class_name
     controlnets = CONTROLNETS  # kind -> hub id, when neither a setting nor the model names one
+    controlnet_class = "ControlNetModel"  # the diffusers class its ControlNets load as
+    flow = False  # trained with rectified flow (SD3): its schedulers are schedulers.FLOW_NAMES, not NAMES
+    default_scheduler = "DPM++ 2M Karras"
 
     # -- text ---------------------------------------------------------------------------------
     def tokenizers(self, c: Components) -> list[CLIPTokenizer]:
@@ -84,7 +87,7 @@ class StableDiffusion:
                 residuals: tuple | None = None) -> torch.Tensor:
         """The U-Net's output (eps or v) for latents x at timestep t, with a ControlNet's residuals added."""
         down, mid = residuals or (None, None)
-        return c.unet(x, t, encoder_hidden_states=cond.embeds, down_block_additional_residuals=down,
+        return c.denoiser(x, t, encoder_hidden_states=cond.embeds, down_block_additional_residuals=down,
                       mid_block_additional_residual=mid, added_cond_kwargs=cond.added, return_dict=False)[0]
 
     def control(self, c: Components, net: ControlNetModel, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
@@ -93,8 +96,17 @@ class StableDiffusion:
         return net(x, t, encoder_hidden_states=cond.embeds, controlnet_cond=image, conditioning_scale=scale,
                    guess_mode=False, added_cond_kwargs=cond.added, return_dict=False)
 
+    def control_input(self, c: Components, net, image: torch.Tensor, rows: int, generator: torch.Generator | None
+                      ) -> torch.Tensor:
+        """The ControlNet's input for a batch of `rows`, from a (1, 3, H, W) map in [0, 1]: the map itself."""
+        return image.to(device=c.denoiser.device, dtype=c.denoiser.dtype).expand(rows, -1, -1, -1)
+
+    def timestep_options(self, c: Components, scheduler, latent_hw: tuple[int, int]) -> dict:
+        """Extra arguments for the scheduler's set_timesteps (SD3.5's resolution-dependent shift)."""
+        return {}
+
     def latent_channels(self, c: Components) -> int:
-        return c.unet.config.in_channels  # 4 for SD's VAE
+        return c.denoiser.config.in_channels  # 4 for SD's VAE, 16 for SD3's
 
     # -- latents <-> pixels through the VAE, with its scale and shift -----------------------------
     def decode(self, c: Components, latents: torch.Tensor, generator=None) -> torch.Tensor:
@@ -115,11 +127,11 @@ class StableDiffusion:
     # -- where attention is recorded ------------------------------------------------------------
     def attention_layers(self, c: Components) -> list[tuple[str, Attention]]:
         """The U-Net's cross-attention layers (`attn2` of every transformer block), by name: what is recorded."""
-        return cross_attention_layers(c.unet)
+        return cross_attention_layers(c.denoiser)
 
     def attention_grids(self, c: Components, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
         """The (h, w) grids the cross-attention layers work at for this latent size, coarsest first."""
-        return layer_grids(c.unet.config, latent_hw)
+        return layer_grids(c.denoiser.config, latent_hw)
 
 
 class StableDiffusionXL(StableDiffusion):
@@ -167,7 +179,113 @@ class StableDiffusionXL(StableDiffusion):
         return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids})
 
 
-FAMILIES: dict[str, StableDiffusion] = {f.pipeline: f for f in (StableDiffusion(), StableDiffusionXL())}
+class StableDiffusion3(StableDiffusion):
+    """SD3: an MMDiT (joint attention over image patches and text tokens) instead of a U-Net, three text encoders
+    (CLIP-L and CLIP-G side by side, T5-XXL after them), 16 latent channels, and rectified flow: the model sees
+    x_t = (1 - sigma) x0 + sigma eps and predicts v = eps - x0, so x0 = x_t - sigma v."""
+
+    name = "SD3"
+    pipeline = "StableDiffusion3Pipeline"
+    controlnets = CONTROLNETS_SD3
+    controlnet_class = "SD3ControlNetModel"
+    flow = True
+    default_scheduler = "Flow Euler"
+
+    def tokenizers(self, c: Components) -> list:
+        return [t for t in (c.tokenizer, c.tokenizer_2) if t is not None]
+
+    def count_tokens(self, c: Components, prompt: str) -> TokenCount:
+        """The CLIP count (77) with, when the model has T5, T5's own count against its window (256 or 512)."""
+        clip = super().count_tokens(c, prompt)
+        if c.tokenizer_3 is None:
+            return clip
+        ids = tokenize(c.tokenizer_3, [prompt])["input_ids"][0]  # the words and T5's end token
+        dropped = c.tokenizer_3.decode(ids[c.t5_tokens - 1:-1]).strip() if len(ids) > c.t5_tokens else ""
+        return replace(clip, t5=TokenCount(used=len(ids), limit=c.t5_tokens, dropped=dropped))
+
+    def encode_prompts(self, c: Components, prompts: Sequence[str]) -> Conditioning:
+        """((B, 77 + L, D) the CLIPs' penultimate states side by side, zero-padded to T5's width D, then T5's L
+        tokens (zeros without T5); added {pooled: (B, P1 + P2) both CLIPs' projections}), as
+        StableDiffusion3Pipeline.encode_prompt makes them."""
+        unique = list(dict.fromkeys(prompts))
+        hidden, pooled = [], []
+        for tokenizer, encoder in ((c.tokenizer, c.text_encoder), (c.tokenizer_2, c.text_encoder_2)):
+            ids = tokenize(tokenizer, unique, padding="max_length", max_length=tokenizer.model_max_length,
+                           truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+            out = encoder(ids, output_hidden_states=True)
+            pooled.append(out[0])
+            hidden.append(out.hidden_states[-2].to(dtype=c.text_encoder.dtype))
+        clip = torch.cat(hidden, dim=-1)
+        if c.text_encoder_3 is None:  # as diffusers: zeros in T5's place
+            t5 = clip.new_zeros((len(unique), c.t5_tokens, c.denoiser.config.joint_attention_dim))
+        else:
+            ids = tokenize(c.tokenizer_3, unique, padding="max_length", max_length=c.t5_tokens, truncation=True,
+                           add_special_tokens=True, return_tensors="pt").input_ids
+            t5 = c.text_encoder_3(ids.to(c.text_encoder_3.device))[0].to(dtype=c.text_encoder_3.dtype)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1])).to(t5.device)
+        index = torch.tensor([unique.index(p) for p in prompts], device=t5.device)
+        embeds = torch.cat([clip.to(t5.dtype), t5], dim=-2).index_select(0, index)
+        return Conditioning(embeds, {"pooled": torch.cat(pooled, dim=-1).to(t5.device).index_select(0, index)})
+
+    def encode(self, c: Components, prompts: list[str], negatives: list[str], use_cfg: bool,
+               size: tuple[int, int]) -> Conditioning:
+        cond = self.encode_prompts(c, prompts)
+        if not use_cfg:
+            return cond
+        neg = self.encode_prompts(c, negatives)  # "" is encoded, as diffusers does
+        return Conditioning(torch.cat([neg.embeds, cond.embeds]),
+                            {"pooled": torch.cat([neg.added["pooled"], cond.added["pooled"]])})
+
+    def denoise(self, c: Components, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                residuals: tuple | None = None) -> torch.Tensor:
+        """The MMDiT's velocity for latents x at timestep t (sigma * 1000), with a ControlNet's block residuals."""
+        return c.denoiser(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=cond.embeds,
+                          pooled_projections=cond.added["pooled"], block_controlnet_hidden_states=residuals,
+                          return_dict=False)[0]
+
+    def control(self, c: Components, net, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
+                image: torch.Tensor, scale: float) -> tuple:
+        """An SD3ControlNetModel's block residuals (InstantX's take zeros for the pooled projection)."""
+        pooled = cond.added["pooled"]
+        if net.config.force_zeros_for_pooled_projection:
+            pooled = torch.zeros_like(pooled)
+        text = cond.embeds if net.config.joint_attention_dim is not None else None
+        return net(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=text,
+                   pooled_projections=pooled, controlnet_cond=image, conditioning_scale=scale, return_dict=False)[0]
+
+    def control_input(self, c: Components, net, image: torch.Tensor, rows: int, generator: torch.Generator | None
+                      ) -> torch.Tensor:
+        """The map in [-1, 1] through the VAE, one latent sample per row, shifted and scaled (as
+        StableDiffusion3ControlNetPipeline; InstantX's ControlNets, which take zeros for the pooled projection,
+        were trained without the shift)."""
+        pixels = (image * 2 - 1).to(device=c.vae.device, dtype=c.vae.dtype).expand(rows, -1, -1, -1)
+        shift = 0.0 if net.config.force_zeros_for_pooled_projection else (c.vae.config.get("shift_factor") or 0.0)
+        z = c.vae.encode(pixels).latent_dist.sample(generator)
+        return ((z - shift) * c.vae.config.scaling_factor).to(dtype=c.denoiser.dtype)
+
+    def timestep_options(self, c: Components, scheduler, latent_hw: tuple[int, int]) -> dict:
+        """SD3.5-style dynamic shifting: mu from the number of image patches (diffusers' calculate_shift)."""
+        config = scheduler.config
+        if not config.get("use_dynamic_shifting"):
+            return {}
+        p = c.denoiser.config.patch_size
+        seq, lo, hi = (latent_hw[0] // p) * (latent_hw[1] // p), config.get("base_image_seq_len", 256), \
+            config.get("max_image_seq_len", 4096)
+        base, top = config.get("base_shift", 0.5), config.get("max_shift", 1.16)
+        return {"mu": base + (seq - lo) * (top - base) / (hi - lo)}
+
+    def attention_layers(self, c: Components) -> list[tuple[str, Attention]]:
+        """The MMDiT's joint-attention layers (`attn` of every transformer block), by name."""
+        return joint_attention_layers(c.denoiser)
+
+    def attention_grids(self, c: Components, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
+        """One grid, the patch grid (an MMDiT keeps its resolution through every block)."""
+        p = c.denoiser.config.patch_size
+        return [(latent_hw[0] // p, latent_hw[1] // p)]
+
+
+FAMILIES: dict[str, StableDiffusion] = {f.pipeline: f for f in (StableDiffusion(), StableDiffusionXL(),
+                                                                 StableDiffusion3())}
 
 
 def of_pipeline(pipe) -> StableDiffusion:
@@ -185,20 +303,30 @@ class Components:
 
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
-    unet: UNet2DConditionModel
+    denoiser: UNet2DConditionModel | SD3Transformer2DModel  # SD's U-Net, or SD3's MMDiT (its `transformer`)
     vae: AutoencoderKL
     scheduler_config: dict  # the model's own: every request's scheduler is made from it
-    tokenizer_2: CLIPTokenizer | None = None  # SDXL's second text encoder (OpenCLIP ViT-bigG), with projection
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL's and SD3's second text encoder (OpenCLIP ViT-bigG)
     text_encoder_2: CLIPTextModel | None = None
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is all zeros, not encoded ""
     family: StableDiffusion = FAMILIES["StableDiffusionPipeline"]  # what differs between families: ask it
+    tokenizer_3: T5TokenizerFast | None = None  # SD3's T5-XXL (None: a model loaded without it, zeros instead)
+    text_encoder_3: T5EncoderModel | None = None
+    t5_tokens: int = 256  # SD3: how many T5 tokens the prompt gets (diffusers' max_sequence_length)
 
     @classmethod
-    def from_pipeline(cls, pipe) -> "Components":
-        return cls(pipe.tokenizer, pipe.text_encoder, pipe.unet, pipe.vae, dict(pipe.scheduler.config),
-                   getattr(pipe, "tokenizer_2", None), getattr(pipe, "text_encoder_2", None),
+    def from_pipeline(cls, pipe, t5_tokens: int = 256) -> "Components":
+        return cls(pipe.tokenizer, pipe.text_encoder, getattr(pipe, "unet", None) or pipe.transformer, pipe.vae,
+                   dict(pipe.scheduler.config), getattr(pipe, "tokenizer_2", None),
+                   getattr(pipe, "text_encoder_2", None),
                    bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False)),
-                   of_pipeline(pipe))
+                   of_pipeline(pipe), getattr(pipe, "tokenizer_3", None), getattr(pipe, "text_encoder_3", None),
+                   t5_tokens)
+
+    @property
+    def unet(self) -> UNet2DConditionModel | SD3Transformer2DModel:
+        """The denoiser, by its SD 1.x name (a U-Net for every family but SD3)."""
+        return self.denoiser
 
     @property
     def vae_scale_factor(self) -> int:

@@ -20,20 +20,28 @@ class Axis:
     cell: Callable[[float], str]  # a column's label on the sheet: "CFG 7.5", "20 steps"
     default: str  # a sensible list to start from
     fixed: Callable[[Any], str]  # what the grid holds fixed, from its base request: "20 steps", "CFG 7.5"
-    # True: a row's columns run as one batch (the value is per sample in our loop, as CFG is). False: the
-    # columns are step counts, one pass each, each compared with a long reference run of its scheduler
+    # True: a row's columns run as one batch (the value is per sample in our loop, as CFG is). False: one pass
+    # a column (the value changes the whole run: its steps, or a flow model's shift)
     batched: bool
+    # each column compared with a long reference run of its scheduler (the steps axis: what more steps change)
+    reference: bool = False
+    flow: bool = False  # only for flow-matching models (SD3's shift)
 
     def step_counts(self, values: list[float], base_steps: int, reference: int) -> list[int]:
         """The step count of each pass one row of this axis makes."""
-        return [base_steps] if self.batched else [*(int(v) for v in values), reference]
+        if self.batched:
+            return [base_steps]
+        return [*(int(v) for v in values), reference] if self.reference else [base_steps] * len(values)
 
 
 AXES: dict[str, Axis] = {
     "cfg": Axis("CFG scales", "CFG scales", "cfg_scale", lambda v: f"CFG {v:g}", "1, 3, 7.5, 12",
                 fixed=lambda base: f"{base.steps} steps", batched=True),
     "steps": Axis("Steps", "step counts", "steps", lambda v: f"{v:g} steps", "5, 10, 20, 50",
-                  fixed=lambda base: f"CFG {base.cfg_scale:g}", batched=False),
+                  fixed=lambda base: f"CFG {base.cfg_scale:g}", batched=False, reference=True),
+    # SD3's flow shift: sigma' = shift sigma / (1 + (shift - 1) sigma), more of the steps at high noise
+    "shift": Axis("Flow shift", "shifts", "shift", lambda v: f"shift {v:g}", "1, 3, 6",
+                  fixed=lambda base: f"{base.steps} steps, CFG {base.cfg_scale:g}", batched=False, flow=True),
 }
 
 _RANGE_STEP = re.compile(r"^(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)$")  # 2-12 (+2)

@@ -39,12 +39,13 @@ def is_sd_vae(vae) -> bool:
 
 
 def fit_rgb_map(latents: torch.Tensor, images: torch.Tensor) -> RGBMap:
-    """Least-squares (4, 3) map + bias from latents (N, 4, h, w) to images (N, 3, h, w) in [-1, 1]."""
+    """Least-squares (C, 3) map + bias from latents (N, C, h, w) to images (N, 3, h, w) in [-1, 1] (C: 4 for
+    SD's VAE, 16 for SD3's)."""
     z = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1]).double()
-    x = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], dim=1)  # (P, 5): channels + bias
+    x = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], dim=1)  # (P, C + 1): channels + bias
     y = images.permute(0, 2, 3, 1).reshape(-1, 3).double()  # (P, 3)
-    w = torch.linalg.lstsq(x, y).solution  # (5, 3)
-    return RGBMap(w[:4].float(), w[4].float(), "fitted to this VAE")
+    w = torch.linalg.lstsq(x, y).solution  # (C + 1, 3)
+    return RGBMap(w[:-1].float(), w[-1].float(), "fitted to this VAE")
 
 
 def calibration_images(size: int = 64, count: int = 8, seed: int = 0) -> torch.Tensor:
@@ -66,7 +67,8 @@ def rgb_map_for(vae) -> RGBMap:
         return SD1_RGB
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     images = calibration_images(size=8 * f).to(device=vae.device, dtype=vae.dtype)
-    latents = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
+    shift = vae.config.get("shift_factor") or 0.0  # latents as the denoiser sees them (SD3 shifts its VAE's)
+    latents = (vae.encode(images).latent_dist.mode() - shift) * vae.config.scaling_factor
     small = torch.nn.functional.avg_pool2d(images.float(), f)  # the image at latent resolution
     return fit_rgb_map(latents.float().cpu(), small.cpu())
 
@@ -104,8 +106,11 @@ def channel_stats(latent: np.ndarray) -> list[ChannelStats]:
     return [ChannelStats(float(c.min()), float(c.mean()), float(c.std())) for c in flat]
 
 
-def snr_db(sigma: float) -> float:
-    """Signal-to-noise ratio of x0 + sigma * eps in decibels: 10 log10(1 / sigma^2)."""
+def snr_db(sigma: float, flow: bool = False) -> float:
+    """Signal-to-noise ratio of x0 + sigma * eps in decibels, 10 log10(1 / sigma^2); for a flow model's
+    (1 - sigma) x0 + sigma eps, 20 log10((1 - sigma) / sigma) (-60 dB at its start, pure noise)."""
+    if flow:
+        return 20.0 * math.log10(max(1.0 - sigma, 1e-3) / max(sigma, 1e-6))
     return -20.0 * math.log10(max(sigma, 1e-6))
 
 

@@ -51,9 +51,14 @@ class LoadedModel:
         return of_pipeline(self.pipe)
 
     @property
+    def denoiser(self) -> torch.nn.Module:
+        """The U-Net, or SD3's MMDiT (its pipeline calls it `transformer`)."""
+        return getattr(self.pipe, "unet", None) or self.pipe.transformer
+
+    @property
     def native_size(self) -> int:
-        """Pixels per side the UNet was built for (512 for SD 1.5)."""
-        return int(self.pipe.unet.config.sample_size) * self.pipe.vae_scale_factor
+        """Pixels per side the denoiser was built for (512 for SD 1.5, 1024 for SDXL and SD3)."""
+        return int(self.denoiser.config.sample_size) * self.pipe.vae_scale_factor
 
 
 class ModelLoadError(RuntimeError):
@@ -81,8 +86,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 # model_index.json's _class_name -> the family it is; the ones this app runs (an entry each), and the ones it knows of
 SUPPORTED = {cls: f.name for cls, f in FAMILIES.items()}
-KNOWN = {"StableDiffusionXLImg2ImgPipeline": "SDXL (refiner)",
-         "StableDiffusion3Pipeline": "SD3", "FluxPipeline": "FLUX", "PixArtAlphaPipeline": "PixArt-α",
+KNOWN = {"StableDiffusionXLImg2ImgPipeline": "SDXL (refiner)", "FluxPipeline": "FLUX", "PixArtAlphaPipeline": "PixArt-α",
          "StableCascadeDecoderPipeline": "Stable Cascade", "KandinskyV22Pipeline": "Kandinsky 2.2"}
 
 
@@ -102,11 +106,18 @@ def family(source: str | Path) -> str:
                             f"this app runs {supported} models")
 
 
-def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True) -> StableDiffusionPipeline:
-    """The model's own pipeline class (StableDiffusionPipeline or StableDiffusionXLPipeline).from_pretrained for
-    a hub id or a directory, with an explicit dtype, once its model_index.json says it is a family this app runs."""
+def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True,
+                  t5: bool = True) -> StableDiffusionPipeline:
+    """The model's own pipeline class (StableDiffusion[XL|3]Pipeline).from_pretrained for a hub id or a directory,
+    with an explicit dtype, once its model_index.json says it is a family this app runs. Components the
+    model_index lists as absent (null) are passed as None, as diffusers needs; `t5=False` leaves SD3's T5 out."""
+    config = StableDiffusionPipeline.load_config(str(source))
     cls = getattr(diffusers, family(source))
     kwargs: dict = {"dtype": dtype}
+    kwargs.update({name: None for name, value in config.items() if name not in cls._optional_components
+                   and isinstance(value, list) and len(value) == 2 and value[1] is None})
+    if not t5 and "text_encoder_3" in config:
+        kwargs.update(text_encoder_3=None, tokenizer_3=None)
     if not safety_checker and cls is StableDiffusionPipeline:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     pipe = cls.from_pretrained(str(source), **kwargs)
@@ -129,7 +140,8 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
             dtype: torch.dtype) -> LoadedModel:
     pipe.to(device)
     if device.type == "cuda":  # convolutions run faster on NHWC tensor cores
-        pipe.unet.to(memory_format=torch.channels_last)
+        if getattr(pipe, "unet", None) is not None:
+            pipe.unet.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     marker = _marker(source)
     name = marker.get("name") or (Path(source).name if Path(source).is_dir() else str(source))
@@ -160,8 +172,9 @@ def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:
 
 
 def load_controlnet(source: str, model: LoadedModel) -> ControlNetModel:
-    """A ControlNet in the base model's dtype, on its device (from_pretrained: hub id or folder)."""
-    net = ControlNetModel.from_pretrained(source, dtype=model.dtype)
+    """A ControlNet of the base model's family (SD3's are SD3ControlNetModel) in its dtype, on its device
+    (from_pretrained: hub id or folder)."""
+    net = getattr(diffusers, model.family.controlnet_class).from_pretrained(source, dtype=model.dtype)
     return net.to(model.device).eval()
 
 
@@ -183,9 +196,10 @@ def load_pose_detector(source: str, device: torch.device, download: bool = True)
 
 
 def compile_model(model: LoadedModel, backend: str = "inductor") -> None:
-    """torch.compile the UNet and the VAE decoder in place (dynamic shapes: fewer recompiles)."""
+    """torch.compile the denoiser and the VAE decoder in place (dynamic shapes: fewer recompiles)."""
     pipe = model.pipe
-    pipe.unet = torch.compile(pipe.unet, backend=backend, dynamic=True)
+    name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+    setattr(pipe, name, torch.compile(getattr(pipe, name), backend=backend, dynamic=True))
     pipe.vae.decoder = torch.compile(pipe.vae.decoder, backend=backend, dynamic=True)
     model.compiled = backend
 
@@ -209,7 +223,8 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
     model = None
     if wanted is not None:
         try:
-            model = _finish(load_pipeline(wanted, dtype, settings.safety_checker), wanted, why, device, dtype)
+            model = _finish(load_pipeline(wanted, dtype, settings.safety_checker, settings.t5), wanted, why, device,
+                            dtype)
         except Exception as exc:  # offline, not cached, bad id, broken directory: fall back, say why
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             log.warning("could not load %s (%s); falling back to the bundled model", wanted, first)

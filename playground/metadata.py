@@ -34,6 +34,7 @@ class Params:
     height: int
     model: str = ""
     extra: tuple[tuple[str, str], ...] = ()  # more "Key: value" pairs for the settings line
+    shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (not written)
 
 
 def _quote(value: str) -> str:
@@ -53,6 +54,7 @@ def format_parameters(p: Params) -> str:
         "Seed": str(p.seed),
         "Size": f"{p.width}x{p.height}",
         "Model": p.model,
+        "Shift": _number(p.shift) if p.shift else "",
         **dict(p.extra),
         "Version": "diffusion-playground",
     }
@@ -86,7 +88,8 @@ def parse_parameters(text: str) -> Params:
     try:
         return Params(prompt="\n".join(prompt), negative_prompt="\n".join(negative), steps=int(pairs.get("Steps", 0)),
                       sampler=sampler, cfg_scale=float(pairs.get("CFG scale", 0)), seed=int(pairs.get("Seed", -1)),
-                      width=int(width), height=int(height), model=pairs.get("Model", ""))
+                      width=int(width), height=int(height), model=pairs.get("Model", ""),
+                      shift=float(pairs.get("Shift", 0) or 0))
     except ValueError as exc:
         raise InvalidRequest(f"unreadable settings line {lines[-1]!r}: {exc}") from None
 

@@ -46,14 +46,22 @@ class Limits:
     tokenizer: Any = None  # the first text encoder's: the attention endpoint's word lookup
     # (height, width) in pixels -> the attention layer choices the model has there ("all", "8x8", ...)
     attention_layers: Callable[[int, int], list[str]] = lambda height, width: ["all"]
+    flow: bool = False  # a flow-matching model (SD3): its schedulers, and a shift
+    family: str = "SD 1.x / 2.x"  # the model's family, as errors name it
 
     @classmethod
     def of(cls, s: Settings, native_size: int, multiple: int = 8, tokenizer=None,
-           attention_layers: Callable[[int, int], list[str]] | None = None) -> "Limits":
+           attention_layers: Callable[[int, int], list[str]] | None = None, flow: bool = False,
+           family: str = "SD 1.x / 2.x") -> "Limits":
         return cls(max_steps=s.max_steps, max_size=s.max_size, max_images=s.max_images,
                    max_grid_cells=s.max_grid_cells, max_cfg=s.max_cfg, max_prompt_chars=s.max_prompt_chars,
-                   native_size=native_size, multiple=multiple, tokenizer=tokenizer,
+                   native_size=native_size, multiple=multiple, tokenizer=tokenizer, flow=flow, family=family,
                    **({"attention_layers": attention_layers} if attention_layers else {}))
+
+    @property
+    def schedulers(self) -> list[str]:
+        """The schedulers that fit the model (schedulers.FLOW_NAMES for a flow model, else NAMES)."""
+        return schedulers.fitting(self.flow)
 
 
 # ---------------------------------------------------------------- requests
@@ -69,6 +77,7 @@ class GenerateRequest:
     width: int = 0  # 0: the model's native size
     height: int = 0
     num_images: int = 1
+    shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (3.0)
 
 
 @dataclass(frozen=True)
@@ -134,7 +143,7 @@ class Progress:
 @dataclass
 class GridCell:
     scheduler: str
-    value: float  # the column's value: a CFG scale or a step count
+    value: float  # the column's value: a CFG scale, a step count or a flow shift
     generated: Generated
     unet_calls: int  # model evaluations for this cell
     seconds: float  # its own pass, or its share of its row's batched pass
@@ -149,6 +158,7 @@ class GridResult:
     sigmas: dict[str, list[float]]  # noise level at each model evaluation, per scheduler (its first column's)
     seconds: float
     reference_steps: int | None = None  # steps axis: the long run of each scheduler every cell is compared with
+    flow: bool = False  # the sigmas are a flow model's: x_t = (1 - sigma) x0 + sigma eps
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,7 @@ class TokenCount:
     dropped: str  # the text CLIP will not see ("" when it fits)
     encoders: int = 1  # text encoders reading the prompt, each through its own tokenizer (SDXL: 2, same count)
     unknown: tuple[str, ...] = ()  # words the model never saw in training (a model that lists its vocabulary)
+    t5: "TokenCount | None" = None  # SD3: T5's own count against its longer window (256 or 512 tokens)
 
 
 @dataclass
@@ -179,10 +190,15 @@ class Trajectory:
     image: Image.Image  # the final picture
     tensors: dict[str, torch.Tensor]  # x_t, x0, out_cond, [out_uncond], out: (N, 4, h, w) fp16; timesteps, sigmas
     sigma_space: bool  # latents are x0 + sigma * eps (Euler-like) rather than sqrt(a) x0 + sqrt(1-a) eps
-    prediction_type: str  # what the model outputs: "epsilon" or "v_prediction"
+    prediction_type: str  # what the model outputs: "epsilon", "v_prediction" or "flow_prediction" (SD3's v = eps - x0)
     seconds: float
     decoded: dict[int, Image.Image] = field(default_factory=dict)  # VAE decodes of x0, made on demand
     attention: Any = None  # attention.AttentionMaps when cross-attention was recorded, else None
+
+    @property
+    def flow(self) -> bool:
+        """Made by a flow model: its sigmas mean x_t = (1 - sigma) x0 + sigma eps."""
+        return self.prediction_type == "flow_prediction"
 
     @property
     def steps(self) -> int:
@@ -303,11 +319,33 @@ def validate_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
         seed=resolve_seed(integer("seed", req.seed, -1, MAX_SEED)),
         steps=integer("steps", req.steps, 1, limits.max_steps),
         cfg_scale=number("CFG scale", req.cfg_scale, 0.0, limits.max_cfg),
-        scheduler=choice("scheduler", req.scheduler, {n: n for n in schedulers.NAMES}),
+        scheduler=scheduler(req.scheduler, limits),
         width=width,
         height=height,
         num_images=integer("number of images", req.num_images, 1, limits.max_images),
+        shift=shift(req.shift, limits),
     )
+
+
+def scheduler(name, limits: Limits) -> str:
+    """A scheduler that fits the model; a registered one that does not is refused by name, with those that fit."""
+    fits = limits.schedulers
+    if isinstance(name, str) and name in schedulers.REGISTRY and name not in fits:
+        kind = "a flow-matching" if limits.flow else "a noise-prediction"
+        raise InvalidRequest(f"scheduler {name!r} does not fit this model ({limits.family}, {kind} model); "
+                             f"choose one of: {', '.join(map(repr, fits))}")
+    return choice("scheduler", name, {n: n for n in fits})
+
+
+def shift(value, limits: Limits) -> float:
+    """A flow scheduler's shift, 0 (the model's own) or 0.1 to 20; only a flow model takes one."""
+    value = number("shift", value, 0.0, 20.0)
+    if value and not limits.flow:
+        raise InvalidRequest(f"shift {value:g} applies to flow-matching models (SD3); this model "
+                             f"({limits.family}) has none: leave it at 0")
+    if 0 < value < 0.1:
+        raise InvalidRequest(f"shift {value:g} is too small: 0 (the model's own) or from 0.1 to 20")
+    return value
 
 
 def validate_size(width, height, limits: Limits) -> tuple[int, int]:
@@ -360,7 +398,7 @@ def grid_columns(raw, what: str) -> list:
 
 def validate_grid(req: GridRequest, limits: Limits) -> GridRequest:
     """A checked copy of a grid request: every cell passes the Prompt tab's checks; one seed for all."""
-    axis_key = choice("grid axis", req.axis, {k: a.label for k, a in AXES.items()})
+    axis_key = choice("grid axis", req.axis, {k: a.label for k, a in AXES.items() if limits.flow or not a.flow})
     axis = AXES[axis_key]
     scales = grid_columns(req.columns, axis.plural)
     names = [req.schedulers] if isinstance(req.schedulers, str) else list(req.schedulers or [])

@@ -52,6 +52,7 @@ class Job:
     width: int
     control: Control | None = None
     eta: float = 0.0  # DDIM's eta (0 = deterministic), as diffusers' default
+    shift: float | None = None  # a flow scheduler's shift (None: the model's own, SD3's 3.0)
 
 
 @dataclass
@@ -96,7 +97,8 @@ def noise_level(scheduler: SchedulerMixin, t: torch.Tensor) -> float:
 
 
 def predict_x0(x_t: torch.Tensor, out: torch.Tensor, sigma: float, sigma_space: bool, prediction_type: str) -> torch.Tensor:
-    """Clean-latent estimate from x_t and a model output (Karras et al. 2022, eq. 7 / Salimans & Ho 2022 for v)."""
+    """Clean-latent estimate from x_t and a model output (Karras et al. 2022, eq. 7 / Salimans & Ho 2022 for v;
+    for a flow model sigma is the flow's own, x_t = (1 - sigma) x0 + sigma eps)."""
     alpha = (1 + sigma**2) ** -0.5  # sqrt(alpha_bar)
     x_vp = x_t * alpha if sigma_space else x_t  # in the sqrt(a) x0 + sqrt(1-a) eps form
     if prediction_type == "epsilon":
@@ -105,6 +107,8 @@ def predict_x0(x_t: torch.Tensor, out: torch.Tensor, sigma: float, sigma_space: 
         return alpha * x_vp - (sigma * alpha) * out
     if prediction_type == "sample":
         return out
+    if prediction_type == "flow_prediction":  # x_t = (1 - sigma) x0 + sigma eps and out = eps - x0
+        return x_t - sigma * out
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
@@ -131,10 +135,10 @@ def denoise(
     batch = len(job.prompts)
     if not (len(job.negative_prompts) == len(job.guidance) == len(job.generators) == batch):
         raise ValueError("prompts, negative_prompts, guidance and generators need one entry per sample")
-    device, dtype = c.unet.device, c.unet.dtype
-    scheduler = schedulers.make(job.scheduler, c.scheduler_config)
+    device, dtype = c.denoiser.device, c.denoiser.dtype
+    scheduler = schedulers.make(job.scheduler, c.scheduler_config, job.shift)
     sigma_space = schedulers.REGISTRY[job.scheduler].sigma_space
-    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    prediction_type = "flow_prediction" if c.family.flow else scheduler.config.get("prediction_type", "epsilon")
 
     # 2. Guidance: one scale per sample, shape [B]; skip the unconditional pass when all are 1
     use_cfg = any(scale != 1.0 for scale in job.guidance)
@@ -146,22 +150,24 @@ def denoise(
     cond = family.encode(c, job.prompts, job.negative_prompts, use_cfg, (job.width, job.height))
 
     # 4. Prepare timesteps (plus a CPU copy for the noise-level maths: no device sync per step)
-    scheduler.set_timesteps(job.steps, device=device)
+    f = c.vae_scale_factor
+    scheduler.set_timesteps(job.steps, device=device,
+                            **family.timestep_options(c, scheduler, (job.height // f, job.width // f)))
     timesteps = scheduler.timesteps
     timesteps_cpu = timesteps.cpu()
 
-    # 5. Prepare latents: (B, 4, H/8, W/8) ~ N(0, 1) from CPU generators, scaled for the scheduler
-    f = c.vae_scale_factor
+    # 5. Prepare latents: (B, C, H/8, W/8) ~ N(0, 1) from CPU generators, scaled for the scheduler (a flow
+    #    scheduler starts at sigma = 1: pure noise, unscaled)
     shape = (batch, family.latent_channels(c), job.height // f, job.width // f)
     latents = randn_tensor(shape, generator=job.generators, device=device, dtype=cond.embeds.dtype)
-    latents = latents * scheduler.init_noise_sigma
+    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
     step_kwargs = _step_kwargs(scheduler, job.generators, job.eta)
 
-    # 6. Prepare the ControlNet input: one map per sample (2B with CFG, like the latents)
+    # 6. Prepare the ControlNet input: one map per sample (2B with CFG, like the latents); SD3's through the VAE
     control = job.control
     if control is not None:
-        control_image = control.image.to(device=device, dtype=dtype)
-        control_image = control_image.expand((2 * batch if use_cfg else batch), -1, -1, -1)
+        seed = torch.Generator("cpu").manual_seed(job.generators[0].initial_seed())
+        control_image = family.control_input(c, control.model, control.image, 2 * batch if use_cfg else batch, seed)
 
     # 7. Denoising loop
     sigmas_seen: list[float] = []
@@ -170,7 +176,8 @@ def denoise(
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"cancelled at step {i} of {total}")
         model_input = torch.cat([latents] * 2) if use_cfg else latents
-        model_input = scheduler.scale_model_input(model_input, t)
+        if hasattr(scheduler, "scale_model_input"):  # the flow-matching schedulers have none: x_t goes in as is
+            model_input = scheduler.scale_model_input(model_input, t)
 
         residuals = None
         # a ControlNet is on for steps whose position lies inside [start, end] (diffusers' controlnet_keep)

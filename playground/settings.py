@@ -15,6 +15,8 @@ ANNOTATORS = "lllyasviel/Annotators"  # controlnet_aux's OpenposeDetector weight
 CONTROLNETS = {"canny": "lllyasviel/control_v11p_sd15_canny", "openpose": "lllyasviel/control_v11p_sd15_openpose"}
 # the same kinds for SDXL-shaped models (a ControlNet must match its base model's family)
 CONTROLNETS_XL = {"canny": "diffusers/controlnet-canny-sdxl-1.0", "openpose": "thibaud/controlnet-openpose-sdxl-1.0"}
+# SD3 Medium's, by InstantX (SD3ControlNetModel; the control image goes through the VAE)
+CONTROLNETS_SD3 = {"canny": "InstantX/SD3-Controlnet-Canny", "openpose": "InstantX/SD3-Controlnet-Pose"}
 
 
 def _env_int(name: str, default: int) -> int:
@@ -64,6 +66,10 @@ class Settings:
     # torch.compile the UNet and VAE decoder, warming the native size up at start (slow to start, faster after)
     compile: bool = field(default_factory=lambda: _env_bool("PLAYGROUND_COMPILE", False))
     compile_backend: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_COMPILE_BACKEND", "inductor"))
+    # SD3: load its T5-XXL text encoder (about 9 GB in fp16; off: zeros in its place, as diffusers does without
+    # it), and how many T5 tokens a prompt gets (diffusers' max_sequence_length: 256, at most 512)
+    t5: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_T5", False))
+    t5_tokens: int = field(default_factory=lambda: _env_int("T5_TOKENS", 256))
     # keep the model's safety checker when it ships one
     safety_checker: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_SAFETY_CHECKER", False))
     # request limits (a public Space wants these small)
@@ -111,6 +117,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="torch.compile the UNet and VAE decoder (env PLAYGROUND_COMPILE=1)")
     p.add_argument("--no-safety-checker", action="store_true", default=not s.safety_checker,
                    help="drop the model's safety checker (env PLAYGROUND_NO_SAFETY_CHECKER=1)")
+    p.add_argument("--no-t5", action="store_true", default=not s.t5,
+                   help="SD3: leave its T5 text encoder out (env PLAYGROUND_NO_T5=1)")
+    p.add_argument("--t5-tokens", type=int, default=s.t5_tokens, help="SD3: T5 tokens per prompt, 1-512 (env T5_TOKENS)")
     p.add_argument("--host", default=s.host, help="address to listen on (env GRADIO_SERVER_NAME)")
     p.add_argument("--port", type=int, default=s.port, help="port (env GRADIO_SERVER_PORT)")
     p.add_argument("--share", action="store_true", help="make a public gradio.live link")
@@ -118,6 +127,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     a = p.parse_args(argv)
     s.model, s.device, s.dtype = a.model, a.device, a.dtype
     s.safety_checker = not a.no_safety_checker
+    s.t5 = not a.no_t5
+    if not 1 <= a.t5_tokens <= 512:
+        raise SystemExit(f"--t5-tokens {a.t5_tokens}: T5 takes 1 to 512 tokens (SD3's default is 256)")
+    s.t5_tokens = a.t5_tokens
     s.compile = a.compile
     s.host, s.port, s.share, s.output_dir = a.host, a.port, a.share, a.output_dir
     return s

@@ -83,7 +83,7 @@ def step_view(traj: Trajectory, index: int, rgb_map: latents.RGBMap, vae_factor:
     unit = x_t / math.sqrt(1 + sigma**2) if traj.sigma_space else x_t
     guidance = guidance_strips(t["out_cond"][index].float(), t["out_uncond"][index].float()) if "out_uncond" in t else []
     return StepView(index=index, total=traj.steps, timestep=float(t["timesteps"][index]), sigma=sigma,
-                    snr_db=latents.snr_db(sigma), channels=[channel_image(c, scale) for c in x_t.numpy()],
+                    snr_db=latents.snr_db(sigma, traj.flow), channels=[channel_image(c, scale) for c in x_t.numpy()],
                     stats=latents.channel_stats(x_t.numpy()), scale=scale,
                     rgb_x_t=latents.preview(unit, vae_factor, rgb_map),
                     rgb_x0=latents.preview(t["x0"][index], vae_factor, rgb_map), guidance=guidance)

@@ -94,6 +94,48 @@ def tiny_sdxl_dir(tmp_path_factory):
     return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+def write_tiny_sd3(out, t5: bool = True, t5_tokens: int = 512):
+    """A tiny random-weight SD3 in the diffusers layout: an MMDiT with patch 2 (two joint blocks), CLIP-L and
+    CLIP-G with projections, a T5 encoder (or none: zeros in its place), a 16-channel VAE with shift, and
+    FlowMatchEuler with shift 3. CLIP widths (16 + 16) are padded to T5's 48, as SD3 pads 768 + 1280 to 4096."""
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, \
+        StableDiffusion3Pipeline
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from playground.tiny.vocab import build_t5_tokenizer, build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer, tokenizer_3 = build_tokenizer(), build_t5_tokenizer(model_max_length=t5_tokens)
+    text = dict(vocab_size=tokenizer.vocab_size, max_position_embeddings=77, intermediate_size=32,
+                num_attention_heads=2, num_hidden_layers=2, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_size=16,
+                projection_dim=16)
+    parts = dict(
+        transformer=SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                          attention_head_dim=8, num_attention_heads=2, joint_attention_dim=48,
+                                          caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16),
+        vae=AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16, norm_num_groups=4,
+                          scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer=tokenizer,
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)), tokenizer_2=tokenizer,
+        text_encoder_3=T5EncoderModel(T5Config(vocab_size=len(tokenizer_3), d_model=48, d_kv=8, d_ff=32, num_layers=1,
+                                               num_heads=2, decoder_start_token_id=0)) if t5 else None,
+        tokenizer_3=tokenizer_3 if t5 else None, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))
+    StableDiffusion3Pipeline(**parts).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory):
+    return write_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_no_t5_dir(tmp_path_factory):
+    return write_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3-no-t5"), t5=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A TEST-sized pipeline written with save_pretrained (fp32, 64x64 native, 8x8 latents)."""

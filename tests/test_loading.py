@@ -42,12 +42,13 @@ def test_an_unsupported_family_is_refused_by_name_and_falls_back(tiny_dir, tmp_p
     xl = write_tiny_sdxl(tmp_path / "sd15-looking-name")
     assert family(xl) == "StableDiffusionXLPipeline" and family(tiny_dir) == "StableDiffusionPipeline"
     index = json.loads((xl / "model_index.json").read_text())
-    (xl / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusion3Pipeline"}))
-    with pytest.raises(UnsupportedFamily, match=r"names StableDiffusion3Pipeline \(SD3\); this app runs SD 1.x / 2.x "
-                                                r"\(StableDiffusionPipeline\), SDXL \(StableDiffusionXLPipeline\)"):
+    (xl / "model_index.json").write_text(json.dumps({**index, "_class_name": "FluxPipeline"}))
+    with pytest.raises(UnsupportedFamily, match=r"names FluxPipeline \(FLUX\); this app runs SD 1.x / 2.x "
+                                                r"\(StableDiffusionPipeline\), SDXL \(StableDiffusionXLPipeline\), "
+                                                r"SD3 \(StableDiffusion3Pipeline\)"):
         family(xl)
     m = load_model(tiny_settings(xl), bundled=tiny_dir)
-    assert m.source == str(tiny_dir) and "StableDiffusion3Pipeline (SD3)" in m.reason
+    assert m.source == str(tiny_dir) and "FluxPipeline (FLUX)" in m.reason
     assert "bundled offline model" in m.reason
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "model_index.json").write_text('{"_class_name": "MysteryPipeline"}')

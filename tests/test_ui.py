@@ -15,7 +15,7 @@ from PIL import Image, PngImagePlugin
 from playground import control, schedulers
 from playground.loading import LoadedModel
 from playground.metadata import Params, read_png
-from playground.requests import GenerateRequest, GenerateResult, Generated, InvalidRequest, Progress, TokenCount
+from playground.requests import GenerateRequest, GenerateResult, Generated, InvalidRequest, Limits, Progress, TokenCount
 from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui import SD_EXAMPLES, banner, build_app, cache_schedule, examples
 from playground.ui import control as control_tab
@@ -36,7 +36,7 @@ def refuse(*args, **kwargs):
 
 
 def fake_engine(model: LoadedModel) -> SimpleNamespace:
-    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text: TokenCount(2, 77, ""),
+    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text: TokenCount(2, 77, ""), limits=Limits(),
                            annotators=SimpleNamespace(source=lambda kind: f"/models/fake/controlnet-{kind}"),
                            grid_evaluations=lambda req: {name: 20 for name in req.schedulers},
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
@@ -88,7 +88,7 @@ def test_noise_plot_has_a_legend_naming_each_series_it_draws(app):
 
 
 def fake_trajectory():
-    return SimpleNamespace(sigmas=[14.6, 3.0, 0.5])  # all noise_plot reads of a Trajectory
+    return SimpleNamespace(sigmas=[14.6, 3.0, 0.5], flow=False)  # all noise_plot reads of a Trajectory
 
 
 def test_banner_says_which_model_why_and_what_it_knows():

@@ -57,3 +57,16 @@ def build_tokenizer(words: list[str] = WORDS, model_max_length: int = 77) -> CLI
     tokens = alphabet + [ch + "</w>" for ch in alphabet] + [a + b for a, b in merges]
     vocab = {t: i for i, t in enumerate(SPECIAL + list(dict.fromkeys(tokens)))}
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+def build_t5_tokenizer(words: list[str] = WORDS, model_max_length: int = 512):
+    """A T5-style unigram tokenizer (transformers 5's T5Tokenizer from a (piece, score) list: no download) that
+    keeps `words` whole; anything else falls back to single letters, so unseen text never maps to <unk> but
+    for characters outside the words' alphabet. Its ids: <pad> 0, </s> 1, <unk> 2, as T5's."""
+    from transformers import T5Tokenizer
+
+    letters = sorted({ch for w in words for ch in w} | set("abcdefghijklmnopqrstuvwxyz0123456789,.-"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in dict.fromkeys(words)]  # a whole word beats its letters
+    pieces += [(ch, -3.0) for ch in letters] + [("\u2581" + ch, -3.0) for ch in letters]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)

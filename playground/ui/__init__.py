@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from playground import anatomy as anatomy_mod, schedulers
+from playground import anatomy as anatomy_mod
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
@@ -48,7 +48,8 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     """The whole playground: banner, then one tab per activity, all on the same Engine."""
     model = engine.model
     sessions.keep_ids()  # gradio 6 grows a session by a block on every streamed job without it
-    fields = Fields(settings, engine.native_size, schedulers.NAMES, examples(model), model.vocabulary)
+    fields = Fields(settings, engine.native_size, engine.limits.schedulers, examples(model), model.vocabulary,
+                    flow=engine.limits.flow)
     with gr.Blocks(title="Diffusion Playground", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
         gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])

@@ -52,10 +52,14 @@ class Fields:
     """Makes the form's inputs inside the current layout, each with its label, range and default."""
 
     def __init__(self, settings: Settings, native_size: int, scheduler_names: list[str], examples: list[str] = (),
-                 vocabulary: frozenset[str] = frozenset()):
+                 vocabulary: frozenset[str] = frozenset(), flow: bool = False):
         self.settings, self.native_size = settings, native_size
         self.scheduler_names, self.examples = list(scheduler_names), list(examples)
         self.vocabulary = vocabulary  # the words the model knows, when it lists them (the offline model does)
+        self.flow = flow  # a flow-matching model (SD3): its schedulers take a shift
+        # the request's default when it fits the model, else the model's first scheduler (SD3: Flow Euler)
+        self.default_scheduler = DEFAULTS.scheduler if DEFAULTS.scheduler in self.scheduler_names \
+            else self.scheduler_names[0]
 
     def prompt(self, lines: int = 2, examples: bool = True) -> gr.Textbox:
         """The prompt box, starting with the model's first example: an empty prompt draws the unconditional
@@ -71,7 +75,14 @@ class Fields:
 
     def scheduler(self, label: str = "Scheduler (sampler)") -> gr.Dropdown:
         # min_width: the longest name ("DPM++ 2M SDE Karras") is read whole, never cut off
-        return gr.Dropdown(self.scheduler_names, value=DEFAULTS.scheduler, label=label, min_width=220)
+        return gr.Dropdown(self.scheduler_names, value=self.default_scheduler, label=label, min_width=220)
+
+    def shift(self) -> gr.Slider:
+        """A flow model's shift (shown for SD3 only; 0 = the model's own): how much of the run is spent at high
+        noise, sigma' = shift sigma / (1 + (shift - 1) sigma)."""
+        return gr.Slider(0, 20, value=DEFAULTS.shift, step=0.5, label="Flow shift (0 = the model's own)",
+                         info="higher spends more steps at high noise (composition), lower more on detail",
+                         visible=self.flow)
 
     def steps(self, value: int = DEFAULTS.steps, label: str = "Steps") -> gr.Slider:
         return gr.Slider(1, self.settings.max_steps, value=value, step=1, label=label)

@@ -31,7 +31,7 @@ def noise_table(result: GridResult) -> pd.DataFrame:
     for name, sigmas in result.sigmas.items():
         for k, sigma in enumerate(sigmas):
             rows.append({"model evaluation": k + 1, "scheduler": name, "sigma": round(sigma, 4),
-                         "SNR (dB)": round(snr_db(sigma), 2)})
+                         "SNR (dB)": round(snr_db(sigma, result.flow), 2)})
     return pd.DataFrame(rows, columns=["model evaluation", "scheduler", "sigma", "SNR (dB)"])
 
 
@@ -48,15 +48,23 @@ def convergence_table(result: GridResult) -> pd.DataFrame:
 def cell_table(result: GridResult) -> pd.DataFrame:
     """One row per cell, with the settings its PNG carries (the column's value among them); the distance to the
     reference run only for an axis that has one."""
-    headers = TABLE_HEADERS if not AXES[result.request.axis].batched else TABLE_HEADERS[:-2]
+    headers = table_headers(result.request.axis, result.flow)
     rows = []
     for row in result.cells:
         for c in row:
             p = c.generated.params
             distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else []
-            rows.append([c.scheduler, p.cfg_scale, p.steps, p.seed, c.unet_calls, round(c.seconds, 3),
+            shift = [p.shift or "model's own"] if result.flow else []
+            rows.append([c.scheduler, p.cfg_scale, p.steps, *shift, p.seed, c.unet_calls, round(c.seconds, 3),
                          f"{p.width}x{p.height}", *distance])
     return pd.DataFrame(rows, columns=headers)
+
+
+def table_headers(axis: str, flow: bool = False) -> list[str]:
+    """The cell table's columns: a flow model's shift after the steps, the distance to the reference run only for
+    an axis that has one (steps)."""
+    head = TABLE_HEADERS[:3] + (["shift"] if flow else []) + TABLE_HEADERS[3:]
+    return head if AXES[axis].reference else head[:-2]
 
 
 def cost_text(calls: dict[str, int], axis: str, reference: int) -> str:
@@ -64,6 +72,8 @@ def cost_text(calls: dict[str, int], axis: str, reference: int) -> str:
     text = f"This grid takes **{sum(calls.values())} model evaluations**"
     if AXES[axis].batched:
         return text + ", each on a batch of its row's cells (every CFG scale of a scheduler at once)."
+    if not AXES[axis].reference:
+        return text + ", one cell at a time (each value changes the whole run)."
     return text + (f", one cell at a time, including a {reference}-step reference run of each scheduler: "
                    "the slow kind of grid.")
 
@@ -93,6 +103,8 @@ def summary(result: GridResult) -> str:
     evals, axis = sum(c.unet_calls for row in result.cells for c in row), AXES[req.axis]
     if axis.batched:
         how = f"{axis.fixed(r)}; each scheduler's {axis.plural} ran as one batch"
+    elif not axis.reference:
+        how = f"{axis.fixed(r)}; one run a cell"
     else:
         how = (f"{axis.fixed(r)}; each cell compared with a {result.reference_steps}-step run of its "
                "scheduler from the same noise (PSNR of the images, RMS of the final latents)")
@@ -102,9 +114,16 @@ def summary(result: GridResult) -> str:
         f"{r.width}x{r.height}; {how}",
         (f"{sum(row[0].unet_calls for row in result.cells)} model evaluations, each on a batch of its row's {cols} "
          f"cells; {result.seconds:.2f} s in all" if axis.batched else
-         f"{evals} model evaluations in the cells, plus the reference runs; {result.seconds:.2f} s in all"),
-        "" if axis.batched else stochastic_note(req.schedulers),
+         f"{evals} model evaluations in the cells" + (", plus the reference runs" if axis.reference else "")
+         + f"; {result.seconds:.2f} s in all"),
+        stochastic_note(req.schedulers) if axis.reference else "",
     ] if line)
+
+
+def default_rows(names: list[str]) -> list[str]:
+    """The grid's first rows: the request's default schedulers where they fit the model, else its first two."""
+    fit = [n for n in DEFAULTS.schedulers if n in names]
+    return fit or list(names[:2])
 
 
 def grid_request(prompt="", negative_prompt="", seed=-1, steps=DEFAULTS.base.steps, schedulers=DEFAULTS.schedulers,
@@ -127,9 +146,10 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
     with gr.Row():
         with gr.Column(scale=5):
             prompt_box, negative_box = fields.prompt(), fields.negative_prompt()
-            schedulers_box = gr.CheckboxGroup(fields.scheduler_names, value=list(DEFAULTS.schedulers),
+            schedulers_box = gr.CheckboxGroup(fields.scheduler_names, value=default_rows(fields.scheduler_names),
                                               label="Schedulers (rows)")
-            axis_box = gr.Radio([(a.label, key) for key, a in AXES.items()], value=DEFAULTS.axis, label="Columns vary")
+            axis_box = gr.Radio([(a.label, key) for key, a in AXES.items() if fields.flow or not a.flow],
+                                value=DEFAULTS.axis, label="Columns vary")
             columns_box = gr.Textbox(value=DEFAULTS.columns, label="Column values",
                                      info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
             with gr.Row():
@@ -137,8 +157,9 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                 cfg_box = fields.cfg_scale(label="CFG scale (when the columns are steps)", info=None)
             seed_box = fields.seed(label="Seed (-1 = random, one for all cells)")
             width_box, height_box = fields.size()
-            cost = gr.Markdown(on_cost_text(grid_evaluations, settings.grid_reference_steps, DEFAULTS.schedulers,
-                                            DEFAULTS.columns, DEFAULTS.base.steps, DEFAULTS.axis))
+            cost = gr.Markdown(on_cost_text(grid_evaluations, settings.grid_reference_steps,
+                                            default_rows(fields.scheduler_names), DEFAULTS.columns, DEFAULTS.base.steps,
+                                            DEFAULTS.axis))
             with gr.Row():
                 run = gr.Button("Run grid", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
@@ -151,13 +172,13 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
                            label="Noise level at each model evaluation (SNR = 1/sigma², in dB: higher is cleaner)")
         convergence = gr.LinePlot(x="steps", y="PSNR vs reference (dB)", color="scheduler",
-                                  tooltip=["scheduler", "steps", "latent RMS"], visible=not AXES[DEFAULTS.axis].batched,
+                                  tooltip=["scheduler", "steps", "latent RMS"], visible=AXES[DEFAULTS.axis].reference,
                                   label="Step columns: how close each cell is to its scheduler's long run "
                                         "(PSNR in dB: higher is closer)")
     # every row of cells in view (height "auto"), four a row so that "DPM++ 2M SDE Karras · CFG 12" fits
     cells = gr.Gallery(label="Cells", format="png", columns=4, object_fit="contain", height="auto", fit_columns=False,
                        elem_classes=["pixels"])
-    table = gr.Dataframe(headers=TABLE_HEADERS if not AXES[DEFAULTS.axis].batched else TABLE_HEADERS[:-2],
+    table = gr.Dataframe(headers=table_headers(DEFAULTS.axis, fields.flow),
                          label="What each cell cost", interactive=False)
 
     # -- handlers -----------------------------------------------------------------------------
@@ -181,7 +202,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
         if axis not in AXES:
             return gr.skip(), gr.skip()
         # the distance plot starts afresh: after a CFG grid's empty table it would keep no series to draw
-        return AXES[axis].default, gr.LinePlot(value=None, visible=not AXES[axis].batched)
+        return AXES[axis].default, gr.LinePlot(value=None, visible=AXES[axis].reference)
 
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, columns_box, width_box, height_box,

@@ -39,7 +39,7 @@ def noise_plot(traj: Trajectory, index: int) -> pd.DataFrame:
     rows = []
     for k, sigma in enumerate(traj.sigmas):
         rows.append({"step": k + 1, "value": round(sigma, 4), "series": "sigma"})
-        rows.append({"step": k + 1, "value": round(snr_db(sigma), 3), "series": "SNR (dB)"})
+        rows.append({"step": k + 1, "value": round(snr_db(sigma, traj.flow), 3), "series": "SNR (dB)"})
     values = [r["value"] for r in rows]
     rows += [{"step": index + 1, "value": min(values), "series": "selected step"},
              {"step": index + 1, "value": max(values), "series": "selected step"}]

@@ -17,10 +17,13 @@ from playground.ui.fields import Fields, generate_request, size_note
 # -- helpers ----------------------------------------------------------------------------------
 def token_text(count: TokenCount, vocabulary: frozenset[str] = frozenset()) -> str:
     """'12 / 77 tokens', with a warning and the dropped words past the limit, and the words the model never saw."""
-    text = f"{count.used} / {count.limit} tokens" + (f" (each of its {count.encoders} text encoders)"
+    text = f"{count.used} / {count.limit} tokens" + (f" (each of its {count.encoders} CLIP text encoders)"
                                                    if count.encoders > 1 else "")
     if count.dropped:
         text = f"⚠️ {text}: CLIP only reads {count.limit}, so it will not see: “{count.dropped}”"
+    if count.t5 is not None:  # SD3: T5 reads the same prompt through its own, longer window
+        t5 = count.t5
+        text += f"  \nT5: {t5.used} / {t5.limit} tokens" + (f": ⚠️ T5 will not see “{t5.dropped}”" if t5.dropped else "")
     if count.unknown:
         words = " and ".join(", ".join(f"“{w}”" for w in count.unknown).rsplit(", ", 1))
         text += (f"  \n⚠️ {words} {'is not a word' if len(count.unknown) == 1 else 'are not words'} this model "
@@ -33,7 +36,8 @@ def summary(result: GenerateResult, native: int) -> str:
     n = len(result.images)
     lines = [
         f"**Seed {r.seed}**" + (f" (images use {r.seed}…{r.seed + n - 1})" if n > 1 else ""),
-        f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}",
+        f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}"
+        + (f", shift {r.shift:g}" if r.shift else ""),
         f"{result.unet_calls} model evaluations per image; {result.seconds:.2f} s ({result.seconds / n:.2f} s per image)",
     ]
     if any(g.nsfw for g in result.images):
@@ -70,6 +74,7 @@ def build(
             with gr.Row():
                 cfg_box, images_box = fields.cfg_scale(), fields.num_images()
             width_box, height_box = fields.size()
+            shift_box = fields.shift()
             with gr.Row():
                 seed_box = fields.seed(scale=3)
                 reuse = gr.Button("♻ Reuse last seed", scale=1)
@@ -88,7 +93,7 @@ def build(
 
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
-    def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
+    def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images, shift=0.0,
                     progress=gr.Progress()):
         for item in stream(generate, generate_request(locals())):
             if isinstance(item, Progress):
@@ -104,16 +109,17 @@ def build(
     @shows_errors
     def on_restore(path):
         if not path:
-            return [gr.skip()] * 9
+            return [gr.skip()] * 10
         p = read_png(path)
         if p.sampler not in fields.scheduler_names:
             gr.Warning(f"Sampler {p.sampler!r} is not in this playground; the scheduler was left as it was")
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
                 p.sampler if p.sampler in fields.scheduler_names else gr.skip(), p.width, p.height,
-                f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
+                p.shift if fields.flow else gr.skip(), f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
 
     # -- events -------------------------------------------------------------------------------
-    inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box]
+    inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box,
+              shift_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the status line under the buttons: the live preview and the gallery stay in view
@@ -127,5 +133,5 @@ def build(
                    show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
     restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
-                                         width_box, height_box, info],
+                                         width_box, height_box, shift_box, info],
                    api_name="restore")

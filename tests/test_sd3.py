@@ -1,0 +1,144 @@
+"""SD3-shaped models: our loop against diffusers' StableDiffusion3Pipeline for every flow scheduler, with and
+without T5, on a tiny random-weight SD3 (MMDiT, CLIP-L + CLIP-G + T5, 16-channel VAE, flow matching) built from
+configs, saved with save_pretrained and loaded through the app's loader; and the Engine's actions on it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from playground import families, schedulers
+from playground.loading import load_model
+from playground.sampling import Components, Job, denoise
+
+from conftest import tiny_settings
+
+PROMPT, NEGATIVE = "a red circle on a blue background", "blurry"
+
+
+@pytest.fixture(scope="module")
+def sd3(tiny_sd3_dir):
+    return load_model(tiny_settings(tiny_sd3_dir))
+
+
+@pytest.fixture(scope="module")
+def sd3_no_t5(tiny_sd3_dir):
+    """The same folder loaded with T5 left out (--no-t5), as a user short of memory would."""
+    return load_model(dataclasses.replace(tiny_settings(tiny_sd3_dir), t5=False))
+
+
+def job(name="Flow Euler", negative=NEGATIVE, cfg=5.0, n=2, size=64, shift=None, control=None) -> Job:
+    return Job(scheduler=name, prompts=[PROMPT] * n, negative_prompts=[negative] * n, guidance=[cfg] * n,
+               generators=[torch.Generator("cpu").manual_seed(7 + i) for i in range(n)], steps=4, height=size,
+               width=size, shift=shift, control=control)
+
+
+def pixels(images: torch.Tensor) -> np.ndarray:
+    return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
+
+
+def parts(model, name="Flow Euler", shift=None) -> dict:
+    base = model.pipe
+    return dict(vae=base.vae, text_encoder=base.text_encoder, text_encoder_2=base.text_encoder_2,
+                text_encoder_3=base.text_encoder_3, tokenizer=base.tokenizer, tokenizer_2=base.tokenizer_2,
+                tokenizer_3=base.tokenizer_3, transformer=base.transformer,
+                scheduler=schedulers.make(name, base.scheduler.config, shift))
+
+
+def theirs(model, name="Flow Euler", negative=NEGATIVE, cfg=5.0, n=2, size=64, shift=None, **kwargs):
+    from diffusers import StableDiffusion3Pipeline
+
+    pipe = StableDiffusion3Pipeline(**parts(model, name, shift))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(PROMPT, negative_prompt=negative, num_inference_steps=4, guidance_scale=cfg, num_images_per_prompt=n,
+                height=size, width=size, output_type="np",
+                generator=[torch.Generator("cpu").manual_seed(7 + i) for i in range(n)], **kwargs).images
+
+
+def mine(model, **kwargs) -> np.ndarray:
+    return pixels(denoise(Components.from_pipeline(model.pipe), job(**kwargs)).images)
+
+
+def test_the_app_loads_it_as_sd3(sd3, sd3_no_t5):
+    c = Components.from_pipeline(sd3.pipe)
+    assert type(sd3.pipe).__name__ == "StableDiffusion3Pipeline" and sd3.family.name == "SD3"
+    assert c.family is families.FAMILIES["StableDiffusion3Pipeline"] and c.family.flow
+    assert c.denoiser is sd3.pipe.transformer and c.family.latent_channels(c) == 16
+    assert sd3.native_size == 64 and sd3.pipe.text_encoder_3 is not None and sd3_no_t5.pipe.text_encoder_3 is None
+
+
+@pytest.mark.parametrize("name", schedulers.FLOW_NAMES)
+def test_loop_matches_diffusers_sd3_for_every_flow_scheduler(sd3, name):
+    got, ref = mine(sd3, name=name), theirs(sd3, name)
+    assert got.shape == ref.shape == (2, 64, 64, 3)
+    assert np.abs(got - ref).max() <= 1e-4
+    assert np.abs(got[0] - got[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("cfg", [1.0, 5.0])
+def test_loop_matches_diffusers_sd3_without_t5(sd3_no_t5, cfg):
+    got, ref = mine(sd3_no_t5, cfg=cfg), theirs(sd3_no_t5, cfg=cfg)
+    assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_t5_matters_and_a_folder_without_it_loads(sd3, sd3_no_t5, tmp_path):
+    assert np.abs(mine(sd3) - mine(sd3_no_t5)).max() > 1e-3  # T5's tokens reach the picture
+    from conftest import write_tiny_sd3
+
+    saved = load_model(tiny_settings(write_tiny_sd3(tmp_path / "no-t5", t5=False)))  # model_index: T5 null
+    assert saved.family.name == "SD3" and saved.pipe.text_encoder_3 is None
+
+
+@pytest.mark.parametrize("name", ["Flow Euler", "DPM++ 2M (flow)"])
+def test_the_shift_is_the_schedulers_and_matches_diffusers(sd3, name):
+    got = mine(sd3, name=name, shift=1.0)
+    assert np.abs(got - theirs(sd3, name, shift=1.0)).max() <= 1e-4
+    assert np.abs(got - mine(sd3, name=name)).max() > 1e-3  # 1.0 is not the model's 3.0
+
+
+def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
+    from PIL import Image
+
+    from playground.engine import Engine
+    from playground.requests import GenerateRequest, GridRequest, InspectRequest, InvalidRequest
+
+    engine = Engine(sd3, tiny_settings(tiny_sd3_dir))
+    assert engine.limits.schedulers == schedulers.FLOW_NAMES
+    req = GenerateRequest(prompt=PROMPT, seed=3, steps=3, scheduler="Flow Euler", width=64, height=64)
+    made = engine.generate(req)
+    assert made.images[0].image.size == (64, 64) and made.images[0].params.shift == 0
+    with pytest.raises(InvalidRequest, match=r"'DDIM' does not fit this model \(SD3, a flow-matching model\); "
+                                             r"choose one of: 'Flow Euler'"):
+        engine.generate(GenerateRequest(prompt=PROMPT, scheduler="DDIM"))
+    shifted = engine.generate(GenerateRequest(prompt=PROMPT, seed=3, steps=3, scheduler="Flow Euler", shift=1.0))
+    assert shifted.images[0].params.shift == 1.0
+    assert np.abs(shifted.images[0].array - made.images[0].array).max() > 1e-3
+    for axis, columns in (("cfg", "1, 5"), ("steps", "2, 3"), ("shift", "1, 3, 6")):
+        grid = engine.grid(GridRequest(base=req, schedulers=("Flow Euler", "UniPC (flow)"), columns=columns, axis=axis))
+        assert len(grid.cells) == 2 and len(grid.cells[0]) == len(columns.split(",")) and grid.flow
+    by_shift = grid.cells[0]
+    assert [c.generated.params.shift for c in by_shift] == [1.0, 3.0, 6.0]
+    assert np.array_equal(by_shift[1].generated.array, made.images[0].array)  # 3 is SD3's own shift
+    traj = engine.inspect(req)
+    assert traj.tensors["x_t"].shape == (3, 16, 8, 8) and traj.flow
+    assert np.array_equal(np.asarray(traj.image), np.asarray(made.images[0].image))
+    assert traj.attention.layers == {(4, 4): 2}  # both joint blocks, on the 4x4 patch grid
+    view = engine.step_view(traj, 0)
+    assert len(view.channels) == 16 and view.snr_db < -40  # the flow starts at sigma 1: pure noise
+    x0 = traj.tensors["x0"][-1].float()
+    assert torch.allclose(x0, traj.tensors["x_t"][-1].float() - traj.sigmas[-1] * traj.tensors["out"][-1].float(),
+                          atol=1e-2)  # x0 = x_t - sigma v
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 64), "white").save(photo)
+    trip = engine.roundtrip(str(photo))
+    assert len(trip.channels) == 16
+    anatomy = engine.anatomy()
+    assert any(p.name.startswith("denoiser: SD3Transformer2DModel") for p in anatomy.parts) and len(anatomy.text) == 3
+    count = engine.count_tokens("a red circle")
+    assert (count.used, count.limit, count.encoders) == (5, 77, 2) and (count.t5.used, count.t5.limit) == (4, 256)
+    from playground.ui.prompt import token_text
+
+    assert token_text(count) == "5 / 77 tokens (each of its 2 CLIP text encoders)  \nT5: 4 / 256 tokens"
