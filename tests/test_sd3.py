@@ -142,3 +142,63 @@ def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
     from playground.ui.prompt import token_text
 
     assert token_text(count) == "5 / 77 tokens (each of its 2 CLIP text encoders)  \nT5: 4 / 256 tokens"
+
+
+def sd3_controlnet(model, zeros_for_pooled: bool = True):
+    """A tiny SD3ControlNetModel made from the tiny MMDiT, its zero-initialised outputs made non-zero (so the test
+    can see the residuals)."""
+    from diffusers import SD3ControlNetModel
+
+    torch.manual_seed(1)
+    net = SD3ControlNetModel.from_transformer(model.pipe.transformer, num_layers=1, num_extra_conditioning_channels=0)
+    net.register_to_config(force_zeros_for_pooled_projection=zeros_for_pooled)
+    for p in net.parameters():
+        p.data.add_(torch.randn_like(p) * 0.02)
+    return net.eval()
+
+
+@pytest.mark.parametrize("zeros_for_pooled", [True, False])  # InstantX's kind, and one that takes the VAE's shift
+def test_controlnet_matches_diffusers_sd3_controlnet_pipeline(sd3, zeros_for_pooled, monkeypatch):
+    from diffusers import StableDiffusion3ControlNetPipeline
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    from playground.sampling import Control
+
+    # the control image's latents are a sample: diffusers draws it from torch's global generator (whatever state
+    # that is in), we from the job's seed, so the same seed makes the same picture; compared here at the mode
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    from PIL import Image
+
+    net = sd3_controlnet(sd3, zeros_for_pooled)
+    # a picture, as the app's maps are (diffusers takes a tensor as it is, without scaling it to [-1, 1])
+    picture = Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    cond = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+    steer = Control(model=net, image=cond, scale=0.8, start=0.2, end=0.8)
+    got = mine(sd3, n=1, control=steer)
+    pipe = StableDiffusion3ControlNetPipeline(controlnet=net, **parts(sd3))
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=5.0, height=64, width=64,
+               output_type="np", generator=[torch.Generator("cpu").manual_seed(7)], control_image=picture,
+               controlnet_conditioning_scale=0.8, control_guidance_start=0.2, control_guidance_end=0.8).images
+    assert np.abs(got - ref).max() <= 1e-4
+    assert np.abs(got - mine(sd3, n=1)).max() > 1e-3  # and the ControlNet changed the picture
+
+
+def test_the_engine_steers_sd3_with_an_sd3_controlnet_from_a_folder(sd3, tiny_sd3_dir, tmp_path):
+    from PIL import Image, ImageDraw
+
+    from playground.engine import Engine
+    from playground.requests import ControlRequest, GenerateRequest
+
+    sd3_controlnet(sd3).save_pretrained(tmp_path / "controlnet-canny")
+    engine = Engine(sd3, tiny_settings(tiny_sd3_dir, controlnets={"canny": str(tmp_path / "controlnet-canny")}))
+    photo = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(photo).rectangle((16, 16, 48, 48), fill="black")
+    photo.save(tmp_path / "photo.png")
+    base = GenerateRequest(prompt=PROMPT, seed=3, steps=3, scheduler="Flow Euler", width=64, height=64)
+    out = engine.control(ControlRequest(image=str(tmp_path / "photo.png"), base=base))
+    net, _ = engine.annotators.controlnet("canny")
+    assert type(net).__name__ == "SD3ControlNetModel" and out.images[0].image.size == (64, 64)
+    plain = engine.generate(base).images[0].array
+    assert np.abs(out.images[0].array - plain).max() > 1e-3
+    assert "ControlNet: canny" in [p.name for p in engine.anatomy().parts]
