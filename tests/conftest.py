@@ -94,6 +94,42 @@ def tiny_sdxl_dir(tmp_path_factory):
     return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
 
 
+def write_tiny_sd2(out):
+    """A tiny random-weight SD 2.x in the diffusers layout: v-prediction, upcast attention, linear projections in
+    the transformer blocks, per-level head dims, a GELU CLIP text encoder (OpenCLIP ViT-H as exported), and a
+    768-px native size (96x96 latents), as stabilityai/stable-diffusion-2-1 is configured."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from playground.tiny.vocab import build_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    unet = UNet2DConditionModel(sample_size=96, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=4, attention_head_dim=(2, 4),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=24,
+                                use_linear_projection=True, upcast_attention=True)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=tokenizer.vocab_size, max_position_embeddings=77, hidden_size=24,
+                                        intermediate_size=32, num_attention_heads=2, num_hidden_layers=2,
+                                        hidden_act="gelu", projection_dim=24, bos_token_id=tokenizer.bos_token_id,
+                                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    StableDiffusionPipeline(
+        vae=AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,
+                          up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, norm_num_groups=4),
+        text_encoder=text, tokenizer=tokenizer, unet=unet,
+        scheduler=DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False,
+                                steps_offset=1),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory):
+    return write_tiny_sd2(tmp_path_factory.mktemp("tiny-sd2"))
+
+
 def write_tiny_sd3(out, t5: bool = True, t5_tokens: int = 512):
     """A tiny random-weight SD3 in the diffusers layout: an MMDiT with patch 2 (two joint blocks), CLIP-L and
     CLIP-G with projections, a T5 encoder (or none: zeros in its place), a 16-channel VAE with shift, and

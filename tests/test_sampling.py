@@ -65,6 +65,19 @@ def test_v_prediction_matches_diffusers(tiny_vpred_dir, name):
     assert np.abs(mine - theirs(model, name)).max() <= 1e-4
 
 
+@pytest.mark.parametrize("name", schedulers.NAMES)
+def test_sd2_layout_matches_diffusers_for_every_scheduler(tiny_sd2_dir, name):
+    """SD 2.x: v-prediction, upcast attention, linear projections, 768 px native (generated here at 64 px)."""
+    model = load_model(tiny_settings(tiny_sd2_dir, max_size=768))
+    unet = model.pipe.unet.config
+    assert model.native_size == 768 and model.family.name == "SD 1.x / 2.x"
+    assert unet.upcast_attention and unet.use_linear_projection
+    assert model.pipe.scheduler.config.prediction_type == "v_prediction"
+    _, mine = ours(model, name)
+    assert np.abs(mine - theirs(model, name)).max() <= 1e-4
+    assert np.abs(mine[0] - mine[1]).max() > 1e-3
+
+
 def test_seed_reproduces_and_differs(tiny_model):
     _, a = ours(tiny_model, "DPM++ 2M", seed=11)
     _, b = ours(tiny_model, "DPM++ 2M", seed=11)
