@@ -411,7 +411,8 @@ def validate_grid(req: GridRequest, limits: Limits) -> GridRequest:
     if cells > limits.max_grid_cells:
         raise InvalidRequest(f"{len(names)} schedulers x {len(scales)} {axis.plural} = {cells} cells; "
                              f"the limit is {limits.max_grid_cells} (MAX_GRID_CELLS)")
-    base = validate_generate(replace(req.base, num_images=1), limits)  # resolves the seed once
+    # resolves the seed once (each row's scheduler is checked with its cells)
+    base = validate_generate(replace(req.base, num_images=1, scheduler=limits.schedulers[0]), limits)
     values = []
     for name in names:
         for v in scales:  # the Prompt tab's checks, cell by cell, with the cell's own values

@@ -12,7 +12,7 @@ POSE_JSON = '{"people": [{"pose_keypoints_2d": [' + ", ".join(["10, 20, 1"] * 18
 # One valid call per endpoint, by parameter name (the order is the API's).
 VALID = {
     "/generate": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
-                      width=64, height=64, num_images=1),
+                      width=64, height=64, num_images=1, shift=0),
     "/grid": dict(prompt="a red circle", negative_prompt="", seed=1, steps=2, schedulers=["Euler", "DDIM"],
                   columns="1, 5", width=64, height=64, axis="cfg", cfg_scale=7.5),
     "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
@@ -46,6 +46,8 @@ BAD = {
     "width": [(68, ["width", "multiple of 8", "68"]), (32, ["width", "64 to 128", "32"]),
               (100_000, ["width", "100000"]), ("wide", ["width", "'wide'"]), (NAN, ["width", "nan"])],
     "height": [(100, ["height", "multiple of 8", "100"]), (4096, ["height", "4096"]), (-8, ["height", "-8"])],
+    "shift": [(2.0, ["shift 2", "flow-matching models (SD3)", "leave it at 0"]), (-1, ["shift", "0 to 20", "-1"]),
+              (21, ["shift", "21"]), ("high", ["shift", "'high'"]), (NAN, ["shift", "nan"])],
     "num_images": [(0, ["number of images", "1 to 4", "0"]), (5, ["number of images", "5"]),
                    (2.5, ["number of images", "2.5"])],
     "schedulers": [(["Euler", "Nope"], ["'Nope'"]), ([], ["at least one scheduler"]),

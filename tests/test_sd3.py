@@ -202,3 +202,51 @@ def test_the_engine_steers_sd3_with_an_sd3_controlnet_from_a_folder(sd3, tiny_sd
     plain = engine.generate(base).images[0].array
     assert np.abs(out.images[0].array - plain).max() > 1e-3
     assert "ControlNet: canny" in [p.name for p in engine.anatomy().parts]
+
+
+@pytest.mark.slow
+def test_the_launched_app_answers_with_sd3(sd3, tiny_sd3_dir, tmp_path):
+    """The whole app on the tiny SD3, through gradio_client: generate (with a shift), grid (a shift axis), inspect
+    (16 channels), attention (joint attention), control (an SD3 ControlNet), anatomy; a U-Net's scheduler refused."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+    from safetensors import safe_open
+
+    from conftest import free_port, launched
+    from playground.engine import Engine
+    from playground.metadata import read_png
+
+    sd3_controlnet(sd3).save_pretrained(tmp_path / "controlnet")
+    settings = tiny_settings(tiny_sd3_dir, port=free_port(), output_dir=tmp_path / "out",
+                             controlnets={"canny": str(tmp_path / "controlnet")})
+    with launched(Engine(sd3, settings), settings) as url:
+        client = Client(url, verbose=False)
+        try:
+            _, gallery, info = client.predict(PROMPT, "", 5, 3, 5.0, "Flow Euler", 64, 64, 1, 2.0,
+                                              api_name="/generate")[:3]
+            assert Image.open(gallery[0]["image"]).size == (64, 64) and "shift 2" in info
+            assert (read_png(gallery[0]["image"]).seed, read_png(gallery[0]["image"]).shift) == (5, 2.0)
+            with pytest.raises(Exception, match="'DDIM' does not fit this model .*'Flow Euler', 'Flow Heun'"):
+                client.predict(PROMPT, "", 5, 3, 5.0, "DDIM", 64, 64, 1, 0, api_name="/generate")
+            sheet, cells = client.predict(PROMPT, "", 5, 2, ["Flow Euler", "DPM++ 2M (flow)"], "1, 3", 64, 64,
+                                          "shift", 5.0, api_name="/grid")[:2]
+            assert len(cells) == 4 and "shift 3" in cells[1]["caption"]
+            out = client.predict(PROMPT, "", 5, 3, 5.0, "Flow Euler", 64, 64, "prompt", api_name="/inspect")
+            assert "Recorded 3 model evaluations" in out[1]
+            with safe_open(out[2], "pt") as f:
+                assert f.get_tensor("x_t").shape == (3, 16, 8, 8)
+            assert len(out[6]) == 16  # a tile per latent channel
+            strip, word_map, text = client.predict(PROMPT, "", 5, 3, 5.0, "Flow Euler", 64, 64, "prompt", "red",
+                                                   "all", api_name="/attention")
+            assert "red" in [item["caption"].split(" · ")[0] for item in strip] and "“red”" in text
+            assert Image.open(word_map).size == (64, 64)
+            photo = tmp_path / "photo.png"
+            Image.new("RGB", (64, 64), "white").save(photo)
+            control_map, images, info = client.predict(handle_file(str(photo)), "canny", "canny", 100, 200, "crop", 1.0,
+                                                       0.0, 1.0, PROMPT, "", 5, 2, 5.0, "Flow Euler", 64, 64, 1,
+                                                       api_name="/control")
+            assert len(images) == 2
+            table, *_ = client.predict(api_name="/anatomy")
+            assert "SD3Transformer2DModel" in table and "T5EncoderModel" in table
+        finally:
+            client.close()
