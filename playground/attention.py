@@ -98,8 +98,10 @@ class AttentionRecorder:
     per cross-attention layer; the loop's observer calls `end_step` after each model evaluation.
     """
 
-    def __init__(self, sample: int, tokens: int, latent_hw: tuple[int, int]):
-        self.sample, self.tokens, self.latent_hw = sample, tokens, latent_hw
+    def __init__(self, sample: int, tokens: int | list[int], latent_hw: tuple[int, int]):
+        # the text positions to keep: the first `tokens`, or these (SD3: CLIP's, then T5's after the 77)
+        self.columns = list(range(tokens)) if isinstance(tokens, int) else list(tokens)
+        self.sample, self.tokens, self.latent_hw = sample, len(self.columns), latent_hw
         self._sum: dict[tuple[int, int], torch.Tensor] = {}  # this step: resolution -> (T, h, w) float32
         self._count: dict[tuple[int, int], int] = {}
         self.buffers: dict[tuple[int, int], torch.Tensor] = {}  # resolution -> (steps, T, h, w) float16
@@ -107,12 +109,16 @@ class AttentionRecorder:
         self.recorded = 0
         self.window = 0  # how many text tokens the layers attend over (77 for CLIP)
 
-    def add(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor) -> None:
+    def add(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+            block: int | None = None) -> None:
+        """One layer's maps, added to its group: its resolution (a U-Net's), or its block (an MMDiT keeps one
+        resolution through its depth, so its layers are told apart by block: (h, w, block))."""
         s = self.sample
         probs_of = joint_attention_probs if is_joint(attn) else cross_attention_probs
         probs = probs_of(attn, hidden_states[s: s + 1], encoder_hidden_states[s: s + 1])[0]
         grid, self.window = layer_grid(probs.shape[0], self.latent_hw), probs.shape[1]
-        maps = probs[:, : self.tokens].T.reshape(self.tokens, *grid)  # (T, h, w)
+        maps = probs[:, self.columns].T.reshape(self.tokens, *grid)  # (T, h, w)
+        grid = grid if block is None else (*grid, block)
         if grid in self._sum:
             self._sum[grid] += maps
             self._count[grid] += 1
@@ -144,14 +150,14 @@ _USERS: dict[int, int] = {}  # id(the first layer) -> recordings running on thos
 class RecordingProcessor:
     """Wraps a cross-attention layer's processor: same output; records when this thread is recording."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self, inner, block: int | None = None):
+        self.inner, self.block = inner, block  # block: an MMDiT layer's block index (its depth)
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         recorder = _ACTIVE.get()
         if recorder is not None and encoder_hidden_states is not None:
-            recorder.add(attn, hidden_states, encoder_hidden_states)
+            recorder.add(attn, hidden_states, encoder_hidden_states, self.block)
         return self.inner(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
                           attention_mask=attention_mask, **kwargs)
 
@@ -164,6 +170,15 @@ def cross_attention_layers(unet: torch.nn.Module) -> list[tuple[str, Attention]]
 def is_joint(attn: Attention) -> bool:
     """An MMDiT joint-attention layer (text keys from its own added projections), not a U-Net cross-attention."""
     return getattr(attn, "add_k_proj", None) is not None
+
+
+def block_of(name: str, layer: Attention) -> int | None:
+    """The block index of a joint-attention layer from its name ("transformer_blocks.3.attn" -> 3); None for a
+    U-Net's cross-attention (grouped by resolution)."""
+    if not is_joint(layer):
+        return None
+    digits = [part for part in name.split(".") if part.isdigit()]
+    return int(digits[0]) if digits else 0
 
 
 def joint_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, Attention]]:
@@ -185,8 +200,8 @@ def recording(layers: list[tuple[str, Attention]], recorder: AttentionRecorder):
     key = id(layers[0][1])  # the same model's layers, whichever request lists them
     with _LOCK:
         if _USERS.get(key, 0) == 0:
-            for _, layer in layers:
-                layer.set_processor(RecordingProcessor(layer.processor))
+            for name, layer in layers:
+                layer.set_processor(RecordingProcessor(layer.processor, block_of(name, layer)))
         _USERS[key] = _USERS.get(key, 0) + 1
     token = _ACTIVE.set(recorder)
     try:
@@ -225,9 +240,15 @@ class AttentionMaps:
         return first_word(self.tokens)
 
     @property
-    def resolutions(self) -> list[tuple[int, int]]:
-        """Layer resolutions present, coarsest first."""
-        return sorted(self.maps, key=lambda g: g[0] * g[1])
+    def resolutions(self) -> list[tuple[int, ...]]:
+        """Layer groups present: resolutions (h, w) coarsest first, or an MMDiT's blocks (h, w, block) in depth
+        order."""
+        return sorted(self.maps, key=lambda g: (g[0] * g[1], *g[2:]))
+
+    @property
+    def by_block(self) -> bool:
+        """The layers are an MMDiT's blocks (one resolution), not a U-Net's resolutions."""
+        return any(len(g) == 3 for g in self.maps)
 
     @property
     def resolution_names(self) -> list[str]:
@@ -245,7 +266,8 @@ class AttentionMaps:
     def resolution_key(self, resolution: str | None) -> list[tuple[int, int]]:
         """'all' (or None) or '16x16' -> the resolutions to average; InvalidRequest naming a bad one."""
         resolution = check_resolution(resolution, self.resolution_names)
-        return self.resolutions if resolution == "all" else [g for g in self.maps if resolution == f"{g[1]}x{g[0]}"]
+        names = dict(zip(self.resolution_names[1:], self.resolutions))
+        return self.resolutions if resolution == "all" else [names[resolution]]
 
     def stack(self, step: int | None = None, resolution: str | None = None) -> np.ndarray:
         """(T, h, w) float32 on the latent grid: step `step` (None = summed over all steps), averaged over
@@ -255,7 +277,7 @@ class AttentionMaps:
         for g in self.resolution_key(resolution):
             m = self.maps[g].float()
             m = m.sum(0) if step is None else m[step]
-            up = F.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0] if g != (h, w) else m
+            up = F.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0] if g[:2] != (h, w) else m
             total += self.layers[g] * up
             weight += self.layers[g]
         return (total / weight).numpy()

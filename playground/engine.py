@@ -341,9 +341,9 @@ class Engine:
         recorder, progress = latents.Recorder(), progress_observer(on_progress, "denoising (recording every step)")
         split, maps = None, contextlib.nullcontext()
         if source.records:
-            split, f = tokens.split_prompt(c.tokenizer, source.text(gen)), self.vae_factor
+            split, f = c.family.split_prompt(c, source.text(gen)), self.vae_factor
             maps = attention.recording(c.family.attention_layers(c), attention.AttentionRecorder(
-                source.sample(gen), len(tokens.kept(split)), (gen.height // f, gen.width // f)))
+                source.sample(gen), [t.position for t in tokens.kept(split)], (gen.height // f, gen.width // f)))
 
         # 2. Denoise and finish; the trajectory keeps what the loop reports of its scheduler
         with maps as attn:

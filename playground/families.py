@@ -22,7 +22,7 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from playground.attention import cross_attention_layers, joint_attention_layers
 from playground.requests import TokenCount
 from playground.settings import CONTROLNETS, CONTROLNETS_SD3, CONTROLNETS_XL
-from playground.tokens import tokenize
+from playground.tokens import Token, split_prompt, split_t5, tokenize
 
 
 @dataclass
@@ -81,6 +81,10 @@ class StableDiffusion:
         if not use_cfg:
             return cond
         return Conditioning(torch.cat([self.encode_prompts(c, negatives).embeds, cond.embeds]))
+
+    def split_prompt(self, c: Components, prompt: str) -> list[Token]:
+        """The prompt's tokens as the denoiser's text sequence holds them (CLIP's; SD3 adds T5's after them)."""
+        return split_prompt(c.tokenizer, prompt)
 
     # -- the denoiser -------------------------------------------------------------------------
     def denoise(self, c: Components, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
@@ -203,6 +207,13 @@ class StableDiffusion3(StableDiffusion):
         dropped = c.tokenizer_3.decode(ids[c.t5_tokens - 1:-1]).strip() if len(ids) > c.t5_tokens else ""
         return replace(clip, t5=TokenCount(used=len(ids), limit=c.t5_tokens, dropped=dropped))
 
+    def split_prompt(self, c: Components, prompt: str) -> list[Token]:
+        """CLIP's tokens, then (with T5) T5's own, which the MMDiT sees after CLIP's 77."""
+        clip = split_prompt(c.tokenizer, prompt)
+        if c.tokenizer_3 is None:
+            return clip
+        return clip + split_t5(c.tokenizer_3, prompt, c.tokenizer.model_max_length, c.t5_tokens)
+
     def encode_prompts(self, c: Components, prompts: Sequence[str]) -> Conditioning:
         """((B, 77 + L, D) the CLIPs' penultimate states side by side, zero-padded to T5's width D, then T5's L
         tokens (zeros without T5); added {pooled: (B, P1 + P2) both CLIPs' projections}), as
@@ -278,10 +289,11 @@ class StableDiffusion3(StableDiffusion):
         """The MMDiT's joint-attention layers (`attn` of every transformer block), by name."""
         return joint_attention_layers(c.denoiser)
 
-    def attention_grids(self, c: Components, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:
-        """One grid, the patch grid (an MMDiT keeps its resolution through every block)."""
+    def attention_grids(self, c: Components, latent_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
+        """(h, w, block) for each joint-attention block: an MMDiT keeps one grid, the patch grid, through its
+        depth, so its attention is chosen by block."""
         p = c.denoiser.config.patch_size
-        return [(latent_hw[0] // p, latent_hw[1] // p)]
+        return [(latent_hw[0] // p, latent_hw[1] // p, k) for k in range(c.denoiser.config.num_layers)]
 
 
 FAMILIES: dict[str, StableDiffusion] = {f.pipeline: f for f in (StableDiffusion(), StableDiffusionXL(),

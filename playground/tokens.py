@@ -29,6 +29,7 @@ class Token:
     text: str  # as shown: a word piece without CLIP's "</w>", or <start> / <end>
     position: int  # index in the tokenized prompt (0 = start token); past the limit for dropped ones
     kind: str  # "start", "word", "end" or "dropped" (past the 77-token window: the model never sees it)
+    encoder: str = "CLIP"  # whose tokens: CLIP's, or SD3's T5 (after CLIP's 77 in the MMDiT's text sequence)
 
 
 def split_prompt(tokenizer, prompt: str) -> list[Token]:
@@ -42,6 +43,18 @@ def split_prompt(tokenizer, prompt: str) -> list[Token]:
         out.append(Token(piece.replace("</w>", ""), k, "word" if k < limit - 1 else "dropped"))
     kept_words = sum(t.kind == "word" for t in out)
     out.insert(kept_words + 1, Token(END, kept_words + 1, "end"))
+    return out
+
+
+def split_t5(tokenizer, prompt: str, offset: int, window: int) -> list[Token]:
+    """Every T5 token of `prompt` (SD3's third encoder: word pieces, then its end token), placed after CLIP's
+    `offset` positions in the text sequence; the ones past T5's `window` marked as dropped."""
+    ids = tokenize(tokenizer, [prompt])["input_ids"][0]  # pieces..., </s>
+    pieces = tokenizer.convert_ids_to_tokens(ids[:-1])
+    out = [Token(p.replace("\u2581", "") or "\u2581", offset + k, "word" if k < window - 1 else "dropped", "T5")
+           for k, p in enumerate(pieces)]
+    kept_words = sum(t.kind == "word" for t in out)
+    out.insert(kept_words, Token(END, offset + kept_words, "end", "T5"))
     return out
 
 
@@ -76,9 +89,9 @@ def find_word(tokens: list[Token], word: str, tokenizer) -> list[int]:
     raise InvalidRequest(f"word {word!r} is not among the prompt's tokens; choose one of: {words} (or {START}, {END})")
 
 
-def resolution_names(grids: list[tuple[int, int]]) -> list[str]:
-    """'all' and 'WxH' for each (h, w) grid: the layer-resolution choices."""
-    return ["all", *(f"{w}x{h}" for h, w in grids)]
+def resolution_names(grids: list[tuple[int, ...]]) -> list[str]:
+    """'all' and 'WxH' for each (h, w) grid, or 'block k' for an MMDiT's (h, w, k): the layer choices."""
+    return ["all", *(f"block {g[2]}" if len(g) == 3 else f"{g[1]}x{g[0]}" for g in grids)]
 
 
 MAX_WORD_CHARS = 200  # a word to look up among the prompt's tokens

@@ -125,7 +125,10 @@ def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
     traj = engine.inspect(req)
     assert traj.tensors["x_t"].shape == (3, 16, 8, 8) and traj.flow
     assert np.array_equal(np.asarray(traj.image), np.asarray(made.images[0].image))
-    assert traj.attention.layers == {(4, 4): 2}  # both joint blocks, on the 4x4 patch grid
+    assert traj.attention.layers == {(4, 4, 0): 1, (4, 4, 1): 1}  # each joint block, on the 4x4 patch grid
+    assert traj.attention.resolution_names == ["all", "block 0", "block 1"] == engine.limits.attention_layers(64, 64)
+    one = engine.attention_view(traj, 2, "red", "block 1")
+    assert one.strip and np.abs(np.asarray(one.at_step, dtype=float) - np.asarray(engine.attention_view(traj, 2, "red", "block 0").at_step, dtype=float)).max() > 0
     view = engine.step_view(traj, 0)
     assert len(view.channels) == 16 and view.snr_db < -40  # the flow starts at sigma 1: pure noise
     x0 = traj.tensors["x0"][-1].float()
@@ -250,3 +253,26 @@ def test_the_launched_app_answers_with_sd3(sd3, tiny_sd3_dir, tmp_path):
             assert "SD3Transformer2DModel" in table and "T5EncoderModel" in table
         finally:
             client.close()
+
+
+def test_the_inspector_maps_clip_and_t5_tokens_of_sd3(sd3, tiny_sd3_dir):
+    from playground.engine import Engine
+    from playground.requests import GenerateRequest
+    from playground.ui.attention import token_chips, token_choices
+
+    engine = Engine(sd3, tiny_settings(tiny_sd3_dir))
+    traj = engine.inspect(GenerateRequest(prompt="a red circle", seed=3, steps=2, scheduler="Flow Euler", width=64,
+                                          height=64))
+    a = traj.attention
+    assert [(t.text, t.position, t.encoder) for t in a.kept] == [
+        ("<start>", 0, "CLIP"), ("a", 1, "CLIP"), ("red", 2, "CLIP"), ("circle", 3, "CLIP"), ("<end>", 4, "CLIP"),
+        ("a", 77, "T5"), ("red", 78, "T5"), ("circle", 79, "T5"), ("<end>", 80, "T5")]
+    assert a.window == 77 + 256 and a.maps[(4, 4, 0)].shape == (2, 9, 4, 4)
+    assert token_chips(traj)[6] == ("red", "T5 token")
+    choices, first = token_choices(traj)
+    assert choices[6] == ("red (T5)", 6) and choices[first] == ("red", 2)
+    # a T5 token's map is its own column of the joint attention, not CLIP's
+    assert np.abs(a.stack(None)[2] - a.stack(None)[6]).max() > 0
+    without = Engine(load_model(dataclasses.replace(tiny_settings(tiny_sd3_dir), t5=False)), tiny_settings(tiny_sd3_dir))
+    assert all(t.encoder == "CLIP" for t in without.inspect(GenerateRequest(
+        prompt="a red circle", seed=3, steps=2, scheduler="Flow Euler", width=64, height=64)).attention.tokens)

@@ -20,8 +20,10 @@ from playground.ui.fields import generate_request
 from playground.views import AttentionView
 
 # the token chips: CLIP's split of the prompt, the cut at 77 tokens marked, the dropped words greyed
-TOKEN_COLOURS = {"start / end": "#9ca3af", "word": "#60a5fa", "cut off (past 77 tokens)": "#e5e7eb"}
+TOKEN_COLOURS = {"start / end": "#9ca3af", "word": "#60a5fa", "cut off (past 77 tokens)": "#e5e7eb",
+                 "T5 token": "#34d399", "T5: cut off (past its window)": "#d1fae5"}
 TOKEN_KINDS = {"start": "start / end", "end": "start / end", "word": "word", "dropped": "cut off (past 77 tokens)"}
+T5_KINDS = {"end": "T5 token", "word": "T5 token", "dropped": "T5: cut off (past its window)"}
 
 ATTENTION_NOTE = (
     "Every image position of the U-Net's cross-attention layers asks the prompt's 77 token vectors for "
@@ -34,16 +36,27 @@ ATTENTION_NOTE = (
     "one, the words *after* the object (\"on a white background\") often carry it best. Each map is stretched to "
     "its own range; the text above it says how wide that range is.\n\n")
 
+JOINT_NOTE = (
+    "SD3's MMDiT has no cross-attention: in each block, image patches and text tokens go into **one** attention "
+    "together (joint attention), each kind with its own projections. The maps here are the image patches' queries "
+    "over the text keys only: softmax(QK<sup>T</sup>/√d) renormalised over the text columns, averaged over the "
+    "heads. The text is CLIP's 77 tokens (CLIP-L and CLIP-G side by side) followed by T5's (green chips; zeros "
+    "when the model runs without T5). An MMDiT keeps one resolution, the patch grid (2x2 latent pixels a patch), "
+    "through all its blocks, so you choose a **block** (its depth) instead of a resolution. The padding tokens take "
+    "whatever the words do not. Each map is stretched to its own range; the text above it says how wide that "
+    "range is.\n\n")
+
 
 def token_chips(traj: Trajectory) -> list[tuple[str, str]]:
     """(text, kind) for gradio's HighlightedText: every token of the split prompt."""
-    return [(t.text, TOKEN_KINDS[t.kind]) for t in traj.attention.tokens]
+    return [(t.text, (T5_KINDS if t.encoder == "T5" else TOKEN_KINDS)[t.kind]) for t in traj.attention.tokens]
 
 
 def token_choices(traj: Trajectory) -> tuple[list[tuple[str, int]], int]:
     """The kept tokens as (label, index) radio choices, and the one to show first."""
     kept = traj.attention.kept
-    choices = [(f"{t.text} ({k})" if [u.text for u in kept].count(t.text) > 1 else t.text, k)
+    label = {id(t): t.text + (" (T5)" if t.encoder == "T5" else "") for t in kept}
+    choices = [(f"{label[id(t)]} ({k})" if list(label.values()).count(label[id(t)]) > 1 else label[id(t)], k)
                for k, t in enumerate(kept)]
     return choices, traj.attention.first
 
@@ -57,7 +70,8 @@ def attention_text(v: AttentionView, traj: Trajectory, resolution: str) -> str:
             f"the image; its map here runs from {100 * v.low:.2f}% to {100 * v.high:.2f}% of a position's "
             f"attention (black to pale yellow). The {len(a.kept)} tokens shown take {100 * words:.0f}% together, the "
             f"{a.window - len(a.kept)} padding tokens the other {100 * (1 - words):.0f}%. Layers: {resolution} ({layers} "
-            f"cross-attention layer{'s' * (layers != 1)}). Kept for this session: {a.steps} steps x {len(a.kept)} tokens, "
+            f"{'joint' if a.by_block else 'cross'}-attention layer{'s' * (layers != 1)}). Kept for this session: "
+            f"{a.steps} steps x {len(a.kept)} tokens, "
             f"{a.nbytes / 1e6:.2f} MB.")
 
 
@@ -74,18 +88,19 @@ class AttentionSection:
     chip_clicked: object  # the event of a click on a token's chip (it sets the token radio): chain the re-draw
 
 
-def section(attention_view: Callable[..., AttentionView], traj_state: gr.State) -> AttentionSection:
+def section(attention_view: Callable[..., AttentionView], traj_state: gr.State, joint: bool = False
+            ) -> AttentionSection:
     """Lay out the attention section inside the current layout; a click on a token (its chip or its radio) or a
-    resolution re-draws it."""
+    resolution re-draws it. `joint`: the model is an MMDiT (SD3): joint attention, chosen by block."""
     # -- layout -------------------------------------------------------------------------------
-    gr.Markdown("### Which word paints where: cross-attention")
-    chips = gr.HighlightedText(label="The prompt as CLIP splits it (click a token to map it; words past the 77-token "
-                                     "window are cut)",
+    gr.Markdown("### Which word paints where: " + ("joint attention (MMDiT)" if joint else "cross-attention"))
+    chips = gr.HighlightedText(label="The prompt as CLIP splits it" + (", then as T5 does" if joint else "")
+                               + " (click a token to map it; words past the 77-token window are cut)",
                                color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                show_inline_category=False, interactive=False)
     with gr.Row():
         token_box = gr.Radio([], label="Token to map (click one)", scale=3)
-        resolution_box = gr.Radio(["all"], value="all", label="Layer resolution", scale=1)
+        resolution_box = gr.Radio(["all"], value="all", label="Block (depth)" if joint else "Layer resolution", scale=1)
     info = gr.Markdown()
     with gr.Row():
         at_step = gr.Image(label="its map at this step, over the step's predicted image", format="png",
@@ -94,7 +109,7 @@ def section(attention_view: Callable[..., AttentionView], traj_state: gr.State) 
                           interactive=False, height=300, elem_classes=["pixels"])
     strip = gr.Gallery(label="every token, summed over all steps (caption: its share of the attention)",
                        columns=8, height="auto", object_fit="contain", format="png", allow_preview=False)
-    gr.Markdown(ATTENTION_NOTE)
+    gr.Markdown(JOINT_NOTE if joint else ATTENTION_NOTE)
 
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
