@@ -136,3 +136,70 @@ def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.
     return Anatomy(name, tuple(parts), native_size,
                    (pipe.vae.config.latent_channels, native_size // f, native_size // f), tuple(text),
                    sched.get("prediction_type", "epsilon"), schedule, LOADED)
+
+
+# ---------------------------------------------------------------- noise schedules, side by side
+
+@dataclass(frozen=True)
+class Schedule:
+    """How much of the image a schedule leaves at each point of its way from clean (t = 0) to noise (t = 1)."""
+
+    name: str
+    t: tuple[float, ...]  # t / T
+    alpha_bar: tuple[float, ...]  # the share of the signal's variance: x_t = sqrt(a) x0 + sqrt(1 - a) eps
+    snr_db: tuple[float, ...]  # 10 log10(a / (1 - a))
+
+    @property
+    def crossing(self) -> float | None:
+        """t / T where the SNR falls through 0 dB (signal and noise equal), interpolated; None if it never does."""
+        for k in range(1, len(self.t)):
+            a, b = self.snr_db[k - 1], self.snr_db[k]
+            if a >= 0 > b:
+                return self.t[k - 1] + (self.t[k] - self.t[k - 1]) * a / (a - b)
+        return None
+
+
+def vp_schedule(name: str, betas) -> Schedule:
+    """A DDPM-style schedule from its betas: alpha_bar = prod(1 - beta)."""
+    alpha_bar = torch.cumprod(1 - torch.as_tensor(betas, dtype=torch.float64), 0).clamp(1e-12, 1 - 1e-12)
+    n = len(alpha_bar)
+    return Schedule(name, tuple((k + 1) / n for k in range(n)), tuple(alpha_bar.tolist()),
+                    tuple((10 * torch.log10(alpha_bar / (1 - alpha_bar))).tolist()))
+
+
+def flow_schedule(name: str, shift: float, n: int = 1000) -> Schedule:
+    """Rectified flow, x_t = (1 - sigma) x0 + sigma eps with sigma = shift t / (1 + (shift - 1) t), put on the
+    same axes: its SNR is ((1 - sigma) / sigma)^2, and alpha_bar = SNR / (1 + SNR) is the share of the signal in
+    the same latent scaled to unit variance."""
+    t = torch.arange(1, n + 1, dtype=torch.float64) / n
+    sigma = (shift * t / (1 + (shift - 1) * t)).clamp(1e-6, 1 - 1e-6)
+    snr = ((1 - sigma) / sigma) ** 2
+    return Schedule(name, tuple(t.tolist()), tuple((snr / (1 + snr)).tolist()), tuple((10 * torch.log10(snr)).tolist()))
+
+
+def cosine_betas(n: int = 1000, s: float = 0.008) -> torch.Tensor:
+    """Nichol & Dhariwal 2021's cosine schedule (betas clipped at 0.999, as they do)."""
+    f = torch.cos((torch.arange(n + 1, dtype=torch.float64) / n + s) / (1 + s) * torch.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+
+
+def schedules(loaded_config: dict, loaded_name: str, flow: bool) -> list[Schedule]:
+    """The loaded model's schedule beside DDPM's linear, the cosine one, SD's scaled-linear, the offline model's
+    rescaled one (its last step keeps 2% of the image) and SD3's flow with shift 3."""
+    from diffusers import DDPMScheduler
+
+    from playground.tiny.arch import OFFLINE, SD15_SCHEDULER, rescaled_betas
+
+    n = int(loaded_config.get("num_train_timesteps", 1000))
+    if flow:
+        loaded = flow_schedule(f"loaded: {loaded_name}", float(loaded_config.get("shift", 1.0)), n)
+    else:
+        loaded = vp_schedule(f"loaded: {loaded_name}", DDPMScheduler.from_config(dict(loaded_config)).betas)
+    sd = dict(SD15_SCHEDULER)
+    return [loaded,
+            vp_schedule("linear (DDPM)", torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)),
+            vp_schedule("cosine (improved DDPM)", cosine_betas()),
+            vp_schedule("scaled linear (SD 1.x-XL)",
+                        torch.linspace(sd["beta_start"] ** 0.5, sd["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2),
+            vp_schedule("offline model (rescaled)", rescaled_betas(OFFLINE.terminal_signal)),
+            flow_schedule("SD3 flow, shift 3", 3.0)]

@@ -85,3 +85,31 @@ def test_the_table_and_the_chart(tiny_model, families):
     assert plotted.sort == ["loaded: tiny", "SD 1.5", "SDXL", "SD3 Medium"]
     assert "| **denoiser** | UNet2DConditionModel" in shown and "| U-Net 2.57B |" in shown
     assert "Too small to see at this scale: loaded: tiny" in key and "text encoders" in key
+
+
+def test_noise_schedules_side_by_side_cross_0_db_where_their_maths_says():
+    import json
+
+    from playground.anatomy import schedules
+    from playground.settings import BUNDLED_MODEL
+    from playground.ui.anatomy import crossings, schedule_frame
+
+    config = json.loads((BUNDLED_MODEL / "scheduler" / "scheduler_config.json").read_text())
+    found = {s.name.split(":")[0]: s for s in schedules(config, "offline", flow=False)}
+    assert list(found) == ["loaded", "linear (DDPM)", "cosine (improved DDPM)", "scaled linear (SD 1.x-XL)",
+                           "offline model (rescaled)", "SD3 flow, shift 3"]
+    # SD 1.5's last step keeps sqrt(alpha-bar) = 6.8% of the image; the offline model's rescaled one 2%
+    assert abs(found["scaled linear (SD 1.x-XL)"].alpha_bar[-1] ** 0.5 - 0.068) < 0.001
+    assert abs(found["offline model (rescaled)"].alpha_bar[-1] ** 0.5 - 0.02) < 0.001
+    loaded, offline = found["loaded"].alpha_bar, found["offline model (rescaled)"].alpha_bar  # the shipped model's
+    assert max(abs(a - b) for a, b in zip(loaded, offline)) < 1e-5
+    # flow with shift 3: sigma = 3t / (1 + 2t) is 1/2 (0 dB) at t = 1/4
+    assert abs(found["SD3 flow, shift 3"].crossing - 0.25) < 2e-3
+    # linear crosses before cosine (it destroys the image sooner), and every schedule starts near clean
+    assert found["linear (DDPM)"].crossing < found["cosine (improved DDPM)"].crossing
+    assert all(s.snr_db[0] > 20 for s in found.values())
+    frame = schedule_frame(list(found.values()))
+    assert len(frame) == 6 * 100 and frame["SNR (dB)"].min() == -40.0
+    assert "SD3 flow, shift 3**: 0 dB at t = 0.250 T" in crossings(list(found.values()))
+    sd3 = schedules({"num_train_timesteps": 1000, "shift": 3.0}, "SD3", flow=True)[0]
+    assert abs(sd3.crossing - 0.25) < 2e-3

@@ -56,7 +56,7 @@ def api_names(demo: gr.Blocks) -> list[str]:
 
 def test_every_action_has_one_api_name(app):
     demo, _ = app
-    assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect",
+    assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect", "schedules",
                                               "vae_roundtrip", "attention", "pose", "draw_pose", "mirror_pose", "anatomy"])  # Generate and Enter: one event, one name
 
 

@@ -63,7 +63,9 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
         with gr.Tab("Latent inspector"):
             inspector.build(engine.inspect, engine.step_view, engine.decode_x0, engine.roundtrip,
                             engine.attention_view, engine.attention, fields, settings)
-        anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families)
+        anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families,
+                      schedules=lambda: anatomy_mod.schedules(dict(model.pipe.scheduler.config), model.name,
+                                                              engine.limits.flow))
     schedule = cache_schedule(settings)
     if schedule:  # gradio's delete_cache misses the images it wrote from PIL images: swept here too
         cache.start_sweeping(demo, age_seconds=schedule[1], every_seconds=schedule[0])

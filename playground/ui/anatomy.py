@@ -7,7 +7,7 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from playground.anatomy import Anatomy
+from playground.anatomy import Anatomy, Schedule
 
 # the bar chart's stacks and their colours (the legend is drawn under the chart: gradio's own is cut off)
 GROUPS = {"text encoders": "#4c78a8", "denoiser": "#f58518", "VAE": "#54a24b", "ControlNets": "#b279a2"}
@@ -65,7 +65,29 @@ def bars(models: list[Anatomy]) -> pd.DataFrame:
                          for a in models for g in GROUPS])
 
 
-def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatomy]], concurrency_id: str = "gpu") -> None:
+SNR_FLOOR = -40.0  # dB: the plot's bottom (a schedule's last steps go far below: pure noise)
+
+
+def schedule_frame(found: list[Schedule], every: int = 10) -> pd.DataFrame:
+    """Every `every`-th point of each schedule: t / T, alpha-bar and the SNR in dB (clipped at SNR_FLOOR)."""
+    rows = [{"t / T": s.t[k], "schedule": s.name, "alpha-bar": round(s.alpha_bar[k], 5),
+             "SNR (dB)": round(max(s.snr_db[k], SNR_FLOOR), 2)}
+            for s in found for k in range(every - 1, len(s.t), every)]
+    return pd.DataFrame(rows, columns=["t / T", "schedule", "alpha-bar", "SNR (dB)"])
+
+
+def crossings(found: list[Schedule]) -> str:
+    """Where each schedule's SNR falls through 0 dB (signal and noise equal), as Markdown."""
+    lines = [f"- **{s.name}**: 0 dB at t = {s.crossing:.3f} T; the last step keeps alpha-bar {s.alpha_bar[-1]:.2g} "
+             f"({max(s.snr_db[-1], -999):.1f} dB)" if s.crossing is not None else f"- **{s.name}**: never reaches 0 dB"
+             for s in found]
+    return ("Where signal and noise are equal (**0 dB**), by schedule. Before it the model mostly removes noise "
+            "from a picture it can see; after it, it has to invent the picture. A later crossing spends more of the "
+            "steps on detail, an earlier one on composition.\n" + "\n".join(lines))
+
+
+def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatomy]],
+          schedules: Callable[[], list[Schedule]] | None = None, concurrency_id: str = "gpu") -> None:
     """Lay out the tab inside the current Blocks and wire its events (filled when the tab is opened)."""
     with gr.Tab("Model anatomy") as tab:
         gr.Markdown(
@@ -84,6 +106,19 @@ def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatom
         key = gr.HTML()
         gr.Markdown("**Compression**: the VAE turns an HxWx3 image into an (H/8)x(W/8)xC latent. With C = 4 (SD 1.5, "
                     "SDXL) that is 3·64 / 4 = 48x fewer numbers; SD3's 16 channels keep 4x more detail: 12x.")
+        gr.Markdown("### Noise schedules, side by side\nHow much of the image is left at each point from clean "
+                    "(t = 0) to pure noise (t = T): alpha-bar, the share of the signal, and the signal-to-noise ratio "
+                    "in dB. DDPM's linear schedule destroys the image early; the cosine one keeps it longer; SD's "
+                    "scaled-linear one never quite reaches pure noise (its last step keeps 6.8% of the image); the "
+                    "offline model's is rescaled to keep 2%; SD3's rectified flow, shifted by 3, spends more of its "
+                    "way at high noise. A flow's (1 - σ)·x0 + σ·ε is put on the same axes by its SNR, ((1 - σ)/σ)².")
+        compare_schedules = gr.Button("Compare noise schedules")
+        with gr.Row():
+            snr_plot = gr.LinePlot(x="t / T", y="SNR (dB)", color="schedule", height=360,
+                                   label=f"SNR (dB) against t / T (clipped at {SNR_FLOOR:g} dB)")
+            alpha_plot = gr.LinePlot(x="t / T", y="alpha-bar", color="schedule", height=360,
+                                     label="alpha-bar (the share of the image) against t / T")
+        zero_db = gr.Markdown()
 
     def fill():
         models = [loaded(), *families().values()]
@@ -91,5 +126,13 @@ def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatom
         plot = gr.BarPlot(value=bars(models), sort=[a.name for a in models])
         return markdown(table(models)), plot, legend(models)
 
+    def fill_schedules():
+        found = schedules()
+        frame = schedule_frame(found)
+        return frame, frame, crossings(found)
+
     tab.select(fill, None, [compare, chart, key], api_visibility="private")
     show.click(fill, None, [compare, chart, key], api_name="anatomy")
+    if schedules is not None:
+        tab.select(fill_schedules, None, [snr_plot, alpha_plot, zero_db], api_visibility="private")
+        compare_schedules.click(fill_schedules, None, [snr_plot, alpha_plot, zero_db], api_name="schedules")
