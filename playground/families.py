@@ -146,14 +146,24 @@ class StableDiffusionXL(StableDiffusion):
     controlnets = CONTROLNETS_XL
 
     def tokenizers(self, c: Components) -> list[CLIPTokenizer]:
-        return [c.tokenizer, c.tokenizer_2]
+        return [tokenizer for tokenizer, _ in self.encoders(c)]
+
+    def encoders(self, c: Components) -> list[tuple[CLIPTokenizer, CLIPTextModel]]:
+        """(tokenizer, text encoder) pairs whose penultimate states go side by side: CLIP-L's and OpenCLIP-G's."""
+        return [(c.tokenizer, c.text_encoder), (c.tokenizer_2, c.text_encoder_2)]
+
+    def time_ids(self, c: Components, size: tuple[int, int], negatives: int, prompts: int) -> torch.Tensor:
+        """(negatives + prompts, 6): (original size, crop top-left, target size): the whole image, uncropped, at
+        the asked size, for every row."""
+        width, height = size
+        return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).repeat(negatives + prompts, 1)
 
     def encode_prompts(self, c: Components, prompts: Sequence[str]) -> Conditioning:
         """((B, 77, D1 + D2) both encoders' penultimate states, added {text_embeds: (B, P) the second's pooled,
         projected output}), as StableDiffusionXLPipeline.encode_prompt makes them."""
         unique = list(dict.fromkeys(prompts))
         hidden, pooled = [], None
-        for tokenizer, encoder in ((c.tokenizer, c.text_encoder), (c.tokenizer_2, c.text_encoder_2)):
+        for tokenizer, encoder in self.encoders(c):
             ids = tokenize(tokenizer, unique, padding="max_length", max_length=tokenizer.model_max_length,
                            truncation=True, return_tensors="pt").input_ids.to(encoder.device)
             out = encoder(ids, output_hidden_states=True)
@@ -176,11 +186,30 @@ class StableDiffusionXL(StableDiffusion):
                 neg_embeds = torch.where(empty[:, None, None], torch.zeros_like(neg_embeds), neg_embeds)
                 neg_pooled = torch.where(empty[:, None], torch.zeros_like(neg_pooled), neg_pooled)
             embeds, pooled = torch.cat([neg_embeds, embeds]), torch.cat([neg_pooled, pooled])
-        # (original size, crop top-left, target size): the whole image, uncropped, at the asked size
+        time_ids = self.time_ids(c, size, len(negatives) if use_cfg else 0, len(prompts))
+        return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids.to(embeds.device, embeds.dtype)})
+
+
+class StableDiffusionXLRefiner(StableDiffusionXL):
+    """SDXL's refiner: a second U-Net that finishes the base's last steps (the base hands its latents over at a
+    fraction of the way). It reads the prompt with the base's second text encoder only, and its size ids carry an
+    aesthetic score instead of the target size: 6.0 for the prompt, 2.5 for the negative (diffusers' defaults).
+    Not a family of its own: it runs beside an SDXL base (`--refiner`)."""
+
+    name = "SDXL refiner"
+    pipeline = "StableDiffusionXLImg2ImgPipeline"
+    AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
+
+    def encoders(self, c: Components) -> list[tuple[CLIPTokenizer, CLIPTextModel]]:
+        return [(c.tokenizer_2, c.text_encoder_2)]
+
+    def time_ids(self, c: Components, size: tuple[int, int], negatives: int, prompts: int) -> torch.Tensor:
+        if not c.aesthetics:
+            return super().time_ids(c, size, negatives, prompts)
         width, height = size
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=embeds.dtype,
-                                device=embeds.device).repeat(len(embeds), 1)
-        return Conditioning(embeds, {"text_embeds": pooled, "time_ids": time_ids})
+        rows = [[height, width, 0, 0, self.NEGATIVE_AESTHETIC_SCORE]] * negatives + \
+            [[height, width, 0, 0, self.AESTHETIC_SCORE]] * prompts
+        return torch.tensor(rows, dtype=torch.float32)
 
 
 class StableDiffusion3(StableDiffusion):
@@ -300,12 +329,16 @@ FAMILIES: dict[str, StableDiffusion] = {f.pipeline: f for f in (StableDiffusion(
                                                                  StableDiffusion3())}
 
 
+# the second stages, each run only beside a base of its family (not a model the app loads alone)
+REFINERS: dict[str, StableDiffusion] = {f.pipeline: f for f in (StableDiffusionXLRefiner(),)}
+
+
 def of_pipeline(pipe) -> StableDiffusion:
-    """The family entry of a loaded pipeline, by its class; ValueError naming it for a family with no entry."""
+    """The family entry of a loaded pipeline (or refiner), by its class; ValueError naming it for one with no entry."""
     name = type(pipe).__name__
-    if name not in FAMILIES:
+    if name not in FAMILIES and name not in REFINERS:
         raise ValueError(f"{name} is not a family this app runs; it runs {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    return FAMILIES.get(name) or REFINERS[name]
 
 
 @dataclass(frozen=True)
@@ -325,6 +358,7 @@ class Components:
     tokenizer_3: T5TokenizerFast | None = None  # SD3's T5-XXL (None: a model loaded without it, zeros instead)
     text_encoder_3: T5EncoderModel | None = None
     t5_tokens: int = 256  # SD3: how many T5 tokens the prompt gets (diffusers' max_sequence_length)
+    aesthetics: bool = False  # SDXL's refiner: its size ids end in an aesthetic score (requires_aesthetics_score)
 
     @classmethod
     def from_pipeline(cls, pipe, t5_tokens: int = 256) -> "Components":
@@ -333,7 +367,7 @@ class Components:
                    getattr(pipe, "text_encoder_2", None),
                    bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False)),
                    of_pipeline(pipe), getattr(pipe, "tokenizer_3", None), getattr(pipe, "text_encoder_3", None),
-                   t5_tokens)
+                   t5_tokens, bool(getattr(pipe, "config", {}).get("requires_aesthetics_score", False)))
 
     @property
     def unet(self) -> UNet2DConditionModel | SD3Transformer2DModel:

@@ -44,6 +44,8 @@ class LoadedModel:
     examples: tuple[str, ...] = ()  # prompts it understands, from the marker (the UI's gr.Examples)
     vocabulary: frozenset[str] = frozenset()  # every word its captions used, from the marker (empty: any word)
     offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
+    refiner: object = None  # SDXL's refiner (a StableDiffusionXLImg2ImgPipeline on the base's encoder and VAE)
+    refiner_source: str = ""
 
     @property
     def family(self) -> StableDiffusion:
@@ -152,6 +154,20 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
                        vocabulary=frozenset(marker.get("vocabulary", ()) if marker.get("trained") else ()))
 
 
+def load_refiner(source: str | Path, model: LoadedModel):
+    """SDXL's refiner from a hub id or a folder (its model_index.json must name StableDiffusionXLImg2ImgPipeline),
+    beside an SDXL base: the base's second text encoder and VAE are passed in, so they are loaded once and shared."""
+    name = StableDiffusionPipeline.load_config(str(source)).get("_class_name", "?")
+    if name != "StableDiffusionXLImg2ImgPipeline":
+        raise UnsupportedFamily(f"its model_index.json names {name}; a refiner is a StableDiffusionXLImg2ImgPipeline")
+    if model.family.name != "SDXL":
+        raise UnsupportedFamily(f"a refiner runs beside an SDXL base, and the loaded model is {model.family.name}")
+    pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
+        str(source), text_encoder_2=model.pipe.text_encoder_2, vae=model.pipe.vae, dtype=model.dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(model.device)
+
+
 def shown_source(source: str) -> str:
     """Where weights come from, as a page or a message may show it: a hub id as it is, a local folder by its
     last two parts (never a server path)."""
@@ -232,6 +248,14 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
     if model is None:
         model = _finish(load_pipeline(bundled, bundled_dtype, settings.safety_checker), bundled, why, device,
                         bundled_dtype)
+    if settings.refiner:
+        try:
+            model.refiner, model.refiner_source = load_refiner(settings.refiner, model), settings.refiner
+            model.reason += f"; refiner: {shown_source(settings.refiner)}"
+        except Exception as exc:  # the base still runs: say why the refiner did not load
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            log.warning("could not load the refiner %s (%s)", settings.refiner, first)
+            model.reason += f"; the refiner {shown_source(settings.refiner)} could not be loaded ({first})"
     if settings.compile:  # in place, on the one pipeline: every request reads its modules from it
         compile_model(model, settings.compile_backend)
     return model

@@ -53,6 +53,13 @@ class Job:
     control: Control | None = None
     eta: float = 0.0  # DDIM's eta (0 = deterministic), as diffusers' default
     shift: float | None = None  # a flow scheduler's shift (None: the model's own, SD3's 3.0)
+    # SDXL's two-stage hand-off, as diffusers' denoising_end / denoising_start: the base stops at `end` (a fraction
+    # of the way from noise to image) and returns its latents undecoded; the refiner starts at `start` from them
+    end: float = 1.0
+    start: float = 0.0
+    init_latents: torch.Tensor | None = None  # the refiner's: the base's latents at the hand-off
+    observer_offset: int = 0  # model evaluations made before this pass (the base's, for the refiner's steps)
+    observer_total: int | None = None  # model evaluations of the whole run, both passes
 
 
 @dataclass
@@ -75,7 +82,7 @@ Observer = Callable[[Step], None]
 
 @dataclass
 class Denoised:
-    images: torch.Tensor  # (B, 3, H, W) decoded, in [-1, 1]
+    images: torch.Tensor | None  # (B, 3, H, W) decoded, in [-1, 1]; None for a base that hands off (end < 1)
     latents: torch.Tensor  # (B, 4, H/8, W/8) the final latents the VAE decoded (scaled, as the UNet sees them)
     unet_calls: int  # model evaluations per sample (a CFG call evaluates cond and uncond in one batch)
     sigmas: list[float]  # noise level at each evaluation
@@ -110,6 +117,25 @@ def predict_x0(x_t: torch.Tensor, out: torch.Tensor, sigma: float, sigma_space: 
     if prediction_type == "flow_prediction":  # x_t = (1 - sigma) x0 + sigma eps and out = eps - x0
         return x_t - sigma * out
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+def cut_timesteps(scheduler: SchedulerMixin, start: float = 0.0, end: float = 1.0) -> torch.Tensor:
+    """The scheduler's timesteps (set already) that a pass from `start` to `end` runs, as diffusers cuts them:
+    the base keeps those at or above the cutoff (denoising_end), the refiner those below it (denoising_start,
+    one more for a second-order scheduler caught between its two evaluations), from its begin index."""
+    timesteps, n_train = scheduler.timesteps, scheduler.config.num_train_timesteps
+    if 0 < end < 1:
+        cutoff = int(round(n_train - end * n_train))
+        timesteps = timesteps[: int((timesteps >= cutoff).sum())]
+    if 0 < start < 1:
+        cutoff = int(round(n_train - start * n_train))
+        n = int((scheduler.timesteps < cutoff).sum())
+        n += scheduler.order == 2 and n % 2 == 0
+        begin = len(scheduler.timesteps) - n
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        timesteps = scheduler.timesteps[begin:]
+    return timesteps
 
 
 def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator], eta: float) -> dict:
@@ -153,14 +179,17 @@ def denoise(
     f = c.vae_scale_factor
     scheduler.set_timesteps(job.steps, device=device,
                             **family.timestep_options(c, scheduler, (job.height // f, job.width // f)))
-    timesteps = scheduler.timesteps
+    timesteps = cut_timesteps(scheduler, job.start, job.end)
     timesteps_cpu = timesteps.cpu()
 
     # 5. Prepare latents: (B, C, H/8, W/8) ~ N(0, 1) from CPU generators, scaled for the scheduler (a flow
     #    scheduler starts at sigma = 1: pure noise, unscaled)
     shape = (batch, family.latent_channels(c), job.height // f, job.width // f)
-    latents = randn_tensor(shape, generator=job.generators, device=device, dtype=cond.embeds.dtype)
-    latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+    if job.init_latents is not None:  # a refiner goes on from the base's latents, as they are
+        latents = job.init_latents.to(device=device, dtype=cond.embeds.dtype)
+    else:
+        latents = randn_tensor(shape, generator=job.generators, device=device, dtype=cond.embeds.dtype)
+        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
     step_kwargs = _step_kwargs(scheduler, job.generators, job.eta)
 
     # 6. Prepare the ControlNet input: one map per sample (2B with CFG, like the latents); SD3's through the VAE
@@ -198,9 +227,11 @@ def denoise(
         sigmas_seen.append(sigma)
         if observer is not None:
             x0 = predict_x0(x_t, out, sigma, sigma_space, prediction_type)
-            observer(Step(i, total, t, sigma, x_t, x0, out_cond, out_uncond, out))
+            observer(Step(job.observer_offset + i, job.observer_total or total, t, sigma, x_t, x0, out_cond,
+                          out_uncond, out))
 
-    # 8. Decode: (B, 3, H, W) in [-1, 1], in the VAE's own dtype (SDXL's is kept in fp32: it overflows in fp16)
-    images = family.decode(c, latents, generator=job.generators)
+    # 8. Decode: (B, 3, H, W) in [-1, 1], in the VAE's own dtype (SDXL's is kept in fp32: it overflows in fp16);
+    #    a base that hands off to a refiner returns its latents as they are
+    images = family.decode(c, latents, generator=job.generators) if job.end >= 1 else None
     return Denoised(images=images, latents=latents, unet_calls=total, sigmas=sigmas_seen, sigma_space=sigma_space,
                     prediction_type=prediction_type)

@@ -66,6 +66,9 @@ class Settings:
     # torch.compile the UNet and VAE decoder, warming the native size up at start (slow to start, faster after)
     compile: bool = field(default_factory=lambda: _env_bool("PLAYGROUND_COMPILE", False))
     compile_backend: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_COMPILE_BACKEND", "inductor"))
+    # SDXL's refiner (a StableDiffusionXLImg2ImgPipeline folder or hub id; "" = none): loaded beside an SDXL base,
+    # sharing its second text encoder and VAE; a request's refiner_start hands the last steps to it
+    refiner: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_REFINER", ""))
     # SD3: load its T5-XXL text encoder (about 9 GB in fp16; off: zeros in its place, as diffusers does without
     # it), and how many T5 tokens a prompt gets (diffusers' max_sequence_length: 256, at most 512)
     t5: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_T5", False))
@@ -117,6 +120,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                    help="torch.compile the UNet and VAE decoder (env PLAYGROUND_COMPILE=1)")
     p.add_argument("--no-safety-checker", action="store_true", default=not s.safety_checker,
                    help="drop the model's safety checker (env PLAYGROUND_NO_SAFETY_CHECKER=1)")
+    p.add_argument("--refiner", default=s.refiner,
+                   help="SDXL: a refiner to load beside the base, HUB_ID or DIR (env PLAYGROUND_REFINER)")
     p.add_argument("--no-t5", action="store_true", default=not s.t5,
                    help="SD3: leave its T5 text encoder out (env PLAYGROUND_NO_T5=1)")
     p.add_argument("--t5-tokens", type=int, default=s.t5_tokens, help="SD3: T5 tokens per prompt, 1-512 (env T5_TOKENS)")
@@ -128,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     s.model, s.device, s.dtype = a.model, a.device, a.dtype
     s.safety_checker = not a.no_safety_checker
     s.t5 = not a.no_t5
+    s.refiner = a.refiner
     if not 1 <= a.t5_tokens <= 512:
         raise SystemExit(f"--t5-tokens {a.t5_tokens}: T5 takes 1 to 512 tokens (SD3's default is 256)")
     s.t5_tokens = a.t5_tokens

@@ -89,6 +89,35 @@ def write_tiny_sdxl(out):
     return out
 
 
+def write_tiny_sdxl_refiner(out, base_dir):
+    """A tiny random-weight SDXL refiner in the diffusers layout (StableDiffusionXLImg2ImgPipeline): its own U-Net
+    on the base's second text encoder and VAE (saved beside it, as the published refiner is; the app loads the
+    base's instead), with aesthetic-score size ids."""
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(1)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, norm_num_groups=4, attention_head_dim=(2, 4),
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=16,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=16 + 5 * 8, use_linear_projection=True)
+    StableDiffusionXLImg2ImgPipeline(
+        vae=AutoencoderKL.from_pretrained(base_dir, subfolder="vae"),
+        text_encoder=None, tokenizer=None, unet=unet,
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(base_dir, subfolder="text_encoder_2"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(base_dir, subfolder="tokenizer_2"),
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_refiner_dir(tiny_sdxl_dir, tmp_path_factory):
+    return write_tiny_sdxl_refiner(tmp_path_factory.mktemp("tiny-refiner"), tiny_sdxl_dir)
+
+
 @pytest.fixture(scope="session")
 def tiny_sdxl_dir(tmp_path_factory):
     return write_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))

@@ -1,0 +1,81 @@
+"""SDXL's refiner hand-off: the base denoises to a fraction of the way, the refiner finishes from its latents, as
+diffusers' denoising_end / denoising_start do; our loop against diffusers' base-then-refiner pair on tiny parts,
+loaded through the app's loader (the refiner sharing the base's second text encoder and VAE)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from playground import schedulers
+from playground.loading import load_model
+from playground.sampling import Components, Job, denoise
+
+from conftest import tiny_settings
+
+PROMPT, NEGATIVE = "a red circle on a blue background", "blurry"
+
+
+@pytest.fixture(scope="module")
+def xl(tiny_sdxl_dir, tiny_refiner_dir):
+    return load_model(tiny_settings(tiny_sdxl_dir, refiner=str(tiny_refiner_dir)))
+
+
+def job(name="DDIM", n=2, cfg=7.5, negative=NEGATIVE, **changes) -> Job:
+    return Job(scheduler=name, prompts=[PROMPT] * n, negative_prompts=[negative] * n, guidance=[cfg] * n,
+               generators=[torch.Generator("cpu").manual_seed(7 + i) for i in range(n)], steps=6, height=64,
+               width=64, **changes)
+
+
+def pixels(images: torch.Tensor) -> np.ndarray:
+    return (images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().numpy()
+
+
+def ours(xl, name, start=0.8, **kwargs) -> np.ndarray:
+    first = denoise(Components.from_pipeline(xl.pipe), job(name, end=start, **kwargs))
+    assert first.images is None  # the base hands its latents over undecoded
+    second = denoise(Components.from_pipeline(xl.refiner), job(name, start=start, init_latents=first.latents, **kwargs))
+    return pixels(second.images)
+
+
+def theirs(xl, name, start=0.8, n=2, cfg=7.5, negative=NEGATIVE) -> np.ndarray:
+    from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+
+    base, ref = xl.pipe, xl.refiner
+    pipe = StableDiffusionXLPipeline(vae=base.vae, text_encoder=base.text_encoder, text_encoder_2=base.text_encoder_2,
+                                     tokenizer=base.tokenizer, tokenizer_2=base.tokenizer_2, unet=base.unet,
+                                     scheduler=schedulers.make(name, base.scheduler.config))
+    refiner = StableDiffusionXLImg2ImgPipeline(
+        vae=ref.vae, text_encoder=None, tokenizer=None, text_encoder_2=ref.text_encoder_2, tokenizer_2=ref.tokenizer_2,
+        unet=ref.unet, scheduler=schedulers.make(name, ref.scheduler.config), requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=ref.config.force_zeros_for_empty_prompt)
+    for p in (pipe, refiner):
+        p.set_progress_bar_config(disable=True)
+    seeds = lambda: [torch.Generator("cpu").manual_seed(7 + i) for i in range(n)]  # noqa: E731
+    common = dict(negative_prompt=negative, num_inference_steps=6, guidance_scale=cfg, num_images_per_prompt=n)
+    latents = pipe(PROMPT, height=64, width=64, denoising_end=start, output_type="latent", generator=seeds(),
+                   **common).images
+    return refiner(PROMPT, image=latents, denoising_start=start, output_type="np", generator=seeds(), **common).images
+
+
+def test_the_refiner_loads_beside_the_base_and_shares_its_parts(xl):
+    assert type(xl.refiner).__name__ == "StableDiffusionXLImg2ImgPipeline"
+    assert xl.refiner.text_encoder_2 is xl.pipe.text_encoder_2 and xl.refiner.vae is xl.pipe.vae
+    assert xl.refiner.unet is not xl.pipe.unet and Components.from_pipeline(xl.refiner).aesthetics
+
+
+@pytest.mark.parametrize("name", ["DDIM", "Euler", "Euler a", "Heun", "DPM++ 2M", "UniPC"])
+def test_base_then_refiner_matches_diffusers(xl, name):
+    got, ref = ours(xl, name), theirs(xl, name)
+    assert got.shape == ref.shape == (2, 64, 64, 3)
+    assert np.abs(got - ref).max() <= 1e-4
+    plain = pixels(denoise(Components.from_pipeline(xl.pipe), job(name)).images)
+    assert np.abs(got - plain).max() > 1e-3  # the refiner's steps are its own
+
+
+@pytest.mark.parametrize("start", [0.5, 0.9])
+def test_the_hand_off_point_matches_diffusers(xl, start):
+    assert np.abs(ours(xl, "Euler", start) - theirs(xl, "Euler", start)).max() <= 1e-4
