@@ -16,6 +16,7 @@ from functools import lru_cache
 import torch
 
 from playground.settings import ASSETS
+from playground.tiny.arch import OFFLINE, SD15_SCHEDULER, rescaled_betas
 
 FAMILIES_FILE = ASSETS / "configs" / "families.json"
 LOADED = "the loaded model's own modules"  # the source of a loaded model's figures
@@ -108,8 +109,10 @@ def families() -> dict[str, Anatomy]:
     return out
 
 
-def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.nn.Module] | None = None) -> Anatomy:
-    """The same figures for a loaded pipeline: its own modules counted, its configs read."""
+def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.nn.Module] | None = None,
+                refiner=None) -> Anatomy:
+    """The same figures for a loaded pipeline: its own modules counted, its configs read (an SDXL refiner's own
+    U-Net too: its text encoder and VAE are the base's)."""
     parts, text = [], []
     for attr in ("text_encoder", "text_encoder_2", "text_encoder_3"):
         encoder = getattr(pipe, attr, None)
@@ -122,6 +125,9 @@ def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.
         text.append(f"{type(encoder).__name__}: {text_width(encoder.config.to_dict())}-d, {limit} tokens")
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer")
     parts.append(Part(f"denoiser: {type(denoiser).__name__}", "denoiser", count(denoiser)))
+    if refiner is not None:
+        parts.append(Part(f"refiner: {type(refiner.unet).__name__} (on the base's second text encoder and VAE)",
+                          "denoiser", count(refiner.unet)))
     parts.append(Part("VAE", "VAE", count(pipe.vae)))
     for kind, net in (controlnets or {}).items():
         parts.append(Part(f"ControlNet: {kind}", "ControlNets", count(net)))
@@ -187,8 +193,6 @@ def schedules(loaded_config: dict, loaded_name: str, flow: bool) -> list[Schedul
     """The loaded model's schedule beside DDPM's linear, the cosine one, SD's scaled-linear, the offline model's
     rescaled one (its last step keeps 2% of the image) and SD3's flow with shift 3."""
     from diffusers import DDPMScheduler
-
-    from playground.tiny.arch import OFFLINE, SD15_SCHEDULER, rescaled_betas
 
     n = int(loaded_config.get("num_train_timesteps", 1000))
     if flow:

@@ -128,8 +128,9 @@ class AttentionRecorder:
     def end_step(self, index: int, total_steps: int) -> None:
         """Store the mean over this step's layers at each resolution as step `index` of `total_steps`."""
         for grid, total in self._sum.items():
-            if grid not in self.buffers:  # on the model's device, filled in place: no sync in the loop
-                self.buffers[grid] = total.new_zeros((total_steps, *total.shape), dtype=torch.float16)
+            if grid not in self.buffers:  # on the model's device, filled in place: no sync in the loop; NaN marks
+                # the steps a group did not run at (SDXL's refiner has layers, and steps, of its own)
+                self.buffers[grid] = total.new_full((total_steps, *total.shape), float("nan"), dtype=torch.float16)
             self.buffers[grid][index].copy_(total / self._count[grid])
             self.layers[grid] = self._count[grid]
         self._sum.clear()
@@ -273,14 +274,34 @@ class AttentionMaps:
         """(T, h, w) float32 on the latent grid: step `step` (None = summed over all steps), averaged over
         the chosen resolutions' layers (weighted by how many layers each has), bilinearly upsampled."""
         h, w = self.latent_hw
+        groups = self.resolution_key(resolution)
+        if any(bool(self.maps[g][:, 0, 0, 0].isnan().any()) for g in groups):
+            return self._stack_by_step(groups, step)
         total, weight = torch.zeros(len(self.kept), h, w), 0
-        for g in self.resolution_key(resolution):
+        for g in groups:
             m = self.maps[g].float()
             m = m.sum(0) if step is None else m[step]
             up = F.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0] if g[:2] != (h, w) else m
             total += self.layers[g] * up
             weight += self.layers[g]
         return (total / weight).numpy()
+
+    def _stack_by_step(self, groups: list[tuple[int, ...]], step: int | None) -> np.ndarray:
+        """stack() when some groups ran at some steps only (a base's layers, then its refiner's): each step is the
+        mean over the layers that ran at it, then the chosen step (or the sum over the steps that have any)."""
+        h, w = self.latent_hw
+        steps = range(self.steps) if step is None else [step]
+        out = torch.zeros(len(self.kept), h, w)
+        for s in steps:
+            total, weight = torch.zeros(len(self.kept), h, w), 0
+            for g in groups:
+                m = self.maps[g][s].float()
+                if bool(m[0, 0, 0].isnan()):
+                    continue
+                total += self.layers[g] * F.interpolate(m[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+                weight += self.layers[g]
+            out += total / weight if weight else 0
+        return out.numpy()
 
     def share(self, step: int | None = None, resolution: str | None = None) -> np.ndarray:
         """(T,) the mean attention each kept token gets over the image, as a fraction of the whole (the

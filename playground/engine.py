@@ -38,7 +38,7 @@ from playground.requests import (
     GridResult, InspectRequest, Limits, Progress, TokenCount, Trajectory, integer, text, validate_attention,
     validate_control, validate_draw_pose, validate_generate, validate_grid, validate_inspect, validate_preprocess,
 )
-from playground.sampling import Components, Control, Denoised, Job, Observer, denoise
+from playground.sampling import Components, Control, Denoised, Job, Observer, cut_timesteps, denoise
 from playground.settings import Settings
 
 PREVIEW_INTERVAL = 0.2  # seconds between live previews (progress itself is reported every step)
@@ -69,14 +69,15 @@ def job_for(req: GenerateRequest, seeds: list[int], guidance: list[float] | None
     return Job(scheduler=req.scheduler, prompts=[req.prompt] * n, negative_prompts=[req.negative_prompt] * n,
                guidance=list(guidance) if guidance is not None else [req.cfg_scale] * n,
                generators=[torch.Generator("cpu").manual_seed(s) for s in seeds], steps=req.steps,
-               height=req.height, width=req.width, control=control, shift=req.shift or None)
+               height=req.height, width=req.width, control=control, shift=req.shift or None,
+               end=req.refiner_start or 1.0)
 
 
 def params_for(model: str, req: GenerateRequest, **changes) -> Params:
     """The settings of one image made for `req` (its own seed, a grid cell's scale), as its PNG carries them."""
     p = Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
                cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, model=model,
-               shift=req.shift)
+               shift=req.shift, refiner_start=req.refiner_start)
     return replace(p, **changes)
 
 
@@ -97,6 +98,36 @@ def progress_observer(on_progress: OnProgress | None, label: str, done: int = 0,
         on_progress(Progress(done + step.index + 1, total or step.total, image, label))
 
     return observer
+
+
+def run_job(model: LoadedModel, c: Components, job: Job, observer: Observer | None,
+            cancel: threading.Event | None) -> Denoised:
+    """Our loop on the model; for a hand-off (job.end < 1) the base's pass, then its refiner's, on one progress bar."""
+    if job.end >= 1:
+        return denoise(c, job, observer=observer, cancel=cancel)
+    total = sum(pass_evaluations(job.scheduler, dict(p.scheduler.config), job.steps, *span)
+                for p, span in ((model.pipe, (0.0, job.end)), (model.refiner, (job.end, 1.0))))
+    first = denoise(c, replace(job, observer_total=total), observer=observer, cancel=cancel)
+    return hand_off(model.refiner, replace(job, observer_total=total), first, observer, cancel)
+
+
+def hand_off(refiner, job: Job, first: Denoised, observer: Observer | None, cancel: threading.Event | None
+             ) -> Denoised:
+    """SDXL's second stage: the refiner goes on from the base's latents at `job.end`, with fresh generators from the
+    same seeds (as a second diffusers call would get), its steps numbered after the base's."""
+    second = denoise(Components.from_pipeline(refiner), replace(
+        job, start=job.end, end=1.0, init_latents=first.latents, observer_offset=first.unet_calls,
+        generators=[torch.Generator("cpu").manual_seed(g.initial_seed()) for g in job.generators]),
+        observer=observer, cancel=cancel)
+    return replace(second, unet_calls=first.unet_calls + second.unet_calls, sigmas=first.sigmas + second.sigmas,
+                   handoff=first.unet_calls)
+
+
+def pass_evaluations(name: str, config: dict, steps: int, start: float = 0.0, end: float = 1.0) -> int:
+    """Model evaluations one pass from `start` to `end` of a `steps`-step run makes (the base's or the refiner's)."""
+    probe = schedulers.make(name, config)
+    probe.set_timesteps(steps)
+    return len(cut_timesteps(probe, start, end))
 
 
 def finish(model: LoadedModel, images: torch.Tensor, params: list[Params]) -> list[Generated]:
@@ -149,7 +180,7 @@ class Engine:
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
         self.limits = Limits.of(settings, self.native_size, self.vae_factor, model.pipe.tokenizer,
-                                self._attention_layers, model.family.flow, model.family.name)
+                                self._attention_layers, model.family.flow, model.family.name, model.refiner is not None)
 
     # -- facts --------------------------------------------------------------------------------
     @property
@@ -330,7 +361,7 @@ class Engine:
     def anatomy(self) -> anatomy_mod.Anatomy:
         """The loaded model's parts (with the ControlNets loaded so far), counted from its own modules."""
         return anatomy_mod.of_pipeline(self.model.pipe, f"loaded: {self.model.name}", self.native_size,
-                                       self.annotators.loaded_controlnets())
+                                       self.annotators.loaded_controlnets(), self.model.refiner)
 
     # -- shared steps -------------------------------------------------------------------------
     def _record(self, req: InspectRequest, on_progress: OnProgress | None, cancel: threading.Event | None
@@ -342,7 +373,10 @@ class Engine:
         split, maps = None, contextlib.nullcontext()
         if source.records:
             split, f = c.family.split_prompt(c, source.text(gen)), self.vae_factor
-            maps = attention.recording(c.family.attention_layers(c), attention.AttentionRecorder(
+            # the refiner's layers too, when one is loaded (the same list for every recording on this model)
+            layers = c.family.attention_layers(c) + (attention.cross_attention_layers(self.model.refiner.unet)
+                                                     if self.model.refiner is not None else [])
+            maps = attention.recording(layers, attention.AttentionRecorder(
                 source.sample(gen), [t.position for t in tokens.kept(split)], (gen.height // f, gen.width // f)))
 
         # 2. Denoise and finish; the trajectory keeps what the loop reports of its scheduler
@@ -358,6 +392,7 @@ class Engine:
                                            f"a recorded {gen.width}x{gen.height} image")
         return Trajectory(request=gen, params=made[0].params, image=made[0].image, tensors=recorder.tensors(),
                           sigma_space=out.sigma_space, prediction_type=out.prediction_type, seconds=seconds,
+                          handoff=out.handoff,
                           attention=attn.maps(split, req.attention_of) if attn is not None else None)
 
     def _evaluations(self, req: GridRequest) -> dict[str, int]:
@@ -371,7 +406,7 @@ class Engine:
         """Denoise `job` under the memory guard, then finish its images; (images, loop result, seconds)."""
         start = time.perf_counter()
         with memory_guard(what):
-            out = denoise(self.components, job, observer=observer, cancel=cancel)
+            out = run_job(self.model, self.components, job, observer, cancel)
         made = finish(self.model, out.images, params)
         return made, out, time.perf_counter() - start
 

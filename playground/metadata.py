@@ -35,6 +35,7 @@ class Params:
     model: str = ""
     extra: tuple[tuple[str, str], ...] = ()  # more "Key: value" pairs for the settings line
     shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (not written)
+    refiner_start: float = 0.0  # SDXL: where its refiner took over; 0: no refiner (not written)
 
 
 def _quote(value: str) -> str:
@@ -55,6 +56,7 @@ def format_parameters(p: Params) -> str:
         "Size": f"{p.width}x{p.height}",
         "Model": p.model,
         "Shift": _number(p.shift) if p.shift else "",
+        "Refiner start": _number(p.refiner_start) if p.refiner_start else "",
         **dict(p.extra),
         "Version": "diffusion-playground",
     }
@@ -89,7 +91,8 @@ def parse_parameters(text: str) -> Params:
         return Params(prompt="\n".join(prompt), negative_prompt="\n".join(negative), steps=int(pairs.get("Steps", 0)),
                       sampler=sampler, cfg_scale=float(pairs.get("CFG scale", 0)), seed=int(pairs.get("Seed", -1)),
                       width=int(width), height=int(height), model=pairs.get("Model", ""),
-                      shift=float(pairs.get("Shift", 0) or 0))
+                      shift=float(pairs.get("Shift", 0) or 0),
+                      refiner_start=float(pairs.get("Refiner start", 0) or 0))
     except ValueError as exc:
         raise InvalidRequest(f"unreadable settings line {lines[-1]!r}: {exc}") from None
 

@@ -48,14 +48,16 @@ class Limits:
     attention_layers: Callable[[int, int], list[str]] = lambda height, width: ["all"]
     flow: bool = False  # a flow-matching model (SD3): its schedulers, and a shift
     family: str = "SD 1.x / 2.x"  # the model's family, as errors name it
+    refiner: bool = False  # an SDXL refiner is loaded beside the base
 
     @classmethod
     def of(cls, s: Settings, native_size: int, multiple: int = 8, tokenizer=None,
            attention_layers: Callable[[int, int], list[str]] | None = None, flow: bool = False,
-           family: str = "SD 1.x / 2.x") -> "Limits":
+           family: str = "SD 1.x / 2.x", refiner: bool = False) -> "Limits":
         return cls(max_steps=s.max_steps, max_size=s.max_size, max_images=s.max_images,
                    max_grid_cells=s.max_grid_cells, max_cfg=s.max_cfg, max_prompt_chars=s.max_prompt_chars,
                    native_size=native_size, multiple=multiple, tokenizer=tokenizer, flow=flow, family=family,
+                   refiner=refiner,
                    **({"attention_layers": attention_layers} if attention_layers else {}))
 
     @property
@@ -78,6 +80,7 @@ class GenerateRequest:
     height: int = 0
     num_images: int = 1
     shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (3.0)
+    refiner_start: float = 0.0  # SDXL: the fraction of the way at which the refiner takes over (0: no refiner)
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class Trajectory:
     prediction_type: str  # what the model outputs: "epsilon", "v_prediction" or "flow_prediction" (SD3's v = eps - x0)
     seconds: float
     decoded: dict[int, Image.Image] = field(default_factory=dict)  # VAE decodes of x0, made on demand
+    handoff: int | None = None  # SDXL with its refiner: the first model evaluation the refiner made
     attention: Any = None  # attention.AttentionMaps when cross-attention was recorded, else None
 
     @property
@@ -324,7 +328,19 @@ def validate_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
         height=height,
         num_images=integer("number of images", req.num_images, 1, limits.max_images),
         shift=shift(req.shift, limits),
+        refiner_start=refiner_start(req.refiner_start, limits),
     )
+
+
+def refiner_start(value, limits: Limits) -> float:
+    """Where SDXL's refiner takes over: 0 (no refiner) or a fraction from 0.05 to 0.95, with a refiner loaded."""
+    value = number("refiner start", value, 0.0, 0.95)
+    if value and not limits.refiner:
+        raise InvalidRequest(f"refiner start {value:g} needs an SDXL refiner loaded beside the base (start the app "
+                             "with --refiner HUB_ID or DIR); leave it at 0")
+    if 0 < value < 0.05:
+        raise InvalidRequest(f"refiner start {value:g} is too small: 0 (no refiner) or from 0.05 to 0.95")
+    return value
 
 
 def scheduler(name, limits: Limits) -> str:

@@ -88,6 +88,7 @@ class Denoised:
     sigmas: list[float]  # noise level at each evaluation
     sigma_space: bool  # the scheduler's latents are x0 + sigma * eps (Euler-like); see SchedulerSpec
     prediction_type: str  # what the model outputs: "epsilon", "v_prediction" or "sample"
+    handoff: int | None = None  # with SDXL's refiner: the first evaluation the refiner made (the base's count)
 
 
 def noise_level(scheduler: SchedulerMixin, t: torch.Tensor) -> float:

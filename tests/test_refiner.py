@@ -79,3 +79,36 @@ def test_base_then_refiner_matches_diffusers(xl, name):
 @pytest.mark.parametrize("start", [0.5, 0.9])
 def test_the_hand_off_point_matches_diffusers(xl, start):
     assert np.abs(ours(xl, "Euler", start) - theirs(xl, "Euler", start)).max() <= 1e-4
+
+
+def test_the_engine_hands_off_and_the_inspector_marks_it(xl, tiny_sdxl_dir, tiny_refiner_dir):
+    from playground.engine import Engine
+    from playground.requests import GenerateRequest, InvalidRequest
+    from playground.ui.inspector import inspect_text, noise_plot
+
+    engine = Engine(xl, tiny_settings(tiny_sdxl_dir, refiner=str(tiny_refiner_dir)))
+    assert engine.limits.refiner
+    req = GenerateRequest(prompt=PROMPT, negative_prompt=NEGATIVE, seed=7, steps=6, scheduler="DDIM", width=64,
+                          height=64, refiner_start=0.8)
+    made = engine.generate(req)
+    assert np.abs(made.images[0].array - ours(xl, "DDIM", n=1)[0]).max() <= 1e-4  # the loop's own hand-off
+    assert made.images[0].params.refiner_start == 0.8 and made.unet_calls == 6
+    seen = []
+    traj = engine.inspect(req, on_progress=lambda p: seen.append((p.step, p.total)))
+    assert seen == [(k, 6) for k in range(1, 7)]  # one progress bar over both passes
+    assert traj.handoff == 5 and traj.steps == 6  # DDIM's 6 steps: the base's first 5 (to 0.8), the refiner's last
+    assert np.array_equal(np.asarray(traj.image), np.asarray(made.images[0].image))
+    # the attention maps cover both: the base's layers at its steps, the refiner's at its own
+    a = traj.attention
+    assert not np.isnan(a.stack(None)).any() and not np.isnan(a.stack(5)).any() and not np.isnan(a.stack(0)).any()
+    assert "refiner" in inspect_text(traj, 64) and "refiner takes over" in set(noise_plot(traj, 0)["series"])
+    parts = [p.name for p in engine.anatomy().parts]
+    assert any(name.startswith("refiner: UNet2DConditionModel") for name in parts)
+    without = Engine(load_model(tiny_settings(tiny_sdxl_dir)), tiny_settings(tiny_sdxl_dir))
+    with pytest.raises(InvalidRequest, match=r"refiner start 0.8 needs an SDXL refiner loaded beside the base"):
+        without.generate(req)
+
+
+def test_a_refiner_beside_a_base_of_another_family_is_refused_and_the_base_still_loads(tiny_dir, tiny_refiner_dir):
+    model = load_model(tiny_settings(tiny_dir, refiner=str(tiny_refiner_dir)))
+    assert model.refiner is None and "a refiner runs beside an SDXL base" in model.reason

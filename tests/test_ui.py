@@ -88,7 +88,7 @@ def test_noise_plot_has_a_legend_naming_each_series_it_draws(app):
 
 
 def fake_trajectory():
-    return SimpleNamespace(sigmas=[14.6, 3.0, 0.5], flow=False)  # all noise_plot reads of a Trajectory
+    return SimpleNamespace(sigmas=[14.6, 3.0, 0.5], flow=False, handoff=2)  # all noise_plot reads of a Trajectory
 
 
 def test_banner_says_which_model_why_and_what_it_knows():

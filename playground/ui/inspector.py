@@ -22,6 +22,7 @@ NOISE_SERIES = {
     "sigma": ("#1f77b4", "σ, the noise level of x_t (x_t ≈ x0 + σ·ε)"),
     "SNR (dB)": ("#ff7f0e", "signal-to-noise ratio in dB, −20·log10 σ"),
     "selected step": ("#d62728", "the step the slider shows"),
+    "refiner takes over": ("#2ca02c", "SDXL: the first step of the refiner (with a refiner start)"),
 }
 
 
@@ -43,6 +44,8 @@ def noise_plot(traj: Trajectory, index: int) -> pd.DataFrame:
     values = [r["value"] for r in rows]
     rows += [{"step": index + 1, "value": min(values), "series": "selected step"},
              {"step": index + 1, "value": max(values), "series": "selected step"}]
+    if getattr(traj, "handoff", None) is not None:  # the base's last step, then the refiner's first
+        rows += [{"step": traj.handoff + 1, "value": v, "series": "refiner takes over"} for v in (min(values), max(values))]
     return pd.DataFrame(rows)
 
 
@@ -59,7 +62,9 @@ def inspect_text(traj: Trajectory, native: int) -> str:
     return (f"{note}  \n" if note else "") + (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}.  \n"
             f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session"
             + (f", plus {traj.attention.nbytes / 1e6:.2f} MB of cross-attention maps" if traj.attention else "")
-            + f"; {traj.seconds:.2f} s.")
+            + f"; {traj.seconds:.2f} s."
+            + (f"  \nThe base made steps 1-{traj.handoff}, the **refiner** steps {traj.handoff + 1}-{traj.steps} "
+               f"(it took over at {r.refiner_start:g} of the way)." if traj.handoff is not None else ""))
 
 
 def build(
