@@ -180,7 +180,8 @@ class Engine:
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
         self.limits = Limits.of(settings, self.native_size, self.vae_factor, model.pipe.tokenizer,
-                                self._attention_layers, model.family.flow, model.family.name, model.refiner is not None)
+                                self._attention_layers, model.family.flow, model.family.name, model.refiner is not None,
+                                model.family.latent_channels(self.components))
 
     # -- facts --------------------------------------------------------------------------------
     @property

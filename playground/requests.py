@@ -49,15 +49,16 @@ class Limits:
     flow: bool = False  # a flow-matching model (SD3): its schedulers, and a shift
     family: str = "SD 1.x / 2.x"  # the model's family, as errors name it
     refiner: bool = False  # an SDXL refiner is loaded beside the base
+    channels: int = 4  # the denoiser's latent channels (16 for SD3)
 
     @classmethod
     def of(cls, s: Settings, native_size: int, multiple: int = 8, tokenizer=None,
            attention_layers: Callable[[int, int], list[str]] | None = None, flow: bool = False,
-           family: str = "SD 1.x / 2.x", refiner: bool = False) -> "Limits":
+           family: str = "SD 1.x / 2.x", refiner: bool = False, channels: int = 4) -> "Limits":
         return cls(max_steps=s.max_steps, max_size=s.max_size, max_images=s.max_images,
                    max_grid_cells=s.max_grid_cells, max_cfg=s.max_cfg, max_prompt_chars=s.max_prompt_chars,
                    native_size=native_size, multiple=multiple, tokenizer=tokenizer, flow=flow, family=family,
-                   refiner=refiner,
+                   refiner=refiner, channels=channels,
                    **({"attention_layers": attention_layers} if attention_layers else {}))
 
     @property

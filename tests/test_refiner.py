@@ -112,3 +112,30 @@ def test_the_engine_hands_off_and_the_inspector_marks_it(xl, tiny_sdxl_dir, tiny
 def test_a_refiner_beside_a_base_of_another_family_is_refused_and_the_base_still_loads(tiny_dir, tiny_refiner_dir):
     model = load_model(tiny_settings(tiny_dir, refiner=str(tiny_refiner_dir)))
     assert model.refiner is None and "a refiner runs beside an SDXL base" in model.reason
+
+
+@pytest.mark.slow
+def test_the_launched_app_hands_off_to_the_refiner(xl, tiny_sdxl_dir, tiny_refiner_dir, tmp_path):
+    """Through gradio_client: /generate with refiner_start (its PNG carries it, /restore gives it back) and /inspect
+    marking the hand-off."""
+    from gradio_client import Client, handle_file
+
+    from conftest import free_port, launched
+    from playground.engine import Engine
+    from playground.metadata import read_png
+
+    settings = tiny_settings(tiny_sdxl_dir, port=free_port(), output_dir=tmp_path / "out", refiner=str(tiny_refiner_dir))
+    with launched(Engine(xl, settings), settings) as url:
+        client = Client(url, verbose=False)
+        try:
+            _, gallery, info = client.predict(PROMPT, NEGATIVE, 7, 6, 7.5, "DDIM", 64, 64, 1, 0, 0.8,
+                                              api_name="/generate")[:3]
+            assert "refiner from 0.8" in info and read_png(gallery[0]["image"]).refiner_start == 0.8
+            restored = client.predict(handle_file(gallery[0]["image"]), api_name="/restore")
+            assert restored[9] == 0.8  # the refiner slider
+            out = client.predict(PROMPT, NEGATIVE, 7, 6, 7.5, "DDIM", 64, 64, "prompt", 0.8, api_name="/inspect")
+            assert "the **refiner** steps 6-6" in out[1]
+            with pytest.raises(Exception, match="refiner start must be a number from 0 to 0.95, got 0.99"):
+                client.predict(PROMPT, "", 7, 6, 7.5, "DDIM", 64, 64, 1, 0, 0.99, api_name="/generate")
+        finally:
+            client.close()

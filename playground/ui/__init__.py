@@ -49,7 +49,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
     model = engine.model
     sessions.keep_ids()  # gradio 6 grows a session by a block on every streamed job without it
     fields = Fields(settings, engine.native_size, engine.limits.schedulers, examples(model), model.vocabulary,
-                    flow=engine.limits.flow)
+                    flow=engine.limits.flow, refiner=engine.limits.refiner, channels=engine.limits.channels)
     with gr.Blocks(title="Diffusion Playground", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
         gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])

@@ -52,11 +52,14 @@ class Fields:
     """Makes the form's inputs inside the current layout, each with its label, range and default."""
 
     def __init__(self, settings: Settings, native_size: int, scheduler_names: list[str], examples: list[str] = (),
-                 vocabulary: frozenset[str] = frozenset(), flow: bool = False):
+                 vocabulary: frozenset[str] = frozenset(), flow: bool = False, refiner: bool = False,
+                 channels: int = 4):
         self.settings, self.native_size = settings, native_size
         self.scheduler_names, self.examples = list(scheduler_names), list(examples)
         self.vocabulary = vocabulary  # the words the model knows, when it lists them (the offline model does)
         self.flow = flow  # a flow-matching model (SD3): its schedulers take a shift
+        self.refiner = refiner  # an SDXL refiner is loaded: the last steps can be handed to it
+        self.channels = channels  # the latent channels the inspector shows (4; SD3's 16)
         # the request's default when it fits the model, else the model's first scheduler (SD3: Flow Euler)
         self.default_scheduler = DEFAULTS.scheduler if DEFAULTS.scheduler in self.scheduler_names \
             else self.scheduler_names[0]
@@ -83,6 +86,12 @@ class Fields:
         return gr.Slider(0, 20, value=DEFAULTS.shift, step=0.5, label="Flow shift (0 = the model's own)",
                          info="higher spends more steps at high noise (composition), lower more on detail",
                          visible=self.flow)
+
+    def refiner_start(self) -> gr.Slider:
+        """Where SDXL's refiner takes over (shown with a refiner loaded; 0 = the base alone)."""
+        return gr.Slider(0, 0.95, value=DEFAULTS.refiner_start, step=0.05, visible=self.refiner,
+                         label="Refiner takes over at (0 = the base alone)",
+                         info="the base denoises this fraction of the way, the refiner adds the fine detail after")
 
     def steps(self, value: int = DEFAULTS.steps, label: str = "Steps") -> gr.Slider:
         return gr.Slider(1, self.settings.max_steps, value=value, step=1, label=label)

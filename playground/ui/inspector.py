@@ -83,11 +83,12 @@ def build(
     # the tab closed at most), or sooner when more than SESSION_STATES sessions hold one
     traj_state = gr.State(None, time_to_live=settings.state_minutes * 60)  # freed after, and per session_states
     with gr.Tab("Trajectory"):
-        gr.Markdown("Run a generation that **records every step**, then scrub through it: the 4 latent channels the "
+        gr.Markdown(f"Run a generation that **records every step**, then scrub through it: the {fields.channels} latent channels the "
                     "model works on, what it currently believes the clean image is, and how much noise is left.")
         with gr.Row():
             with gr.Column(scale=5):
                 form = fields.form()
+                refiner_box = fields.refiner_start()
                 attention_box = gr.Radio([a.label for a in ATTENTION_OF.values()], value=ATTENTION_OF["prompt"].label,
                                          label="Cross-attention maps of")
                 with gr.Row():
@@ -108,7 +109,8 @@ def build(
                 "predicted x0 through the VAE decoder"))
         step_info = gr.Markdown()
         # height "auto": the four square channel images are always shown whole, however wide the page
-        channels = gr.Gallery(label="x_t: the 4 latent channels at this step (one shared colour scale)", columns=4,
+        channels = gr.Gallery(label=f"x_t: the {fields.channels} latent channels at this step (one shared colour scale)",
+                              columns=4,
                               height="auto", object_fit="contain", format="png", allow_preview=False)
         noise = gr.LinePlot(x="step", y="value", color="series", label="Noise level over the steps", height=280,
                             color_map={name: colour for name, (colour, _) in NOISE_SERIES.items()},
@@ -119,8 +121,9 @@ def build(
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()
         cfg_images = [gr.Image(label=label, format="png", interactive=False, height=220) for label in (
-            "with the prompt (conditional): channels 0-3", "negative or empty prompt (unconditional): channels 0-3",
-            "difference, what CFG multiplies: channels 0-3")]
+            f"with the prompt (conditional): channels 0-{fields.channels - 1}",
+            f"negative or empty prompt (unconditional): channels 0-{fields.channels - 1}",
+            f"difference, what CFG multiplies: channels 0-{fields.channels - 1}")]
         form_inputs = [form.prompt, form.negative_prompt, form.seed, form.steps, form.cfg_scale, form.scheduler,
                        form.width, form.height, attention_box]
         attention_part.api(attention, form_inputs, attn, settings)
@@ -133,7 +136,8 @@ def build(
             return [gr.skip()] * 9
         v = step_view(traj, int(step) - 1)
         if v.guidance:
-            cfg = "Each strip is the model's 4-channel output; colour scales: " + "; ".join(c for c, _ in v.guidance)
+            cfg = (f"Each strip is the model's {fields.channels}-channel output; colour scales: "
+                   + "; ".join(c for c, _ in v.guidance))
             images = [im for _, im in v.guidance]
         else:
             cfg, images = "This run used CFG scale 1: no unconditional pass, so nothing to compare.", [None] * 3
@@ -142,7 +146,7 @@ def build(
 
     @shows_errors
     def on_inspect(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of,
-                   progress=gr.Progress()):
+                   refiner_start=0.0, progress=gr.Progress()):
         for item in stream(inspect, InspectRequest(generate_request(locals()), attention_of)):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
@@ -161,7 +165,8 @@ def build(
     step_outputs = [step_info, channels, rgb_x_t, rgb_x0, noise, cfg_text, *cfg_images]
     outputs = [traj_state, final, info, download, step_slider, decoded, *step_outputs, *attn.first_outputs]
     attention_inputs = [traj_state, step_slider, attn.token, attn.resolution]
-    event = heavy(run.click, on_inspect, form_inputs, outputs, settings, api_name="inspect", preprocess=False,
+    event = heavy(run.click, on_inspect, [*form_inputs, refiner_box], outputs, settings, api_name="inspect",
+                  preprocess=False,
                   show_progress_on=status)
     # the step's x0 through the VAE; then the attention map of the step over it
     heavy(event.then, on_decode, [traj_state, step_slider], decoded, settings, api_visibility="private").then(

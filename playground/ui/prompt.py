@@ -37,7 +37,7 @@ def summary(result: GenerateResult, native: int) -> str:
     lines = [
         f"**Seed {r.seed}**" + (f" (images use {r.seed}…{r.seed + n - 1})" if n > 1 else ""),
         f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}"
-        + (f", shift {r.shift:g}" if r.shift else ""),
+        + (f", shift {r.shift:g}" if r.shift else "") + (f", refiner from {r.refiner_start:g}" if r.refiner_start else ""),
         f"{result.unet_calls} model evaluations per image; {result.seconds:.2f} s ({result.seconds / n:.2f} s per image)",
     ]
     if any(g.nsfw for g in result.images):
@@ -74,7 +74,7 @@ def build(
             with gr.Row():
                 cfg_box, images_box = fields.cfg_scale(), fields.num_images()
             width_box, height_box = fields.size()
-            shift_box = fields.shift()
+            shift_box, refiner_box = fields.shift(), fields.refiner_start()
             with gr.Row():
                 seed_box = fields.seed(scale=3)
                 reuse = gr.Button("♻ Reuse last seed", scale=1)
@@ -94,7 +94,7 @@ def build(
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
     def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images, shift=0.0,
-                    progress=gr.Progress()):
+                    refiner_start=0.0, progress=gr.Progress()):
         for item in stream(generate, generate_request(locals())):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
@@ -109,17 +109,18 @@ def build(
     @shows_errors
     def on_restore(path):
         if not path:
-            return [gr.skip()] * 10
+            return [gr.skip()] * 11
         p = read_png(path)
         if p.sampler not in fields.scheduler_names:
             gr.Warning(f"Sampler {p.sampler!r} is not in this playground; the scheduler was left as it was")
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
                 p.sampler if p.sampler in fields.scheduler_names else gr.skip(), p.width, p.height,
-                p.shift if fields.flow else gr.skip(), f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
+                p.shift if fields.flow else gr.skip(), p.refiner_start if fields.refiner else gr.skip(),
+                f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
 
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box,
-              shift_box]
+              shift_box, refiner_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the status line under the buttons: the live preview and the gallery stay in view
@@ -133,5 +134,5 @@ def build(
                    show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
     restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
-                                         width_box, height_box, shift_box, info],
+                                         width_box, height_box, shift_box, refiner_box, info],
                    api_name="restore")
