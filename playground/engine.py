@@ -70,14 +70,15 @@ def job_for(req: GenerateRequest, seeds: list[int], guidance: list[float] | None
                guidance=list(guidance) if guidance is not None else [req.cfg_scale] * n,
                generators=[torch.Generator("cpu").manual_seed(s) for s in seeds], steps=req.steps,
                height=req.height, width=req.width, control=control, shift=req.shift or None,
-               end=req.refiner_start or 1.0)
+               end=req.refiner_start or 1.0, skip_layers=tuple(req.skip_layers),
+               skip_scale=req.skip_layer_guidance or 2.8)
 
 
 def params_for(model: str, req: GenerateRequest, **changes) -> Params:
     """The settings of one image made for `req` (its own seed, a grid cell's scale), as its PNG carries them."""
     p = Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
                cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, model=model,
-               shift=req.shift, refiner_start=req.refiner_start)
+               shift=req.shift, refiner_start=req.refiner_start, skip_layer_guidance=req.skip_layer_guidance)
     return replace(p, **changes)
 
 
@@ -179,9 +180,8 @@ class Engine:
         self.annotators = Annotators(model, settings)  # ControlNets and pose detectors, loaded once each
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
-        self.limits = Limits.of(settings, self.native_size, self.vae_factor, model.pipe.tokenizer,
-                                self._attention_layers, model.family.flow, model.family.name, model.refiner is not None,
-                                model.family.latent_channels(self.components))
+        self.limits = Limits.of(settings, self.native_size, self.vae_factor, model.pipe.tokenizer, self._attention_layers,
+                                refiner=model.refiner is not None, **model.family.facts(self.components))
 
     # -- facts --------------------------------------------------------------------------------
     @property

@@ -32,6 +32,10 @@ class Conditioning:
     embeds: torch.Tensor  # (B, 77, D) the text encoders' hidden states
     added: dict[str, torch.Tensor] | None = None  # SDXL: pooled text embeddings and size / crop time ids
 
+    def half(self, batch: int) -> "Conditioning":
+        """The prompt's rows of a CFG batch ([negative..., prompt...]): its last `batch`."""
+        return Conditioning(self.embeds[-batch:], {k: v[-batch:] for k, v in (self.added or {}).items()} or None)
+
 
 # ---------------------------------------------------------------- the entries
 
@@ -111,6 +115,12 @@ class StableDiffusion:
 
     def latent_channels(self, c: Components) -> int:
         return c.denoiser.config.in_channels  # 4 for SD's VAE, 16 for SD3's
+
+    def facts(self, c: Components) -> dict:
+        """What the request checks need of the family (requests.Limits' fields): its name, whether it is a flow
+        model, its latent channels, and the MMDiT blocks skip-layer guidance may skip (none in a U-Net)."""
+        return {"family": self.name, "flow": self.flow, "channels": self.latent_channels(c),
+                "blocks": c.denoiser.config.get("num_layers", 0) if self.flow else 0}
 
     # -- latents <-> pixels through the VAE, with its scale and shift -----------------------------
     def decode(self, c: Components, latents: torch.Tensor, generator=None) -> torch.Tensor:
@@ -277,11 +287,12 @@ class StableDiffusion3(StableDiffusion):
                             {"pooled": torch.cat([neg.added["pooled"], cond.added["pooled"]])})
 
     def denoise(self, c: Components, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
-                residuals: tuple | None = None) -> torch.Tensor:
-        """The MMDiT's velocity for latents x at timestep t (sigma * 1000), with a ControlNet's block residuals."""
+                residuals: tuple | None = None, skip_layers: list[int] | None = None) -> torch.Tensor:
+        """The MMDiT's velocity for latents x at timestep t (sigma * 1000), with a ControlNet's block residuals; with
+        `skip_layers`, those blocks left out (SD3.5's skip-layer guidance)."""
         return c.denoiser(hidden_states=x, timestep=t.expand(x.shape[0]), encoder_hidden_states=cond.embeds,
                           pooled_projections=cond.added["pooled"], block_controlnet_hidden_states=residuals,
-                          return_dict=False)[0]
+                          skip_layers=skip_layers, return_dict=False)[0]
 
     def control(self, c: Components, net, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
                 image: torch.Tensor, scale: float) -> tuple:

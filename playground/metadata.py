@@ -36,6 +36,7 @@ class Params:
     extra: tuple[tuple[str, str], ...] = ()  # more "Key: value" pairs for the settings line
     shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (not written)
     refiner_start: float = 0.0  # SDXL: where its refiner took over; 0: no refiner (not written)
+    skip_layer_guidance: float = 0.0  # SD3.5: the skip-layer guidance scale; 0: off (not written)
 
 
 def _quote(value: str) -> str:
@@ -57,6 +58,7 @@ def format_parameters(p: Params) -> str:
         "Model": p.model,
         "Shift": _number(p.shift) if p.shift else "",
         "Refiner start": _number(p.refiner_start) if p.refiner_start else "",
+        "SLG scale": _number(p.skip_layer_guidance) if p.skip_layer_guidance else "",
         **dict(p.extra),
         "Version": "diffusion-playground",
     }
@@ -92,7 +94,8 @@ def parse_parameters(text: str) -> Params:
                       sampler=sampler, cfg_scale=float(pairs.get("CFG scale", 0)), seed=int(pairs.get("Seed", -1)),
                       width=int(width), height=int(height), model=pairs.get("Model", ""),
                       shift=float(pairs.get("Shift", 0) or 0),
-                      refiner_start=float(pairs.get("Refiner start", 0) or 0))
+                      refiner_start=float(pairs.get("Refiner start", 0) or 0),
+                      skip_layer_guidance=float(pairs.get("SLG scale", 0) or 0))
     except ValueError as exc:
         raise InvalidRequest(f"unreadable settings line {lines[-1]!r}: {exc}") from None
 

@@ -50,15 +50,17 @@ class Limits:
     family: str = "SD 1.x / 2.x"  # the model's family, as errors name it
     refiner: bool = False  # an SDXL refiner is loaded beside the base
     channels: int = 4  # the denoiser's latent channels (16 for SD3)
+    blocks: int = 0  # an MMDiT's blocks (SD3), which skip-layer guidance may skip
+    slg_layers: tuple[int, ...] = (7, 8, 9)  # the blocks SLG_LAYERS names
 
     @classmethod
     def of(cls, s: Settings, native_size: int, multiple: int = 8, tokenizer=None,
            attention_layers: Callable[[int, int], list[str]] | None = None, flow: bool = False,
-           family: str = "SD 1.x / 2.x", refiner: bool = False, channels: int = 4) -> "Limits":
+           family: str = "SD 1.x / 2.x", refiner: bool = False, channels: int = 4, blocks: int = 0) -> "Limits":
         return cls(max_steps=s.max_steps, max_size=s.max_size, max_images=s.max_images,
                    max_grid_cells=s.max_grid_cells, max_cfg=s.max_cfg, max_prompt_chars=s.max_prompt_chars,
                    native_size=native_size, multiple=multiple, tokenizer=tokenizer, flow=flow, family=family,
-                   refiner=refiner, channels=channels,
+                   refiner=refiner, channels=channels, blocks=blocks, slg_layers=tuple(s.slg_layers),
                    **({"attention_layers": attention_layers} if attention_layers else {}))
 
     @property
@@ -82,6 +84,8 @@ class GenerateRequest:
     num_images: int = 1
     shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (3.0)
     refiner_start: float = 0.0  # SDXL: the fraction of the way at which the refiner takes over (0: no refiner)
+    skip_layer_guidance: float = 0.0  # SD3.5: skip-layer guidance scale (0: off; 2.8 is diffusers' default)
+    skip_layers: tuple[int, ...] = ()  # the blocks it skips: filled in from the settings when it is on
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,24 @@ def validate_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
         num_images=integer("number of images", req.num_images, 1, limits.max_images),
         shift=shift(req.shift, limits),
         refiner_start=refiner_start(req.refiner_start, limits),
+        **skip_layer_guidance(req.skip_layer_guidance, limits),
     )
+
+
+def skip_layer_guidance(value, limits: Limits) -> dict:
+    """SD3.5's skip-layer guidance scale, 0 (off) to 10, and the blocks it skips (SLG_LAYERS, checked against the
+    model's MMDiT): the request's two fields."""
+    value = number("skip-layer guidance", value, 0.0, 10.0)
+    if not value:
+        return {"skip_layer_guidance": 0.0, "skip_layers": ()}
+    if not limits.blocks:
+        raise InvalidRequest(f"skip-layer guidance {value:g} skips blocks of an MMDiT (SD3); this model "
+                             f"({limits.family}) has none: leave it at 0")
+    bad = [k for k in limits.slg_layers if not 0 <= k < limits.blocks]
+    if bad or not limits.slg_layers:
+        raise InvalidRequest(f"skip-layer guidance skips blocks {list(limits.slg_layers)} (SLG_LAYERS), but this "
+                             f"MMDiT has blocks 0 to {limits.blocks - 1}; set SLG_LAYERS, or leave it at 0")
+    return {"skip_layer_guidance": value, "skip_layers": limits.slg_layers}
 
 
 def refiner_start(value, limits: Limits) -> float:

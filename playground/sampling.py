@@ -60,6 +60,12 @@ class Job:
     init_latents: torch.Tensor | None = None  # the refiner's: the base's latents at the hand-off
     observer_offset: int = 0  # model evaluations made before this pass (the base's, for the refiner's steps)
     observer_total: int | None = None  # model evaluations of the whole run, both passes
+    # SD3.5's skip-layer guidance: between `skip_start` and `skip_stop` of the steps, one more pass on the prompt with
+    # these blocks skipped, and out += skip_scale * (out_cond - out_skipped) (diffusers' defaults; () = off)
+    skip_layers: tuple[int, ...] = ()
+    skip_scale: float = 2.8
+    skip_start: float = 0.01
+    skip_stop: float = 0.2
 
 
 @dataclass
@@ -218,6 +224,9 @@ def denoise(
         if use_cfg:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + g * (out_cond - out_uncond)
+            if job.skip_layers and job.skip_start * job.steps < i < job.skip_stop * job.steps:
+                skipped = family.denoise(c, latents, t, cond.half(batch), skip_layers=list(job.skip_layers))
+                out = out + (out_cond - skipped) * job.skip_scale
         else:
             out_uncond, out_cond = None, out
 

@@ -38,6 +38,17 @@ def _env_number(name: str, default, cast):
         raise SystemExit(f"{name}={raw!r} is not {'an integer' if cast is int else 'a number'}") from None
 
 
+def _env_ints(name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers from the environment ("7,8,9"); a bad one stops the app, named."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return tuple(int(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a comma-separated list of whole numbers") from None
+
+
 def _env_bool(name: str, default: bool) -> bool:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -73,6 +84,8 @@ class Settings:
     # it), and how many T5 tokens a prompt gets (diffusers' max_sequence_length: 256, at most 512)
     t5: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_T5", False))
     t5_tokens: int = field(default_factory=lambda: _env_int("T5_TOKENS", 256))
+    # SD3.5's skip-layer guidance: the MMDiT blocks it skips (SD3.5 Medium's recommended 7, 8, 9)
+    slg_layers: tuple[int, ...] = field(default_factory=lambda: _env_ints("SLG_LAYERS", (7, 8, 9)))
     # keep the model's safety checker when it ships one
     safety_checker: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_SAFETY_CHECKER", False))
     # request limits (a public Space wants these small)

@@ -12,7 +12,7 @@ POSE_JSON = '{"people": [{"pose_keypoints_2d": [' + ", ".join(["10, 20, 1"] * 18
 # One valid call per endpoint, by parameter name (the order is the API's).
 VALID = {
     "/generate": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
-                      width=64, height=64, num_images=1, shift=0),
+                      width=64, height=64, num_images=1, shift=0, refiner_start=0, skip_layer_guidance=0),
     "/grid": dict(prompt="a red circle", negative_prompt="", seed=1, steps=2, schedulers=["Euler", "DDIM"],
                   columns="1, 5", width=64, height=64, axis="cfg", cfg_scale=7.5),
     "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
@@ -48,6 +48,10 @@ BAD = {
     "height": [(100, ["height", "multiple of 8", "100"]), (4096, ["height", "4096"]), (-8, ["height", "-8"])],
     "shift": [(2.0, ["shift 2", "flow-matching models (SD3)", "leave it at 0"]), (-1, ["shift", "0 to 20", "-1"]),
               (21, ["shift", "21"]), ("high", ["shift", "'high'"]), (NAN, ["shift", "nan"])],
+    "refiner_start": [(0.8, ["refiner start 0.8", "needs an SDXL refiner", "--refiner"]),
+                      (0.99, ["refiner start", "0 to 0.95", "0.99"]), ("x", ["refiner start", "'x'"])],
+    "skip_layer_guidance": [(2.8, ["skip-layer guidance 2.8", "MMDiT (SD3)", "leave it at 0"]),
+                            (-1, ["skip-layer guidance", "0 to 10", "-1"]), (NAN, ["skip-layer guidance", "nan"])],
     "num_images": [(0, ["number of images", "1 to 4", "0"]), (5, ["number of images", "5"]),
                    (2.5, ["number of images", "2.5"])],
     "schedulers": [(["Euler", "Nope"], ["'Nope'"]), ([], ["at least one scheduler"]),

@@ -4,6 +4,7 @@ configs, saved with save_pretrained and loaded through the app's loader; and the
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import numpy as np
@@ -153,7 +154,9 @@ def sd3_controlnet(model, zeros_for_pooled: bool = True):
     from diffusers import SD3ControlNetModel
 
     torch.manual_seed(1)
-    net = SD3ControlNetModel.from_transformer(model.pipe.transformer, num_layers=1, num_extra_conditioning_channels=0)
+    # from a copy: diffusers' from_transformer writes its num_layers into the transformer's own config
+    net = SD3ControlNetModel.from_transformer(copy.deepcopy(model.pipe.transformer), num_layers=1,
+                                              num_extra_conditioning_channels=0)
     net.register_to_config(force_zeros_for_pooled_projection=zeros_for_pooled)
     for p in net.parameters():
         p.data.add_(torch.randn_like(p) * 0.02)
@@ -278,3 +281,30 @@ def test_the_inspector_maps_clip_and_t5_tokens_of_sd3(sd3, tiny_sd3_dir):
     without = Engine(load_model(dataclasses.replace(tiny_settings(tiny_sd3_dir), t5=False)), tiny_settings(tiny_sd3_dir))
     assert all(t.encoder == "CLIP" for t in without.inspect(GenerateRequest(
         prompt="a red circle", seed=3, steps=2, scheduler="Flow Euler", width=64, height=64)).attention.tokens)
+
+
+@pytest.mark.parametrize("name", ["Flow Euler", "DPM++ 2M (flow)"])
+def test_skip_layer_guidance_matches_diffusers(sd3, name):
+    """SD3.5's skip-layer guidance (here block 1 of the tiny MMDiT's two, over the middle of the run)."""
+    options = dict(skip_layers=(1,), skip_scale=2.8, skip_start=0.1, skip_stop=0.9)
+    got = pixels(denoise(Components.from_pipeline(sd3.pipe), dataclasses.replace(job(name), **options)).images)
+    ref = theirs(sd3, name, skip_guidance_layers=[1], skip_layer_guidance_scale=2.8, skip_layer_guidance_start=0.1,
+                 skip_layer_guidance_stop=0.9)
+    assert np.abs(got - ref).max() <= 1e-4
+    assert np.abs(got - mine(sd3, name=name)).max() > 1e-3
+
+
+def test_skip_layer_guidance_through_the_engine_names_the_blocks(sd3, tiny_sd3_dir):
+    from playground.engine import Engine
+    from playground.requests import GenerateRequest, InvalidRequest
+
+    # 10 steps: guidance at the steps between 0.01 and 0.2 of the way, exclusive (diffusers' window): step 1
+    req = GenerateRequest(prompt=PROMPT, seed=3, steps=10, scheduler="Flow Euler", width=64, height=64,
+                          skip_layer_guidance=2.8)
+    with pytest.raises(InvalidRequest, match=r"skips blocks \[7, 8, 9\] \(SLG_LAYERS\), but this MMDiT has blocks 0 to 1"):
+        Engine(sd3, tiny_settings(tiny_sd3_dir)).generate(req)
+    engine = Engine(sd3, tiny_settings(tiny_sd3_dir, slg_layers=(1,)))
+    made = engine.generate(req)
+    assert made.request.skip_layers == (1,) and made.images[0].params.skip_layer_guidance == 2.8
+    plain = engine.generate(dataclasses.replace(req, skip_layer_guidance=0.0))
+    assert np.abs(made.images[0].array - plain.images[0].array).max() > 1e-3

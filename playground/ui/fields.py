@@ -87,6 +87,13 @@ class Fields:
                          info="higher spends more steps at high noise (composition), lower more on detail",
                          visible=self.flow)
 
+    def skip_layer_guidance(self) -> gr.Slider:
+        """SD3.5's skip-layer guidance scale (shown for SD3; 0 = off)."""
+        return gr.Slider(0, 10, value=DEFAULTS.skip_layer_guidance, step=0.1, visible=self.flow,
+                         label="Skip-layer guidance (SD3.5; 0 = off, 2.8 is usual)",
+                         info="early on, also pushes away from the model with some middle blocks skipped: "
+                              "sharper structure")
+
     def refiner_start(self) -> gr.Slider:
         """Where SDXL's refiner takes over (shown with a refiner loaded; 0 = the base alone)."""
         return gr.Slider(0, 0.95, value=DEFAULTS.refiner_start, step=0.05, visible=self.refiner,

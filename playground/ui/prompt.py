@@ -37,7 +37,9 @@ def summary(result: GenerateResult, native: int) -> str:
     lines = [
         f"**Seed {r.seed}**" + (f" (images use {r.seed}…{r.seed + n - 1})" if n > 1 else ""),
         f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}"
-        + (f", shift {r.shift:g}" if r.shift else "") + (f", refiner from {r.refiner_start:g}" if r.refiner_start else ""),
+        + (f", shift {r.shift:g}" if r.shift else "") + (f", refiner from {r.refiner_start:g}" if r.refiner_start else "")
+        + (f", skip-layer guidance {r.skip_layer_guidance:g} (blocks {', '.join(map(str, r.skip_layers))})"
+           if r.skip_layer_guidance else ""),
         f"{result.unet_calls} model evaluations per image; {result.seconds:.2f} s ({result.seconds / n:.2f} s per image)",
     ]
     if any(g.nsfw for g in result.images):
@@ -74,7 +76,7 @@ def build(
             with gr.Row():
                 cfg_box, images_box = fields.cfg_scale(), fields.num_images()
             width_box, height_box = fields.size()
-            shift_box, refiner_box = fields.shift(), fields.refiner_start()
+            shift_box, refiner_box, slg_box = fields.shift(), fields.refiner_start(), fields.skip_layer_guidance()
             with gr.Row():
                 seed_box = fields.seed(scale=3)
                 reuse = gr.Button("♻ Reuse last seed", scale=1)
@@ -94,7 +96,7 @@ def build(
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
     def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images, shift=0.0,
-                    refiner_start=0.0, progress=gr.Progress()):
+                    refiner_start=0.0, skip_layer_guidance=0.0, progress=gr.Progress()):
         for item in stream(generate, generate_request(locals())):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
@@ -120,7 +122,7 @@ def build(
 
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box,
-              shift_box, refiner_box]
+              shift_box, refiner_box, slg_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the status line under the buttons: the live preview and the gallery stay in view
