@@ -16,7 +16,7 @@ VALID = {
     "/grid": dict(prompt="a red circle", negative_prompt="", seed=1, steps=2, schedulers=["Euler", "DDIM"],
                   columns="1, 5", width=64, height=64, axis="cfg", cfg_scale=7.5),
     "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
-                     width=64, height=64, attention_of="the prompt"),
+                     width=64, height=64, attention_of="the prompt", refiner_start=0),
     "/attention": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
                        width=64, height=64, attention_of="prompt", word="red", resolution="8x8"),
     "/preprocess": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,

@@ -159,7 +159,7 @@ def tiny_sd2_dir(tmp_path_factory):
     return write_tiny_sd2(tmp_path_factory.mktemp("tiny-sd2"))
 
 
-def write_tiny_sd3(out, t5: bool = True, t5_tokens: int = 512):
+def write_tiny_sd3(out, t5: bool = True, t5_tokens: int = 512, sample_size: int = 8):
     """A tiny random-weight SD3 in the diffusers layout: an MMDiT with patch 2 (two joint blocks), CLIP-L and
     CLIP-G with projections, a T5 encoder (or none: zeros in its place), a 16-channel VAE with shift, and
     FlowMatchEuler with shift 3. CLIP widths (16 + 16) are padded to T5's 48, as SD3 pads 768 + 1280 to 4096."""
@@ -176,7 +176,7 @@ def write_tiny_sd3(out, t5: bool = True, t5_tokens: int = 512):
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_size=16,
                 projection_dim=16)
     parts = dict(
-        transformer=SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+        transformer=SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
                                           attention_head_dim=8, num_attention_heads=2, joint_attention_dim=48,
                                           caption_projection_dim=16, pooled_projection_dim=32, pos_embed_max_size=16),
         vae=AutoencoderKL(block_out_channels=(8, 8, 8, 8), down_block_types=("DownEncoderBlock2D",) * 4,

@@ -400,3 +400,48 @@ def test_a_waiting_visitor_sees_its_place_in_the_queue_and_a_refusal_says_why(br
         timeout=10_000)
     page.get_by_role("button", name="Stop", exact=True).first.click()
     context.close()
+
+
+# ---------------------------------------------------------------- SD3 (a tiny random-weight one)
+
+@pytest.fixture(scope="module")
+def sd3_url(tmp_path_factory):
+    """The app on a tiny random-weight SD3 (128 px native, 16x16x16 latents, 8x8 patches) built from configs."""
+    from conftest import tiny_settings, write_tiny_sd3
+
+    folder = write_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3-128"), sample_size=16)
+    settings = tiny_settings(folder, port=free_port(), output_dir=tmp_path_factory.mktemp("out-sd3"), max_size=256)
+    with launched(Engine(load_model(settings), settings), settings) as url:
+        yield url
+
+
+def test_sd3_in_the_prompt_tab_and_the_inspector(browser, sd3_url, shots):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(sd3_url)
+    page.get_by_text("Diffusion Playground").first.wait_for()
+    prompt = visible(page.get_by_label("Prompt", exact=True))
+    prompt.fill("a red circle on the left and a blue square on the right")
+    page.get_by_text("T5: 14 / 256 tokens").wait_for(timeout=10_000)  # T5's own count beside CLIP's
+    assert visible(page.get_by_label("Flow shift (0 = the model's own)")).is_visible()
+    assert visible(page.get_by_label("Scheduler")).input_value() == "Flow Euler"
+
+    page.get_by_role("tab", name="Latent inspector").click()
+    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle on the left and a blue square on the right")
+    page.get_by_role("button", name="Generate and record").click()
+    page.get_by_text("Recorded 25 model evaluations").wait_for(timeout=120_000)
+    step = page.get_by_label("number input for Step (drag to scrub the trajectory)")
+    step.fill("8")
+    step.press("Enter")
+    page.get_by_text("Step 8 of 25").wait_for(timeout=30_000)
+    assert page.get_by_text("channel 15: min").is_visible()  # 16 latent channels
+    heading = page.get_by_role("heading", name="Which word paints where: joint attention (MMDiT)")
+    heading.scroll_into_view_if_needed()
+    page.get_by_role("radio", name="red (T5)", exact=True).click()
+    page.get_by_text("“red” (prompt) gets").wait_for(timeout=30_000)
+    page.get_by_role("radio", name="block 1", exact=True).click()
+    page.get_by_text("Layers: block 1 (1 joint-attention layer)").wait_for(timeout=30_000)
+    page.mouse.wheel(0, 600)
+    settle(page)
+    page.screenshot(path=str(shots / "inspector-sd3.png"), full_page=True)
+    context.close()

@@ -371,3 +371,12 @@ def test_a_server_killed_mid_run_leaves_no_half_file_and_restarts_clean(tiny_dir
     pngs = sorted(out.glob("*.png"), key=lambda p: (p.stat().st_mtime, p.name))
     assert len(pngs) == 5 and [read_png(p).seed for p in pngs] == [1, 2, 3, 4, 3]  # the killed run wrote nothing
     assert not list(out.glob(".*.part"))
+
+
+def test_an_older_client_that_leaves_out_the_newest_parameters_still_works(app):
+    # /generate and /inspect gained parameters at their end (shift, refiner_start, skip_layer_guidance); a
+    # gradio_client script written before sends fewer values, and the client fills in the defaults
+    _, client, _, valid = app
+    for endpoint in ("/generate", "/inspect"):
+        old = [v for name, v in valid[endpoint].items() if name not in ("shift", "refiner_start", "skip_layer_guidance")]
+        assert client.predict(*old, api_name=endpoint)
