@@ -158,6 +158,8 @@ def test_every_event_that_runs_the_model_is_in_the_one_gpu_group(app):
         assert (fns[name].concurrency_id, fns[name].concurrency_limit) == (GPU, settings.gpu_concurrency), name
     decodes = [f for f in demo.fns.values() if getattr(f.fn, "__name__", "") == "on_decode"]
     assert len(decodes) == 2 and all(f.concurrency_id == GPU for f in decodes)  # after a run, and after scrubbing
+    # a visitor's jobs are counted when they ask to run; a scrub's decode follows a run already let in, never refused
+    assert all(fns[name].validator is not None for name in MODEL_WORK) and all(f.validator is None for f in decodes)
     light = ["restore", "draw_pose", "mirror_pose", "anatomy"]  # no model: never queued behind a generation
     assert all(fns[name].concurrency_id != GPU for name in light)
 

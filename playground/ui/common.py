@@ -23,12 +23,15 @@ from playground.ui import fairness
 GPU = "gpu"  # the one concurrency group every tab's model work goes through
 
 
-def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, **kwargs):
+def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, counted: bool = True, **kwargs):
     """Wire `fn` to one trigger (`button.click`, `event.then`) or a list of them as model work: a ZeroGPU
     lease (`gpu`), and the one concurrency group shared by every tab, `settings.gpu_concurrency` at once; each
-    browser session may hold `settings.session_jobs` of them at once (fairness.py)."""
-    kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency,
-                  validator=fairness.of_app(settings.session_jobs, settings.queue_size).validator(inputs))
+    browser session may hold `settings.session_jobs` of them at once (fairness.py). `counted=False` for the small
+    follow-ups of a job already let in (the inspector's x0 decode as the visitor scrubs: one pending at a time,
+    trigger_mode "always_last"), which a visitor must never see refused."""
+    kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency)
+    if counted:
+        kwargs["validator"] = fairness.of_app(settings.session_jobs, settings.queue_size).validator(inputs)
     if isinstance(triggers, (list, tuple)):
         return gr.on(triggers, gpu(fn), inputs, outputs, **kwargs)
     return triggers(gpu(fn), inputs, outputs, **kwargs)

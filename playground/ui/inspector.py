@@ -169,14 +169,16 @@ def build(
                   preprocess=False,
                   show_progress_on=status)
     # the step's x0 through the VAE; then the attention map of the step over it
-    heavy(event.then, on_decode, [traj_state, step_slider], decoded, settings, api_visibility="private").then(
+    heavy(event.then, on_decode, [traj_state, step_slider], decoded, settings, counted=False,
+          api_visibility="private").then(
         attn.show, attention_inputs, attn.outputs, show_progress="hidden", api_visibility="private")
     stop_button(stop, event, info)
     step_slider.change(show_step, [traj_state, step_slider], step_outputs, show_progress="hidden",
                        trigger_mode="always_last", api_visibility="private")
     step_slider.change(attn.show, attention_inputs, attn.outputs, show_progress="hidden",
                        trigger_mode="always_last", api_visibility="private")
-    heavy(step_slider.release, on_decode, [traj_state, step_slider], decoded, settings, show_progress="minimal",
+    heavy(step_slider.release, on_decode, [traj_state, step_slider], decoded, settings, counted=False,
+          show_progress="minimal",
           trigger_mode="always_last", api_visibility="private").then(
         attn.show, attention_inputs, attn.outputs, show_progress="hidden", api_visibility="private")
     for box in (attn.token, attn.resolution):
