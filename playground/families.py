@@ -22,7 +22,8 @@ from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokeniz
 from playground.attention import cross_attention_layers, joint_attention_layers
 from playground.requests import TokenCount
 from playground.settings import CONTROLNETS, CONTROLNETS_SD3, CONTROLNETS_XL
-from playground.tokens import Token, split_prompt, split_t5, tokenize
+from playground.tokens import Token, split_prompt, split_t5, tokenize, weighted_ids
+from playground.weights import plain
 
 
 @dataclass
@@ -35,6 +36,24 @@ class Conditioning:
     def half(self, batch: int) -> "Conditioning":
         """The prompt's rows of a CFG batch ([negative..., prompt...]): its last `batch`."""
         return Conditioning(self.embeds[-batch:], {k: v[-batch:] for k, v in (self.added or {}).items()} or None)
+
+
+def token_tensors(tokenizer, prompts: list[str], max_length: int, device) -> tuple[torch.Tensor, ...]:
+    """(ids (N, L), weights (N, L), lengths (N,)) on `device`: tokens.weighted_ids as tensors."""
+    ids, weights, lengths = weighted_ids(tokenizer, prompts, max_length)
+    return (torch.tensor(ids, device=device), torch.tensor(weights, device=device, dtype=torch.float32),
+            torch.tensor(lengths, device=device))
+
+
+def weigh(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(N, L, D) hidden states with each token's weight applied, as A1111 does: multiplied token by token, then
+    scaled back to each prompt's unweighted mean, so turning one word up does not turn the whole prompt up.
+    Unweighted prompts come back unchanged (the same tensor)."""
+    if bool((weights == 1).all()):
+        return hidden
+    weighted = hidden * weights[..., None].to(hidden.dtype)
+    scale = hidden.float().mean(dim=(1, 2), keepdim=True) / weighted.float().mean(dim=(1, 2), keepdim=True)
+    return weighted * scale.to(hidden.dtype)
 
 
 # ---------------------------------------------------------------- the entries
@@ -57,7 +76,7 @@ class StableDiffusion:
     def count_tokens(self, c: Components, prompt: str) -> TokenCount:
         """How many tokens `prompt` uses, and what is cut off past the limit (several tokenizers: the count
         that loses most, with how many read it; SDXL's two split the same way)."""
-        counts = []
+        counts, prompt = [], plain(prompt)  # the weighting syntax is not read as words
         for tok in self.tokenizers(c):
             ids = tokenize(tok, [prompt])["input_ids"][0]  # includes start and end tokens
             limit = tok.model_max_length
@@ -69,12 +88,11 @@ class StableDiffusion:
     def encode_prompts(self, c: Components, prompts: Sequence[str]) -> Conditioning:
         """(len(prompts), 77, D) CLIP hidden states; each distinct prompt is encoded once."""
         unique = list(dict.fromkeys(prompts))
-        tokens = tokenize(c.tokenizer, unique, padding="max_length", max_length=c.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt")
+        ids, weights, lengths = token_tensors(c.tokenizer, unique, c.tokenizer.model_max_length, c.text_encoder.device)
         mask = None
         if getattr(c.text_encoder.config, "use_attention_mask", False):
-            mask = tokens.attention_mask.to(c.text_encoder.device)
-        hidden = c.text_encoder(tokens.input_ids.to(c.text_encoder.device), attention_mask=mask)[0]
+            mask = (torch.arange(ids.shape[1], device=ids.device)[None] < lengths[:, None]).long()
+        hidden = weigh(c.text_encoder(ids, attention_mask=mask)[0], weights)
         index = torch.tensor([unique.index(p) for p in prompts], device=hidden.device)
         return Conditioning(hidden.to(dtype=c.text_encoder.dtype).index_select(0, index))
 
@@ -88,7 +106,7 @@ class StableDiffusion:
 
     def split_prompt(self, c: Components, prompt: str) -> list[Token]:
         """The prompt's tokens as the denoiser's text sequence holds them (CLIP's; SD3 adds T5's after them)."""
-        return split_prompt(c.tokenizer, prompt)
+        return split_prompt(c.tokenizer, plain(prompt))
 
     # -- the denoiser -------------------------------------------------------------------------
     def denoise(self, c: Components, x: torch.Tensor, t: torch.Tensor, cond: Conditioning,
@@ -174,12 +192,11 @@ class StableDiffusionXL(StableDiffusion):
         unique = list(dict.fromkeys(prompts))
         hidden, pooled = [], None
         for tokenizer, encoder in self.encoders(c):
-            ids = tokenize(tokenizer, unique, padding="max_length", max_length=tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+            ids, weights, _ = token_tensors(tokenizer, unique, tokenizer.model_max_length, encoder.device)
             out = encoder(ids, output_hidden_states=True)
-            if out[0].ndim == 2:  # the encoder with projection: its pooled output
+            if out[0].ndim == 2:  # the encoder with projection: its pooled output (never weighted, as in A1111)
                 pooled = out[0]
-            hidden.append(out.hidden_states[-2])
+            hidden.append(weigh(out.hidden_states[-2], weights))
         index = torch.tensor([unique.index(p) for p in prompts], device=hidden[0].device)
         embeds = torch.cat(hidden, dim=-1).to(dtype=c.text_encoder_2.dtype).index_select(0, index)
         return Conditioning(embeds, {"text_embeds": pooled.index_select(0, index).to(embeds.device)})
@@ -242,12 +259,13 @@ class StableDiffusion3(StableDiffusion):
         clip = super().count_tokens(c, prompt)
         if c.tokenizer_3 is None:
             return clip
-        ids = tokenize(c.tokenizer_3, [prompt])["input_ids"][0]  # the words and T5's end token
+        ids = tokenize(c.tokenizer_3, [plain(prompt)])["input_ids"][0]  # the words and T5's end token
         dropped = c.tokenizer_3.decode(ids[c.t5_tokens - 1:-1]).strip() if len(ids) > c.t5_tokens else ""
         return replace(clip, t5=TokenCount(used=len(ids), limit=c.t5_tokens, dropped=dropped))
 
     def split_prompt(self, c: Components, prompt: str) -> list[Token]:
         """CLIP's tokens, then (with T5) T5's own, which the MMDiT sees after CLIP's 77."""
+        prompt = plain(prompt)
         clip = split_prompt(c.tokenizer, prompt)
         if c.tokenizer_3 is None:
             return clip
@@ -260,18 +278,16 @@ class StableDiffusion3(StableDiffusion):
         unique = list(dict.fromkeys(prompts))
         hidden, pooled = [], []
         for tokenizer, encoder in ((c.tokenizer, c.text_encoder), (c.tokenizer_2, c.text_encoder_2)):
-            ids = tokenize(tokenizer, unique, padding="max_length", max_length=tokenizer.model_max_length,
-                           truncation=True, return_tensors="pt").input_ids.to(encoder.device)
+            ids, weights, _ = token_tensors(tokenizer, unique, tokenizer.model_max_length, encoder.device)
             out = encoder(ids, output_hidden_states=True)
             pooled.append(out[0])
-            hidden.append(out.hidden_states[-2].to(dtype=c.text_encoder.dtype))
+            hidden.append(weigh(out.hidden_states[-2], weights).to(dtype=c.text_encoder.dtype))
         clip = torch.cat(hidden, dim=-1)
         if c.text_encoder_3 is None:  # as diffusers: zeros in T5's place
             t5 = clip.new_zeros((len(unique), c.t5_tokens, c.denoiser.config.joint_attention_dim))
         else:
-            ids = tokenize(c.tokenizer_3, unique, padding="max_length", max_length=c.t5_tokens, truncation=True,
-                           add_special_tokens=True, return_tensors="pt").input_ids
-            t5 = c.text_encoder_3(ids.to(c.text_encoder_3.device))[0].to(dtype=c.text_encoder_3.dtype)
+            ids, weights, _ = token_tensors(c.tokenizer_3, unique, c.t5_tokens, c.text_encoder_3.device)
+            t5 = weigh(c.text_encoder_3(ids)[0], weights).to(dtype=c.text_encoder_3.dtype)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1])).to(t5.device)
         index = torch.tensor([unique.index(p) for p in prompts], device=t5.device)
         embeds = torch.cat([clip.to(t5.dtype), t5], dim=-2).index_select(0, index)

@@ -21,6 +21,7 @@ from playground import control, poses, schedulers, tokens as tokens_mod
 from playground.control import CannyOptions, PoseOptions
 from playground.errors import ControlNetUnavailable, InvalidRequest, OutOfMemory  # noqa: F401 (named here too)
 from playground.grid import AXES, parse_scales
+from playground.weights import plain
 from playground.metadata import Params
 from playground.settings import CONTROLNETS, Settings
 
@@ -413,7 +414,7 @@ def validate_attention(req: InspectRequest, limits: Limits) -> InspectRequest:
     source = ATTENTION_OF[req.attention_of]
     if not source.records:
         raise InvalidRequest("attention of 'off' records no maps; ask for 'prompt' or 'negative'")
-    split = tokens_mod.split_prompt(limits.tokenizer, source.text(req.base))
+    split = tokens_mod.split_prompt(limits.tokenizer, plain(source.text(req.base)))  # the words, not the weights
     word = text("word", req.word, tokens_mod.MAX_WORD_CHARS).strip()
     chosen = tokens_mod.find_word(split, word, limits.tokenizer) if word else [tokens_mod.first_word(split)]
     resolution = tokens_mod.check_resolution(req.resolution, limits.attention_layers(req.base.height, req.base.width))

@@ -10,6 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from playground.errors import InvalidRequest
+from playground.weights import is_weighted, parse, plain
 
 START, END = "<start>", "<end>"
 
@@ -22,6 +23,36 @@ def tokenize(tokenizer, texts: list[str], **kwargs):
     """tokenizer(texts, **kwargs), safe to call from several request threads at once."""
     with _TOKENIZER_LOCK:
         return tokenizer(texts, **kwargs)
+
+
+def weighted_ids(tokenizer, prompts: list[str], max_length: int) -> tuple[list[list[int]], list[list[float]], list[int]]:
+    """For each prompt: its token ids padded (or cut) to `max_length` with the tokenizer's special tokens, each
+    token's weight (A1111's syntax, `playground.weights`; 1 for special tokens and padding), and how many ids are
+    not padding. A prompt that weights nothing is tokenized whole, exactly as the pipelines do; a weighted one
+    chunk by chunk, so that each weight lands on its own words' tokens."""
+    ids, weights, lengths = [], [], []
+    for prompt in prompts:
+        if not is_weighted(prompt):  # (its text without any syntax: "(red:1.0)" is "red")
+            row = tokenize(tokenizer, [plain(prompt)], padding="max_length", max_length=max_length, truncation=True)
+            ids.append(list(row["input_ids"][0]))
+            weights.append([1.0] * len(ids[-1]))
+            lengths.append(int(sum(row["attention_mask"][0])))
+            continue
+        body, body_weights = [], []
+        for text, weight in parse(prompt):
+            pieces = tokenize(tokenizer, [text], add_special_tokens=False)["input_ids"][0]
+            body += pieces
+            body_weights += [weight] * len(pieces)
+        empty = tokenize(tokenizer, [""])["input_ids"][0]  # the special tokens alone: CLIP's start + end, T5's end
+        head = empty[:1] if tokenizer.bos_token_id is not None and empty[:1] == [tokenizer.bos_token_id] else []
+        tail = empty[len(head):]
+        room = max_length - len(head) - len(tail)
+        row = head + body[:room] + tail
+        row_weights = [1.0] * len(head) + body_weights[:room] + [1.0] * len(tail)
+        lengths.append(len(row))
+        ids.append(row + [tokenizer.pad_token_id] * (max_length - len(row)))
+        weights.append(row_weights + [1.0] * (max_length - len(row)))
+    return ids, weights, lengths
 
 
 @dataclass(frozen=True)
