@@ -281,6 +281,10 @@ def test_anatomy_tab(page, shots):
     for text in ("loaded: playground-offline", "SD3 Medium", "T5-XXL (encoder) 4.76B", "12x"):
         assert visible(page.get_by_text(text)).is_visible(), text
     visible(page.locator("[data-testid='vega-lite'] svg, .vega-embed svg, canvas")).wait_for(timeout=20_000)
+    # the noise schedules, filled when the tab opens: each 0 dB crossing, and every schedule in the legend
+    page.get_by_text("SD3 flow, shift 3: 0 dB at t = 0.250 T").wait_for(timeout=30_000)
+    legend = page.locator(".block", has=page.get_by_text("cosine (improved DDPM)")).filter(visible=True)
+    assert legend.count() >= 1
     page.mouse.wheel(0, 2000)
     settle(page)
     page.screenshot(path=str(shots / "anatomy-tab.png"), full_page=True)

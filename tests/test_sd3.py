@@ -254,7 +254,8 @@ def test_the_launched_app_answers_with_sd3(sd3, tiny_sd3_dir, tmp_path):
             assert len(images) == 2
             table, *_ = client.predict(api_name="/anatomy")
             assert "SD3Transformer2DModel" in table and "T5EncoderModel" in table
-            _, _, zero_db = client.predict(api_name="/schedules")
+            _, _, key, zero_db = client.predict(api_name="/schedules")
+            assert "SD3 flow, shift 3" in key
             assert "**loaded: " in zero_db and "0 dB at t = 0.250 T" in zero_db  # its own flow, shift 3
         finally:
             client.close()

@@ -66,6 +66,19 @@ def bars(models: list[Anatomy]) -> pd.DataFrame:
 
 
 SNR_FLOOR = -40.0  # dB: the plot's bottom (a schedule's last steps go far below: pure noise)
+# the schedules' colours in both plots, in the order anatomy.schedules lists them (the loaded model's first)
+SCHEDULE_COLOURS = ["#111827", "#f58518", "#e45756", "#4c78a8", "#54a24b", "#b279a2"]
+
+
+def schedule_colours(found: list[Schedule]) -> dict[str, str]:
+    return {s.name: SCHEDULE_COLOURS[k % len(SCHEDULE_COLOURS)] for k, s in enumerate(found)}
+
+
+def schedule_legend(found: list[Schedule]) -> str:
+    """The plots' legend as HTML under them (gradio's own is cut off past a few names)."""
+    items = "".join(f'<span style="margin-right:1.5em;white-space:nowrap"><span style="color:{colour};'
+                    f'font-weight:bold">━</span> {name}</span>' for name, colour in schedule_colours(found).items())
+    return f'<div style="font-size:0.9em">{items}</div>'
 
 
 def schedule_frame(found: list[Schedule], every: int = 10) -> pd.DataFrame:
@@ -114,10 +127,11 @@ def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatom
                     "way at high noise. A flow's (1 - σ)·x0 + σ·ε is put on the same axes by its SNR, ((1 - σ)/σ)².")
         compare_schedules = gr.Button("Compare noise schedules")
         with gr.Row():
-            snr_plot = gr.LinePlot(x="t / T", y="SNR (dB)", color="schedule", height=360,
+            snr_plot = gr.LinePlot(x="t / T", y="SNR (dB)", color="schedule", height=360, colors_in_legend=[],
                                    label=f"SNR (dB) against t / T (clipped at {SNR_FLOOR:g} dB)")
-            alpha_plot = gr.LinePlot(x="t / T", y="alpha-bar", color="schedule", height=360,
+            alpha_plot = gr.LinePlot(x="t / T", y="alpha-bar", color="schedule", height=360, colors_in_legend=[],
                                      label="alpha-bar (the share of the image) against t / T")
+        schedules_key = gr.HTML()
         zero_db = gr.Markdown()
 
     def fill():
@@ -128,11 +142,13 @@ def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatom
 
     def fill_schedules():
         found = schedules()
-        frame = schedule_frame(found)
-        return frame, frame, crossings(found)
+        frame, colours = schedule_frame(found), schedule_colours(found)
+        return (gr.LinePlot(value=frame, color_map=colours), gr.LinePlot(value=frame, color_map=colours),
+                schedule_legend(found), crossings(found))
 
     tab.select(fill, None, [compare, chart, key], api_visibility="private")
     show.click(fill, None, [compare, chart, key], api_name="anatomy")
     if schedules is not None:
-        tab.select(fill_schedules, None, [snr_plot, alpha_plot, zero_db], api_visibility="private")
-        compare_schedules.click(fill_schedules, None, [snr_plot, alpha_plot, zero_db], api_name="schedules")
+        tab.select(fill_schedules, None, [snr_plot, alpha_plot, schedules_key, zero_db], api_visibility="private")
+        compare_schedules.click(fill_schedules, None, [snr_plot, alpha_plot, schedules_key, zero_db],
+                                api_name="schedules")
