@@ -189,6 +189,11 @@ def cosine_betas(n: int = 1000, s: float = 0.008) -> torch.Tensor:
     return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
 
+def schedules_of(model) -> list[Schedule]:
+    """schedules() for a loaded model (loading.LoadedModel): its scheduler's config, its name, whether it flows."""
+    return schedules(dict(model.pipe.scheduler.config), model.name, model.family.flow)
+
+
 def schedules(loaded_config: dict, loaded_name: str, flow: bool) -> list[Schedule]:
     """The loaded model's schedule beside DDPM's linear, the cosine one, SD's scaled-linear, the offline model's
     rescaled one (its last step keeps 2% of the image) and SD3's flow with shift 3."""

@@ -114,11 +114,11 @@ def run_job(model: LoadedModel, c: Components, job: Job, observer: Observer | No
 
 def hand_off(refiner, job: Job, first: Denoised, observer: Observer | None, cancel: threading.Event | None
              ) -> Denoised:
-    """SDXL's second stage: the refiner goes on from the base's latents at `job.end`, with fresh generators from the
-    same seeds (as a second diffusers call would get), its steps numbered after the base's."""
+    """SDXL's second stage: the refiner goes on from the base's latents at `job.end` with the base's generators
+    where it left them (as the same generators passed to diffusers' base, then to its refiner: a stochastic
+    sampler's noise goes on, never repeats the start), without a ControlNet, its steps numbered after the base's."""
     second = denoise(Components.from_pipeline(refiner), replace(
-        job, start=job.end, end=1.0, init_latents=first.latents, observer_offset=first.unet_calls,
-        generators=[torch.Generator("cpu").manual_seed(g.initial_seed()) for g in job.generators]),
+        job, start=job.end, end=1.0, init_latents=first.latents, observer_offset=first.unet_calls, control=None),
         observer=observer, cancel=cancel)
     return replace(second, unet_calls=first.unet_calls + second.unet_calls, sigmas=first.sigmas + second.sigmas,
                    handoff=first.unet_calls)
@@ -153,15 +153,15 @@ def scales_row(run: Callable, model: str, row: GenerateRequest, scales: list[flo
         out.sigmas
 
 
-def passes_row(run: Callable, model: str, row: GenerateRequest, field: str, values: list[float],
+def passes_row(run: Callable, model: str, row: GenerateRequest, axis, values: list[float],
                reference: int | None, progress: tuple, cancel: threading.Event | None
                ) -> tuple[list[GridCell], list[float]]:
-    """One pass per column (an unbatched axis: see grid.Axis) setting `field` to its value; with `reference`,
+    """One pass per column (an unbatched axis: see grid.Axis) setting its field to its value; with `reference`,
     a last run of that many steps, and each cell's distance to it (the steps axis)."""
     on_progress, label, done, total = progress
     passes = []
     for v in [*values, reference] if reference else values:
-        cell = replace(row, **{field: int(v) if field == "steps" else v})
+        cell = replace(row, **{axis.field: axis.cast(v)})
         passes.append(run(job_for(cell, [row.seed]), [params_for(model, cell)],
                           progress_observer(on_progress, label, done, total), cancel,
                           f"a {cell.steps}-step cell of {row.width}x{row.height}"))
@@ -180,8 +180,8 @@ class Engine:
         self.annotators = Annotators(model, settings)  # ControlNets and pose detectors, loaded once each
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
-        self.limits = Limits.of(settings, self.native_size, self.vae_factor, model.pipe.tokenizer, self._attention_layers,
-                                refiner=model.refiner is not None, **model.family.facts(self.components))
+        self.limits = Limits.of(settings, self.native_size, tokenizer=model.pipe.tokenizer, refiner=model.refiner is not None,
+                                attention_layers=self._attention_layers, **model.family.facts(self.components))
 
     # -- facts --------------------------------------------------------------------------------
     @property
@@ -250,7 +250,7 @@ class Engine:
             row, progress = replace(req.base, scheduler=name), (on_progress, label, done, total)
             made, sigmas[name] = (
                 scales_row(self._run, self.model.name, row, values, progress, cancel) if axis.batched else
-                passes_row(self._run, self.model.name, row, axis.field, values, reference, progress, cancel))
+                passes_row(self._run, self.model.name, row, axis, values, reference, progress, cancel))
             cells.append(made)
             done += calls[name]
         return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start,

@@ -67,6 +67,7 @@ class StableDiffusion:
     controlnet_class = "ControlNetModel"  # the diffusers class its ControlNets load as
     flow = False  # trained with rectified flow (SD3): its schedulers are schedulers.FLOW_NAMES, not NAMES
     default_scheduler = "DPM++ 2M Karras"
+    refiner: str | None = None  # the pipeline class of a second stage that runs beside it (SDXL's refiner)
 
     # -- text ---------------------------------------------------------------------------------
     def tokenizers(self, c: Components) -> list[CLIPTokenizer]:
@@ -138,7 +139,12 @@ class StableDiffusion:
         """What the request checks need of the family (requests.Limits' fields): its name, whether it is a flow
         model, its latent channels, and the MMDiT blocks skip-layer guidance may skip (none in a U-Net)."""
         return {"family": self.name, "flow": self.flow, "channels": self.latent_channels(c),
-                "blocks": c.denoiser.config.get("num_layers", 0) if self.flow else 0}
+                "blocks": c.denoiser.config.get("num_layers", 0) if self.flow else 0,
+                "multiple": c.vae_scale_factor * self.patch(c)}
+
+    def patch(self, c: Components) -> int:
+        """Latent pixels per side the denoiser reads as one position (a U-Net 1; an MMDiT its patch size, 2)."""
+        return 1
 
     # -- latents <-> pixels through the VAE, with its scale and shift -----------------------------
     def decode(self, c: Components, latents: torch.Tensor, generator=None) -> torch.Tensor:
@@ -172,6 +178,7 @@ class StableDiffusionXL(StableDiffusion):
     name = "SDXL"
     pipeline = "StableDiffusionXLPipeline"
     controlnets = CONTROLNETS_XL
+    refiner = "StableDiffusionXLImg2ImgPipeline"
 
     def tokenizers(self, c: Components) -> list[CLIPTokenizer]:
         return [tokenizer for tokenizer, _ in self.encoders(c)]
@@ -225,6 +232,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
 
     name = "SDXL refiner"
     pipeline = "StableDiffusionXLImg2ImgPipeline"
+    refiner = None
     AESTHETIC_SCORE, NEGATIVE_AESTHETIC_SCORE = 6.0, 2.5
 
     def encoders(self, c: Components) -> list[tuple[CLIPTokenizer, CLIPTextModel]]:
@@ -344,6 +352,9 @@ class StableDiffusion3(StableDiffusion):
     def attention_layers(self, c: Components) -> list[tuple[str, Attention]]:
         """The MMDiT's joint-attention layers (`attn` of every transformer block), by name."""
         return joint_attention_layers(c.denoiser)
+
+    def patch(self, c: Components) -> int:
+        return c.denoiser.config.patch_size  # 2: sizes are multiples of 16 pixels
 
     def attention_grids(self, c: Components, latent_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
         """(h, w, block) for each joint-attention block: an MMDiT keeps one grid, the patch grid, through its

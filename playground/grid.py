@@ -26,6 +26,7 @@ class Axis:
     # each column compared with a long reference run of its scheduler (the steps axis: what more steps change)
     reference: bool = False
     flow: bool = False  # only for flow-matching models (SD3's shift)
+    cast: Callable[[float], Any] = float  # a column's value as its field takes it (steps: a whole number)
 
     def step_counts(self, values: list[float], base_steps: int, reference: int) -> list[int]:
         """The step count of each pass one row of this axis makes."""
@@ -38,7 +39,7 @@ AXES: dict[str, Axis] = {
     "cfg": Axis("CFG scales", "CFG scales", "cfg_scale", lambda v: f"CFG {v:g}", "1, 3, 7.5, 12",
                 fixed=lambda base: f"{base.steps} steps", batched=True),
     "steps": Axis("Steps", "step counts", "steps", lambda v: f"{v:g} steps", "5, 10, 20, 50",
-                  fixed=lambda base: f"CFG {base.cfg_scale:g}", batched=False, reference=True),
+                  fixed=lambda base: f"CFG {base.cfg_scale:g}", batched=False, reference=True, cast=int),
     # SD3's flow shift: sigma' = shift sigma / (1 + (shift - 1) sigma), more of the steps at high noise
     "shift": Axis("Flow shift", "shifts", "shift", lambda v: f"shift {v:g}", "1, 3, 6",
                   fixed=lambda base: f"{base.steps} steps, CFG {base.cfg_scale:g}", batched=False, flow=True),

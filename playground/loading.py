@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import diffusers
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
-from playground.families import FAMILIES, StableDiffusion, of_pipeline
+from playground.families import FAMILIES, REFINERS, StableDiffusion, of_pipeline
 from playground.settings import BUNDLED_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -158,14 +159,20 @@ def load_refiner(source: str | Path, model: LoadedModel):
     """SDXL's refiner from a hub id or a folder (its model_index.json must name StableDiffusionXLImg2ImgPipeline),
     beside an SDXL base: the base's second text encoder and VAE are passed in, so they are loaded once and shared."""
     name = StableDiffusionPipeline.load_config(str(source)).get("_class_name", "?")
-    if name != "StableDiffusionXLImg2ImgPipeline":
-        raise UnsupportedFamily(f"its model_index.json names {name}; a refiner is a StableDiffusionXLImg2ImgPipeline")
-    if model.family.name != "SDXL":
-        raise UnsupportedFamily(f"a refiner runs beside an SDXL base, and the loaded model is {model.family.name}")
-    pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
+    if name not in REFINERS:
+        raise UnsupportedFamily(f"its model_index.json names {name}; a refiner is one of: {', '.join(REFINERS)}")
+    if model.family.refiner != name:
+        takes = next((f"an {f.name} base takes a {f.refiner}" for f in FAMILIES.values() if f.refiner == name), "")
+        raise UnsupportedFamily(f"a {name} refiner does not run beside a {model.family.name} base ({takes})")
+    pipe = getattr(diffusers, name).from_pretrained(
         str(source), text_encoder_2=model.pipe.text_encoder_2, vae=model.pipe.vae, dtype=model.dtype)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(model.device)
+
+
+def no_paths(text: str) -> str:
+    """`text` (an exception's line, for the banner) with every absolute path cut to its last two parts."""
+    return re.sub(r"(?:/[\w.@+-]+){2,}/?", lambda m: "/".join(Path(m.group(0)).parts[-2:]), text)
 
 
 def shown_source(source: str) -> str:
@@ -232,9 +239,9 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
     elif settings.model == "auto" and device.type != "cuda":
         wanted, why = None, f"no CUDA GPU found ({device.type}), so the bundled offline model is used"
     elif settings.model == "auto":
-        wanted, why = settings.gpu_default_model, f"CUDA GPU found: {settings.gpu_default_model} in {dtype}"
+        wanted, why = settings.gpu_default_model, f"CUDA GPU found: {shown_source(settings.gpu_default_model)} in {dtype}"
     else:
-        wanted, why = settings.model, f"chosen with --model {settings.model}"
+        wanted, why = settings.model, f"chosen with --model {shown_source(settings.model)}"
 
     model = None
     if wanted is not None:
@@ -244,7 +251,8 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
         except Exception as exc:  # offline, not cached, bad id, broken directory: fall back, say why
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             log.warning("could not load %s (%s); falling back to the bundled model", wanted, first)
-            why = f"{wanted} could not be loaded ({type(exc).__name__}: {first}), so the bundled offline model is used"
+            why = (f"{shown_source(wanted)} could not be loaded ({type(exc).__name__}: {no_paths(first)}), so the "
+                   "bundled offline model is used")
     if model is None:
         model = _finish(load_pipeline(bundled, bundled_dtype, settings.safety_checker), bundled, why, device,
                         bundled_dtype)
@@ -255,7 +263,7 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
         except Exception as exc:  # the base still runs: say why the refiner did not load
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             log.warning("could not load the refiner %s (%s)", settings.refiner, first)
-            model.reason += f"; the refiner {shown_source(settings.refiner)} could not be loaded ({first})"
+            model.reason += f"; the refiner {shown_source(settings.refiner)} could not be loaded ({no_paths(first)})"
     if settings.compile:  # in place, on the one pipeline: every request reads its modules from it
         compile_model(model, settings.compile_backend)
     return model

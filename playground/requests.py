@@ -335,16 +335,19 @@ def validate_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
         num_images=integer("number of images", req.num_images, 1, limits.max_images),
         shift=shift(req.shift, limits),
         refiner_start=refiner_start(req.refiner_start, limits),
-        **skip_layer_guidance(req.skip_layer_guidance, limits),
+        **skip_layer_guidance(req.skip_layer_guidance, limits, req.cfg_scale),
     )
 
 
-def skip_layer_guidance(value, limits: Limits) -> dict:
+def skip_layer_guidance(value, limits: Limits, cfg_scale=7.5) -> dict:
     """SD3.5's skip-layer guidance scale, 0 (off) to 10, and the blocks it skips (SLG_LAYERS, checked against the
-    model's MMDiT): the request's two fields."""
+    model's MMDiT): the request's two fields. It works on the guided output, so it needs CFG."""
     value = number("skip-layer guidance", value, 0.0, 10.0)
     if not value:
         return {"skip_layer_guidance": 0.0, "skip_layers": ()}
+    if isinstance(cfg_scale, (int, float)) and cfg_scale == 1:
+        raise InvalidRequest(f"skip-layer guidance {value:g} works with classifier-free guidance, and CFG scale 1 "
+                             "has none: raise the CFG scale, or leave it at 0")
     if not limits.blocks:
         raise InvalidRequest(f"skip-layer guidance {value:g} skips blocks of an MMDiT (SD3); this model "
                              f"({limits.family}) has none: leave it at 0")
@@ -402,6 +405,9 @@ def validate_size(width, height, limits: Limits) -> tuple[int, int]:
 def validate_inspect(req: InspectRequest, limits: Limits) -> InspectRequest:
     """A recorded generation: one image, and whose attention to record (the negative prompt's needs CFG)."""
     base = validate_generate(replace(req.base, num_images=1), limits)
+    if base.skip_layer_guidance:  # its extra pass would be recorded as if it were the prompt's
+        raise InvalidRequest("skip-layer guidance is for the Prompt tab; the inspector records runs without it: "
+                             "leave it at 0")
     of = choice("attention of", req.attention_of, {k: a.label for k, a in ATTENTION_OF.items()})
     ATTENTION_OF[of].check(base)
     return replace(req, base=base, attention_of=of)
@@ -491,6 +497,8 @@ def validate_preprocess(req: ControlRequest, limits: Limits) -> ControlRequest:
 def validate_control(req: ControlRequest, limits: Limits) -> ControlRequest:
     """A checked copy of a ControlNet request: the generation's settings, the ControlNet's, then the map's."""
     base = validate_generate(req.base, limits)
+    if base.refiner_start or base.skip_layer_guidance:
+        raise InvalidRequest("a ControlNet run takes neither a refiner start nor skip-layer guidance: leave them at 0")
     scale = number("conditioning scale", req.conditioning_scale, 0.0, 2.0)
     start = number("guidance start", req.guidance_start, 0.0, 1.0)
     end = number("guidance end", req.guidance_end, 0.0, 1.0)

@@ -197,11 +197,6 @@ def tiny_sd3_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_sd3_no_t5_dir(tmp_path_factory):
-    return write_tiny_sd3(tmp_path_factory.mktemp("tiny-sd3-no-t5"), t5=False)
-
-
-@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """A TEST-sized pipeline written with save_pretrained (fp32, 64x64 native, 8x8 latents)."""
     out = tmp_path_factory.mktemp("tiny-sd")

@@ -21,7 +21,8 @@ from conftest import tiny_settings, write_tiny_sdxl
 
 def test_local_directory_loads_with_explicit_dtype(tiny_dir):
     m = load_model(tiny_settings(tiny_dir, dtype="bfloat16"))
-    assert m.source == str(tiny_dir) and m.reason == f"chosen with --model {tiny_dir}"
+    # the banner names the folder by its last two parts, never its server path
+    assert m.source == str(tiny_dir) and m.reason == f"chosen with --model {tiny_dir.parent.name}/{tiny_dir.name}"
     assert {p.dtype for p in m.pipe.unet.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in m.pipe.text_encoder.parameters()} == {torch.bfloat16}  # no mixed precision
     assert m.native_size == 64 and not m.trained

@@ -64,8 +64,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
             inspector.build(engine.inspect, engine.step_view, engine.decode_x0, engine.roundtrip,
                             engine.attention_view, engine.attention, fields, settings)
         anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families,
-                      schedules=lambda: anatomy_mod.schedules(dict(model.pipe.scheduler.config), model.name,
-                                                              engine.limits.flow))
+                      schedules=lambda: anatomy_mod.schedules_of(model))
     schedule = cache_schedule(settings)
     if schedule:  # gradio's delete_cache misses the images it wrote from PIL images: swept here too
         cache.start_sweeping(demo, age_seconds=schedule[1], every_seconds=schedule[0])

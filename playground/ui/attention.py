@@ -95,7 +95,8 @@ def section(attention_view: Callable[..., AttentionView], traj_state: gr.State, 
     # -- layout -------------------------------------------------------------------------------
     gr.Markdown("### Which word paints where: " + ("joint attention (MMDiT)" if joint else "cross-attention"))
     chips = gr.HighlightedText(label="The prompt as CLIP splits it" + (", then as T5 does" if joint else "")
-                               + " (click a token to map it; words past the 77-token window are cut)",
+                               + " (click a token to map it; words past a window, CLIP's 77 tokens"
+                               + (" or T5's" if joint else "") + ", are cut)",
                                color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
                                show_inline_category=False, interactive=False)
     with gr.Row():

@@ -26,7 +26,7 @@ TABLE_HEADERS = ["scheduler", "CFG scale", "steps", "seed", "model evaluations",
 
 # -- helpers ----------------------------------------------------------------------------------
 def noise_table(result: GridResult) -> pd.DataFrame:
-    """One row per model evaluation and scheduler: sigma and SNR in dB (SNR = 1 / sigma^2)."""
+    """One row per model evaluation and scheduler: sigma and SNR in dB (1 / sigma^2; a flow's ((1 - sigma) / sigma)^2)."""
     rows = []
     for name, sigmas in result.sigmas.items():
         for k, sigma in enumerate(sigmas):
@@ -154,7 +154,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                                      info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
             with gr.Row():
                 steps_box = fields.steps(DEFAULTS.base.steps, label="Steps (when the columns are CFG scales)")
-                cfg_box = fields.cfg_scale(label="CFG scale (when the columns are steps)", info=None)
+                cfg_box = fields.cfg_scale(label="CFG scale (when the columns are steps or shifts)", info=None)
             seed_box = fields.seed(label="Seed (-1 = random, one for all cells)")
             width_box, height_box = fields.size()
             cost = gr.Markdown(on_cost_text(grid_evaluations, settings.grid_reference_steps,
@@ -170,7 +170,8 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                              elem_classes=["pixels"])
     with gr.Row():
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
-                           label="Noise level at each model evaluation (SNR = 1/sigma², in dB: higher is cleaner)")
+                           label="Noise level at each model evaluation (SNR in dB: 1/σ², for SD3's flow ((1 − σ)/σ)²; "
+                                 "higher is cleaner)")
         convergence = gr.LinePlot(x="steps", y="PSNR vs reference (dB)", color="scheduler",
                                   tooltip=["scheduler", "steps", "latent RMS"], visible=AXES[DEFAULTS.axis].reference,
                                   label="Step columns: how close each cell is to its scheduler's long run "

@@ -19,8 +19,8 @@ from playground.views import AttentionView, RoundTrip, StepView
 
 # the noise plot's series: colour, and what the legend under the plot says of each
 NOISE_SERIES = {
-    "sigma": ("#1f77b4", "σ, the noise level of x_t (x_t ≈ x0 + σ·ε)"),
-    "SNR (dB)": ("#ff7f0e", "signal-to-noise ratio in dB, −20·log10 σ"),
+    "sigma": ("#1f77b4", "σ, the noise level of x_t (x_t ≈ x0 + σ·ε; for SD3's flow, x_t = (1 − σ)·x0 + σ·ε)"),
+    "SNR (dB)": ("#ff7f0e", "signal-to-noise ratio in dB, −20·log10 σ (a flow's 20·log10((1 − σ)/σ))"),
     "selected step": ("#d62728", "the step the slider shows"),
     "refiner takes over": ("#2ca02c", "SDXL: the first step of the refiner (with a refiner start)"),
 }
@@ -90,7 +90,7 @@ def build(
                 form = fields.form()
                 refiner_box = fields.refiner_start()
                 attention_box = gr.Radio([a.label for a in ATTENTION_OF.values()], value=ATTENTION_OF["prompt"].label,
-                                         label="Cross-attention maps of")
+                                         label="Attention maps of")
                 with gr.Row():
                     run = gr.Button("Generate and record", variant="primary", scale=3)
                     stop = gr.Button("Stop", variant="stop", scale=1)
@@ -117,7 +117,7 @@ def build(
                             colors_in_legend=[])
         gr.HTML(noise_legend())
         attn = attention_part.section(attention_view, traj_state, joint=fields.flow)
-        gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts the noise twice, with the prompt "
+        gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts twice (the noise, or SD3's velocity), with the prompt "
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()
         cfg_images = [gr.Image(label=label, format="png", interactive=False, height=220) for label in (
