@@ -227,7 +227,7 @@ def test_the_launched_app_answers_with_sd3(sd3, tiny_sd3_dir, tmp_path):
 
     sd3_controlnet(sd3).save_pretrained(tmp_path / "controlnet")
     settings = tiny_settings(tiny_sd3_dir, port=free_port(), output_dir=tmp_path / "out",
-                             controlnets={"canny": str(tmp_path / "controlnet")})
+                             controlnets={"canny": str(tmp_path / "controlnet")}, slg_layers=(1,))
     with launched(Engine(sd3, settings), settings) as url:
         client = Client(url, verbose=False)
         try:
@@ -235,6 +235,11 @@ def test_the_launched_app_answers_with_sd3(sd3, tiny_sd3_dir, tmp_path):
                                               api_name="/generate")[:3]
             assert Image.open(gallery[0]["image"]).size == (64, 64) and "shift 2" in info
             assert (read_png(gallery[0]["image"]).seed, read_png(gallery[0]["image"]).shift) == (5, 2.0)
+            _, gallery, info = client.predict(PROMPT, "", 5, 10, 5.0, "Flow Euler", 64, 64, 1, 0, 0, 2.8,
+                                              api_name="/generate")[:3]
+            assert "skip-layer guidance 2.8 (blocks 1)" in info
+            restored = client.predict(handle_file(gallery[0]["image"]), api_name="/restore")
+            assert (restored[8], restored[10]) == (0, 2.8)  # shift, skip-layer guidance
             with pytest.raises(Exception, match="'DDIM' does not fit this model .*'Flow Euler', 'Flow Heun'"):
                 client.predict(PROMPT, "", 5, 3, 5.0, "DDIM", 64, 64, 1, 0, api_name="/generate")
             sheet, cells = client.predict(PROMPT, "", 5, 2, ["Flow Euler", "DPM++ 2M (flow)"], "1, 3", 64, 64,

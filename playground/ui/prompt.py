@@ -111,13 +111,14 @@ def build(
     @shows_errors
     def on_restore(path):
         if not path:
-            return [gr.skip()] * 11
+            return [gr.skip()] * 12
         p = read_png(path)
         if p.sampler not in fields.scheduler_names:
             gr.Warning(f"Sampler {p.sampler!r} is not in this playground; the scheduler was left as it was")
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
                 p.sampler if p.sampler in fields.scheduler_names else gr.skip(), p.width, p.height,
                 p.shift if fields.flow else gr.skip(), p.refiner_start if fields.refiner else gr.skip(),
+                p.skip_layer_guidance if fields.flow else gr.skip(),
                 f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
 
     # -- events -------------------------------------------------------------------------------
@@ -136,5 +137,5 @@ def build(
                    show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
     restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
-                                         width_box, height_box, shift_box, refiner_box, info],
+                                         width_box, height_box, shift_box, refiner_box, slg_box, info],
                    api_name="restore")
