@@ -2,7 +2,7 @@
 
 Each action (generate, grid, control, inspect, attention, VAE round trip) is a short numbered recipe:
 check the request once against the model's `Limits` (`playground.requests`, which names a bad value),
-build a `Job`, and hand it to `_run`, the one shared step that runs our loop under the memory guard
+build a `Job`, and hand it to `run`, the one shared step that runs our loop under the memory guard
 and finishes the images. What differs between model families is asked of the model's entry
 (`playground.families`); ControlNets and pose detectors come from the `Annotators` shelf. The Engine
 keeps no per-request state, so concurrent requests cannot leak into each other; it knows nothing of
@@ -142,7 +142,7 @@ def finish(model: LoadedModel, images: torch.Tensor, params: list[Params]) -> li
     return [Generated(image=im, params=p, nsfw=flag, array=a) for im, p, flag, a in zip(pil, params, nsfw, arrays)]
 
 
-# -- grid rows: (cells, the noise level at each model evaluation); `run` is the Engine's _run ----------------
+# -- grid rows: (cells, the noise level at each model evaluation); `run` is the Engine's run --------------------
 def scales_row(run: Callable, model: str, row: GenerateRequest, scales: list[float], progress: tuple,
                cancel: threading.Event | None) -> tuple[list[GridCell], list[float]]:
     """One batched pass: batch = scales, guidance per sample, identical noise."""
@@ -226,7 +226,7 @@ class Engine:
 
         # 2. Denoise and finish, with progress every step and a live preview a few times a second
         observer = progress_observer(on_progress, "denoising", preview=self._preview)
-        made, out, seconds = self._run(job_for(req, seeds), [params_for(self.model.name, req, seed=s) for s in seeds],
+        made, out, seconds = self.run(job_for(req, seeds), [params_for(self.model.name, req, seed=s) for s in seeds],
                                        observer, cancel, f"{len(seeds)} image(s) of {req.width}x{req.height}")
         return GenerateResult(images=made, request=req, unet_calls=out.unet_calls, seconds=seconds)
 
@@ -249,8 +249,8 @@ class Engine:
             label = f"{name}: cells {r * len(values) + 1}-{(r + 1) * len(values)} of {len(req.schedulers) * len(values)}"
             row, progress = replace(req.base, scheduler=name), (on_progress, label, done, total)
             made, sigmas[name] = (
-                scales_row(self._run, self.model.name, row, values, progress, cancel) if axis.batched else
-                passes_row(self._run, self.model.name, row, axis, values, reference, progress, cancel))
+                scales_row(self.run, self.model.name, row, values, progress, cancel) if axis.batched else
+                passes_row(self.run, self.model.name, row, axis, values, reference, progress, cancel))
             cells.append(made)
             done += calls[name]
         return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start,
@@ -278,7 +278,7 @@ class Engine:
         extra = (("ControlNet", req.controlnet), ("Control mode", req.mode),
                  ("Control weight", f"{req.conditioning_scale:g}"), ("Guidance start", f"{req.guidance_start:g}"),
                  ("Guidance end", f"{req.guidance_end:g}"))
-        made, out, seconds = self._run(
+        made, out, seconds = self.run(
             job_for(gen, seeds, control=steer), [params_for(self.model.name, gen, seed=s, extra=extra) for s in seeds],
             progress_observer(on_progress, f"denoising with the {req.controlnet} ControlNet"), cancel,
             f"{len(seeds)} controlled image(s) of {gen.width}x{gen.height}")
@@ -389,7 +389,7 @@ class Engine:
                 if progress is not None:
                     progress(step)
 
-            made, out, seconds = self._run(job_for(gen, [gen.seed]), [params_for(self.model.name, gen)], observer, cancel,
+            made, out, seconds = self.run(job_for(gen, [gen.seed]), [params_for(self.model.name, gen)], observer, cancel,
                                            f"a recorded {gen.width}x{gen.height} image")
         return Trajectory(request=gen, params=made[0].params, image=made[0].image, tensors=recorder.tensors(),
                           sigma_space=out.sigma_space, prediction_type=out.prediction_type, seconds=seconds,
@@ -402,7 +402,7 @@ class Engine:
         config = self.model.pipe.scheduler.config
         return {name: sum(schedulers.evaluations(name, config, n) for n in counts) for name in req.schedulers}
 
-    def _run(self, job: Job, params: list[Params], observer: Observer | None, cancel: threading.Event | None,
+    def run(self, job: Job, params: list[Params], observer: Observer | None, cancel: threading.Event | None,
              what: str) -> tuple[list[Generated], Denoised, float]:
         """Denoise `job` under the memory guard, then finish its images; (images, loop result, seconds)."""
         start = time.perf_counter()

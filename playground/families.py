@@ -33,6 +33,14 @@ class Conditioning:
     embeds: torch.Tensor  # (B, 77, D) the text encoders' hidden states
     added: dict[str, torch.Tensor] | None = None  # SDXL: pooled text embeddings and size / crop time ids
 
+    def lerp(self, other: "Conditioning", t: torch.Tensor) -> "Conditioning":
+        """(1 - t) self + t other, row by row (t: one weight a row), the added conditioning too."""
+        def mix(a, b):
+            w = t.to(a.dtype).view(-1, *[1] * (a.ndim - 1))
+            return a + (b - a) * w
+        added = {k: mix(v, other.added[k]) for k, v in self.added.items()} if self.added else None
+        return Conditioning(mix(self.embeds, other.embeds), added)
+
     def half(self, batch: int) -> "Conditioning":
         """The prompt's rows of a CFG batch ([negative..., prompt...]): its last `batch`."""
         return Conditioning(self.embeds[-batch:], {k: v[-batch:] for k, v in (self.added or {}).items()} or None)

@@ -114,6 +114,17 @@ def snr_db(sigma: float, flow: bool = False) -> float:
     return -20.0 * math.log10(max(sigma, 1e-6))
 
 
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between two noise tensors: every point on the way keeps the norm (and so the
+    statistics) of Gaussian noise, where a straight line through the middle would be too quiet."""
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    cos = float((a64 @ b64) / (a64.norm() * b64.norm()))
+    angle = math.acos(max(-1.0, min(1.0, cos)))
+    if angle < 1e-6:
+        return a + (b - a) * t
+    return ((math.sin((1 - t) * angle) * a.double() + math.sin(t * angle) * b.double()) / math.sin(angle)).to(a.dtype)
+
+
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 255.0) -> float:
     """Peak signal-to-noise ratio in dB between two images of the same shape."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))

@@ -15,7 +15,7 @@ from pathlib import Path
 from playground.grid import AXES, layout
 from playground.metadata import format_parameters, save_png, write_atomically
 from playground.settings import Settings
-from playground.requests import ControlResult, Generated, GridResult, Trajectory
+from playground.requests import ControlResult, Generated, GridResult, Trajectory, WalkResult
 
 
 STALE_PART_SECONDS = 600  # no write takes this long: an older temporary file is a crash's leftover
@@ -114,6 +114,26 @@ def save_grid(result: GridResult, out_dir: Folder | str | Path) -> tuple[str, li
     params = replace(first, extra=(("Grid", f"schedulers x {axis.plural}"), ("Schedulers", ", ".join(r.schedulers)),
                                    (axis.plural.capitalize(), ", ".join(f"{v:g}" for v in r.columns))))
     return str(save_png(sheet, params, f"{stem}.png")), items
+
+
+def save_walk(result: WalkResult, out_dir: Folder | str | Path, frame_ms: int = 150) -> tuple[str, str, list]:
+    """A walk as a looping GIF (there and back), a labelled strip PNG with the settings, and each frame as a PNG;
+    (GIF path, strip path, gallery items)."""
+    stem = f"{output_stem(out_dir)}-walk"
+    items = []
+    for k, (g, t) in enumerate(zip(result.frames, result.mix)):
+        path = save_png(g.image, g.params, f"{stem}-{k:02d}.png")
+        items.append((str(path), f"{t:.2f}"))
+    r = result.request
+    ends = f"“{r.base.prompt[:40]}” to “{r.to_prompt[:40]}”" if r.between == "prompts" else \
+        f"seed {r.base.seed} to seed {r.to_seed}"
+    strip = layout([[g.image for g in result.frames]], [""], [f"{t:.2f}" for t in result.mix], title=f"walk: {ends}")
+    strip_path = save_png(strip, replace(result.frames[0].params, extra=(("Walk", ends),)), f"{stem}.png")
+    images = [g.image for g in result.frames]
+    loop = images + images[-2:0:-1]  # there and back, each end shown once
+    gif = write_atomically(f"{stem}.gif", lambda tmp: loop[0].save(tmp, format="GIF", save_all=True,
+                                                                   append_images=loop[1:], duration=frame_ms, loop=0))
+    return str(gif), str(strip_path), items
 
 
 def save_trajectory(traj: Trajectory, out_dir: Folder | str | Path) -> tuple[Path, Path]:

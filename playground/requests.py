@@ -123,6 +123,22 @@ class InspectRequest:
     tokens: tuple[int, ...] = ()  # validated: the word's pieces among the kept tokens
 
 
+WALKS = {"prompts": "two prompts (their embeddings mixed, one seed)",
+         "seeds": "two seeds (their noise slerped, one prompt)"}
+MAX_WALK_FRAMES = 16
+
+
+@dataclass(frozen=True)
+class WalkRequest:
+    """Frames on the way from one picture to another: between two prompts or two seeds."""
+
+    base: GenerateRequest = GenerateRequest(steps=12)  # where it starts: its prompt and seed, and every setting
+    between: str = "prompts"  # a key (or label) of WALKS
+    to_prompt: str = ""  # where a walk between prompts ends
+    to_seed: int = -1  # where a walk between seeds ends (-1: a random one)
+    frames: int = 8  # 2 .. MAX_WALK_FRAMES, both ends included
+
+
 # ---------------------------------------------------------------- results
 
 @dataclass
@@ -178,6 +194,15 @@ class TokenCount:
     encoders: int = 1  # text encoders reading the prompt, each through its own tokenizer (SDXL: 2, same count)
     unknown: tuple[str, ...] = ()  # words the model never saw in training (a model that lists its vocabulary)
     t5: "TokenCount | None" = None  # SD3: T5's own count against its longer window (256 or 512 tokens)
+
+
+@dataclass
+class WalkResult:
+    frames: list[Generated]
+    request: WalkRequest  # validated: seeds resolved
+    mix: list[float]  # where each frame stands on the way, 0 .. 1
+    unet_calls: int  # model evaluations (each on the batch of every frame)
+    seconds: float
 
 
 @dataclass
@@ -506,6 +531,19 @@ def validate_control(req: ControlRequest, limits: Limits) -> ControlRequest:
         raise InvalidRequest(f"guidance start ({start:g}) must be below guidance end ({end:g})")
     req = validate_preprocess(replace(req, base=base), limits)
     return replace(req, conditioning_scale=scale, guidance_start=start, guidance_end=end)
+
+
+def validate_walk(req: WalkRequest, limits: Limits) -> WalkRequest:
+    """A checked walk: the first picture's settings (one image, no refiner or skip-layer guidance), what it walks
+    between, where it ends (seed resolved), how many frames."""
+    base = validate_generate(replace(req.base, num_images=1), limits)
+    if base.refiner_start or base.skip_layer_guidance:
+        raise InvalidRequest("a walk takes neither a refiner start nor skip-layer guidance: leave them at 0")
+    between = choice("walk between", req.between, WALKS)
+    return replace(req, base=base, between=between,
+                   to_prompt=text("prompt to walk to", req.to_prompt, limits.max_prompt_chars),
+                   to_seed=resolve_seed(integer("seed to walk to", req.to_seed, -1, MAX_SEED)),
+                   frames=integer("frames", req.frames, 2, MAX_WALK_FRAMES))
 
 
 def validate_draw_pose(pose_json, width, height, limits: Limits) -> tuple[poses.Pose, int, int]:

@@ -66,6 +66,11 @@ class Job:
     skip_scale: float = 2.8
     skip_start: float = 0.01
     skip_stop: float = 0.2
+    # a walk: each sample's conditioning is (1 - mix) of its prompt's and mix of `prompts_to`'s (their embeddings,
+    # negatives as they are), and/or its starting noise is given (slerped between two seeds' noise)
+    prompts_to: list[str] | None = None
+    mix: list[float] | None = None
+    noise: torch.Tensor | None = None  # (B, C, H/8, W/8) ~ N(0, 1): used instead of the generators' draw
 
 
 @dataclass
@@ -181,6 +186,9 @@ def denoise(
     #    conditioning (SDXL: pooled text embeddings, size and crop ids)
     family = c.family
     cond = family.encode(c, job.prompts, job.negative_prompts, use_cfg, (job.width, job.height))
+    if job.mix is not None:  # a walk between two prompts: mix their embeddings (the negatives' rows are equal)
+        other = family.encode(c, job.prompts_to, job.negative_prompts, use_cfg, (job.width, job.height))
+        cond = cond.lerp(other, torch.tensor(job.mix * (2 if use_cfg else 1), device=cond.embeds.device))
 
     # 4. Prepare timesteps (plus a CPU copy for the noise-level maths: no device sync per step)
     f = c.vae_scale_factor
@@ -196,6 +204,8 @@ def denoise(
         latents = job.init_latents.to(device=device, dtype=cond.embeds.dtype)
     else:
         latents = randn_tensor(shape, generator=job.generators, device=device, dtype=cond.embeds.dtype)
+        if job.noise is not None:  # a walk between two seeds: the noise given (the generators' draw set aside)
+            latents = job.noise.to(device=device, dtype=cond.embeds.dtype)
         latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
     step_kwargs = _step_kwargs(scheduler, job.generators, job.eta)
 

@@ -23,10 +23,11 @@ LAYERS = [
     ["sampling", "loading"],
     ["annotators"],
     ["engine", "tiny.train", "tiny.untrained"],
+    ["walks"],
     ["tiny.evaluate"],
     ["ui.fairness", "ui.cache", "ui.sessions"],
     ["ui.common", "ui.fields"],
-    ["ui.prompt", "ui.grid", "ui.control", "ui.attention", "ui.roundtrip", "ui.anatomy"],
+    ["ui.prompt", "ui.grid", "ui.control", "ui.attention", "ui.roundtrip", "ui.anatomy", "ui.walk"],
     ["ui.inspector"],
     ["ui"],  # assembles the tabs
 ]

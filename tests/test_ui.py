@@ -56,7 +56,7 @@ def api_names(demo: gr.Blocks) -> list[str]:
 
 def test_every_action_has_one_api_name(app):
     demo, _ = app
-    assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect", "schedules",
+    assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect", "schedules", "walk",
                                               "vae_roundtrip", "attention", "pose", "draw_pose", "mirror_pose", "anatomy"])  # Generate and Enter: one event, one name
 
 
@@ -64,7 +64,7 @@ def test_controls_come_from_the_settings_and_the_registries(app):
     demo, settings = app
     blocks = list(demo.blocks.values())
     cfg = [b for b in blocks if isinstance(b, gr.Slider) and b.label == "CFG scale"]
-    assert len(cfg) == 3 and all(b.maximum == settings.max_cfg for b in cfg)  # Prompt, ControlNet, inspector
+    assert len(cfg) == 4 and all(b.maximum == settings.max_cfg for b in cfg)  # Prompt, ControlNet, Walk, inspector
     steps = [b for b in blocks if isinstance(b, gr.Slider) and b.label == "Steps"]
     assert steps and all(b.maximum == settings.max_steps for b in steps)
     dropdowns = [b for b in blocks if isinstance(b, gr.Dropdown) and b.label.startswith("Scheduler")]
@@ -148,7 +148,7 @@ def test_engine_errors_become_gradio_errors(tmp_path):
         list(handler("x", "", 1, 0, 7.5, "DDIM", 64, 64, "prompt", progress=lambda *a, **k: None))
 
 
-MODEL_WORK = ["generate", "grid", "preprocess", "control", "inspect", "vae_roundtrip", "attention", "pose"]
+MODEL_WORK = ["generate", "grid", "preprocess", "control", "inspect", "vae_roundtrip", "attention", "pose", "walk"]
 
 
 def test_every_event_that_runs_the_model_is_in_the_one_gpu_group(app):

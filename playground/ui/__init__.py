@@ -3,15 +3,16 @@ and holds what the page says about the model (banner, example prompts)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gradio as gr
 
-from playground import anatomy as anatomy_mod
+from playground import anatomy as anatomy_mod, walks
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.settings import ASSETS, Settings
-from playground.ui import anatomy, cache, control, grid, inspector, prompt, sessions
+from playground.ui import anatomy, cache, control, grid, inspector, prompt, sessions, walk
 from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
 from playground.ui.fields import Fields
 
@@ -60,6 +61,8 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
         with gr.Tab("ControlNet"):
             control.build(engine.control, engine.preprocess, engine.detect_pose, engine.draw_pose,
                           engine.annotators.source, fields, settings, offline=model.offline)
+        with gr.Tab("Walk"):
+            walk.build(functools.partial(walks.walk, engine), fields, settings)
         with gr.Tab("Latent inspector"):
             inspector.build(engine.inspect, engine.step_view, engine.decode_x0, engine.roundtrip,
                             engine.attention_view, engine.attention, fields, settings)
