@@ -123,7 +123,7 @@ def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.
         parts.append(Part(label, "text encoders", count(encoder)))
         limit = getattr(tokenizer, "model_max_length", "?")
         text.append(f"{type(encoder).__name__}: {text_width(encoder.config.to_dict())}-d, {limit} tokens")
-    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer")
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
     parts.append(Part(f"denoiser: {type(denoiser).__name__}", "denoiser", count(denoiser)))
     if refiner is not None:
         parts.append(Part(f"refiner: {type(refiner.unet).__name__} (on the base's second text encoder and VAE)",

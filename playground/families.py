@@ -408,7 +408,7 @@ class Components:
 
     @classmethod
     def from_pipeline(cls, pipe, t5_tokens: int = 256) -> "Components":
-        return cls(pipe.tokenizer, pipe.text_encoder, getattr(pipe, "unet", None) or pipe.transformer, pipe.vae,
+        return cls(pipe.tokenizer, pipe.text_encoder, denoiser_of(pipe), pipe.vae,
                    dict(pipe.scheduler.config), getattr(pipe, "tokenizer_2", None),
                    getattr(pipe, "text_encoder_2", None),
                    bool(getattr(pipe, "config", {}).get("force_zeros_for_empty_prompt", False)),
@@ -423,6 +423,13 @@ class Components:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)  # 8 for SD
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """A pipeline's denoiser: its U-Net, or SD3's MMDiT (`transformer`). Compared with None, never by truth: a
+    compiled module forwards len() to a model that refuses it."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
 
 
 def layer_grids(unet_config, latent_hw: tuple[int, int]) -> list[tuple[int, int]]:

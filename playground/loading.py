@@ -19,7 +19,7 @@ import diffusers
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
-from playground.families import FAMILIES, REFINERS, StableDiffusion, of_pipeline
+from playground.families import FAMILIES, REFINERS, StableDiffusion, denoiser_of, of_pipeline
 from playground.settings import BUNDLED_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class LoadedModel:
     @property
     def denoiser(self) -> torch.nn.Module:
         """The U-Net, or SD3's MMDiT (its pipeline calls it `transformer`)."""
-        return getattr(self.pipe, "unet", None) or self.pipe.transformer
+        return denoiser_of(self.pipe)
 
     @property
     def native_size(self) -> int:

@@ -449,3 +449,23 @@ def test_sd3_in_the_prompt_tab_and_the_inspector(browser, sd3_url, shots):
     settle(page)
     page.screenshot(path=str(shots / "inspector-sd3.png"), full_page=True)
     context.close()
+
+
+def test_walk_tab(page, shots):
+    page.get_by_role("tab", name="Walk").click()
+    visible(page.get_by_label("Prompt", exact=True)).fill("a red circle at the top left on a white background")
+    visible(page.get_by_label("Prompt to walk to (between prompts)")).fill(
+        "a blue square at the bottom right on a black background")
+    steps = visible(page.get_by_label("number input for Steps"))
+    steps.fill("10")
+    steps.press("Enter")
+    frames = visible(page.get_by_label("number input for Frames"))
+    frames.fill("6")
+    frames.press("Enter")
+    visible(page.get_by_label("Seed (-1 = random)")).fill("5")
+    page.get_by_role("button", name="Walk", exact=True).click()
+    page.get_by_text("mixed into").first.wait_for(timeout=120_000)  # the summary (the status line says "6 frames")
+    visible(page.locator("img[src*='.gif']")).wait_for(timeout=20_000)
+    visible(page.locator("img[src*='-walk.png']")).wait_for(timeout=20_000)  # the strip
+    settle(page)
+    page.screenshot(path=str(shots / "walk-tab.png"), full_page=True)
