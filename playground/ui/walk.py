@@ -36,6 +36,7 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
     with gr.Row():
         with gr.Column(scale=5):
             form = fields.form()
+            form.steps.value = DEFAULTS.base.steps  # 12: a walk runs every frame at once
             between_box = gr.Radio([(label, key) for key, label in WALKS.items()], value=DEFAULTS.between,
                                    label="Walk between")
             to_prompt_box = gr.Textbox(label="Prompt to walk to (between prompts)", lines=2,
