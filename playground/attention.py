@@ -110,15 +110,15 @@ class AttentionRecorder:
         self.window = 0  # how many text tokens the layers attend over (77 for CLIP)
 
     def add(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-            block: int | None = None) -> None:
-        """One layer's maps, added to its group: its resolution (a U-Net's), or its block (an MMDiT keeps one
-        resolution through its depth, so its layers are told apart by block: (h, w, block))."""
+            block: tuple[int, int] | None = None) -> None:
+        """One layer's maps, added to its group: its resolution (a U-Net's), or its band of blocks (an MMDiT keeps
+        one resolution through its depth, so its layers are told apart by depth: (h, w, first, last))."""
         s = self.sample
         probs_of = joint_attention_probs if is_joint(attn) else cross_attention_probs
         probs = probs_of(attn, hidden_states[s: s + 1], encoder_hidden_states[s: s + 1])[0]
         grid, self.window = layer_grid(probs.shape[0], self.latent_hw), probs.shape[1]
         maps = probs[:, self.columns].T.reshape(self.tokens, *grid)  # (T, h, w)
-        grid = grid if block is None else (*grid, block)
+        grid = grid if block is None else (*grid, *block)
         if grid in self._sum:
             self._sum[grid] += maps
             self._count[grid] += 1
@@ -151,8 +151,8 @@ _USERS: dict[int, int] = {}  # id(the first layer) -> recordings running on thos
 class RecordingProcessor:
     """Wraps a cross-attention layer's processor: same output; records when this thread is recording."""
 
-    def __init__(self, inner, block: int | None = None):
-        self.inner, self.block = inner, block  # block: an MMDiT layer's block index (its depth)
+    def __init__(self, inner, block: tuple[int, int] | None = None):
+        self.inner, self.block = inner, block  # an MMDiT layer's band of blocks (its depth)
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -173,6 +173,16 @@ def is_joint(attn: Attention) -> bool:
     return getattr(attn, "add_k_proj", None) is not None
 
 
+BANDS = 4  # an MMDiT's blocks are recorded in this many bands of depth (24 blocks, each kept: 225 MB at 1024 px)
+
+
+def band(block: int, blocks: int, bands: int = BANDS) -> tuple[int, int]:
+    """(first, last) block of the band of depth `block` belongs to, of `blocks` split into `bands` equal bands."""
+    n = min(bands, blocks)
+    k = block * n // blocks
+    return -(-k * blocks // n), -(-(k + 1) * blocks // n) - 1
+
+
 def block_of(name: str, layer: Attention) -> int | None:
     """The block index of a joint-attention layer from its name ("transformer_blocks.3.attn" -> 3); None for a
     U-Net's cross-attention (grouped by resolution)."""
@@ -180,6 +190,16 @@ def block_of(name: str, layer: Attention) -> int | None:
         return None
     digits = [part for part in name.split(".") if part.isdigit()]
     return int(digits[0]) if digits else 0
+
+
+def group_of(name: str, layer: Attention, layers: list[tuple[str, Attention]]) -> tuple[int, int] | None:
+    """Where a layer's maps are kept besides its resolution: an MMDiT layer's band of depth, (first, last) block;
+    None for a U-Net's (kept by resolution)."""
+    block = block_of(name, layer)
+    if block is None:
+        return None
+    blocks = 1 + max(block_of(n, m) or 0 for n, m in layers if is_joint(m))
+    return band(block, blocks)
 
 
 def joint_attention_layers(transformer: torch.nn.Module) -> list[tuple[str, Attention]]:
@@ -202,7 +222,7 @@ def recording(layers: list[tuple[str, Attention]], recorder: AttentionRecorder):
     with _LOCK:
         if _USERS.get(key, 0) == 0:
             for name, layer in layers:
-                layer.set_processor(RecordingProcessor(layer.processor, block_of(name, layer)))
+                layer.set_processor(RecordingProcessor(layer.processor, group_of(name, layer, layers)))
         _USERS[key] = _USERS.get(key, 0) + 1
     token = _ACTIVE.set(recorder)
     try:
@@ -249,7 +269,7 @@ class AttentionMaps:
     @property
     def by_block(self) -> bool:
         """The layers are an MMDiT's blocks (one resolution), not a U-Net's resolutions."""
-        return any(len(g) == 3 for g in self.maps)
+        return any(len(g) > 2 for g in self.maps)
 
     @property
     def resolution_names(self) -> list[str]:

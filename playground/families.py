@@ -19,7 +19,7 @@ from diffusers import AutoencoderKL, ControlNetModel, SD3Transformer2DModel, UNe
 from diffusers.models.attention_processor import Attention
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from playground.attention import cross_attention_layers, joint_attention_layers
+from playground.attention import band, cross_attention_layers, joint_attention_layers
 from playground.requests import TokenCount
 from playground.settings import CONTROLNETS, CONTROLNETS_SD3, CONTROLNETS_XL
 from playground.tokens import Token, split_prompt, split_t5, tokenize, weighted_ids
@@ -364,11 +364,12 @@ class StableDiffusion3(StableDiffusion):
     def patch(self, c: Components) -> int:
         return c.denoiser.config.patch_size  # 2: sizes are multiples of 16 pixels
 
-    def attention_grids(self, c: Components, latent_hw: tuple[int, int]) -> list[tuple[int, int, int]]:
-        """(h, w, block) for each joint-attention block: an MMDiT keeps one grid, the patch grid, through its
-        depth, so its attention is chosen by block."""
-        p = c.denoiser.config.patch_size
-        return [(latent_hw[0] // p, latent_hw[1] // p, k) for k in range(c.denoiser.config.num_layers)]
+    def attention_grids(self, c: Components, latent_hw: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+        """(h, w, first, last) for each band of blocks: an MMDiT keeps one grid, the patch grid, through its depth,
+        so its attention is chosen by depth (attention.BANDS bands, kept apart: SD3 Medium's 24 blocks as 4)."""
+        p, blocks = c.denoiser.config.patch_size, c.denoiser.config.num_layers
+        bands = dict.fromkeys(band(k, blocks) for k in range(blocks))
+        return [(latent_hw[0] // p, latent_hw[1] // p, *b) for b in bands]
 
 
 FAMILIES: dict[str, StableDiffusion] = {f.pipeline: f for f in (StableDiffusion(), StableDiffusionXL(),

@@ -121,8 +121,13 @@ def find_word(tokens: list[Token], word: str, tokenizer) -> list[int]:
 
 
 def resolution_names(grids: list[tuple[int, ...]]) -> list[str]:
-    """'all' and 'WxH' for each (h, w) grid, or 'block k' for an MMDiT's (h, w, k): the layer choices."""
-    return ["all", *(f"block {g[2]}" if len(g) == 3 else f"{g[1]}x{g[0]}" for g in grids)]
+    """'all' and 'WxH' for each (h, w) grid, or 'blocks a-b' ('block a') for an MMDiT's band (h, w, a, b): the
+    layer choices."""
+    def name(g):
+        if len(g) == 2:
+            return f"{g[1]}x{g[0]}"
+        return f"block {g[2]}" if g[2] == g[3] else f"blocks {g[2]}-{g[3]}"
+    return ["all", *(name(g) for g in grids)]
 
 
 MAX_WORD_CHARS = 200  # a word to look up among the prompt's tokens

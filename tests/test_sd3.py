@@ -128,7 +128,7 @@ def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
     traj = engine.inspect(req)
     assert traj.tensors["x_t"].shape == (3, 16, 8, 8) and traj.flow
     assert np.array_equal(np.asarray(traj.image), np.asarray(made.images[0].image))
-    assert traj.attention.layers == {(4, 4, 0): 1, (4, 4, 1): 1}  # each joint block, on the 4x4 patch grid
+    assert traj.attention.layers == {(4, 4, 0, 0): 1, (4, 4, 1, 1): 1}  # each joint block, on the 4x4 patch grid
     assert traj.attention.resolution_names == ["all", "block 0", "block 1"] == engine.limits.attention_layers(64, 64)
     one = engine.attention_view(traj, 2, "red", "block 1")
     assert one.strip and np.abs(np.asarray(one.at_step, dtype=float) - np.asarray(engine.attention_view(traj, 2, "red", "block 0").at_step, dtype=float)).max() > 0
@@ -281,7 +281,7 @@ def test_the_inspector_maps_clip_and_t5_tokens_of_sd3(sd3, tiny_sd3_dir):
     assert [(t.text, t.position, t.encoder) for t in a.kept] == [
         ("<start>", 0, "CLIP"), ("a", 1, "CLIP"), ("red", 2, "CLIP"), ("circle", 3, "CLIP"), ("<end>", 4, "CLIP"),
         ("a", 77, "T5"), ("red", 78, "T5"), ("circle", 79, "T5"), ("<end>", 80, "T5")]
-    assert a.window == 77 + 256 and a.maps[(4, 4, 0)].shape == (2, 9, 4, 4)
+    assert a.window == 77 + 256 and a.maps[(4, 4, 0, 0)].shape == (2, 9, 4, 4)
     assert token_chips(traj)[6] == ("red", "T5 token")
     choices, first = token_choices(traj)
     assert choices[6] == ("red (T5)", 6) and choices[first] == ("red", 2)
@@ -331,3 +331,16 @@ def test_skip_layer_guidance_and_the_refiner_are_refused_where_they_cannot_work(
         engine.inspect(InspectRequest(base=req))
     with pytest.raises(InvalidRequest, match="a ControlNet run takes neither"):
         engine.control(ControlRequest(image=None, base=req))
+
+
+def test_an_mmdits_blocks_are_recorded_in_four_bands_of_depth():
+    from playground.attention import band
+    from playground.tokens import resolution_names
+
+    # SD3 Medium's 24 blocks: four bands of six (its maps kept per block were about 225 MB at 1024 px, 50 steps)
+    assert sorted({band(k, 24) for k in range(24)}) == [(0, 5), (6, 11), (12, 17), (18, 23)]
+    assert sorted({band(k, 38) for k in range(38)}) == [(0, 9), (10, 18), (19, 28), (29, 37)]  # SD3.5 Large
+    assert all(first <= k <= last for k in range(38) for first, last in [band(k, 38)])
+    assert [band(k, 2) for k in range(2)] == [(0, 0), (1, 1)]  # fewer blocks than bands: one a band
+    assert resolution_names([(64, 64, 0, 5), (64, 64, 6, 11), (4, 4, 1, 1)]) == ["all", "blocks 0-5", "blocks 6-11",
+                                                                                   "block 1"]

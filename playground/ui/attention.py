@@ -42,7 +42,7 @@ JOINT_NOTE = (
     "over the text keys only: softmax(QK<sup>T</sup>/√d) renormalised over the text columns, averaged over the "
     "heads. The text is CLIP's 77 tokens (CLIP-L and CLIP-G side by side) followed by T5's (green chips; zeros "
     "when the model runs without T5). An MMDiT keeps one resolution, the patch grid (2x2 latent pixels a patch), "
-    "through all its blocks, so you choose a **block** (its depth) instead of a resolution. The padding tokens take "
+    "through all its blocks, so you choose a **band of blocks** (its depth) instead of a resolution. The padding tokens take "
     "whatever the words do not. Each map is stretched to its own range; the text above it says how wide that "
     "range is.\n\n")
 
