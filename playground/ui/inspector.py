@@ -61,7 +61,8 @@ def inspect_text(traj: Trajectory, native: int) -> str:
     note = size_note(r.width, r.height, native)
     return (f"{note}  \n" if note else "") + (f"**Seed {r.seed}**: {r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}.  \n"
             f"Recorded {traj.steps} model evaluations: {traj.nbytes / 1e6:.2f} MB kept for this session"
-            + (f", plus {traj.attention.nbytes / 1e6:.2f} MB of cross-attention maps" if traj.attention else "")
+            + (f", plus {traj.attention.nbytes / 1e6:.2f} MB of {'joint' if traj.attention.by_block else 'cross'}"
+               "-attention maps" if traj.attention else "")
             + f"; {traj.seconds:.2f} s."
             + (f"  \nThe base made steps 1-{traj.handoff}, the **refiner** steps {traj.handoff + 1}-{traj.steps} "
                f"(it took over at {r.refiner_start:g} of the way)." if traj.handoff is not None else ""))
