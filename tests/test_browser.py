@@ -469,3 +469,17 @@ def test_walk_tab(page, shots):
     visible(page.locator("img[src*='-walk.png']")).wait_for(timeout=20_000)  # the strip
     settle(page)
     page.screenshot(path=str(shots / "walk-tab.png"), full_page=True)
+
+
+def test_prompt_weighting_in_the_prompt_tab(page, shots):
+    # A1111's syntax: the counter reads the words (14 tokens, as without the weights), the picture follows the weight
+    prompt = visible(page.get_by_label("Prompt", exact=True))
+    prompt.fill("a large (red:1.6) square at the top left on a [black] background")
+    page.get_by_text("14 / 77 tokens").wait_for(timeout=10_000)
+    visible(page.get_by_label("Seed (-1 = random)")).fill("4")
+    page.get_by_role("button", name="Generate").click()
+    page.get_by_text("model evaluations per image").wait_for(timeout=60_000)
+    page.mouse.wheel(0, 2000)  # lazily loaded images below the fold, then back to the prompt
+    settle(page)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shots / "prompt-weighting.png"), clip={"x": 0, "y": 150, "width": 1400, "height": 750})
