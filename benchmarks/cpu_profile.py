@@ -10,7 +10,6 @@ every call), over several runs after a warm-up.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections import defaultdict
@@ -28,9 +27,9 @@ from playground.engine import Engine  # noqa: E402
 from playground.loading import load_model  # noqa: E402
 from playground.requests import GenerateRequest  # noqa: E402
 from playground.settings import Settings  # noqa: E402
+from sections import write_section  # noqa: E402
 
 PROMPT = "a large red square at the top left on a black background"
-START, END = "<!-- cpu-profile:start -->", "<!-- cpu-profile:end -->"
 
 
 def wrap(owner, name: str, bucket: dict, key: str) -> None:
@@ -112,14 +111,8 @@ def main() -> None:
     ])
     print(table)
     if a.write:
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text()
-        block = f"{START}\n{table}\n{END}"
-        if START in text:
-            text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-        else:
-            text = text.rstrip() + "\n\n## CPU profile: where one offline generation's time goes\n\n" + block + "\n"
-        path.write_text(text)
+        write_section(ROOT / "BENCHMARKS.md", "cpu-profile", "## CPU profile: where one offline generation's time goes",
+                      table)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import random
-import re
 import shutil
 import socket
 import subprocess
@@ -36,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from bad_inputs import FIRST, POSE_JSON, VALID  # noqa: E402  (the tests' table of valid and bad calls)
+from sections import write_section  # noqa: E402
 
 SCENE = ROOT / "assets" / "examples" / "scene.png"
 GROWTH_LIMIT = 0.10  # resident memory after warm-up may grow by less than this
@@ -334,13 +334,7 @@ def report(r: dict) -> str:
 
 def write(text: str, path: Path) -> None:
     """Put `text` in BENCHMARKS.md's soak section (made at the end the first time)."""
-    doc = path.read_text()
-    block = f"{MARK_START}\n{text}\n{MARK_END}"
-    if MARK_START in doc:
-        doc = re.sub(re.escape(MARK_START) + ".*?" + re.escape(MARK_END), lambda _: block, doc, flags=re.S)
-    else:
-        doc = doc.rstrip() + "\n\n## Soak: memory, threads and disk over hundreds of requests\n\n" + block + "\n"
-    path.write_text(doc)
+    write_section(path, "soak", "## Soak: memory, threads and disk over hundreds of requests", text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,10 +106,9 @@ def run_job(model: LoadedModel, c: Components, job: Job, observer: Observer | No
     """Our loop on the model; for a hand-off (job.end < 1) the base's pass, then its refiner's, on one progress bar."""
     if job.end >= 1:
         return denoise(c, job, observer=observer, cancel=cancel)
-    total = sum(pass_evaluations(job.scheduler, dict(p.scheduler.config), job.steps, *span)
-                for p, span in ((model.pipe, (0.0, job.end)), (model.refiner, (job.end, 1.0))))
-    first = denoise(c, replace(job, observer_total=total), observer=observer, cancel=cancel)
-    return hand_off(model.refiner, replace(job, observer_total=total), first, observer, cancel)
+    job = replace(job, observer_total=sum(pass_evaluations(job.scheduler, dict(p.scheduler.config), job.steps, *span)
+                                          for p, span in ((model.pipe, (0.0, job.end)), (model.refiner, (job.end, 1.0)))))
+    return hand_off(model.refiner, job, denoise(c, job, observer=observer, cancel=cancel), observer, cancel)
 
 
 def hand_off(refiner, job: Job, first: Denoised, observer: Observer | None, cancel: threading.Event | None

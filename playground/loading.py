@@ -46,7 +46,6 @@ class LoadedModel:
     vocabulary: frozenset[str] = frozenset()  # every word its captions used, from the marker (empty: any word)
     offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
     refiner: object = None  # SDXL's refiner (a StableDiffusionXLImg2ImgPipeline on the base's encoder and VAE)
-    refiner_source: str = ""
 
     @property
     def family(self) -> StableDiffusion:
@@ -258,7 +257,7 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
                         bundled_dtype)
     if settings.refiner:
         try:
-            model.refiner, model.refiner_source = load_refiner(settings.refiner, model), settings.refiner
+            model.refiner = load_refiner(settings.refiner, model)
             model.reason += f"; refiner: {shown_source(settings.refiner)}"
         except Exception as exc:  # the base still runs: say why the refiner did not load
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
