@@ -97,7 +97,9 @@ def section(attention_view: Callable[..., AttentionView], traj_state: gr.State, 
     chips = gr.HighlightedText(label="The prompt as CLIP splits it" + (", then as T5 does" if joint else "")
                                + " (click a token to map it; words past a window, CLIP's 77 tokens"
                                + (" or T5's" if joint else "") + ", are cut)",
-                               color_map=TOKEN_COLOURS, show_legend=True, combine_adjacent=False,
+                               # the legend lists T5's kinds only for a model that has T5's tokens (SD3)
+                               color_map={k: v for k, v in TOKEN_COLOURS.items() if joint or not k.startswith("T5")},
+                               show_legend=True, combine_adjacent=False,
                                show_inline_category=False, interactive=False)
     with gr.Row():
         token_box = gr.Radio([], label="Token to map (click one)", scale=3)
