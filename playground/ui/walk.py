@@ -55,7 +55,7 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
                                  height=300, elem_classes=["pixels"])
             strip = gr.Image(label="Every frame, in order (PNG with the settings)", type="filepath", format="png",
                              interactive=False, height=220)
-            frames = gr.Gallery(label="Frames (each a PNG that restores in the Prompt tab)", format="png", columns=8,
+            frames = gr.Gallery(label="Frames (each a PNG that restores in the Prompt tab)", format="png", columns=4,
                                 height="auto", object_fit="contain", allow_preview=False)
 
     @shows_errors
