@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,10 @@ def save_png(image: Image.Image, params: Params, path: str | Path) -> Path:
 
 def write_atomically(path: str | Path, write) -> Path:
     """`write(temporary path)` in the same folder, then a rename onto `path` (atomic on POSIX): readers see the
-    old file or the whole new one, never a part; a failed write leaves nothing."""
+    old file or the whole new one, never a part; a failed write leaves nothing. The temporary file is the
+    writer's own (process and thread), so two writers of one path never write into one temporary file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.part")
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -110,3 +111,38 @@ def test_a_built_app_sweeps_gradio_cache_by_age_unless_told_to_keep_it(tiny_mode
     settings = tiny_settings(tiny_dir, output_dir=tmp_path, cache_hours=2)
     build_app(Engine(tiny_model, settings), settings)
     assert sum(t.name == "cache-sweeper" for t in threading.enumerate()) == before + 1
+
+
+def test_gradio_writes_returned_images_atomically_so_two_requests_making_one_picture_never_race(tmp_path):
+    """Two requests returning the same picture write one cache file (named by its content). While one writes it, a
+    browser reading it must get every byte: gradio's own writer truncates in place and a reader got 0 bytes."""
+    from PIL import Image
+
+    from gradio import processing_utils
+    from playground.ui.cache import atomic_image_writes
+
+    atomic_image_writes()
+    image = Image.new("RGB", (512, 512), "red")  # 0.8 MB as BMP: quick to encode, slow enough to write
+    path = Path(processing_utils.save_pil_to_cache(image, str(tmp_path), format="bmp"))
+    size, short, stop = path.stat().st_size, [], threading.Event()
+
+    def writer():
+        while not stop.is_set():
+            processing_utils.save_pil_to_cache(image, str(tmp_path), format="bmp")
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(100):  # as a server sends a file: its size first, then its bytes
+            expected = path.stat().st_size
+            with path.open("rb") as f:
+                got = len(f.read())
+            if got != expected or got != size:
+                short.append(got)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not short, f"a reader got {len(short)} short reads of {size} bytes, e.g. {short[:5]}"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temporary file left behind

@@ -68,6 +68,7 @@ def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
                             engine.attention_view, engine.attention, fields, settings)
         anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families,
                       schedules=lambda: anatomy_mod.schedules_of(model))
+    cache.atomic_image_writes()  # two requests returning the same picture must not race on its cache file
     schedule = cache_schedule(settings)
     if schedule:  # gradio's delete_cache misses the images it wrote from PIL images: swept here too
         cache.start_sweeping(demo, age_seconds=schedule[1], every_seconds=schedule[0])
