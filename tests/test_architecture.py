@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent / "playground"
 # Each module's floor: a module imports only from its own floor or below. The ground floor imports nothing of
 # the playground; gradio lives only in ui/ (the top), torch nowhere under requests.
 LAYERS = [
-    ["errors", "settings", "gpu", "tiny", "weights"],
+    ["errors", "settings", "gpu", "tiny", "weights", "threads"],
     ["metadata", "tokens", "grid", "schedulers", "poses", "latents", "tiny.world", "tiny.arch", "tiny.vocab",
      "tiny.analyse"],
     ["control"],
@@ -27,6 +27,7 @@ LAYERS = [
     ["tiny.evaluate"],
     ["ui.fairness", "ui.cache", "ui.sessions"],
     ["ui.common", "ui.fields"],
+    ["ui.live"],
     ["ui.prompt", "ui.grid", "ui.control", "ui.attention", "ui.roundtrip", "ui.anatomy", "ui.walk"],
     ["ui.inspector"],
     ["ui"],  # assembles the tabs

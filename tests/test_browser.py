@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -483,3 +484,99 @@ def test_prompt_weighting_in_the_prompt_tab(page, shots):
     settle(page)
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(shots / "prompt-weighting.png"), clip={"x": 0, "y": 150, "width": 1400, "height": 750})
+
+
+# ---------------------------------------------------------------- Live
+
+LIVE_RED = "a large red square at the top left on a black background"
+
+
+def live_note(page, prompt: str):
+    """The Live note of the picture of `prompt` (it names the prompt its picture is of)."""
+    return page.locator(".prose").filter(has_text=f"“{prompt}” in ").first
+
+
+def preview_src(page) -> str:
+    return page.locator(".pixels img").first.get_attribute("src") or ""
+
+
+def test_live_draws_as_you_type(page, shots):
+    """Live on: typing a new word draws its picture with no click, the picture of the whole new prompt (not of a
+    half-typed word), and nothing is saved."""
+    prompt = visible(page.get_by_label("Prompt", exact=True))
+    prompt.fill(LIVE_RED)
+    page.get_by_label("Live: draw again at every edit", exact=False).check()
+    expect(page.get_by_label("number input for Steps").first).to_have_value("8")  # Live's steps, set when turned on
+    live_note(page, LIVE_RED).wait_for(timeout=30_000)
+    first = preview_src(page)
+    prompt.fill("")
+    prompt.press_sequentially("a large (blue:1.2) circle in the center on a white background", delay=60)
+    blue = "a large (blue:1.2) circle in the center on a white background"
+    live_note(page, blue).wait_for(timeout=30_000)
+    assert preview_src(page) != first
+    assert page.get_by_role("button", name="Generate").first.is_enabled()
+    gallery = page.locator(".gallery img, button.thumbnail-item img")
+    assert gallery.count() == 0  # Live saves nothing: Generate keeps a picture as a PNG
+    settle(page)
+    page.screenshot(path=str(shots / "live.png"), clip={"x": 0, "y": 150, "width": 1400, "height": 800})
+    # the picture is the model's: blue on white, as asked (the offline model knows this world)
+    img = page.locator(".pixels img").first
+    assert "Live" in page.get_by_text("Live: the finished image").first.inner_text()
+    assert img.evaluate("i => i.naturalWidth") == 128
+
+
+@pytest.fixture(scope="module")
+def counted_url(tmp_path_factory):
+    """The app on the bundled model, its Engine counting the generations it starts (by prompt)."""
+    starts: list[str] = []
+
+    class Counting(Engine):
+        def generate(self, req, *args, **kwargs):
+            starts.append(req.prompt)
+            return super().generate(req, *args, **kwargs)
+
+    settings = Settings(model="bundled", device="cpu", port=free_port(), output_dir=tmp_path_factory.mktemp("out"))
+    with launched(Counting(load_model(settings), settings), settings) as url:
+        yield url, starts
+
+
+def test_a_visitor_typing_live_holds_one_place_in_the_queue_and_another_is_served(browser, counted_url):
+    """The policy: a live run is a job in the one queue like any other, and a visitor holds at most one, however
+    fast they type. Another visitor's generation, sent while the first types, waits at most for the live run
+    in progress: not for one run a key press."""
+    from gradio_client import Client
+
+    url, starts = counted_url
+    other = Client(url, verbose=False)
+    ask = ("a small green ring at the bottom right on a gray background", "", 5, 25, 7.5, "DPM++ 2M Karras", 128, 128,
+           1)
+    other.predict(*ask, api_name="/generate")  # warm
+    start = time.perf_counter()
+    other.predict(*ask, api_name="/generate")
+    alone = time.perf_counter() - start
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_text("Diffusion Playground").first.wait_for()
+    prompt = visible(page.get_by_label("Prompt", exact=True))
+    prompt.fill(LIVE_RED)
+    page.get_by_label("Live: draw again at every edit", exact=False).check()
+    live_note(page, LIVE_RED).wait_for(timeout=30_000)
+    starts.clear()
+    took = []
+    sender = threading.Thread(target=lambda: (time.sleep(0.5), took.append(time.perf_counter()),
+                                              other.predict(*ask, api_name="/generate"),
+                                              took.append(time.perf_counter())))
+    sender.start()
+    text = " big red square"  # slower than the debounce: every key press asks for a picture
+    prompt.press("End")
+    prompt.press_sequentially(text, delay=180)
+    sender.join(60)
+    waited = took[1] - took[0]
+    live_note(page, LIVE_RED + text).wait_for(timeout=30_000)
+    context.close()
+    live_runs = [p for p in starts if p != ask[0]]
+    assert 1 <= len(live_runs) <= len(text)  # at most one run a key press, and the last edit drawn
+    # a run a key press queued ahead of it would have taken len(text) x 0.2 s more
+    assert waited < alone + 1.5, (waited, alone, len(live_runs))

@@ -10,6 +10,7 @@ from playground.metadata import read_png
 from playground.outputs import Folder, save_images
 from playground.requests import GenerateResult, Progress, TokenCount
 from playground.settings import Settings
+from playground.ui import live
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
 from playground.ui.fields import Fields, generate_request, size_note
 
@@ -70,6 +71,9 @@ def build(
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
+            live_box = gr.Checkbox(False, label="Live: draw again at every edit (prompt, weights, seed, steps, CFG, "
+                                                "scheduler)", info=f"turning it on sets {live.LIVE_STEPS} steps and a "
+                                                                   "fixed seed; the picture shows in the big image")
             status = status_line()
             with gr.Row():
                 scheduler_box, steps_box = fields.scheduler(), fields.steps()
@@ -136,6 +140,10 @@ def build(
         box.change(lambda text: token_text(count_tokens(text), fields.vocabulary), box, counter,
                    show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
+    live.wire(live_box, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box],
+              [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box,
+               shift_box, refiner_box, slg_box], generate, preview, info, settings,
+              preset_outputs=[steps_box, seed_box, images_box])
     restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
                                          width_box, height_box, shift_box, refiner_box, slg_box, info],
                    api_name="restore")

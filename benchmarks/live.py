@@ -1,0 +1,168 @@
+"""Live mode's speed on this machine's CPU, the bundled offline model (#26's targets: at most 0.25 s in the engine at
+Live's settings; a median keystroke-to-image time of at most 0.5 s in the browser).
+
+1. In the engine: Live's settings (DPM++ 2M Karras, LIVE_STEPS steps, CFG 7.5, 128 px, one image) against diffusers'
+   StableDiffusionPipeline on the same model and settings, both in this process, median of --runs after a warm-up.
+2. In the browser: app.py in its own process, Chromium (Playwright) with Live on. Each edit types a colour word
+   into the prompt as a person does (all but its last letter, a pause, then the last letter); the time runs from
+   that last key press to the moment the page shows the finished picture of the whole new prompt (the Live note
+   names the prompt its picture is of, and the image has loaded).
+
+    python benchmarks/live.py                 # both parts
+    python benchmarks/live.py --write         # and the table in BENCHMARKS.md ("Live")
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import diffusers  # noqa: E402
+
+from playground import schedulers  # noqa: E402
+from playground.engine import Engine  # noqa: E402
+from playground.loading import load_model  # noqa: E402
+from playground.requests import GenerateRequest  # noqa: E402
+from playground.settings import Settings  # noqa: E402
+from playground.ui.live import LIVE_STEPS  # noqa: E402
+from sections import write_section  # noqa: E402
+
+TEMPLATE = "a large {} square at the top left on a black background"
+COLOURS = ["blue", "green", "yellow", "purple", "orange", "cyan", "pink", "red"]
+CHROMIUM = os.environ.get("PLAYGROUND_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def engine_times(runs: int) -> tuple[float, float]:
+    """(ours, diffusers') median seconds for one picture at Live's settings."""
+    settings = Settings(model="bundled", device="cpu")
+    model = load_model(settings)
+    engine, pipe = Engine(model, settings), model.pipe
+    req = GenerateRequest(prompt=TEMPLATE.format("red"), seed=1, steps=LIVE_STEPS, cfg_scale=7.5,
+                          scheduler="DPM++ 2M Karras")
+    reference = diffusers.StableDiffusionPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=schedulers.make(req.scheduler, pipe.scheduler.config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    size = model.native_size
+
+    def theirs():
+        reference(req.prompt, num_inference_steps=req.steps, guidance_scale=req.cfg_scale, height=size, width=size,
+                  generator=torch.Generator().manual_seed(1), output_type="pil")
+
+    def ours():
+        engine.generate(req, on_progress=lambda _: None)
+
+    times = {}
+    for name, fn in (("ours", ours), ("theirs", theirs)):
+        fn()  # warm-up
+        took = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            took.append(time.perf_counter() - start)
+        times[name] = statistics.median(took)
+    return times["ours"], times["theirs"]
+
+
+def browser_times(edits: int) -> tuple[list[float], list[float]]:
+    """Keystroke-to-image seconds, one per edit, and the engine's seconds for each (from the Live note)."""
+    from playwright.sync_api import sync_playwright
+
+    from soak import Server
+
+    server = Server(Path(tempfile.mkdtemp(prefix="live-")), max_output_mb=50, cache_hours=0)
+    took, engine = [], []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server.url)
+            page.get_by_text("Diffusion Playground").first.wait_for()
+            box = page.get_by_label("Prompt", exact=True).filter(visible=True).first
+            box.fill(TEMPLATE.format("red"))
+            page.get_by_label("Live: draw again at every edit", exact=False).check()
+            shows(page, TEMPLATE.format("red"), 60_000)
+            for k in range(edits):
+                prompt = TEMPLATE.format(COLOURS[k % len(COLOURS)])
+                cut = prompt.index(" square")
+                box.fill(prompt[:cut - 1] + prompt[cut:])  # the word but its last letter
+                time.sleep(0.4)  # a pause in typing: its run may still be going when the last letter comes
+                box.press("End")
+                for _ in range(len(prompt) - cut):
+                    box.press("ArrowLeft")
+                start = time.perf_counter()
+                box.press(prompt[cut - 1])
+                shows(page, prompt, 30_000)
+                took.append(time.perf_counter() - start)
+                note = page.locator(".prose").filter(has_text=f"“{prompt}” in ").first.inner_text()
+                engine.append(float(re.search(r"in ([\d.]+) s in the engine", note)[1]))
+            browser.close()
+    finally:
+        server.stop()
+    return took, engine
+
+
+def shows(page, prompt: str, timeout: int) -> None:
+    """Wait until the Live note names `prompt` and every image on the page has loaded. Checked in the page on each
+    change of the page and each image load (polling would take a core from the 2 the server runs on)."""
+    page.evaluate("""([p, timeout]) => new Promise((done, fail) => {
+        const ok = () => Array.from(document.querySelectorAll(".prose")).some(e => e.textContent.includes(
+                             "\u201c" + p + "\u201d in ")) && Array.from(document.images).every(i => i.complete);
+        if (ok()) return done();
+        const check = () => { if (ok()) { observer.disconnect(); document.removeEventListener("load", check, true);
+                                          done(); } };
+        const observer = new MutationObserver(check);
+        observer.observe(document.body, {subtree: true, childList: true, characterData: true, attributes: true});
+        document.addEventListener("load", check, true);
+        setTimeout(() => fail(new Error("no picture of " + p)), timeout);
+    })""", [prompt, timeout])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--edits", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    ours, theirs = engine_times(a.runs)
+    took, served = browser_times(a.edits)
+    median = statistics.median(took)
+    table = "\n".join([
+        f"The bundled offline model, 128 px, DPM++ 2M Karras, {LIVE_STEPS} steps (Live's), CFG 7.5, {a.threads} CPU "
+        f"threads (`python benchmarks/live.py`):",
+        "",
+        "| what | measured | target | |",
+        "|---|---|---|---|",
+        f"| one Live picture in the engine (median of {a.runs}) | {ours:.3f} s | at most 0.25 s | "
+        f"{'met' if ours <= 0.25 else 'missed'} |",
+        f"| diffusers' StableDiffusionPipeline, same model and settings | {theirs:.3f} s ({ours / theirs:.2f}x ours) | "
+        "| |",
+        f"| the same in the served app (app.py), median of the edits below | {statistics.median(served):.3f} s | | |",
+        f"| keystroke to finished picture in Chromium, median of {a.edits} edits (app.py in its own process) | "
+        f"{median:.3f} s (fastest {min(took):.3f}, slowest {max(took):.3f}) | at most 0.5 s | "
+        f"{'met' if median <= 0.5 else 'missed'} |",
+    ])
+    print(table)
+    print("each edit:", ", ".join(f"{t:.3f}" for t in took))
+    if a.write:
+        write_section(ROOT / "BENCHMARKS.md", "live", "## Live: keystroke to picture", table)
+
+
+if __name__ == "__main__":
+    main()
