@@ -45,8 +45,8 @@ CHROMIUM = os.environ.get("PLAYGROUND_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def engine_times(runs: int) -> tuple[float, float]:
-    """(ours, diffusers') median seconds for one picture at Live's settings."""
+def engine_times(runs: int) -> tuple[float, float, dict]:
+    """(ours, diffusers') median seconds for one picture at Live's settings, and quality()."""
     settings = Settings(model="bundled", device="cpu")
     model = load_model(settings)
     engine, pipe = Engine(model, settings), model.pipe
@@ -75,7 +75,31 @@ def engine_times(runs: int) -> tuple[float, float]:
             fn()
             took.append(time.perf_counter() - start)
         times[name] = statistics.median(took)
-    return times["ours"], times["theirs"]
+    return times["ours"], times["theirs"], quality(engine)
+
+
+QUALITY_PROMPTS = ["a large red square at the top left on a black background",
+                   "a small blue circle at the bottom right on a white background",
+                   "a green person with arms raised on a white background",
+                   "a large yellow triangle on the right on a gray background"]
+
+
+def quality(engine: Engine, steps: tuple[int, ...] = (4, 6, 8, 12)) -> dict[int, list[float]]:
+    """PSNR (dB) of the picture at each number of steps to the same prompt and seed at 25 steps (the exact path's
+    default), over QUALITY_PROMPTS x seeds 1 and 2: what Live's fewer steps cost."""
+    import numpy as np
+
+    def image(prompt, n, seed):
+        req = GenerateRequest(prompt=prompt, seed=seed, steps=n, scheduler="DPM++ 2M Karras")
+        return np.asarray(engine.generate(req).images[0].image, dtype=np.float64)
+
+    out = {n: [] for n in steps}
+    for prompt in QUALITY_PROMPTS:
+        for seed in (1, 2):
+            reference = image(prompt, 25, seed)
+            for n in steps:
+                out[n].append(float(10 * np.log10(255**2 / np.mean((image(prompt, n, seed) - reference) ** 2))))
+    return out
 
 
 def browser_times(edits: int) -> tuple[list[float], list[float]]:
@@ -140,7 +164,7 @@ def main() -> None:
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    ours, theirs = engine_times(a.runs)
+    ours, theirs, psnr = engine_times(a.runs)
     took, served = browser_times(a.edits)
     median = statistics.median(took)
     table = "\n".join([
@@ -157,6 +181,14 @@ def main() -> None:
         f"| keystroke to finished picture in Chromium, median of {a.edits} edits (app.py in its own process) | "
         f"{median:.3f} s (fastest {min(took):.3f}, slowest {max(took):.3f}) | at most 0.5 s | "
         f"{'met' if median <= 0.5 else 'missed'} |",
+        "",
+        "What fewer steps cost: PSNR of the picture to the same prompt and seed at 25 steps, "
+        f"{len(QUALITY_PROMPTS)} prompts x 2 seeds:",
+        "",
+        "| steps | mean PSNR to 25 steps | lowest |",
+        "|---|---|---|",
+        *(f"| {n}{' (Live)' if n == LIVE_STEPS else ''} | {statistics.mean(v):.1f} dB | {min(v):.1f} dB |"
+          for n, v in psnr.items()),
     ])
     print(table)
     print("each edit:", ", ".join(f"{t:.3f}" for t in took))

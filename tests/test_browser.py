@@ -19,6 +19,7 @@ from PIL import Image
 from playground.engine import Engine
 from playground.loading import load_model
 from playground.settings import ASSETS, Settings
+from playground.threads import off_main_thread
 
 from conftest import free_port, launched
 
@@ -49,7 +50,8 @@ def shots(tmp_path_factory) -> Path:
 def url(tmp_path_factory):
     """The app as a user gets it on a CPU machine: the bundled model, default limits."""
     settings = Settings(model="bundled", device="cpu", port=free_port(), output_dir=tmp_path_factory.mktemp("out"))
-    with launched(Engine(load_model(settings), settings), settings) as url:
+    # loaded as app.py loads it, off the main thread (threads.py): the times the pages show are the app's
+    with launched(off_main_thread(lambda: Engine(load_model(settings), settings)), settings) as url:
         yield url
 
 
@@ -536,7 +538,7 @@ def counted_url(tmp_path_factory):
             return super().generate(req, *args, **kwargs)
 
     settings = Settings(model="bundled", device="cpu", port=free_port(), output_dir=tmp_path_factory.mktemp("out"))
-    with launched(Counting(load_model(settings), settings), settings) as url:
+    with launched(off_main_thread(lambda: Counting(load_model(settings), settings)), settings) as url:
         yield url, starts
 
 
