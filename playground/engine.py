@@ -186,7 +186,7 @@ class Engine:
     @property
     def components(self) -> Components:
         """The modules of the one pipeline, read afresh (compiled ones included): never a stale handle."""
-        return Components.from_pipeline(self.model.pipe, self.settings.t5_tokens)
+        return Components.from_pipeline(self.model.pipe, self.model.t5_tokens or self.settings.t5_tokens)
 
     @property
     def native_size(self) -> int:

@@ -46,6 +46,7 @@ class LoadedModel:
     vocabulary: frozenset[str] = frozenset()  # every word its captions used, from the marker (empty: any word)
     offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
     refiner: object = None  # SDXL's refiner (a StableDiffusionXLImg2ImgPipeline on the base's encoder and VAE)
+    t5_tokens: int | None = None  # an SD3 trained without T5: the zero tokens in its place it learnt with (marker)
 
     @property
     def family(self) -> StableDiffusion:
@@ -151,7 +152,8 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
                        trained=bool(marker.get("trained", True)), device=device, dtype=dtype,
                        description=marker.get("description", "") if marker.get("trained") else "",
                        examples=tuple(marker.get("examples", ())), offline=bool(marker),
-                       vocabulary=frozenset(marker.get("vocabulary", ()) if marker.get("trained") else ()))
+                       vocabulary=frozenset(marker.get("vocabulary", ()) if marker.get("trained") else ()),
+                       t5_tokens=marker.get("t5_tokens"))
 
 
 def load_refiner(source: str | Path, model: LoadedModel):

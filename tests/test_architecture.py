@@ -23,7 +23,7 @@ LAYERS = [
     ["sampling", "loading"],
     ["annotators"],
     ["engine", "tiny.train", "tiny.untrained"],
-    ["walks"],
+    ["walks", "tiny.mmdit"],
     ["tiny.evaluate"],
     ["ui.fairness", "ui.cache", "ui.sessions"],
     ["ui.common", "ui.fields"],

@@ -30,6 +30,7 @@ import numpy as np
 
 from playground import settings as settings_mod
 from playground.engine import Engine
+from playground.errors import ControlNetUnavailable
 from playground.attention import focus
 from playground.requests import ControlRequest, GenerateRequest, InspectRequest
 from playground.loading import load_model
@@ -43,6 +44,12 @@ TARGETS = {"analyser": 0.98, "colour": 0.95, "shape": 0.92, "place": 0.90, "back
 FOLLOW_PX = 8  # Canny "follows": the drawn object's centre within this many pixels of the map's object
 
 
+def sampler(engine: Engine) -> str:
+    """The evaluation's scheduler: DDIM for a noise-prediction model (the U-Net one), Flow Euler for a flow model
+    (the MMDiT), each the plain first-order sampler of its kind."""
+    return "Flow Euler" if engine.model.family.flow else "DDIM"
+
+
 def engine_for(model: str, device: str = "auto") -> Engine:
     settings = settings_mod.Settings(model=model, device=device, safety_checker=False)
     return Engine(load_model(settings), settings)
@@ -51,7 +58,7 @@ def engine_for(model: str, device: str = "auto") -> Engine:
 def draw(engine: Engine, prompt: str, seed: int, cfg: float = 7.5, steps: int = 25):
     """What the model draws for `prompt`, as the Prompt tab makes it (DDIM), read back by the analyser."""
     image = engine.generate(GenerateRequest(prompt=prompt, seed=seed, steps=steps, cfg_scale=cfg,
-                                            scheduler="DDIM")).images[0].image
+                                            scheduler=sampler(engine))).images[0].image
     return analyse.analyse(image)
 
 
@@ -100,7 +107,8 @@ def score_people(engine: Engine, prompts: list[dict]) -> dict:
 def word_maps(engine: Engine, prompt: str, seed: int, cfg: float = 7.5):
     """The analysis of what the model draws for `prompt` (as `draw` makes it), the kept tokens' texts and
     their cross-attention maps summed over every step and layer ((T, h, w), the inspector's summed view)."""
-    traj = engine.inspect(GenerateRequest(prompt=prompt, seed=seed, steps=25, cfg_scale=cfg, scheduler="DDIM"))
+    traj = engine.inspect(GenerateRequest(prompt=prompt, seed=seed, steps=25, cfg_scale=cfg,
+                                          scheduler=sampler(engine)))
     return analyse.analyse(traj.image), [t.text for t in traj.attention.kept], traj.attention.stack(None, "all")
 
 
@@ -156,7 +164,7 @@ def score_canny(engine: Engine, n: int, seed: int = 900_000_000) -> dict:
     for i, scene in enumerate(control_scenes("canny", n, seed)):
         edges = canny(scene.image)
         out = engine.control(ControlRequest(image=edges, mode="image", controlnet="canny", base=GenerateRequest(
-            prompt=scene.caption, seed=i, steps=25, scheduler="DDIM"))).images[0].image
+            prompt=scene.caption, seed=i, steps=25, scheduler=sampler(engine)))).images[0].image
         f1.append(analyse.edge_f1(np.asarray(edges.convert("L")), out))
         want, got = analyse.analyse(scene.image).objects, analyse.analyse(out).objects
         follows += bool(want and got and np.hypot(*np.subtract(want[0].centre, got[0].centre)) <= FOLLOW_PX)
@@ -172,7 +180,7 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
         # the prompt names no pose and no place: the map alone has to carry the figure
         prompt = f"{world.a(rng.choice(list(world.COLOURS)))} person on a {rng.choice(list(world.BACKGROUNDS))} background"
         out = engine.control(ControlRequest(image=pose, mode="image", controlnet="openpose", base=GenerateRequest(
-            prompt=prompt, seed=i, steps=25, scheduler="DDIM"))).images[0].image
+            prompt=prompt, seed=i, steps=25, scheduler=sampler(engine)))).images[0].image
         recall.append(analyse.skeleton_recall(pose, out))
         precision.append(analyse.figure_precision(pose, out))
         limbs += analyse.limbs_drawn(scene.keypoints, out)
@@ -277,19 +285,23 @@ def sheet(model: str, path: Path, per_row: int = 6) -> None:
     engine = engine_for(model)
     cells: list[tuple[Image.Image, str]] = []
     for i, p in enumerate(world.evaluation_prompts(per_row)):
-        img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25, scheduler="DDIM")).images[0].image
+        img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25,
+                                              scheduler=sampler(engine))).images[0].image
         cells.append((img, p["prompt"]))
     for i, p in enumerate(world.evaluation_prompts(per_row)):
         img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25, cfg_scale=1.0,
-                                              scheduler="DDIM")).images[0].image
+                                              scheduler=sampler(engine))).images[0].image
         cells.append((img, "same prompt, CFG 1.0"))
     for kind, scenes in (("canny", control_scenes("canny", per_row // 2, 900_000_000)),
                          ("openpose", control_scenes("openpose", per_row // 2, 910_000_000))):
         for i, scene in enumerate(scenes):
             cmap = canny(scene.image) if kind == "canny" else world.pose_map(scene.keypoints)
             prompt = scene.caption if kind == "canny" else f"{world.a(list(world.COLOURS)[i * 3 % 8])} person on a white background"
-            out = engine.control(ControlRequest(image=cmap, mode="image", controlnet=kind, base=GenerateRequest(
-                prompt=prompt, seed=i, steps=25, scheduler="DDIM"))).images[0].image
+            try:
+                out = engine.control(ControlRequest(image=cmap, mode="image", controlnet=kind, base=GenerateRequest(
+                    prompt=prompt, seed=i, steps=25, scheduler=sampler(engine)))).images[0].image
+            except ControlNetUnavailable:  # a model without this ControlNet (the MMDiT has none yet)
+                break
             cells += [(cmap, f"{kind} map"), (out, prompt)]
     w, h = 128 + 8, 128 + 50
     rows = (len(cells) + per_row - 1) // per_row

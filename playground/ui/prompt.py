@@ -71,9 +71,10 @@ def build(
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
-            live_box = gr.Checkbox(False, label="Live: draw again at every edit (prompt, weights, seed, steps, CFG, "
-                                                "scheduler)", info=f"turning it on sets {live.LIVE_STEPS} steps and a "
-                                                                   "fixed seed; the picture shows in the big image")
+            live_box = gr.Checkbox(False, label="Live: draw again at every edit",
+                                   info=f"of the prompt, its weights, the seed, steps, CFG or scheduler; turning it "
+                                        f"on sets {live.LIVE_STEPS} steps and a fixed seed; the picture shows in the "
+                                        "big image")
             status = status_line()
             with gr.Row():
                 scheduler_box, steps_box = fields.scheduler(), fields.steps()

@@ -1,0 +1,232 @@
+"""The second offline model: SD3's layout, small. A diffusion transformer (MMDiT) and two CLIP text encoders,
+trained by the project on the same world and captions as the U-Net model, with rectified flow.
+
+    python -m playground.tiny.mmdit train --minutes 30 --threads 1     # resumable: runs/offline-mmdit/mmdit.pt
+    python -m playground.tiny.mmdit export assets/offline-mmdit        # an fp16 StableDiffusion3Pipeline folder
+    python -m playground.tiny.mmdit import assets/offline-mmdit        # later: train the exported model further
+    python app.py --model assets/offline-mmdit                         # every tab, through the app's SD3 path
+
+Rectified flow (Liu et al. 2022, as SD3 trains, Esser et al. 2024): x_t = (1 - t) x0 + t noise, a straight line
+from the image to the noise, and the transformer learns its velocity v = noise - x0, with t drawn logit-normal
+(most weight mid-way, where the layout and the colours are decided). Sampling walks the line back with the
+flow schedulers (Flow Euler by default) at the shift the export names.
+
+The parts, as StableDiffusion3Pipeline wants them: `SD3Transformer2DModel` (patch 2 over the 16x16 latents of a
+128 px image: 64 image tokens, joint attention with the text tokens in every block); CLIP "L" and CLIP "G", both
+`CLIPTextModelWithProjection` over the offline vocabulary, their penultimate states side by side as the text
+tokens and their projections side by side as the pooled vector; no T5 (SD3 runs without it, with zeros in its
+place: this model is trained with one zero token there, and its playground.json tells the app so); the U-Net
+model's VAE, frozen, with shift_factor 0 (the same latents, so the two models differ only in the denoiser and
+the objective).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+from playground.loading import MARKER
+from playground.tiny import world
+from playground.tiny.train import CFG_DROPOUT, Budget, Checkpoint, batch, ema_update, log, resume, to_tensor
+from playground.tiny.vocab import build_tokenizer
+
+RUN = Path("runs/offline-mmdit")
+VAE = Path("assets/offline-model/vae")  # the U-Net model's, shared
+
+
+@dataclass(frozen=True)
+class MMDiTArch:
+    image_size: int = 128  # native pixels per side; latents are image_size / 8, patches of 2 latents
+    layers: int = 6  # joint transformer blocks
+    heads: int = 4
+    head_dim: int = 32  # the transformer's width is heads x head_dim
+    text_width: int = 64  # each CLIP's hidden size: side by side they are the joint attention's input width
+    text_layers: int = 3  # the penultimate state is taken, as SD3 does
+    text_heads: int = 4
+    t5_tokens: int = 1  # zero tokens in T5's place (no T5): trained with this many, so sampled with it
+    shift: float = 1.0  # the flow schedulers' shift the export names (SD3: 3.0 at 1024 px)
+
+
+OFFLINE_MMDIT = MMDiTArch()
+TEST_MMDIT = MMDiTArch(image_size=64, layers=2, heads=2, head_dim=8, text_width=16, text_layers=2, text_heads=2)
+
+
+def new_transformer(arch: MMDiTArch) -> SD3Transformer2DModel:
+    latent = arch.image_size // 8
+    return SD3Transformer2DModel(
+        sample_size=latent, patch_size=2, in_channels=4, out_channels=4, num_layers=arch.layers,
+        attention_head_dim=arch.head_dim, num_attention_heads=arch.heads, joint_attention_dim=2 * arch.text_width,
+        caption_projection_dim=arch.heads * arch.head_dim, pooled_projection_dim=2 * arch.text_width,
+        pos_embed_max_size=4 * latent // 2)  # room for sizes up to 4x the native one
+
+
+def new_text_encoder(arch: MMDiTArch, tokenizer) -> CLIPTextModelWithProjection:
+    return CLIPTextModelWithProjection(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=arch.text_width, intermediate_size=arch.text_width * 4,
+        num_hidden_layers=arch.text_layers, num_attention_heads=arch.text_heads, projection_dim=arch.text_width,
+        max_position_embeddings=tokenizer.model_max_length, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+
+
+def encode(tokenizer, encoders, captions: list[str], t5_tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text tokens, pooled vector) for `captions`, as StableDiffusion3Pipeline.encode_prompt makes them without
+    T5 (and so as the app's SD3 entry does): each CLIP's penultimate states, side by side, then `t5_tokens` zero
+    tokens; both projections side by side."""
+    ids = tokenizer(list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids.to(device)
+    outs = [encoder(ids, output_hidden_states=True) for encoder in encoders]
+    states = torch.cat([o.hidden_states[-2] for o in outs], dim=-1)
+    zeros = states.new_zeros((len(captions), t5_tokens, states.shape[-1]))
+    return torch.cat([states, zeros], dim=1), torch.cat([o[0] for o in outs], dim=-1)
+
+
+def flow_times(size: int, gen: torch.Generator) -> torch.Tensor:
+    """Training times t in (0, 1), logit-normal (0, 1): SD3's sampling of the flow's times."""
+    return torch.sigmoid(torch.randn(size, generator=gen))
+
+
+def load_vae(device: str, path: Path = VAE) -> AutoencoderKL:
+    return AutoencoderKL.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
+
+
+def train(args) -> None:
+    """The transformer and both text encoders on the flow-matching loss, the VAE frozen."""
+    arch = args.arch
+    ckpt, tokenizer = Checkpoint(args.run, "mmdit"), build_tokenizer()
+    vae = load_vae(args.device, args.vae)
+    scale = vae.config.scaling_factor
+    model = new_transformer(arch).to(args.device)
+    texts = [new_text_encoder(arch, tokenizer).to(args.device) for _ in range(2)]
+    params = list(model.parameters()) + [p for t in texts for p in t.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.lr or 3e-4, weight_decay=0.01)
+    state = ckpt.load()
+    step = resume(state, opt, model=model, text_l=texts[0], text_g=texts[1])
+    warm_from = state.get("warm_from", 0) if state and "opt" in state else step
+    ema = {"model": copy.deepcopy(model), "text_l": copy.deepcopy(texts[0]), "text_g": copy.deepcopy(texts[1])}
+    for key, module in ema.items():
+        module.requires_grad_(False)
+        if state:
+            module.load_state_dict(state[f"ema_{key}"])
+    print(f"[mmdit] transformer {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M, text encoders "
+          f"{sum(p.numel() for t in texts for p in t.parameters()) / 1e6:.2f} M parameters; from step {step}",
+          flush=True)
+
+    def save():
+        ckpt.save({"model": model.state_dict(), "text_l": texts[0].state_dict(), "text_g": texts[1].state_dict(),
+                   "opt": opt.state_dict(), "step": step, "warm_from": warm_from, "arch": dataclasses.asdict(arch),
+                   **{f"ema_{k}": m.state_dict() for k, m in ema.items()}})
+
+    budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
+    gen = torch.Generator().manual_seed(40_000_000 + step)
+    while budget.more(done):
+        scenes = batch("unet", 50_000_000 + step, args.batch)  # the U-Net model's world, scenes of their own
+        with torch.no_grad():
+            x0 = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
+        captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
+        noise = torch.randn(x0.shape, generator=gen).to(args.device)
+        t = flow_times(len(scenes), gen).to(args.device)
+        x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+        context, pooled = encode(tokenizer, texts, captions, arch.t5_tokens, args.device)
+        v = model(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=context,
+                  pooled_projections=pooled).sample
+        loss = ((v.float() - (noise - x0)) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        for g in opt.param_groups:  # short warm-up, then constant
+            g["lr"] = (args.lr or 3e-4) * min(1.0, (step + 1 - warm_from) / 100)
+        opt.step()
+        decay = min(0.998, (1 + step - warm_from) / (10 + step - warm_from))
+        for key, module in zip(ema, (model, *texts)):
+            ema_update(ema[key], module, decay)
+        step, done = step + 1, done + 1
+        if step % 25 == 0:
+            log("mmdit", step, loss.item(), started, done * args.batch)
+        if step % 100 == 0:
+            save()
+    save()
+    print(f"[mmdit] saved step {step} to {ckpt.path}")
+
+
+def export(args) -> None:
+    """The EMA weights as an fp16 StableDiffusion3Pipeline folder the app loads with `from_pretrained`."""
+    from diffusers import StableDiffusion3Pipeline
+
+    arch, out, tokenizer = args.arch, Path(args.out), build_tokenizer()
+    state = Checkpoint(args.run, "mmdit").load()
+    model, texts = new_transformer(arch), [new_text_encoder(arch, tokenizer) for _ in range(2)]
+    model.load_state_dict(state["ema_model"])
+    texts[0].load_state_dict(state["ema_text_l"]), texts[1].load_state_dict(state["ema_text_g"])
+    vae = load_vae("cpu", args.vae)
+    vae.register_to_config(shift_factor=0.0)
+    pipe = StableDiffusion3Pipeline(
+        transformer=model, vae=vae, text_encoder=texts[0], tokenizer=tokenizer, text_encoder_2=texts[1],
+        tokenizer_2=tokenizer, text_encoder_3=None, tokenizer_3=None,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=arch.shift))
+    pipe.to(dtype=torch.float16).save_pretrained(out, safe_serialization=True)
+    marker = {
+        "name": "playground-offline-mmdit",
+        "trained": True,
+        "description": "a small diffusion transformer (SD3's layout: an MMDiT, two CLIP text encoders, no T5) trained "
+                       "by the project with rectified flow on the same world as the U-Net model (see "
+                       "playground/tiny/mmdit.py)",
+        "native_size": arch.image_size,
+        "steps": {"mmdit": state["step"]},
+        "t5_tokens": arch.t5_tokens,
+        "architecture": dataclasses.asdict(arch),
+        "vocabulary": world.vocabulary(),
+        "examples": ["a large red square at the top left on a black background",
+                     "a large yellow triangle on the right on a gray background",
+                     "a green person with arms raised on a white background"],
+    }
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB), step {state['step']}")
+
+
+def import_model(args) -> None:
+    """An exported folder back into a checkpoint (fresh optimiser), to train it further."""
+    from diffusers import StableDiffusion3Pipeline
+
+    src = Path(args.out)
+    pipe = StableDiffusion3Pipeline.from_pretrained(src, dtype=torch.float32, text_encoder_3=None, tokenizer_3=None)
+    step = json.loads((src / MARKER).read_text()).get("steps", {}).get("mmdit", 0)
+    parts = {"model": pipe.transformer.state_dict(), "text_l": pipe.text_encoder.state_dict(),
+             "text_g": pipe.text_encoder_2.state_dict()}
+    Checkpoint(args.run, "mmdit").save({**parts, **{f"ema_{k}": v for k, v in parts.items()}, "step": step})
+    print(f"imported {src} into {args.run}: step {step}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=["train", "export", "import"])
+    parser.add_argument("out", nargs="?", default="assets/offline-mmdit",
+                        help="export: the folder to write; import: the folder to read")
+    parser.add_argument("--ckpt-dir", dest="run", type=Path, default=RUN, help="checkpoint folder (resumed from)")
+    parser.add_argument("--vae", type=Path, default=VAE, help="the frozen VAE (the U-Net model's)")
+    parser.add_argument("--minutes", type=float, help="stop after this long (a chunk)")
+    parser.add_argument("--steps", type=int, help="stop after this many steps (a chunk)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--test-size", action="store_true", help="the tests' tiny sizes (64 px, 2 blocks)")
+    args = parser.parse_args(argv)
+    args.arch = TEST_MMDIT if args.test_size else OFFLINE_MMDIT
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    {"train": train, "export": export, "import": import_model}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
