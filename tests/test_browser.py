@@ -319,12 +319,12 @@ def test_the_preview_stays_in_view_while_it_runs_and_stop_says_where(page):
     steps(page, 100)
     page.get_by_role("button", name="Generate", exact=True).first.click()
     page.get_by_text(re.compile(r"Running: denoising, step \d+ of 100")).wait_for(timeout=30_000)
-    page.wait_for_function(SHOWN_SIZE, arg="Live preview", timeout=30_000)  # a preview arrived
-    assert not page.evaluate(COVERED, "Live preview")  # the picture, not a progress cover
+    page.wait_for_function(SHOWN_SIZE, arg="Preview: while a run goes", timeout=30_000)  # a preview arrived
+    assert not page.evaluate(COVERED, "Preview: while a run goes")  # the picture, not a progress cover
     page.get_by_role("button", name="Stop", exact=True).first.click()
     stopped = page.get_by_text(re.compile(r"Stopped at step \d+ of 100"))
     stopped.wait_for(timeout=30_000)
-    assert page.evaluate(SHOWN_SIZE, "Live preview")  # the half-done preview stays, and the line says why
+    assert page.evaluate(SHOWN_SIZE, "Preview: while a run goes")  # the half-done preview stays, and the line says why
     assert not page.get_by_label("Seed used").is_visible()  # no seed yet: nothing to reuse
 
 
@@ -337,7 +337,7 @@ def test_a_failure_is_named_beside_the_action_and_covers_nothing(page):
     width.press("Enter")
     page.get_by_role("button", name="Generate", exact=True).first.click()
     page.get_by_text("width must be a multiple of 8, got 68").first.wait_for(timeout=30_000)
-    for label in ("Live preview", "Images (PNG with settings inside)"):
+    for label in ("Preview: while a run goes", "Images (PNG with settings inside)"):
         assert not page.evaluate(COVERED, label), label  # the last images stay in view, usable
     assert page.evaluate(SHOWN_SIZE, "Images (PNG with settings inside)")
     # the ControlNet tab: Mirror before any pose fails beside the pose tools; the choices stay clickable
@@ -362,9 +362,9 @@ def test_a_second_run_at_another_size_is_drawn_at_its_own_shape(page):
         page.get_by_role("button", name="Generate", exact=True).first.click()
         page.get_by_text(f"{w}x{h}").first.wait_for(timeout=60_000)
         page.get_by_text("is not the 128x128 the model was trained at").first.wait_for(timeout=10_000)
-        page.wait_for_function(f"""() => {{ const s = ({SHOWN_SIZE})("Live preview");
+        page.wait_for_function(f"""() => {{ const s = ({SHOWN_SIZE})("Preview: while a run goes");
             return s && s[2] === {w} && s[3] === {h}; }}""", timeout=30_000)
-        shown_w, shown_h, *_ = page.evaluate(SHOWN_SIZE, "Live preview")
+        shown_w, shown_h, *_ = page.evaluate(SHOWN_SIZE, "Preview: while a run goes")
         assert abs(shown_w / shown_h - w / h) < 0.05, (w, h, shown_w, shown_h)
 
 
@@ -523,8 +523,23 @@ def test_live_draws_as_you_type(page, shots):
     page.screenshot(path=str(shots / "live.png"), clip={"x": 0, "y": 150, "width": 1400, "height": 800})
     # the picture is the model's: blue on white, as asked (the offline model knows this world)
     img = page.locator(".pixels img").first
-    assert "Live" in page.get_by_text("Live: the finished image").first.inner_text()
     assert img.evaluate("i => i.naturalWidth") == 128
+
+
+def test_a_live_run_shows_its_progress_and_stop_stops_it(page):
+    """A live run says where it is (the info line), and Stop ends it there: no picture of it comes later."""
+    prompt = visible(page.get_by_label("Prompt", exact=True))
+    prompt.fill(LIVE_RED)
+    page.get_by_label("Live: draw again at every edit", exact=False).check()
+    live_note(page, LIVE_RED).wait_for(timeout=30_000)
+    before = preview_src(page)
+    steps(page, 100)  # an edit too: a long live run starts
+    page.get_by_text(re.compile(r"Live: denoising, step \d+ of 100")).wait_for(timeout=30_000)
+    page.get_by_role("button", name="Stop", exact=True).first.click()
+    page.get_by_text(re.compile(r"Stopped at step \d+ of 100")).wait_for(timeout=10_000)
+    time.sleep(3)
+    assert preview_src(page) == before  # the stopped run delivered nothing
+    assert page.get_by_text(re.compile(r"Stopped at step \d+ of 100")).count() >= 1
 
 
 @pytest.fixture(scope="module")

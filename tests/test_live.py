@@ -11,7 +11,7 @@ from playground.engine import Engine
 from playground.errors import Cancelled
 from playground.requests import GenerateRequest
 from playground.threads import off_main_thread
-from playground.ui.live import LABEL, LIVE_STEPS, Edits, live_generate, preset
+from playground.ui.live import LIVE_STEPS, Edits, escaped, live_generate, preset
 
 from conftest import tiny_settings
 
@@ -73,12 +73,15 @@ def test_a_live_run_stopped_for_another_reason_is_stopped_as_any_run_is(engine):
 
 
 def test_turning_live_on_sets_few_steps_one_image_and_a_fixed_seed():
-    steps, seed, images, image = preset(True, 25, -1, 3, "Live preview")
-    assert (steps, images) == (LIVE_STEPS, 1) and seed >= 0 and image.label == LABEL
-    assert preset(True, 4, 7, 1, "Live preview")[:3] == (4, 7, 1)  # fewer steps and a seed already set are kept
-    off = preset(False, 25, -1, 3, "Live preview")
-    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in off[:3])  # untouched
-    assert off[3].label == "Live preview"
+    steps, seed, images = preset(True, 25, -1, 3)
+    assert (steps, images) == (LIVE_STEPS, 1) and seed >= 0
+    assert preset(True, 4, 7, 1) == (4, 7, 1)  # fewer steps and a seed already set are kept
+    off = preset(False, 25, -1, 3)
+    assert all(isinstance(v, dict) and v.get("__type__") == "update" and len(v) == 1 for v in off)  # untouched
+
+
+def test_the_live_note_shows_the_prompt_as_typed_not_as_markdown():
+    assert escaped("a *red* [black] (big) \\ _x_") == "a \\*red\\* \\[black\\] (big) \\\\ \\_x\\_"
 
 
 def test_model_work_runs_off_the_main_thread_and_its_errors_come_back():

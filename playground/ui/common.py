@@ -95,8 +95,10 @@ def stopped_again(note: str | None) -> str:
 
 
 def stop_button(stop: gr.Button, event, note: gr.Markdown) -> None:
-    """Stop cancels `event` (at its next denoising step) and says in its info line `note` where it stopped."""
-    stop.click(stopped, note, note, cancels=[event], api_visibility="private", queue=False).then(
+    """Stop cancels `event` (or a list of events: at their next denoising step) and says in its info line `note`
+    where it stopped."""
+    events = list(event) if isinstance(event, (list, tuple)) else [event]
+    stop.click(stopped, note, note, cancels=events, api_visibility="private", queue=False).then(
         stopped_again, note, note, api_visibility="private", queue=False)
 
 # Components with elem_classes=["pixels"] show small images (the offline model's 128 px) whole, at a

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import re
 import threading
 from collections import OrderedDict
 from typing import Callable
@@ -30,9 +31,9 @@ from typing import Callable
 import gradio as gr
 
 from playground.errors import Cancelled
-from playground.requests import GenerateResult
+from playground.requests import GenerateResult, Progress
 from playground.settings import Settings
-from playground.ui.common import heavy, shows_errors, stream
+from playground.ui.common import heavy, running, shows_errors, stream
 from playground.ui.fields import generate_request
 
 LIVE_STEPS = 8  # what turning Live on sets the steps to (at most): 0.2 s an image for the offline model on 2 cores
@@ -49,17 +50,13 @@ TICK_JS = f"""async (on, tick) => {{
 }}"""
 
 
-LABEL = "Live: the finished image (through the VAE), drawn again at every edit"
-
-
-def preset(on: bool, steps: int, seed: int | None, images: int, label: str) -> tuple:
+def preset(on: bool, steps: int, seed: int | None, images: int) -> tuple:
     """Turning Live on: at most LIVE_STEPS steps, one image, and a fixed seed where it was random (-1), so that
-    only the edit changes the picture; the big image says it shows Live's pictures. Turning it off gives the
-    image its own `label` back and changes nothing else."""
+    only the edit changes the picture. Turning it off changes nothing."""
     if not on:
-        return gr.skip(), gr.skip(), gr.skip(), gr.Image(label=label)
+        return gr.skip(), gr.skip(), gr.skip()
     fixed = seed if seed is not None and seed >= 0 else random.randrange(2**31)
-    return min(int(steps), LIVE_STEPS), fixed, 1, gr.Image(label=LABEL)
+    return min(int(steps), LIVE_STEPS), fixed, 1
 
 
 class Edits:
@@ -107,19 +104,25 @@ def live_generate(generate: Callable[..., GenerateResult], edits: Edits, session
         return None
 
 
+def escaped(text: str) -> str:
+    """`text` shown as it is in Markdown (a prompt's `*`, `_`, brackets and backslashes are not formatting)."""
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text)
+
+
 def summary(result: GenerateResult) -> str:
     r = result.request
-    return (f"**Live**: “{r.prompt}” in {result.seconds:.2f} s in the engine. Seed {r.seed}, {r.scheduler}, "
+    return (f"**Live**: “{escaped(r.prompt)}” in {result.seconds:.2f} s in the engine. Seed {r.seed}, {r.scheduler}, "
             f"{r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}. Not saved: **Generate** keeps it as a PNG "
             "(same settings, same picture).")
 
 
 def wire(live: gr.Checkbox, watched: list, inputs: list, generate: Callable[..., GenerateResult], image: gr.Image,
-         info: gr.Markdown, settings: Settings, preset_outputs: list) -> None:
+         info: gr.Markdown, settings: Settings, preset_outputs: list):
     """Wire Live: `watched` are the fields whose edits regenerate; `inputs` the generation form in the order of
-    on_live's parameters; the picture goes to `image` and the run's note to `info` (no progress shown: a spinner
-    at every key press is noise, and its animation took CPU from the run; an error shows as a message).
-    `preset_outputs` are the steps, seed and images fields turning Live on sets."""
+    on_live's parameters; the picture goes to `image` and the run's note to `info`, which says "Live: denoising,
+    step 3 of 8" while it runs (no spinner: one at every key press is noise, and its animation took CPU from the
+    run; an error shows as a message). `preset_outputs` are the steps, seed and images fields turning Live on
+    sets. Returns the run's event (for Stop)."""
     edits, edit, tick = Edits(), gr.Number(0, visible="hidden"), gr.Number(0, visible="hidden")
 
     @shows_errors
@@ -131,19 +134,23 @@ def wire(live: gr.Checkbox, watched: list, inputs: list, generate: Callable[...,
         for item in stream(run, job):
             if isinstance(item, GenerateResult):
                 yield item.images[0].image, summary(item)
-            elif item is None:
+            elif isinstance(item, Progress):  # the run is on its way (and Stop reads where it got to)
+                yield gr.skip(), f"Live: {running(item).removeprefix('Running: ')}"
+            else:  # stale: a newer edit's run comes next
                 yield gr.skip(), gr.skip()
 
-    heavy(tick.change, on_live, [tick, *inputs], [image, info], settings, api_visibility="private", preprocess=False,
-          trigger_mode="always_last", show_progress="hidden")
+    run = heavy(tick.change, on_live, [tick, *inputs], [image, info], settings, api_visibility="private",
+                preprocess=False, trigger_mode="always_last", show_progress="hidden")
     triggers = [box.change for box in watched] + [live.change]
-    gr.on(triggers, None, [live, edit], edit, js=EDIT_JS, queue=False, api_visibility="private")
+    gr.on([box.change for box in watched], None, [live, edit], edit, js=EDIT_JS, queue=False,
+          api_visibility="private")
+    # turning Live on or off is an edit whatever its new state: a run in flight when it goes off is stale
+    live.change(None, None, edit, js="() => Date.now()", queue=False, api_visibility="private")
     gr.on(triggers, None, [live, tick], tick, js=TICK_JS, queue=False, api_visibility="private")
 
     def on_edit(stamp, request: gr.Request):
         edits.note(request.session_hash, float(stamp or 0))
 
     edit.change(on_edit, edit, None, queue=False, api_visibility="private")
-    label = image.label
-    live.change(lambda on, *values: preset(on, *values, label), [live, *preset_outputs], [*preset_outputs, image],
-                queue=False, api_visibility="private")
+    live.change(preset, [live, *preset_outputs], preset_outputs, queue=False, api_visibility="private")
+    return run

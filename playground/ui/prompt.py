@@ -89,8 +89,9 @@ def build(
                               file_types=[".png"], type="filepath", height=140)
         with gr.Column(scale=6):
             # 290: a 128 px picture at twice its size, under its label
-            preview = gr.Image(label="Live preview: the model's current guess of the clean image (a cheap linear "
-                                     "map of the latents; the finished image goes through the VAE)", format="png",
+            preview = gr.Image(label="Preview: while a run goes, the model's current guess of the clean image (a "
+                                     "cheap linear map of the latents); with Live on, each edit's finished image "
+                                     "(through the VAE)", format="png",
                                interactive=False, height=290, elem_classes=["pixels"])
             gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
                                  object_fit="contain", height="auto", fit_columns=False, elem_classes=["pixels"])
@@ -135,16 +136,17 @@ def build(
     # the button and Enter in the prompt box are one event, with one API name
     gen = heavy([run.click, prompt_box.submit], on_generate, inputs, [preview, gallery, info, seed_used], settings,
                 api_name="generate", preprocess=False, show_progress_on=status)
-    stop_button(stop, gen, info)
+    live_run = live.wire(live_box, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box],
+                         [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box,
+                          shift_box, refiner_box, slg_box], generate, preview, info, settings,
+                         preset_outputs=[steps_box, seed_box, images_box])
+    stop_button(stop, [gen, live_run], info)
     gen.success(lambda: gr.Number(visible=True), None, seed_used, api_visibility="private", queue=False)
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
         box.change(lambda text: token_text(count_tokens(text), fields.vocabulary), box, counter,
                    show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
-    live.wire(live_box, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box],
-              [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box,
-               shift_box, refiner_box, slg_box], generate, preview, info, settings,
-              preset_outputs=[steps_box, seed_box, images_box])
+
     restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
                                          width_box, height_box, shift_box, refiner_box, slg_box, info],
                    api_name="restore")
