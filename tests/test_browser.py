@@ -319,12 +319,12 @@ def test_the_preview_stays_in_view_while_it_runs_and_stop_says_where(page):
     steps(page, 100)
     page.get_by_role("button", name="Generate", exact=True).first.click()
     page.get_by_text(re.compile(r"Running: denoising, step \d+ of 100")).wait_for(timeout=30_000)
-    page.wait_for_function(SHOWN_SIZE, arg="Preview: while a run goes", timeout=30_000)  # a preview arrived
-    assert not page.evaluate(COVERED, "Preview: while a run goes")  # the picture, not a progress cover
+    page.wait_for_function(SHOWN_SIZE, arg="Preview: the model", timeout=30_000)  # a preview arrived
+    assert not page.evaluate(COVERED, "Preview: the model")  # the picture, not a progress cover
     page.get_by_role("button", name="Stop", exact=True).first.click()
     stopped = page.get_by_text(re.compile(r"Stopped at step \d+ of 100"))
     stopped.wait_for(timeout=30_000)
-    assert page.evaluate(SHOWN_SIZE, "Preview: while a run goes")  # the half-done preview stays, and the line says why
+    assert page.evaluate(SHOWN_SIZE, "Preview: the model")  # the half-done preview stays, and the line says why
     assert not page.get_by_label("Seed used").is_visible()  # no seed yet: nothing to reuse
 
 
@@ -337,7 +337,7 @@ def test_a_failure_is_named_beside_the_action_and_covers_nothing(page):
     width.press("Enter")
     page.get_by_role("button", name="Generate", exact=True).first.click()
     page.get_by_text("width must be a multiple of 8, got 68").first.wait_for(timeout=30_000)
-    for label in ("Preview: while a run goes", "Images (PNG with settings inside)"):
+    for label in ("Preview: the model", "Images (PNG with settings inside)"):
         assert not page.evaluate(COVERED, label), label  # the last images stay in view, usable
     assert page.evaluate(SHOWN_SIZE, "Images (PNG with settings inside)")
     # the ControlNet tab: Mirror before any pose fails beside the pose tools; the choices stay clickable
@@ -362,9 +362,9 @@ def test_a_second_run_at_another_size_is_drawn_at_its_own_shape(page):
         page.get_by_role("button", name="Generate", exact=True).first.click()
         page.get_by_text(f"{w}x{h}").first.wait_for(timeout=60_000)
         page.get_by_text("is not the 128x128 the model was trained at").first.wait_for(timeout=10_000)
-        page.wait_for_function(f"""() => {{ const s = ({SHOWN_SIZE})("Preview: while a run goes");
+        page.wait_for_function(f"""() => {{ const s = ({SHOWN_SIZE})("Preview: the model");
             return s && s[2] === {w} && s[3] === {h}; }}""", timeout=30_000)
-        shown_w, shown_h, *_ = page.evaluate(SHOWN_SIZE, "Preview: while a run goes")
+        shown_w, shown_h, *_ = page.evaluate(SHOWN_SIZE, "Preview: the model")
         assert abs(shown_w / shown_h - w / h) < 0.05, (w, h, shown_w, shown_h)
 
 

@@ -89,9 +89,9 @@ def build(
                               file_types=[".png"], type="filepath", height=140)
         with gr.Column(scale=6):
             # 290: a 128 px picture at twice its size, under its label
-            preview = gr.Image(label="Preview: while a run goes, the model's current guess of the clean image (a "
-                                     "cheap linear map of the latents); with Live on, each edit's finished image "
-                                     "(through the VAE)", format="png",
+            # one line of label, so that a 128 px picture gets twice its size; the README says how each is drawn
+            preview = gr.Image(label="Preview: the model's guess while it runs; with Live on, the finished image",
+                               format="png",
                                interactive=False, height=290, elem_classes=["pixels"])
             gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
                                  object_fit="contain", height="auto", fit_columns=False, elem_classes=["pixels"])
