@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--mmdit", default=str(ROOT / "assets" / "offline-mmdit"))
     ap.add_argument("--shifts", default="1,2,3")
     ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--seeds", type=int, default=2, help="seeds per prompt for the PSNR to 200 steps")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
@@ -91,7 +92,7 @@ def main() -> None:
     for name, engine, scheduler, cfg, shift in (
             ("U-Net (v-prediction)", unet, "DPM++ 2M Karras", 7.5, 0.0), ("U-Net (v-prediction)", unet, "DDIM", 7.5, 0.0),
             *(("MMDiT (rectified flow)", mmdit, "Flow Euler", 5.0, float(s)) for s in a.shifts.split(","))):
-        near = closeness(engine, scheduler, cfg, shift)
+        near = closeness(engine, scheduler, cfg, shift, a.seeds)
         took = seconds(engine, GenerateRequest(prompt=PROMPTS[0], seed=1, steps=25, cfg_scale=cfg, scheduler=scheduler,
                                                shift=shift), a.runs)
         label = f"{scheduler}" + (f", shift {shift:g}" if shift else "")
@@ -102,7 +103,7 @@ def main() -> None:
         f"Both offline models on this machine's CPU ({a.threads} threads), 128 px, one run "
         "(`python benchmarks/offline_models.py`): seconds for one image at 25 steps (median of "
         f"{a.runs}), and the mean PSNR of {', '.join(map(str, STEPS))} steps to the same model, prompt and seed at "
-        f"200 steps ({len(PROMPTS)} prompts x 2 seeds):",
+        f"200 steps ({len(PROMPTS)} prompts x {a.seeds} seed(s)):",
         "",
         "| model | sampler | one image, 25 steps | " + " | ".join(f"{n} steps vs 200" for n in STEPS) + " |",
         "|---|---|---|" + "---|" * len(STEPS),

@@ -5,6 +5,7 @@ StableDiffusion3Pipeline on the same weights, and the import that resumes traini
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,33 @@ def test_an_export_imports_back_into_a_checkpoint(exported, tmp_path):
     assert state["step"] >= 2 and "opt" not in state
     mmdit.main(["train", "--test-size", "--steps", "1", "--batch", "2", "--ckpt-dir", str(tmp_path)])
     assert torch.load(tmp_path / "mmdit.pt", weights_only=False)["step"] == state["step"] + 1
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "offline-mmdit"
+
+
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="no exported MMDiT in assets/")
+def test_the_shipped_mmdit_loads_and_draws_the_colours_and_backgrounds_it_is_asked_for(tmp_path):
+    """assets/offline-mmdit through the app's loader: an SD3 at 128 px, one zero T5 token. A red shape on black and
+    a blue one on white come out in those colours on those backgrounds, and not in each other's (its shapes are
+    still blobs: README, "The second offline model")."""
+    from playground.settings import Settings
+
+    settings = Settings(model=str(SHIPPED), device="cpu", output_dir=tmp_path)
+    model = load_model(settings)
+    assert model.family.flow and model.t5_tokens == 1 and model.native_size == 128 and model.trained
+    engine = Engine(model, settings)
+
+    def draw(prompt):
+        return engine.generate(GenerateRequest(prompt=prompt, seed=1, steps=25, cfg_scale=5.0,
+                                               scheduler="Flow Euler")).images[0].array
+
+    def share(image, colour):
+        r, g, b = image[..., 0], image[..., 1], image[..., 2]
+        return float({"red": (r > 0.5) & (g < 0.35) & (b < 0.35), "blue": (b > 0.5) & (r < 0.35) & (g < 0.5),
+                      "black": image.max(axis=-1) < 0.25, "white": image.min(axis=-1) > 0.8}[colour].mean())
+
+    red = draw("a large red square at the top left on a black background")
+    blue = draw("a large blue circle in the center on a white background")
+    assert share(red, "red") > 0.05 and share(red, "black") > 0.2 and share(red, "blue") < 0.01
+    assert share(blue, "blue") > 0.03 and share(blue, "white") > 0.3 and share(blue, "red") < 0.01
