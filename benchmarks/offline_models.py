@@ -41,7 +41,7 @@ STEPS = (5, 10, 20)
 
 
 def engine_for(path: str) -> Engine:
-    settings = Settings(model=path, device="cpu")
+    settings = Settings(model=path, device="cpu", max_steps=200)  # the 200-step references
     return off_main_thread(lambda: Engine(load_model(settings), settings))
 
 
