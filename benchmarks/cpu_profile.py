@@ -47,6 +47,16 @@ def wrap(owner, name: str, bucket: dict, key: str) -> None:
     setattr(owner, name, timed)
 
 
+def reference_pipeline(pipe, scheduler: str) -> diffusers.StableDiffusionPipeline:
+    """diffusers' own StableDiffusionPipeline on the loaded model's modules, with `scheduler` made as ours is."""
+    reference = diffusers.StableDiffusionPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=schedulers.make(scheduler, pipe.scheduler.config), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    reference.set_progress_bar_config(disable=True)
+    return reference
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=5)
@@ -79,11 +89,7 @@ def main() -> None:
     parts = {k: v / a.runs for k, v in bucket.items() if not k.endswith(" calls")}
     calls = {k.removesuffix(" calls"): v / a.runs for k, v in bucket.items() if k.endswith(" calls")}
 
-    reference = diffusers.StableDiffusionPipeline(
-        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
-        scheduler=schedulers.make(req.scheduler, pipe.scheduler.config), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    reference.set_progress_bar_config(disable=True)
+    reference = reference_pipeline(pipe, req.scheduler)
     size = model.native_size
     run = lambda: reference(PROMPT, num_inference_steps=25, guidance_scale=7.5, height=size, width=size,  # noqa: E731
                             generator=torch.Generator().manual_seed(1), output_type="np")

@@ -29,14 +29,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import diffusers  # noqa: E402
-
-from playground import schedulers  # noqa: E402
 from playground.engine import Engine  # noqa: E402
 from playground.loading import load_model  # noqa: E402
 from playground.requests import GenerateRequest  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 from playground.ui.live import LIVE_STEPS  # noqa: E402
+from cpu_profile import reference_pipeline  # noqa: E402
 from sections import write_section  # noqa: E402
 
 TEMPLATE = "a large {} square at the top left on a black background"
@@ -52,11 +50,7 @@ def engine_times(runs: int) -> tuple[float, float, dict]:
     engine, pipe = Engine(model, settings), model.pipe
     req = GenerateRequest(prompt=TEMPLATE.format("red"), seed=1, steps=LIVE_STEPS, cfg_scale=7.5,
                           scheduler="DPM++ 2M Karras")
-    reference = diffusers.StableDiffusionPipeline(
-        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
-        scheduler=schedulers.make(req.scheduler, pipe.scheduler.config), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
-    reference.set_progress_bar_config(disable=True)
+    reference = reference_pipeline(pipe, req.scheduler)
     size = model.native_size
 
     def theirs():

@@ -30,7 +30,6 @@ from playground.engine import Engine  # noqa: E402
 from playground.loading import load_model  # noqa: E402
 from playground.requests import GenerateRequest  # noqa: E402
 from playground.settings import BUNDLED_MODEL, Settings  # noqa: E402
-from playground.threads import off_main_thread  # noqa: E402
 from sections import write_section  # noqa: E402
 
 PROMPTS = ["a large red square at the top left on a black background",
@@ -42,11 +41,11 @@ STEPS = (5, 10, 20)
 
 def engine_for(path: str) -> Engine:
     settings = Settings(model=path, device="cpu", max_steps=200)  # the 200-step references
-    return off_main_thread(lambda: Engine(load_model(settings), settings))
+    return Engine(load_model(settings), settings)
 
 
 def image(engine: Engine, req: GenerateRequest) -> np.ndarray:
-    return np.asarray(off_main_thread(lambda: engine.generate(req)).images[0].image, dtype=np.float64)
+    return np.asarray(engine.generate(req).images[0].image, dtype=np.float64)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -67,11 +66,11 @@ def closeness(engine: Engine, scheduler: str, cfg: float, shift: float = 0.0, se
 
 
 def seconds(engine: Engine, req: GenerateRequest, runs: int) -> float:
-    off_main_thread(lambda: engine.generate(req))  # warm-up
+    engine.generate(req)  # warm-up
     took = []
     for _ in range(runs):
         start = time.perf_counter()
-        off_main_thread(lambda: engine.generate(req))
+        engine.generate(req)
         took.append(time.perf_counter() - start)
     return statistics.median(took)
 

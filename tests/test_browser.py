@@ -521,9 +521,18 @@ def test_live_draws_as_you_type(page, shots):
     assert gallery.count() == 0  # Live saves nothing: Generate keeps a picture as a PNG
     settle(page)
     page.screenshot(path=str(shots / "live.png"), clip={"x": 0, "y": 150, "width": 1400, "height": 800})
-    # the picture is the model's: blue on white, as asked (the offline model knows this world)
+    # the picture is the model's, at its size, and blue on white as asked (the offline model knows this world)
     img = page.locator(".pixels img").first
     assert img.evaluate("i => i.naturalWidth") == 128
+    blue, white = img.evaluate("""i => { const c = document.createElement("canvas"); c.width = c.height = 128;
+        const g = c.getContext("2d"); g.drawImage(i, 0, 0); const d = g.getImageData(0, 0, 128, 128).data;
+        let blue = 0, white = 0;
+        for (let k = 0; k < d.length; k += 4) {
+            if (d[k + 2] > 128 && d[k] < 110 && d[k + 1] < 110) blue++;
+            if (d[k] > 200 && d[k + 1] > 200 && d[k + 2] > 200) white++;
+        }
+        return [blue / 16384, white / 16384]; }""")
+    assert blue > 0.05 and white > 0.2, (blue, white)
 
 
 def test_a_live_run_shows_its_progress_and_stop_stops_it(page):
