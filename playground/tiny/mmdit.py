@@ -89,9 +89,12 @@ def encode(tokenizer, encoders, captions: list[str], t5_tokens: int, device) -> 
     return torch.cat([states, zeros], dim=1), torch.cat([o[0] for o in outs], dim=-1)
 
 
-def flow_times(size: int, gen: torch.Generator) -> torch.Tensor:
-    """Training times t in (0, 1), logit-normal (0, 1): SD3's sampling of the flow's times."""
-    return torch.sigmoid(torch.randn(size, generator=gen))
+def flow_times(size: int, gen: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """Training times t in (0, 1): logit-normal (0, 1), SD3's sampling of the flow's times, then moved toward the
+    noise by `shift` as the flow schedulers move their sampling times (t' = s t / (1 + (s - 1) t); SD3 shifts both
+    for its larger latents, Esser et al. 2024, section 5.3.2): more of the training where the layout is decided."""
+    t = torch.sigmoid(torch.randn(size, generator=gen))
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def load_vae(device: str, path: Path = VAE) -> AutoencoderKL:
@@ -133,7 +136,7 @@ def train(args) -> None:
             x0 = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
         captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
         noise = torch.randn(x0.shape, generator=gen).to(args.device)
-        t = flow_times(len(scenes), gen).to(args.device)
+        t = flow_times(len(scenes), gen, args.time_shift).to(args.device)
         x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
         context, pooled = encode(tokenizer, texts, captions, arch.t5_tokens, args.device)
         v = model(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=context,
@@ -217,6 +220,8 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, help="stop after this many steps (a chunk)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--time-shift", type=float, default=1.0,
+                        help="train: shift the logit-normal times toward the noise (3: as the sampler's shift)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--test-size", action="store_true", help="the tests' tiny sizes (64 px, 2 blocks)")
