@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import diffusers
@@ -20,7 +20,7 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
 from playground.families import FAMILIES, REFINERS, StableDiffusion, denoiser_of, of_pipeline
-from playground.settings import BUNDLED_MODEL, Settings
+from playground.settings import BUNDLED_MMDIT, BUNDLED_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +237,8 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
 
     if settings.model == "bundled":
         wanted, why = None, "chosen with --model bundled"
+    elif settings.model == "bundled-mmdit":
+        wanted, why = str(BUNDLED_MMDIT), "chosen with --model bundled-mmdit"
     elif settings.model == "auto" and device.type != "cuda":
         wanted, why = None, f"no CUDA GPU found ({device.type}), so the bundled offline model is used"
     elif settings.model == "auto":
@@ -268,3 +270,22 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
     if settings.compile:  # in place, on the one pipeline: every request reads its modules from it
         compile_model(model, settings.compile_backend)
     return model
+
+
+def load_models(settings: Settings) -> list[LoadedModel]:
+    """Every model the settings ask for, each loaded once: the first as `load_model` loads it, then each of
+    `more_models`; with no GPU and no --model ("auto"), both bundled models (the U-Net and the MMDiT). A model whose
+    name is already loaded (a fallback to the bundled one, a --model given twice) is not loaded again: the first
+    model's reason says so."""
+    models = [load_model(settings)]
+    more = list(settings.more_models)
+    if settings.model == "auto" and not more and models[0].offline and BUNDLED_MMDIT.is_dir():
+        more = ["bundled-mmdit"]
+        models[0].reason += "; the offline diffusion transformer (MMDiT) is loaded beside it, to compare the two"
+    for source in more:
+        extra = load_model(replace(settings, model=source, more_models=(), refiner=""))
+        if extra.name in {m.name for m in models}:
+            models[0].reason += f"; --model {shown_source(source)} gave {extra.name} again ({extra.reason}): loaded once"
+            continue
+        models.append(extra)
+    return models

@@ -6,6 +6,7 @@ Each function takes a result and the output folder, writes under a fresh sortabl
 
 from __future__ import annotations
 
+import re
 import stat
 import time
 import uuid
@@ -101,17 +102,18 @@ def save_grid(result: GridResult, out_dir: Folder | str | Path) -> tuple[str, li
         for c in row:
             label = axis.cell(c.value)
             path = save_png(c.generated.image, c.generated.params,
-                            f"{stem}-{c.scheduler.replace(' ', '_').replace('+', 'p')}-{label.replace(' ', '')}.png")
-            items.append((str(path), f"{c.scheduler} · {label}"))
+                            f"{stem}-{re.sub(r'[^A-Za-z0-9.-]+', '_', c.row.replace('+', 'p'))}-{label.replace(' ', '')}.png")
+            items.append((str(path), f"{c.row} · {label}"))
     prompt = r.base.prompt
     shown = (f"“{prompt[:80]}{'…' if len(prompt) > 80 else ''}”" if prompt.strip()
              else "(empty prompt: unconditional)")
     title = f"{shown}  seed {r.base.seed}"
     title += f", {axis.fixed(r.base)}"
-    sheet = layout([[c.generated.image for c in row] for row in result.cells], list(r.schedulers),
+    sheet = layout([[c.generated.image for c in row] for row in result.cells], [row[0].row for row in result.cells],
                    [axis.cell(v) for v in r.columns], title=title)
     first = result.cells[0][0].generated.params
-    params = replace(first, extra=(("Grid", f"schedulers x {axis.plural}"), ("Schedulers", ", ".join(r.schedulers)),
+    params = replace(first, extra=(("Grid", f"{'models and ' if r.models else ''}schedulers x {axis.plural}"),
+                                   ("Schedulers", ", ".join(row[0].row for row in result.cells)),
                                    (axis.plural.capitalize(), ", ".join(f"{v:g}" for v in r.columns))))
     return str(save_png(sheet, params, f"{stem}.png")), items
 

@@ -87,6 +87,7 @@ class GenerateRequest:
     refiner_start: float = 0.0  # SDXL: the fraction of the way at which the refiner takes over (0: no refiner)
     skip_layer_guidance: float = 0.0  # SD3.5: skip-layer guidance scale (0: off; 2.8 is diffusers' default)
     skip_layers: tuple[int, ...] = ()  # the blocks it skips: filled in from the settings when it is on
+    model: str = ""  # which loaded model runs it, by name ("": the first loaded; see playground.models)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ class GridRequest:
     schedulers: tuple[str, ...] = ("Euler a", "DPM++ 2M Karras")  # rows
     columns: str | tuple[float, ...] = "1, 3, 7.5, 12"  # a list, or text like "2-12 (+2)"
     axis: str = "cfg"  # what the columns vary: a key (or label) of grid.AXES
+    # rows from several loaded models, by name (each with the rows' schedulers that fit it, else its default);
+    # empty: the base's model alone
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,12 @@ class GridCell:
     seconds: float  # its own pass, or its share of its row's batched pass
     psnr: float | None = None  # steps axis: dB between this image and the reference run's (inf when equal)
     latent_rms: float | None = None  # steps axis: RMS between this cell's final latents and the reference's
+    model: str = ""  # the model that made it, when a grid's rows come from several models
+
+    @property
+    def row(self) -> str:
+        """Its row's name: the scheduler, after the model where the rows come from several models."""
+        return f"{self.model} · {self.scheduler}" if self.model else self.scheduler
 
 
 @dataclass
@@ -184,6 +194,7 @@ class GridResult:
     seconds: float
     reference_steps: int | None = None  # steps axis: the long run of each scheduler every cell is compared with
     flow: bool = False  # the sigmas are a flow model's: x_t = (1 - sigma) x0 + sigma eps
+    flow_rows: frozenset[str] = frozenset()  # rows from several models: the `sigmas` keys that are a flow model's
 
 
 @dataclass(frozen=True)

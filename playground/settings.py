@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_MODEL = ASSETS / "offline-model"
+BUNDLED_MODEL = ASSETS / "offline-model"  # the offline U-Net model ("bundled")
+BUNDLED_MMDIT = ASSETS / "offline-mmdit"  # the offline diffusion transformer ("bundled-mmdit")
 SD15 = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 # the ControlNet kinds, each with the SD 1.5 ControlNet it loads when neither a setting nor the model names one
 ANNOTATORS = "lllyasviel/Annotators"  # controlnet_aux's OpenposeDetector weights (body, hand, face) on the hub
@@ -58,8 +59,11 @@ def _env_bool(name: str, default: bool) -> bool:
 
 @dataclass
 class Settings:
-    # which weights: "auto" (SD 1.5 on CUDA, else the bundled model), "bundled", a hub id or a directory
+    # which weights: "auto" (SD 1.5 on CUDA, else both bundled models), "bundled" (the offline U-Net model),
+    # "bundled-mmdit" (the offline MMDiT), a hub id or a directory
     model: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_MODEL", "auto"))
+    # more models loaded beside it (--model given more than once), each chosen per request by its name
+    more_models: tuple[str, ...] = ()
     # the hub id "auto" tries when CUDA is present
     gpu_default_model: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_GPU_MODEL", SD15))
     # ControlNets, loaded on first use: "" = a controlnet-<kind> folder inside a local model, else the SD 1.5 one
@@ -126,7 +130,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     """Settings from the environment, then from flags (flags win)."""
     s = Settings()
     p = argparse.ArgumentParser(description="Diffusion Playground")
-    p.add_argument("--model", default=s.model, help="auto | bundled | HUB_ID | DIR (env PLAYGROUND_MODEL)")
+    p.add_argument("--model", action="append", default=None,
+                   help="auto | bundled | bundled-mmdit | HUB_ID | DIR (env PLAYGROUND_MODEL); give it again to load "
+                        "more models beside the first, each chosen per request")
     p.add_argument("--device", default=s.device, help="auto | cuda | cpu | mps (env PLAYGROUND_DEVICE)")
     p.add_argument("--dtype", default=s.dtype, help="auto | float16 | bfloat16 | float32 (env PLAYGROUND_DTYPE)")
     p.add_argument("--compile", action="store_true", default=s.compile,
@@ -143,7 +149,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--share", action="store_true", help="make a public gradio.live link")
     p.add_argument("--output-dir", type=Path, default=s.output_dir, help="where PNGs are written")
     a = p.parse_args(argv)
-    s.model, s.device, s.dtype = a.model, a.device, a.dtype
+    if a.model:
+        s.model, s.more_models = a.model[0], tuple(a.model[1:])
+    s.device, s.dtype = a.device, a.dtype
     s.safety_checker = not a.no_safety_checker
     s.t5 = not a.no_t5
     s.refiner = a.refiner

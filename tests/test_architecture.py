@@ -24,6 +24,7 @@ LAYERS = [
     ["annotators"],
     ["engine", "tiny.train", "tiny.untrained"],
     ["walks", "tiny.mmdit"],
+    ["models"],
     ["tiny.evaluate"],
     ["ui.fairness", "ui.cache", "ui.sessions"],
     ["ui.common", "ui.fields"],

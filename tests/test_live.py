@@ -95,8 +95,8 @@ def test_app_loads_its_model_off_the_main_thread(monkeypatch):
     import app
 
     where = []
-    monkeypatch.setattr(app, "load_model", lambda s: where.append(threading.current_thread()) or "model")
-    monkeypatch.setattr(app, "Engine", lambda model, s: type("E", (), {"model": model})())
+    monkeypatch.setattr(app, "load_models", lambda s: where.append(threading.current_thread()) or ["model"])
+    monkeypatch.setattr(app, "Engine", lambda model, s: type("E", (), {"model": type("M", (), {"name": model})})())
     monkeypatch.setattr(app, "banner", lambda model: "")
     monkeypatch.setattr(app.poses, "preload", lambda: None)
     monkeypatch.setattr(app, "build_app", lambda engine, s: (_ for _ in ()).throw(SystemExit(0)))

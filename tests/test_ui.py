@@ -36,7 +36,7 @@ def refuse(*args, **kwargs):
 
 
 def fake_engine(model: LoadedModel) -> SimpleNamespace:
-    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text: TokenCount(2, 77, ""), limits=Limits(),
+    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text, model="": TokenCount(2, 77, ""), limits=Limits(),
                            annotators=SimpleNamespace(source=lambda kind: f"/models/fake/controlnet-{kind}"),
                            grid_evaluations=lambda req: {name: 20 for name in req.schedulers},
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
@@ -125,7 +125,7 @@ def test_prompt_handler_streams_progress_then_writes_pngs(tmp_path):
         return GenerateResult(images, GenerateRequest(prompt=req.prompt, seed=40, num_images=2), 2, 0.5)
 
     with gr.Blocks() as demo:
-        prompt_tab.build(generate, lambda text: TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
+        prompt_tab.build(generate, lambda text, model="": TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
     handler = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
     outputs = handler("a red square", "", 40, 2, 7.5, "DDIM", 8, 8, 2, progress=lambda *a, **k: None)
     assert isinstance(next(outputs)[0], Image.Image)  # the live preview first
@@ -167,7 +167,7 @@ def test_every_event_that_runs_the_model_is_in_the_one_gpu_group(app):
 def test_a_bad_png_on_restore_is_named_beside_the_action(tmp_path):
     settings = Settings(output_dir=tmp_path)
     with gr.Blocks() as demo:
-        prompt_tab.build(refuse, lambda text: TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
+        prompt_tab.build(refuse, lambda text, model="": TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
     restore = next(f.fn for f in demo.fns.values() if f.api_name == "restore")
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)

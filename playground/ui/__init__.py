@@ -3,18 +3,18 @@ and holds what the page says about the model (banner, example prompts)."""
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import gradio as gr
 
-from playground import anatomy as anatomy_mod, walks
+from playground import anatomy as anatomy_mod
 from playground.engine import Engine
 from playground.loading import LoadedModel
+from playground.models import Models
 from playground.settings import ASSETS, Settings
 from playground.ui import anatomy, cache, control, grid, inspector, prompt, sessions, walk
 from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
-from playground.ui.fields import Fields
+from playground.ui.fields import Fields, ModelFacts
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
@@ -30,8 +30,19 @@ SD_EXAMPLES = (
 )
 
 
-def banner(model: LoadedModel) -> str:
-    """One line for the top of the page: which model, on what, and why."""
+def banner(models: LoadedModel | list[LoadedModel]) -> str:
+    """One line for the top of the page: which model (or models), on what, and why."""
+    if isinstance(models, LoadedModel) or len(models) == 1:
+        return banner_one(models if isinstance(models, LoadedModel) else models[0])
+    first = models[0]
+    names = " and ".join(f"{m.name}{'' if m.trained else ' (UNTRAINED)'}" for m in models)
+    knows = "".join(f" {m.name} is {m.description}." for m in models if m.description)
+    return (f"Models: {names}, on {first.device.type} ({str(first.dtype).removeprefix('torch.')}), each loaded once; "
+            f"every tab's Model menu picks one for its requests. Why: {first.reason}.{knows}")
+
+
+def banner_one(model: LoadedModel) -> str:
+    """The banner of a process with one model."""
     trained = "" if model.trained else " — UNTRAINED (random weights: images are noise-like; it shows the mechanics)"
     compiled = (f" Compiled with torch.compile ({model.compiled}): a new size or batch compiles once, "
                 "so its first request takes longer." if model.compiled else "")
@@ -45,28 +56,43 @@ def examples(model: LoadedModel) -> list[str]:
     return list(model.examples) or list(SD_EXAMPLES)
 
 
-def build_app(engine: Engine, settings: Settings) -> gr.Blocks:
-    """The whole playground: banner, then one tab per activity, all on the same Engine."""
-    model = engine.model
+def facts(engine: Engine) -> ModelFacts:
+    """What the form needs of one loaded model."""
+    model, limits = engine.model, engine.limits
+    own_nets = any(Path(model.source, f"controlnet-{kind}").is_dir() for kind in ("canny", "openpose"))
+    return ModelFacts(model.name, engine.native_size, tuple(limits.schedulers), limits.flow, limits.refiner,
+                      limits.channels, tuple(examples(model)), model.vocabulary,
+                      controlnets=own_nets or not model.offline, label=model_label(model, limits.flow))
+
+
+def model_label(model: LoadedModel, flow: bool) -> str:
+    """The Model menu's words: the name and what kind of denoiser it is."""
+    return f"{model.name} ({'MMDiT, rectified flow' if flow else 'U-Net'})"
+
+
+def build_app(engines: Models | Engine, settings: Settings) -> gr.Blocks:
+    """The whole playground: banner, then one tab per activity, every request on the model it names."""
+    models = engines if isinstance(engines, Models) else Models([engines])
+    loaded = [engine.model for engine in models.engines.values()]
+    model = loaded[0]
     sessions.keep_ids()  # gradio 6 grows a session by a block on every streamed job without it
-    fields = Fields(settings, engine.native_size, engine.limits.schedulers, examples(model), model.vocabulary,
-                    flow=engine.limits.flow, refiner=engine.limits.refiner, channels=engine.limits.channels)
+    fields = Fields(settings, 0, [], models=[facts(engine) for engine in models.engines.values()])
     with gr.Blocks(title="Diffusion Playground", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
-        gr.Markdown(banner(model), elem_id="banner", elem_classes=[] if model.trained else ["untrained"])
+        gr.Markdown(banner(loaded), elem_id="banner", elem_classes=[] if all(m.trained for m in loaded) else ["untrained"])
         with gr.Tab("Prompt"):
-            prompt.build(engine.generate, engine.count_tokens, fields, settings)
+            prompt.build(models.generate, models.count_tokens, fields, settings)
         with gr.Tab("Grid"):
-            grid.build(engine.grid, engine.grid_evaluations, fields, settings)
+            grid.build(models.grid, models.grid_evaluations, fields, settings)
         with gr.Tab("ControlNet"):
-            control.build(engine.control, engine.preprocess, engine.detect_pose, engine.draw_pose,
-                          engine.annotators.source, fields, settings, offline=model.offline)
+            control.build(models.control, models.preprocess, models.detect_pose, models.draw_pose,
+                          models.controlnet_source, fields, settings, offline=model.offline)
         with gr.Tab("Walk"):
-            walk.build(functools.partial(walks.walk, engine), fields, settings)
+            walk.build(models.walk, fields, settings)
         with gr.Tab("Latent inspector"):
-            inspector.build(engine.inspect, engine.step_view, engine.decode_x0, engine.roundtrip,
-                            engine.attention_view, engine.attention, fields, settings)
-        anatomy.build(loaded=engine.anatomy, families=anatomy_mod.families,
+            inspector.build(models.inspect, models.step_view, models.decode_x0, models.roundtrip,
+                            models.attention_view, models.attention, fields, settings)
+        anatomy.build(loaded=models.anatomy, families=anatomy_mod.families,
                       schedules=lambda: anatomy_mod.schedules_of(model))
     cache.atomic_image_writes()  # two requests returning the same picture must not race on its cache file
     schedule = cache_schedule(settings)

@@ -99,7 +99,7 @@ def crossings(found: list[Schedule]) -> str:
             "steps on detail, an earlier one on composition.\n" + "\n".join(lines))
 
 
-def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatomy]],
+def build(loaded: Callable[[], Anatomy | list[Anatomy]], families: Callable[[], dict[str, Anatomy]],
           schedules: Callable[[], list[Schedule]] | None = None, concurrency_id: str = "gpu") -> None:
     """Lay out the tab inside the current Blocks and wire its events (filled when the tab is opened)."""
     with gr.Tab("Model anatomy") as tab:
@@ -135,8 +135,9 @@ def build(loaded: Callable[[], Anatomy], families: Callable[[], dict[str, Anatom
         zero_db = gr.Markdown()
 
     def fill():
-        models = [loaded(), *families().values()]
-        # oldest to newest, the loaded model first
+        mine = loaded()
+        models = [*(mine if isinstance(mine, list) else [mine]), *families().values()]
+        # the loaded models first (each offline model counted the way SD 1.5 and SD3 are), then oldest to newest
         plot = gr.BarPlot(value=bars(models), sort=[a.name for a in models])
         return markdown(table(models)), plot, legend(models)
 

@@ -145,7 +145,7 @@ def section(attention_view: Callable[..., AttentionView], traj_state: gr.State, 
 
 
 def api(attention: Callable[..., tuple[Trajectory, AttentionView]], form_inputs: list, section: AttentionSection,
-        settings: Settings) -> None:
+        settings: Settings, model_box: gr.Dropdown | None = None) -> None:
     """The `attention` endpoint: a recording answered with one word's maps (a hidden button: API only)."""
     with gr.Row(visible=False):
         word_box = gr.Textbox(label="Word")
@@ -153,7 +153,7 @@ def api(attention: Callable[..., tuple[Trajectory, AttentionView]], form_inputs:
 
     @shows_errors
     def on_attention(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of, word,
-                     resolution, progress=gr.Progress()):
+                     resolution, model="", progress=gr.Progress()):
         req = InspectRequest(generate_request(locals()), attention_of, word, resolution)
         for item in stream(attention, req):
             if isinstance(item, Progress):
@@ -163,5 +163,6 @@ def api(attention: Callable[..., tuple[Trajectory, AttentionView]], form_inputs:
             return v.strip, v.summed, attention_text(v, traj, req.resolution or "all")
 
     strip, summed, info = section.outputs[3], section.outputs[2], section.outputs[0]
-    heavy(button.click, on_attention, [*form_inputs, word_box, section.resolution], [strip, summed, info], settings,
+    model = [model_box] if model_box is not None else []
+    heavy(button.click, on_attention, [*form_inputs, word_box, section.resolution, *model], [strip, summed, info], settings,
           api_name="attention", preprocess=False)

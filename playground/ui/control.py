@@ -51,7 +51,7 @@ def control_request(image, mode, controlnet, low=CannyOptions.low, high=CannyOpt
                     guidance_end=DEFAULTS.guidance_end, prompt="", negative_prompt="", seed=-1,
                     steps=DEFAULTS.base.steps, cfg_scale=DEFAULTS.base.cfg_scale, scheduler=DEFAULTS.base.scheduler,
                     width=0, height=0, num_images=1, detector=PoseOptions.detector, hands=PoseOptions.hands,
-                    face=PoseOptions.face, pose="") -> ControlRequest:
+                    face=PoseOptions.face, pose="", model="") -> ControlRequest:
     """The `preprocess` / `pose` / `control` API's values, as they come, in a request (the Engine checks them)."""
     return ControlRequest(image=upload_path(image), mode=mode, controlnet=controlnet, canny=CannyOptions(low, high),
                           openpose=PoseOptions(detector, hands, face), resize=resize,
@@ -196,6 +196,7 @@ def build(
             show_map = gr.Button("Preview the control map")
             map_status = status_line()
         with gr.Column(scale=5):
+            model_box = fields.model(controlnets=True)  # the models that have ControlNets
             prompt_box, negative_box = fields.prompt(examples=False), fields.negative_prompt()
             with gr.Row():
                 scale_box = gr.Slider(0, 2, value=DEFAULTS.conditioning_scale, step=0.05, label="Conditioning scale")
@@ -233,18 +234,19 @@ def build(
     @shows_errors
     def on_control(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start, guidance_end,
                    prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images,
-                   detector=PoseOptions.detector, hands=PoseOptions.hands, face=PoseOptions.face, pose="",
+                   detector=PoseOptions.detector, hands=PoseOptions.hands, face=PoseOptions.face, pose="", model="",
                    progress=gr.Progress()):
         req = control_request(image, mode, controlnet, low, high, resize, conditioning_scale, guidance_start,
                               guidance_end, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height,
-                              num_images, detector, hands, face, pose)
+                              num_images, detector, hands, face, pose, model)
         for item in stream(control, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 yield gr.skip(), gr.skip(), running(item)
             else:
                 files = save_control(item, Folder.of(settings))
-                note = size_note(item.request.base.width, item.request.base.height, fields.native_size)
+                note = size_note(item.request.base.width, item.request.base.height,
+                                 fields.facts(item.request.base.model).native_size)
                 yield files[0][0], files, control_text(item) + (f"  \n{note}" if note else "")
 
     def on_mode(mode):
@@ -263,8 +265,9 @@ def build(
     # a mode that feeds one ControlNet picks it; the Canny thresholds show only where Canny runs
     mode_box.change(on_mode, mode_box, [net_box, low_box, high_box], api_visibility="private", queue=False,
                     show_progress="hidden")
+    fields.follow(model_box, scheduler_box, (width_box, height_box))
     inputs = [*map_inputs, scale_box, start_box, end_box, prompt_box, negative_box, seed_box, steps_box, cfg_box,
-              scheduler_box, width_box, height_box, images_box, *pose_inputs]
+              scheduler_box, width_box, height_box, images_box, *pose_inputs, model_box]
     event = heavy(run.click, on_control, inputs, [map_view, gallery, info], settings, api_name="control",
                   preprocess=False, show_progress_on=status)
     stop_button(stop, event, info)

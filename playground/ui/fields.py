@@ -34,6 +34,27 @@ def size_note(width: int, height: int, native: int) -> str:
             "stretch or break up.")
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the form needs to know of one loaded model (read from its Engine once, at start)."""
+
+    name: str  # the request's `model`, and the Model menu's value
+    native_size: int
+    schedulers: tuple[str, ...]
+    flow: bool = False  # a flow-matching model (SD3): its schedulers take a shift
+    refiner: bool = False  # an SDXL refiner is loaded beside it
+    channels: int = 4  # its latent channels
+    examples: tuple[str, ...] = ()
+    vocabulary: frozenset[str] = frozenset()  # the words it knows, when it lists them (the offline models do)
+    controlnets: bool = True  # it has (or may load) ControlNets: an offline model only those in its folder
+    label: str = ""  # the Model menu's words for it
+
+    @property
+    def default_scheduler(self) -> str:
+        """The request's default when it fits the model, else the model's first scheduler (SD3: Flow Euler)."""
+        return DEFAULTS.scheduler if DEFAULTS.scheduler in self.schedulers else self.schedulers[0]
+
+
 @dataclass
 class Form:
     """The shared inputs of one tab laid out by `Fields.form`."""
@@ -46,23 +67,58 @@ class Form:
     width: gr.Slider
     height: gr.Slider
     scheduler: gr.Dropdown
+    model: gr.Dropdown  # the Model menu (hidden with one model loaded)
 
 
 class Fields:
-    """Makes the form's inputs inside the current layout, each with its label, range and default."""
+    """Makes the form's inputs inside the current layout, each with its label, range and default. Where several
+    models are loaded (`models`), the form starts with the first one's facts and a Model menu picks another."""
 
     def __init__(self, settings: Settings, native_size: int, scheduler_names: list[str], examples: list[str] = (),
                  vocabulary: frozenset[str] = frozenset(), flow: bool = False, refiner: bool = False,
-                 channels: int = 4):
-        self.settings, self.native_size = settings, native_size
-        self.scheduler_names, self.examples = list(scheduler_names), list(examples)
-        self.vocabulary = vocabulary  # the words the model knows, when it lists them (the offline model does)
-        self.flow = flow  # a flow-matching model (SD3): its schedulers take a shift
-        self.refiner = refiner  # an SDXL refiner is loaded: the last steps can be handed to it
-        self.channels = channels  # the latent channels the inspector shows (4; SD3's 16)
-        # the request's default when it fits the model, else the model's first scheduler (SD3: Flow Euler)
-        self.default_scheduler = DEFAULTS.scheduler if DEFAULTS.scheduler in self.scheduler_names \
-            else self.scheduler_names[0]
+                 channels: int = 4, models: list[ModelFacts] = ()):
+        self.models = list(models) or [ModelFacts("", native_size, tuple(scheduler_names), flow, refiner, channels,
+                                                  tuple(examples), vocabulary)]
+        first = self.models[0]
+        self.settings, self.native_size = settings, first.native_size
+        self.scheduler_names, self.examples = list(first.schedulers), list(first.examples)
+        self.vocabulary = first.vocabulary  # the words the model knows, when it lists them (the offline model does)
+        self.flow = first.flow  # a flow-matching model (SD3): its schedulers take a shift
+        self.refiner = first.refiner  # an SDXL refiner is loaded: the last steps can be handed to it
+        self.channels = first.channels  # the latent channels the inspector shows (4; SD3's 16)
+        self.default_scheduler = first.default_scheduler
+
+    def facts(self, name: str) -> ModelFacts:
+        """The facts of the model called `name` (the first model's for "" or a name not loaded)."""
+        return next((m for m in self.models if m.name == name), self.models[0])
+
+    def model(self, controlnets: bool = False) -> gr.Dropdown:
+        """The Model menu: the loaded models (with `controlnets`, those that have ControlNets), shown when there is
+        a choice; its value is the request's `model`."""
+        choices = [m for m in self.models if m.controlnets or not controlnets] or self.models[:1]
+        return gr.Dropdown([(m.label or m.name, m.name) for m in choices], value=choices[0].name, label="Model",
+                           visible=len(choices) > 1, min_width=220,
+                           info="each loaded model; the settings below follow the one chosen")
+
+    def follow(self, model: gr.Dropdown, scheduler: gr.Dropdown | None = None, size: tuple = (),
+               shift: gr.Slider | None = None, skip_layer_guidance: gr.Slider | None = None,
+               refiner_start: gr.Slider | None = None) -> None:
+        """When the Model menu changes, the form follows the model: its schedulers (the chosen one kept where it
+        fits), its native size, and the flow and refiner settings shown only where they apply."""
+        if len(self.models) < 2:
+            return
+        outputs = [b for b in (scheduler, *size, shift, skip_layer_guidance, refiner_start) if b is not None]
+
+        def on_model(name, current):
+            f = self.facts(name)
+            out = [gr.Dropdown(choices=list(f.schedulers),
+                               value=current if current in f.schedulers else f.default_scheduler)] if scheduler else []
+            out += [gr.Slider(value=f.native_size) for _ in size]
+            out += [gr.Slider(visible=f.flow) for box in (shift, skip_layer_guidance) if box is not None]
+            out += [gr.Slider(visible=f.refiner, value=0.0)] if refiner_start is not None else []
+            return out
+
+        model.change(on_model, [model, scheduler or model], outputs, api_visibility="private", queue=False)
 
     def prompt(self, lines: int = 2, examples: bool = True) -> gr.Textbox:
         """The prompt box, starting with the model's first example: an empty prompt draws the unconditional
@@ -120,12 +176,14 @@ class Fields:
         return gr.Slider(1, self.settings.max_images, value=DEFAULTS.num_images, step=1, label="Images")
 
     def form(self, lines: int = 2) -> Form:
-        """The whole form in the usual order: prompt, negative prompt, scheduler and steps, CFG and seed, width
-        and height."""
+        """The whole form in the usual order: the model (when there is a choice), prompt, negative prompt,
+        scheduler and steps, CFG and seed, width and height."""
+        model = self.model()
         prompt, negative = self.prompt(lines), self.negative_prompt()
         with gr.Row():
             scheduler, steps = self.scheduler("Scheduler"), self.steps()
         with gr.Row():
             cfg, seed = self.cfg_scale(info=None), self.seed()
         width, height = self.size()
-        return Form(prompt, negative, seed, steps, cfg, width, height, scheduler)
+        self.follow(model, scheduler, (width, height))
+        return Form(prompt, negative, seed, steps, cfg, width, height, scheduler, model)

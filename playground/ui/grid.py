@@ -31,13 +31,13 @@ def noise_table(result: GridResult) -> pd.DataFrame:
     for name, sigmas in result.sigmas.items():
         for k, sigma in enumerate(sigmas):
             rows.append({"model evaluation": k + 1, "scheduler": name, "sigma": round(sigma, 4),
-                         "SNR (dB)": round(snr_db(sigma, result.flow), 2)})
+                         "SNR (dB)": round(snr_db(sigma, result.flow or name in result.flow_rows), 2)})
     return pd.DataFrame(rows, columns=["model evaluation", "scheduler", "sigma", "SNR (dB)"])
 
 
 def convergence_table(result: GridResult) -> pd.DataFrame:
     """Steps axis: each cell's PSNR to its scheduler's reference run, against its step count."""
-    rows = [{"steps": c.value, "scheduler": c.scheduler, "PSNR vs reference (dB)": round(c.psnr, 2),
+    rows = [{"steps": c.value, "scheduler": c.row, "PSNR vs reference (dB)": round(c.psnr, 2),
              "latent RMS": round(c.latent_rms, 4)}
             for row in result.cells for c in row if c.psnr is not None and math.isfinite(c.psnr)]
     frame = pd.DataFrame(rows, columns=["steps", "scheduler", "PSNR vs reference (dB)", "latent RMS"])
@@ -55,7 +55,7 @@ def cell_table(result: GridResult) -> pd.DataFrame:
             p = c.generated.params
             distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else []
             shift = [p.shift or "model's own"] if result.flow else []
-            rows.append([c.scheduler, p.cfg_scale, p.steps, *shift, p.seed, c.unet_calls, round(c.seconds, 3),
+            rows.append([c.row, p.cfg_scale, p.steps, *shift, p.seed, c.unet_calls, round(c.seconds, 3),
                          f"{p.width}x{p.height}", *distance])
     return pd.DataFrame(rows, columns=headers)
 
@@ -74,14 +74,15 @@ def cost_text(calls: dict[str, int], axis: str, reference: int) -> str:
         return text + ", each on a batch of its row's cells (every CFG scale of a scheduler at once)."
     if not AXES[axis].reference:
         return text + ", one cell at a time (each value changes the whole run)."
-    return text + (f", one cell at a time, including a {reference}-step reference run of each scheduler: "
-                   "the slow kind of grid.")
+    return text + (f", one cell at a time, including a {reference}-step reference run of each row (its model's "
+                   "own): the slow kind of grid.")
 
 
-def on_cost_text(grid_evaluations: Callable, reference: int, schedulers, columns, steps, axis) -> str:
+def on_cost_text(grid_evaluations: Callable, reference: int, schedulers, columns, steps, axis, models=()) -> str:
     """The cost line for the form's values; a bad value is named there, before anything runs."""
     try:
-        calls = grid_evaluations(grid_request(steps=steps, schedulers=schedulers, columns=columns, axis=axis))
+        calls = grid_evaluations(grid_request(steps=steps, schedulers=schedulers, columns=columns, axis=axis,
+                                              models=models))
     except InvalidRequest as exc:
         return f"⚠ {exc}"
     return cost_text(calls, axis, reference)
@@ -107,10 +108,13 @@ def summary(result: GridResult) -> str:
         how = f"{axis.fixed(r)}; one run a cell"
     else:
         how = (f"{axis.fixed(r)}; each cell compared with a {result.reference_steps}-step run of its "
-               "scheduler from the same noise (PSNR of the images, RMS of the final latents)")
+               f"{'model and ' if req.models else ''}scheduler from the same noise (PSNR of the images, RMS of the "
+               "final latents)")
     return "  \n".join(line for line in [
         f"**Seed {r.seed}**, the same starting noise in every cell",
-        f"{rows} scheduler{'s' * (rows > 1)} x {cols} {AXES[req.axis].plural} = {rows * cols} cells; "
+        f"{rows} {'row' if req.models else 'scheduler'}{'s' * (rows > 1)} x {cols} {AXES[req.axis].plural} = "
+        f"{rows * cols} cells" + (f" (rows: {', '.join(req.models)}, each with its own schedulers)" if req.models else "")
+        + f"; "
         f"{r.width}x{r.height}; {how}",
         (f"{sum(row[0].unet_calls for row in result.cells)} model evaluations, each on a batch of its row's {cols} "
          f"cells; {result.seconds:.2f} s in all" if axis.batched else
@@ -118,6 +122,11 @@ def summary(result: GridResult) -> str:
          + f"; {result.seconds:.2f} s in all"),
         stochastic_note(req.schedulers) if axis.reference else "",
     ] if line)
+
+
+def scheduler_choices(models: list) -> list[str]:
+    """The schedulers of the chosen models (ModelFacts), each once, in their order."""
+    return list(dict.fromkeys(name for m in models for name in m.schedulers))
 
 
 def default_rows(names: list[str]) -> list[str]:
@@ -128,16 +137,20 @@ def default_rows(names: list[str]) -> list[str]:
 
 def grid_request(prompt="", negative_prompt="", seed=-1, steps=DEFAULTS.base.steps, schedulers=DEFAULTS.schedulers,
                  columns=DEFAULTS.columns, width=0, height=0, axis=DEFAULTS.axis,
-                 cfg_scale=DEFAULTS.base.cfg_scale) -> GridRequest:
-    """The `grid` API's values, as they come, in a request (the Engine checks them)."""
-    return GridRequest(base=generate_request(locals()), schedulers=schedulers, columns=columns, axis=axis)
+                 cfg_scale=DEFAULTS.base.cfg_scale, models=()) -> GridRequest:
+    """The `grid` API's values, as they come, in a request (the Engine checks them). `models`: the rows' models
+    (one: that model's grid; several: each model's rows, one after the other)."""
+    models = (models,) if isinstance(models, str) else tuple(models or ())
+    return GridRequest(base=generate_request(dict(locals(), model=models[0] if len(models) == 1 else "")),
+                       schedulers=schedulers, columns=columns, axis=axis, models=models if len(models) > 1 else ())
 
 
 def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridRequest], dict[str, int]], fields: Fields,
           settings: Settings) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
     # -- layout -------------------------------------------------------------------------------
-    gr.Markdown("Rows are schedulers, columns are CFG scales or step counts, and every cell starts from the **same "
+    gr.Markdown("Rows are schedulers (and models, where more than one is loaded), columns are CFG scales or step "
+                "counts, and every cell starts from the **same "
                 "noise**: the only thing that changes is the setting you compare. All scales of a scheduler run as one "
                 "batch. With step counts, each cell is compared with a "
                 f"{settings.grid_reference_steps}-step run of its scheduler: which schedulers are done in 20 steps, "
@@ -146,8 +159,13 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
     with gr.Row():
         with gr.Column(scale=5):
             prompt_box, negative_box = fields.prompt(), fields.negative_prompt()
+            first = [m.name for m in fields.models[:1]]
+            models_box = gr.CheckboxGroup([(m.label or m.name, m.name) for m in fields.models], value=first,
+                                          label="Models (rows): tick both to compare them from the same noise",
+                                          visible=len(fields.models) > 1)
             schedulers_box = gr.CheckboxGroup(fields.scheduler_names, value=default_rows(fields.scheduler_names),
-                                              label="Schedulers (rows)")
+                                              label="Schedulers (rows; each model runs those that fit it, else its "
+                                                    "default)" if len(fields.models) > 1 else "Schedulers (rows)")
             axis_box = gr.Radio([(a.label, key) for key, a in AXES.items() if fields.flow or not a.flow],
                                 value=DEFAULTS.axis, label="Columns vary")
             columns_box = gr.Textbox(value=DEFAULTS.columns, label="Column values",
@@ -185,8 +203,9 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
     def on_grid(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis=DEFAULTS.axis,
-                cfg_scale=DEFAULTS.base.cfg_scale, progress=gr.Progress()):
-        req = grid_request(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis, cfg_scale)
+                cfg_scale=DEFAULTS.base.cfg_scale, models=(), progress=gr.Progress()):
+        req = grid_request(prompt, negative_prompt, seed, steps, schedulers, columns, width, height, axis, cfg_scale,
+                           models)
         for item in stream(grid, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="evaluations")
@@ -195,8 +214,20 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                 path, items = save_grid(item, Folder.of(settings))
                 yield path, items, cell_table(item), noise_table(item), convergence_table(item), summary(item)
 
-    def on_cost(schedulers, columns, steps, axis):
-        return on_cost_text(grid_evaluations, settings.grid_reference_steps, schedulers, columns, steps, axis)
+    def on_cost(schedulers, columns, steps, axis, models):
+        return on_cost_text(grid_evaluations, settings.grid_reference_steps, schedulers, columns, steps, axis, models)
+
+    def on_models(names, chosen, axis):
+        """The rows' schedulers and the axes follow the ticked models (all loaded ones' while none is ticked)."""
+        picked = [m for m in fields.models if m.name in (names or [])] or fields.models
+        choices, flow = scheduler_choices(picked), any(m.flow for m in picked)
+        kept = [n for n in chosen or [] if n in choices]
+        for m in picked:  # every model keeps at least one row it can run
+            if not any(n in m.schedulers for n in kept):
+                kept += default_rows(list(m.schedulers))[:1]
+        axes = [(a.label, key) for key, a in AXES.items() if flow or not a.flow]
+        return (gr.CheckboxGroup(choices=choices, value=kept),
+                gr.Radio(choices=axes, value=axis if axis in dict((k, k) for _, k in axes) else DEFAULTS.axis))
 
     def on_axis(axis):
         """A fresh list that suits the new axis; the distance plot only where there is a distance (steps)."""
@@ -207,12 +238,14 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
 
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, columns_box, width_box, height_box,
-              axis_box, cfg_box]
+              axis_box, cfg_box, models_box]
     # preprocess=False: plain values; the Engine's checks name the bad value before any work starts
     axis_box.change(on_axis, axis_box, [columns_box, convergence], api_visibility="private", queue=False)
-    for box in (schedulers_box, columns_box, steps_box, axis_box):
-        box.change(on_cost, [schedulers_box, columns_box, steps_box, axis_box], cost, api_visibility="private",
-                   show_progress="hidden", trigger_mode="always_last")
+    models_box.change(on_models, [models_box, schedulers_box, axis_box], [schedulers_box, axis_box],
+                      api_visibility="private", queue=False)
+    for box in (schedulers_box, columns_box, steps_box, axis_box, models_box):
+        box.change(on_cost, [schedulers_box, columns_box, steps_box, axis_box, models_box], cost,
+                   api_visibility="private", show_progress="hidden", trigger_mode="always_last")
     # progress and errors on the status line: the last grid stays in view until the new one is done
     event = heavy(run.click, on_grid, inputs, [sheet, cells, table, plot, convergence, info], settings,
                   api_name="grid", preprocess=False, show_progress_on=status)

@@ -127,9 +127,10 @@ def build(
             f"difference, what CFG multiplies: channels 0-{fields.channels - 1}")]
         form_inputs = [form.prompt, form.negative_prompt, form.seed, form.steps, form.cfg_scale, form.scheduler,
                        form.width, form.height, attention_box]
-        attention_part.api(attention, form_inputs, attn, settings)
+        attention_part.api(attention, form_inputs, attn, settings, form.model)
+        fields.follow(form.model, refiner_start=refiner_box)
     with gr.Tab("VAE round trip"):
-        roundtrip_part.build(roundtrip, settings, offline=bool(fields.vocabulary))
+        roundtrip_part.build(roundtrip, settings, offline=bool(fields.vocabulary), model_box=fields.model())
 
     # -- handlers -----------------------------------------------------------------------------
     def show_step(traj: Trajectory | None, step: int):
@@ -147,7 +148,7 @@ def build(
 
     @shows_errors
     def on_inspect(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of,
-                   refiner_start=0.0, progress=gr.Progress()):
+                   refiner_start=0.0, model="", progress=gr.Progress()):
         for item in stream(inspect, InspectRequest(generate_request(locals()), attention_of)):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
@@ -156,7 +157,7 @@ def build(
             traj: Trajectory = item
             image, file = save_trajectory(traj, Folder.of(settings))
             slider = gr.Slider(1, traj.steps, value=traj.steps, step=1, interactive=True)
-            yield (traj, str(image), inspect_text(traj, fields.native_size), str(file), slider, None, *show_step(traj, traj.steps),
+            yield (traj, str(image), inspect_text(traj, fields.facts(traj.request.model).native_size), str(file), slider, None, *show_step(traj, traj.steps),
                    *attn.first(traj))
 
     def on_decode(traj: Trajectory | None, step: int):
@@ -166,7 +167,7 @@ def build(
     step_outputs = [step_info, channels, rgb_x_t, rgb_x0, noise, cfg_text, *cfg_images]
     outputs = [traj_state, final, info, download, step_slider, decoded, *step_outputs, *attn.first_outputs]
     attention_inputs = [traj_state, step_slider, attn.token, attn.resolution]
-    event = heavy(run.click, on_inspect, [*form_inputs, refiner_box], outputs, settings, api_name="inspect",
+    event = heavy(run.click, on_inspect, [*form_inputs, refiner_box, form.model], outputs, settings, api_name="inspect",
                   preprocess=False,
                   show_progress_on=status)
     # the step's x0 through the VAE; then the attention map of the step over it

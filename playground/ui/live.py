@@ -1,7 +1,7 @@
 """Live mode in the Prompt tab: every edit of the form draws the picture again, with no click.
 
 How an edit becomes a picture:
-1. Each edit of a watched field (prompt, negative prompt, seed, steps, CFG, scheduler, and so a word's weight
+1. Each edit of a watched field (prompt, negative prompt, seed, steps, CFG, scheduler, model, and so a word's weight
    typed into the prompt) is stamped with the page's clock at once and the stamp is noted on the server (a
    small unqueued call, as the token counter makes): a live run started before that stamp is stale, and stops at
    its next denoising step.
@@ -131,7 +131,7 @@ def wire(live: gr.Checkbox, watched: list, inputs: list, generate: Callable[...,
 
     @shows_errors
     def on_live(stamp, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, shift, refiner_start,
-                skip_layer_guidance, request: gr.Request):
+                skip_layer_guidance, model, request: gr.Request):
         job = dataclasses.replace(generate_request(locals()), num_images=1)
         run = lambda req, on_progress, cancel: live_generate(  # noqa: E731
             generate, edits, request.session_hash, float(stamp or 0), req, on_progress, cancel)

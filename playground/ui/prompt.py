@@ -53,7 +53,7 @@ def summary(result: GenerateResult, native: int) -> str:
 
 def build(
     generate: Callable[..., GenerateResult],
-    count_tokens: Callable[[str], TokenCount],
+    count_tokens: Callable[[str, str], TokenCount],
     fields: Fields,
     settings: Settings,
 ) -> None:
@@ -61,13 +61,15 @@ def build(
     # -- layout -------------------------------------------------------------------------------
     with gr.Row():
         with gr.Column(scale=5):
+            model_box = fields.model()
             prompt_box = fields.prompt(lines=3, examples=False)
-            prompt_tokens = gr.Markdown(token_text(count_tokens(prompt_box.value), fields.vocabulary),
+            prompt_tokens = gr.Markdown(token_text(count_tokens(prompt_box.value, model_box.value), fields.vocabulary),
                                         elem_classes=["token-count"])
             if fields.examples:
                 gr.Examples([[e] for e in fields.examples], inputs=[prompt_box], label="Prompts this model knows")
             negative_box = fields.negative_prompt(lines=2)
-            negative_tokens = gr.Markdown(token_text(count_tokens(""), fields.vocabulary), elem_classes=["token-count"])
+            negative_tokens = gr.Markdown(token_text(count_tokens("", model_box.value), fields.vocabulary),
+                                          elem_classes=["token-count"])
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
@@ -102,7 +104,7 @@ def build(
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
     def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images, shift=0.0,
-                    refiner_start=0.0, skip_layer_guidance=0.0, progress=gr.Progress()):
+                    refiner_start=0.0, skip_layer_guidance=0.0, model="", progress=gr.Progress()):
         for item in stream(generate, generate_request(locals())):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
@@ -112,41 +114,47 @@ def build(
                     yield item.preview, gr.skip(), running(item), gr.skip()
             else:
                 files = save_images(item.images, Folder.of(settings))
-                yield files[0][0], files, summary(item, fields.native_size), item.request.seed
+                yield files[0][0], files, summary(item, fields.facts(item.request.model).native_size), item.request.seed
 
     @shows_errors
-    def on_restore(path):
+    def on_restore(path, model=""):
         if not path:
-            return [gr.skip()] * 12
+            return [gr.skip()] * 13
         p = read_png(path)
-        if p.sampler not in fields.scheduler_names:
+        # the PNG's model when it is loaded here (its settings follow it), else the one chosen now
+        f = fields.facts(p.model if p.model in {m.name for m in fields.models} else model)
+        if p.sampler not in f.schedulers:
             gr.Warning(f"Sampler {p.sampler!r} is not in this playground; the scheduler was left as it was")
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
-                p.sampler if p.sampler in fields.scheduler_names else gr.skip(), p.width, p.height,
-                p.shift if fields.flow else gr.skip(), p.refiner_start if fields.refiner else gr.skip(),
-                p.skip_layer_guidance if fields.flow else gr.skip(),
-                f"Restored settings from the PNG (model: {p.model or 'unknown'}).")
+                p.sampler if p.sampler in f.schedulers else gr.skip(), p.width, p.height,
+                p.shift if f.flow else gr.skip(), p.refiner_start if f.refiner else gr.skip(),
+                p.skip_layer_guidance if f.flow else gr.skip(),
+                f"Restored settings from the PNG (model: {p.model or 'unknown'}).",
+                f.name if f.name and f.name != model else gr.skip())
 
     # -- events -------------------------------------------------------------------------------
+    fields.follow(model_box, scheduler_box, (width_box, height_box), shift_box, slg_box, refiner_box)
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box,
-              shift_box, refiner_box, slg_box]
+              shift_box, refiner_box, slg_box, model_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the status line under the buttons: the live preview and the gallery stay in view
     # the button and Enter in the prompt box are one event, with one API name
     gen = heavy([run.click, prompt_box.submit], on_generate, inputs, [preview, gallery, info, seed_used], settings,
                 api_name="generate", preprocess=False, show_progress_on=status)
-    live_run = live.wire(live_box, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box],
+    live_run = live.wire(live_box, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, model_box],
                          [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box,
-                          shift_box, refiner_box, slg_box], generate, preview, info, settings,
+                          shift_box, refiner_box, slg_box, model_box], generate, preview, info, settings,
                          preset_outputs=[steps_box, seed_box, images_box])
     stop_button(stop, [gen, live_run], info)
     gen.success(lambda: gr.Number(visible=True), None, seed_used, api_visibility="private", queue=False)
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
-        box.change(lambda text: token_text(count_tokens(text), fields.vocabulary), box, counter,
-                   show_progress="hidden", trigger_mode="always_last", api_visibility="private", queue=False)
+        for trigger in (box.change, model_box.change):  # each model counts with its own tokenizers
+            trigger(lambda text, model: token_text(count_tokens(text, model), fields.facts(model).vocabulary),
+                    [box, model_box], counter, show_progress="hidden", trigger_mode="always_last",
+                    api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
 
-    restore.upload(on_restore, restore, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box,
-                                         width_box, height_box, shift_box, refiner_box, slg_box, info],
-                   api_name="restore")
+    restore.upload(on_restore, [restore, model_box], [prompt_box, negative_box, seed_box, steps_box, cfg_box,
+                                                      scheduler_box, width_box, height_box, shift_box, refiner_box,
+                                                      slg_box, info, model_box], api_name="restore")

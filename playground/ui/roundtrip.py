@@ -24,7 +24,8 @@ def roundtrip_text(r: RoundTrip, offline: bool = False) -> str:
     return text
 
 
-def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool = False) -> None:
+def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool = False,
+          model_box: gr.Dropdown | None = None) -> None:
     """Lay out the round trip inside the current layout and wire its event (the `vae_roundtrip` endpoint)."""
     gr.Markdown("Upload a picture and watch the VAE squeeze it into 4 channels at 1/8 the width and height, then "
                 "decode it back. The diffusion model only ever works on that small latent.")
@@ -41,15 +42,16 @@ def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool
                           format="png", allow_preview=False)
 
     @shows_errors
-    def on_roundtrip(upload):
+    def on_roundtrip(upload, model=""):
         # preprocess=False: the raw upload, so a corrupt file reaches the Engine, whose error names it
         path = upload.get("path") if isinstance(upload, dict) else upload
         if not path:
             raise InvalidRequest("Upload an image first")
-        r = roundtrip(path)
+        r = roundtrip(path, model) if model else roundtrip(path)
         return r.original, r.reconstruction, [(im, f"channel {k}") for k, im in enumerate(r.channels)], \
             roundtrip_text(r, offline)
 
     # progress and errors on the status line: the last round trip stays in view, with its figures
-    heavy(trip.click, on_roundtrip, image_box, [original, reconstruction, channels, info], settings,
+    inputs = [image_box] if model_box is None else [image_box, model_box]
+    heavy(trip.click, on_roundtrip, inputs, [original, reconstruction, channels, info], settings,
           api_name="vae_roundtrip", preprocess=False, show_progress_on=status)

@@ -1,0 +1,136 @@
+"""Several models in one process (playground/models.py): each request names its model and runs on it alone, a
+recording goes back to the model that made it, a grid's rows can come from several models, and the settings load
+each model once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from playground.engine import Engine
+from playground.errors import InvalidRequest
+from playground.loading import load_model, load_models
+from playground.models import Models
+from playground.requests import GenerateRequest, GridRequest, InspectRequest
+from playground.settings import parse_args
+
+from conftest import tiny_settings
+
+PROMPT = "a red circle on the left"
+
+
+@pytest.fixture(scope="module")
+def models(tiny_model, tiny_dir, tiny_sd3_dir) -> Models:
+    sd3 = load_model(tiny_settings(tiny_sd3_dir))
+    return Models([Engine(tiny_model, tiny_settings(tiny_dir)), Engine(sd3, tiny_settings(tiny_sd3_dir))])
+
+
+def picture(result) -> np.ndarray:
+    return result.images[0].array
+
+
+def test_each_request_runs_on_the_model_it_names(models):
+    unet, sd3 = models.names
+    first = models.generate(GenerateRequest(prompt=PROMPT, seed=3, steps=3))
+    assert first.request.model == unet and first.images[0].params.model == unet  # "": the first loaded
+    other = models.generate(GenerateRequest(prompt=PROMPT, seed=3, steps=3, scheduler="Flow Euler", model=sd3))
+    assert other.request.model == sd3 and other.images[0].params.model == sd3
+    assert other.images[0].params.sampler == "Flow Euler"
+    # the same request on the first model again: untouched by the other model's run in between
+    again = models.generate(GenerateRequest(prompt=PROMPT, seed=3, steps=3, model=unet))
+    assert np.array_equal(picture(first), picture(again))
+    assert not np.array_equal(picture(first), picture(other))
+
+
+def test_a_model_not_loaded_is_named_with_the_choices(models):
+    with pytest.raises(InvalidRequest, match=r"model must be one of the loaded models .*got 'sdxl'"):
+        models.generate(GenerateRequest(prompt=PROMPT, steps=2, model="sdxl"))
+    # a scheduler that does not fit the model named is refused by that model's own checks
+    with pytest.raises(InvalidRequest, match="Flow Euler"):
+        models.generate(GenerateRequest(prompt=PROMPT, steps=2, scheduler="DDIM", model=models.names[1]))
+
+
+def test_a_recording_goes_back_to_the_model_that_made_it(models):
+    sd3 = models.names[1]
+    traj = models.inspect(InspectRequest(base=GenerateRequest(prompt=PROMPT, seed=1, steps=3, scheduler="Flow Euler",
+                                                             model=sd3)))
+    assert traj.request.model == sd3 and traj.flow
+    view = models.step_view(traj, 1)
+    assert len(view.channels) == 16  # the tiny SD3's latent channels, not the U-Net's 4
+    assert models.decode_x0(traj, 2).size == (64, 64)
+    assert models.count_tokens("a red circle", sd3).t5 is not None and models.count_tokens("a red circle").t5 is None
+
+
+def test_a_grid_takes_rows_from_several_models_from_one_seed(models):
+    unet, sd3 = models.names
+    req = GridRequest(base=GenerateRequest(prompt=PROMPT, seed=-1, steps=2), schedulers=("DDIM", "Euler", "Flow Euler"),
+                      columns="1, 4", models=(unet, sd3))
+    calls = models.grid_evaluations(req)
+    assert list(calls) == [f"{unet} · DDIM", f"{unet} · Euler", f"{sd3} · Flow Euler"]  # each model, what fits it
+    result = models.grid(req)
+    assert [row[0].row for row in result.cells] == list(calls)
+    seeds = {c.generated.params.seed for row in result.cells for c in row}
+    assert len(seeds) == 1 and -1 not in seeds  # one seed resolved once, for every model
+    assert {c.generated.params.model for c in result.cells[2]} == {sd3}
+    assert result.flow_rows == {f"{sd3} · Flow Euler"} and not result.flow
+    # a model none of whose ticked schedulers fits it runs its default one
+    only_unet_rows = dataclasses.replace(req, schedulers=("DDIM",))
+    assert list(models.grid_evaluations(only_unet_rows)) == [f"{unet} · DDIM", f"{sd3} · Flow Euler"]
+
+
+def test_the_steps_axis_compares_each_model_with_its_own_reference(models, tiny_dir, tiny_sd3_dir):
+    unet, sd3 = models.names
+    req = GridRequest(base=GenerateRequest(prompt=PROMPT, seed=5, steps=2), schedulers=("DDIM", "Flow Euler"),
+                      columns="2", axis="steps", models=(unet, sd3))
+    result = models.grid(req)
+    for row, model in zip(result.cells, (unet, sd3)):
+        alone = models.pick(model).grid(GridRequest(base=dataclasses.replace(req.base, model=model),
+                                                    schedulers=(row[0].scheduler,), columns="2", axis="steps"))
+        assert row[0].psnr == pytest.approx(alone.cells[0][0].psnr)
+
+
+def test_the_settings_load_every_model_once(tiny_dir, tiny_sd3_dir):
+    settings = parse_args(["--model", str(tiny_dir), "--model", str(tiny_sd3_dir), "--model", str(tiny_dir),
+                           "--device", "cpu", "--dtype", "float32"])
+    assert settings.model == str(tiny_dir) and settings.more_models == (str(tiny_sd3_dir), str(tiny_dir))
+    loaded = load_models(settings)
+    assert [m.family.flow for m in loaded] == [False, True]  # the third --model is the first again: loaded once
+    assert "loaded once" in loaded[0].reason
+
+
+def test_every_tab_has_a_model_menu_that_sets_the_requests_model(models):
+    from playground.ui import build_app
+
+    demo = build_app(models, tiny_settings("unused", cache_hours=0))
+    menus = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model"]
+    # Prompt, Walk, inspector, VAE round trip list both; the ControlNet tab lists the models with ControlNets (an
+    # offline model: only those in its folder), shown when there is a choice
+    both = [b for b in menus if [c[1] for c in b.choices] == models.names]
+    assert len(both) >= 4 and all(b.visible for b in both)
+    assert all(b.visible == (len(b.choices) > 1) for b in menus)
+    rows = next(b for b in demo.blocks.values() if isinstance(b, gr.CheckboxGroup) and b.label.startswith("Models"))
+    assert [c[1] for c in rows.choices] == models.names
+    for name in ("generate", "grid", "control", "walk", "inspect", "attention", "vae_roundtrip"):
+        fn = next(f for f in demo.fns.values() if f.api_name == name)
+        assert any(isinstance(b, (gr.Dropdown, gr.CheckboxGroup)) and b.label.startswith("Model") for b in fn.inputs), name
+
+
+def test_the_form_follows_the_model_chosen(models):
+    from playground.ui import build_app
+
+    demo = build_app(models, tiny_settings("unused", cache_hours=0))
+    menu = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model")
+    follow = next(f for f in demo.fns.values() if (menu._id, "change") in [tuple(t) for t in f.targets]
+                  and any(getattr(o, "label", "").startswith("Scheduler") for o in f.outputs))
+    labels = [o.label for o in follow.outputs]
+    unet, sd3 = models.names
+    to_sd3 = dict(zip(labels, follow.fn(sd3, "DPM++ 2M Karras")))
+    assert to_sd3[labels[0]].value == "Flow Euler" and "DDIM" not in to_sd3[labels[0]].choices
+    shift = next(label for label in labels if label.startswith("Flow shift"))
+    assert to_sd3[shift].visible is True
+    back = dict(zip(labels, follow.fn(unet, "Flow Euler")))
+    assert back[labels[0]].value == "DPM++ 2M Karras" and back[shift].visible is False
+    assert dict(zip(labels, follow.fn(unet, "DDIM")))[labels[0]].value == "DDIM"  # a scheduler that fits is kept
