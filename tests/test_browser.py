@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from playground.engine import Engine
-from playground.loading import load_model
+from playground.loading import load_model, load_models
+from playground.models import Models
 from playground.settings import ASSETS, Settings
 from playground.threads import off_main_thread
 
@@ -455,6 +456,57 @@ def test_sd3_in_the_prompt_tab_and_the_inspector(browser, sd3_url, shots):
     page.mouse.wheel(0, 600)
     settle(page)
     page.screenshot(path=str(shots / "inspector-sd3.png"), full_page=True)
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def both_url(tmp_path_factory):
+    """The app as a CPU user starts it with no --model: both offline models, loaded as app.py loads them."""
+    settings = Settings(model="auto", device="cpu", port=free_port(), output_dir=tmp_path_factory.mktemp("out"))
+    with launched(off_main_thread(lambda: Models([Engine(m, settings) for m in load_models(settings)])),
+                  settings) as url:
+        yield url
+
+
+def test_both_offline_models_side_by_side(browser, both_url, shots):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(both_url)
+    banner = page.locator("#banner").inner_text()
+    assert "Models: playground-offline and playground-offline-mmdit" in banner
+    # the Prompt tab on the MMDiT: the form follows it (flow schedulers and shift), the PNG names it
+    menu = visible(page.get_by_label("Model", exact=True))
+    menu.click()
+    page.get_by_role("option", name="playground-offline-mmdit (MMDiT, rectified flow)").click()
+    expect(visible(page.get_by_label("Scheduler (sampler)"))).to_have_value("Flow Euler")
+    assert visible(page.get_by_label("Flow shift (0 = the model's own)")).is_visible()
+    page.get_by_text("(each of its 2 CLIP text encoders)").first.wait_for()
+    page.get_by_role("button", name="Generate", exact=True).first.click()
+    page.get_by_text("Flow Euler, 25 steps").wait_for(timeout=60_000)
+
+    # the Grid: rows from both models, steps in the columns, each model against its own 200-step run
+    page.get_by_role("tab", name="Grid").click()
+    visible(page.get_by_label("Prompt", exact=True)).fill("a large yellow triangle on the right on a gray background")
+    page.get_by_label("playground-offline-mmdit (MMDiT, rectified flow)", exact=True).check()
+    for name in ("Euler a", "DPM++ 2M Karras"):
+        page.get_by_label(name, exact=True).uncheck()
+    page.get_by_label("DDIM", exact=True).check()
+    page.get_by_label("Steps", exact=True).check()
+    page.get_by_label("Column values").fill("5, 10, 20")
+    visible(page.get_by_label("Seed (-1 = random, one for all cells)")).fill("7")
+    page.get_by_role("button", name="Run grid").click()
+    page.get_by_text("each cell compared with a 200-step run of its model and scheduler").wait_for(timeout=180_000)
+    assert page.get_by_text("2 rows x 3 step counts = 6 cells").is_visible()
+    assert page.get_by_text("playground-offline-mmdit · Flow Euler", exact=True).filter(visible=True).count() >= 1
+    page.mouse.wheel(0, 2000)
+    settle(page)
+    page.screenshot(path=str(shots / "grid-models.png"), full_page=True)
+
+    # the anatomy counts both loaded models beside the published ones
+    page.mouse.wheel(0, -6000)
+    page.get_by_role("tab", name="Model anatomy").click()
+    page.get_by_text("loaded: playground-offline-mmdit").first.wait_for(timeout=60_000)
+    assert visible(page.get_by_text("loaded: playground-offline", exact=False)).is_visible()
     context.close()
 
 
