@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import cv2
 import random
@@ -275,6 +277,9 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     assert result["analyser"]["shape"] >= 0.98
     text = evaluate.report(result)
     assert text.count(" | >= ") == len(evaluate.TARGETS) and "CFG gap" in text and "n/a" not in text
+    two = evaluate.report(result, {**result, "model": "other"})  # one column per model
+    verdicts = lambda t: len(re.findall(r"\b(?:met|NOT MET)\b", t))  # noqa: E731
+    assert f"| {Path(result['model']).name} | other | target |" in two and verdicts(two) == 2 * verdicts(text) > 0
 
 
 def test_a_word_lands_on_its_object_only_where_its_map_points_there():

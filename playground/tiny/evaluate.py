@@ -2,8 +2,10 @@
 
     python -m playground.tiny.evaluate                      # assets/offline-model, 240 prompts
     python -m playground.tiny.evaluate --model DIR --prompts 200 --json scores.json
+    python -m playground.tiny.evaluate --model assets/offline-model --model assets/offline-mmdit   # a column each
 
-Every image is made by `Engine.generate` / `Engine.control` (the code the tabs run), DDIM, 25 steps,
+Every image is made by `Engine.generate` / `Engine.control` (the code the tabs run), DDIM (Flow Euler for a flow
+model), 25 steps,
 seed = the prompt's index, and read back by the analyser (`analyse.py`). Printed as one table, each
 metric beside its target:
 - the analyser's own accuracy on ground-truth renders (colour, shape, background, place, size, pose);
@@ -204,7 +206,8 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     result = {
         "model": model,
         "prompts": n_prompts,
-        "analyser": analyse.accuracy_on_ground_truth(n_analyser),
+        "sampler": sampler(engine),
+        "analyser": analyse.accuracy_on_ground_truth(n_analyser) if n_analyser else None,
         "cfg7.5": at_7,
         "cfg1.0": at_1,
         "cfg_gap": at_7["colour"] - at_1["colour"] if n_prompts else None,
@@ -231,50 +234,56 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     return result
 
 
-def report(r: dict) -> str:
-    """One table: every metric, its figure, and its target where the issue sets one."""
-    def row(name: str, value: float | None, target: float | None = None) -> str:
-        figure = "n/a" if value is None else f"{value:.1%}"
-        if target is None:
-            return f"| {name} | {figure} | - | |"
-        verdict = "not measured" if value is None else ("met" if value >= target else "NOT MET")
-        return f"| {name} | {figure} | >= {target:.0%} | {verdict} |"
+def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
+    """Every metric of one evaluation: (name, figure, the issue's target or None)."""
+    at_7, at_1, person = r["cfg7.5"] or {}, r["cfg1.0"] or {}, r["person"] or {}
+    return [
+        ("analyser on ground truth (worst of its checks)", min(r["analyser"].values()) if r["analyser"] else None,
+         TARGETS["analyser"]),
+        ("colour right", at_7.get("colour"), TARGETS["colour"]),
+        ("shape right", at_7.get("shape"), TARGETS["shape"]),
+        ("colour and shape right", at_7.get("both"), None),
+        ("place right (of 9)", at_7.get("place"), TARGETS["place"]),
+        ("background right", at_7.get("background"), TARGETS["background"]),
+        ("size right (of 3)", at_7.get("size"), None),
+        ("two shapes: both right, each on its side", r["two_both"], TARGETS["two_both"]),
+        ("person: colour right", person.get("colour"), None),
+        ("person: pose right (of 6)", person.get("pose"), None),
+        ("colour right at CFG 1.0", at_1.get("colour"), None),
+        ("CFG gap (colour at 7.5 minus at 1.0)", r["cfg_gap"], None),
+        ("two shapes both right at CFG 1.0", r.get("two_both_cfg1"), None),
+        ("what guidance adds: two shapes both right, CFG 7.5 minus CFG 1.0", r.get("guidance"), TARGETS["guidance"]),
+        ("colour word's attention focus on its object (one shape)", r.get("focus_colour"), TARGETS["focus_colour"]),
+        ("shape word's attention focus on its object (one shape)", r.get("focus_shape"), TARGETS["focus_shape"]),
+        ("colour words' focus each on its own object (two shapes)", r.get("two_focus_colour"),
+         TARGETS["two_focus_colour"]),
+        ("shape words' focus each on its own object (two shapes)", r.get("two_focus_shape"), TARGETS["two_focus_shape"]),
+        ("Canny ControlNet: edge F1 (2 px)", r["canny_f1"], TARGETS["canny_f1"]),
+        (f"Canny ControlNet: follows (object within {FOLLOW_PX} px)", r["canny_follows"], TARGETS["canny_follows"]),
+        ("OpenPose ControlNet: skeleton recall (3 px)", r["pose_recall"], TARGETS["pose_recall"]),
+        ("OpenPose ControlNet: limbs drawn (of 12)", r["pose_limbs"], TARGETS["pose_limbs"]),
+        ("OpenPose ControlNet: figure pixels on the skeleton (3 px)", r.get("pose_precision"), None),
+    ]
 
-    at_7, at_1 = r["cfg7.5"] or {}, r["cfg1.0"] or {}
-    person, n = r["person"] or {}, r["control_images"]
-    return "\n".join([
-        f"offline model evaluation: {r['model']}; {r['prompts']} one-shape, {r['two_shapes']} two-shape and "
-        f"{r['people']} person held-out prompts, {n} maps per ControlNet; DDIM 25 steps, CFG 7.5; on "
-        f"{r.get('device', 'cpu')} ({r['seconds']} s)",
-        "",
-        "| metric | figure | target | |",
-        "|---|---|---|---|",
-        row("analyser on ground truth (worst of its checks)", min(r["analyser"].values()), TARGETS["analyser"]),
-        row("colour right", at_7.get("colour"), TARGETS["colour"]),
-        row("shape right", at_7.get("shape"), TARGETS["shape"]),
-        row("colour and shape right", at_7.get("both")),
-        row("place right (of 9)", at_7.get("place"), TARGETS["place"]),
-        row("background right", at_7.get("background"), TARGETS["background"]),
-        row("size right (of 3)", at_7.get("size")),
-        row("two shapes: both right, each on its side", r["two_both"], TARGETS["two_both"]),
-        row("person: colour right", person.get("colour")),
-        row("person: pose right (of 6)", person.get("pose")),
-        row("colour right at CFG 1.0", at_1.get("colour")),
-        row("CFG gap (colour at 7.5 minus at 1.0)", r["cfg_gap"]),
-        row("two shapes both right at CFG 1.0", r.get("two_both_cfg1")),
-        row("what guidance adds: two shapes both right, CFG 7.5 minus CFG 1.0", r.get("guidance"), TARGETS["guidance"]),
-        row("colour word's attention focus on its object (one shape)", r.get("focus_colour"), TARGETS["focus_colour"]),
-        row("shape word's attention focus on its object (one shape)", r.get("focus_shape"), TARGETS["focus_shape"]),
-        row("colour words' focus each on its own object (two shapes)", r.get("two_focus_colour"),
-            TARGETS["two_focus_colour"]),
-        row("shape words' focus each on its own object (two shapes)", r.get("two_focus_shape"),
-            TARGETS["two_focus_shape"]),
-        row("Canny ControlNet: edge F1 (2 px)", r["canny_f1"], TARGETS["canny_f1"]),
-        row(f"Canny ControlNet: follows (object within {FOLLOW_PX} px)", r["canny_follows"], TARGETS["canny_follows"]),
-        row("OpenPose ControlNet: skeleton recall (3 px)", r["pose_recall"], TARGETS["pose_recall"]),
-        row("OpenPose ControlNet: limbs drawn (of 12)", r["pose_limbs"], TARGETS["pose_limbs"]),
-        row("OpenPose ControlNet: figure pixels on the skeleton (3 px)", r.get("pose_precision")),
-    ])
+
+def report(*results: dict) -> str:
+    """One table: every metric, one column per model evaluated (each with its verdict), and the target."""
+    def cell(value: float | None, target: float | None) -> str:
+        figure = "n/a" if value is None else f"{value:.1%}"
+        if target is None or value is None:
+            return figure
+        return f"{figure} {'met' if value >= target else 'NOT MET'}"
+
+    head = [f"{r['model']}: {r['prompts']} one-shape, {r['two_shapes']} two-shape and {r['people']} person held-out "
+            f"prompts, {r['control_images']} maps per ControlNet; {r.get('sampler', 'DDIM')} 25 steps, CFG 7.5; on "
+            f"{r.get('device', 'cpu')} ({r['seconds']} s)" for r in results]
+    table = [rows(r) for r in results]
+    lines = [*head, "", "| metric | " + " | ".join(Path(r["model"]).name for r in results) + " | target |",
+             "|---|" + "---|" * len(results) + "---|"]
+    for k, (name, _, target) in enumerate(table[0]):
+        figures = " | ".join(cell(t[k][1], target) for t in table)
+        lines.append(f"| {name} | {figures} | {'-' if target is None else f'>= {target:.0%}'} |")
+    return "\n".join(lines)
 
 
 def sheet(model: str, path: Path, per_row: int = 6) -> None:
@@ -316,7 +325,8 @@ def sheet(model: str, path: Path, per_row: int = 6) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(settings_mod.BUNDLED_MODEL))
+    parser.add_argument("--model", action="append", default=None,
+                        help="the model folder (default: the bundled U-Net model); again for one column per model")
     parser.add_argument("--prompts", type=int, default=240, help="held-out prompts (0: skip)")
     parser.add_argument("--control", type=int, default=40, help="control maps per ControlNet (0: skip)")
     parser.add_argument("--two", type=int, default=60, help="held-out two-shape prompts (0: skip)")
@@ -328,13 +338,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--sheet", type=Path, help="only draw a labelled sample sheet (PNG) to this path")
     args = parser.parse_args()
+    models = args.model or [str(settings_mod.BUNDLED_MODEL)]
     if args.sheet:
-        return sheet(args.model, args.sheet)
-    result = evaluate(args.model, args.prompts, args.control, args.two, args.people, args.analyser, args.device,
-                      args.focus)
-    print(report(result))
+        return sheet(models[0], args.sheet)
+    results = [evaluate(model, args.prompts, args.control, args.two, args.people, args.analyser, args.device,
+                        args.focus) for model in models]
+    print(report(*results))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
 
 
 if __name__ == "__main__":
