@@ -126,8 +126,7 @@ class Models:
         it, else its default), one seed for all; a grid of one model is its request as it came."""
         names = list(dict.fromkeys(req.models)) or [req.base.model]
         if len(names) == 1:
-            engine, one = self._route(req)
-            return [(self.pick(names[0]), replace(one, models=()))] if req.models else [(engine, one)]
+            return [self._route(replace(req, models=(), base=replace(req.base, model=names[0])))]
         seed = resolve_seed(req.base.seed)
         shares = []
         for name in names:

@@ -134,3 +134,11 @@ def test_the_form_follows_the_model_chosen(models):
     back = dict(zip(labels, follow.fn(unet, "Flow Euler")))
     assert back[labels[0]].value == "DPM++ 2M Karras" and back[shift].visible is False
     assert dict(zip(labels, follow.fn(unet, "DDIM")))[labels[0]].value == "DDIM"  # a scheduler that fits is kept
+
+
+def test_a_grid_of_one_model_named_in_its_rows_runs_on_that_model(models):
+    sd3 = models.names[1]
+    req = GridRequest(base=GenerateRequest(prompt=PROMPT, seed=2, steps=2), schedulers=("Flow Euler",), columns="1, 3",
+                      models=(sd3,))
+    result = models.grid(req)
+    assert {c.generated.params.model for row in result.cells for c in row} == {sd3} and result.flow
