@@ -170,13 +170,14 @@ def build(
     preprocess: Callable[[ControlRequest], object],
     detect_pose: Callable[[ControlRequest], poses.Detection],
     draw_pose: Callable[..., tuple[object, str]],
-    controlnet_source: Callable[[str], str],
+    controlnet_source: Callable[[str, str], str],
     fields: Fields,
     settings: Settings,
     offline: bool = False,
 ) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
-    sources = ", ".join(f"**{k}**: `{shown_source(controlnet_source(k))}`" for k in CONTROLNETS)
+    fields = fields.with_controlnets()  # its form starts on (and its Model menu lists) the models with ControlNets
+    sources = ", ".join(f"**{k}**: `{shown_source(controlnet_source(k, fields.models[0].name))}`" for k in CONTROLNETS)
 
     # -- layout -------------------------------------------------------------------------------
     gr.Markdown("Upload a picture, turn it into a **control map**, and generate images that follow its structure. "
@@ -196,7 +197,7 @@ def build(
             show_map = gr.Button("Preview the control map")
             map_status = status_line()
         with gr.Column(scale=5):
-            model_box = fields.model(controlnets=True)  # the models that have ControlNets
+            model_box = fields.model()
             prompt_box, negative_box = fields.prompt(examples=False), fields.negative_prompt()
             with gr.Row():
                 scale_box = gr.Slider(0, 2, value=DEFAULTS.conditioning_scale, step=0.05, label="Conditioning scale")

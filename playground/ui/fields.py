@@ -92,12 +92,14 @@ class Fields:
         """The facts of the model called `name` (the first model's for "" or a name not loaded)."""
         return next((m for m in self.models if m.name == name), self.models[0])
 
-    def model(self, controlnets: bool = False) -> gr.Dropdown:
-        """The Model menu: the loaded models (with `controlnets`, those that have ControlNets), shown when there is
-        a choice; its value is the request's `model`."""
-        choices = [m for m in self.models if m.controlnets or not controlnets] or self.models[:1]
-        return gr.Dropdown([(m.label or m.name, m.name) for m in choices], value=choices[0].name, label="Model",
-                           visible=len(choices) > 1, min_width=220,
+    def with_controlnets(self) -> "Fields":
+        """The same form over the models that have ControlNets (all of them where none has: the tab says why)."""
+        return Fields(self.settings, 0, [], models=[m for m in self.models if m.controlnets] or self.models)
+
+    def model(self) -> gr.Dropdown:
+        """The Model menu: the loaded models, shown when there is a choice; its value is the request's `model`."""
+        return gr.Dropdown([(m.label or m.name, m.name) for m in self.models], value=self.models[0].name,
+                           label="Model", visible=len(self.models) > 1, min_width=220,
                            info="each loaded model; the settings below follow the one chosen")
 
     def follow(self, model: gr.Dropdown, scheduler: gr.Dropdown | None = None, size: tuple = (),
