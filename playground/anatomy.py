@@ -133,15 +133,17 @@ def of_pipeline(pipe, name: str, native_size: int, controlnets: dict[str, torch.
         parts.append(Part(f"ControlNet: {kind}", "ControlNets", count(net)))
     f = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     sched = pipe.scheduler.config
-    betas = ("own betas" if sched.get("trained_betas") is not None else
-             f"{sched.get('beta_schedule', '?')}, beta {sched.get('beta_start', '?')} to {sched.get('beta_end', '?')}")
-    schedule = f"{betas}, {sched.get('num_train_timesteps', '?')} steps"
+    flow = "shift" in sched  # a flow-matching scheduler (SD3's): no betas, a shift
+    betas = (f"flow matching, shift {sched['shift']}" if flow else "own betas" if sched.get("trained_betas") is not None
+             else f"{sched.get('beta_schedule', '?')}, beta {sched.get('beta_start', '?')} to {sched.get('beta_end', '?')}")
+    schedule = f"{betas}, {sched.get('num_train_timesteps', '?')} steps" + ("; the last keeps 0% of the image" if flow else "")
     alpha_bar = getattr(pipe.scheduler, "alphas_cumprod", None)
     if alpha_bar is not None:  # how much of the image the noisiest step still shows (SD 1.5: 6.8%)
         schedule += f"; the last keeps {float(alpha_bar[-1]) ** 0.5:.1%} of the image"
     return Anatomy(name, tuple(parts), native_size,
                    (pipe.vae.config.latent_channels, native_size // f, native_size // f), tuple(text),
-                   sched.get("prediction_type", "epsilon"), schedule, LOADED)
+                   "flow (rectified flow: velocity)" if flow else sched.get("prediction_type", "epsilon"), schedule,
+                   LOADED)
 
 
 # ---------------------------------------------------------------- noise schedules, side by side

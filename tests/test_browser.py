@@ -382,7 +382,7 @@ def test_the_page_names_what_leaves_the_models_world(page):
     assert visible(page.get_by_label("Prompt", exact=True)).input_value()
     page.get_by_text("This grid takes 40 model evaluations").wait_for(timeout=10_000)
     page.get_by_label("Steps", exact=True).check()
-    page.get_by_text("including a 200-step reference run of each scheduler").wait_for(timeout=10_000)
+    page.get_by_text("including a 200-step reference run of each row").wait_for(timeout=10_000)
     page.get_by_role("tab", name="ControlNet").click()
     intro = page.get_by_text("ControlNets (loaded on first use").inner_text()
     assert "offline-model/controlnet-canny" in intro and str(ASSETS) not in intro  # no server path
@@ -488,6 +488,7 @@ def test_both_offline_models_side_by_side(browser, both_url, shots):
     page.get_by_role("tab", name="Grid").click()
     visible(page.get_by_label("Prompt", exact=True)).fill("a large yellow triangle on the right on a gray background")
     page.get_by_label("playground-offline-mmdit (MMDiT, rectified flow)", exact=True).check()
+    expect(page.get_by_label("Flow Euler", exact=True)).to_be_checked()  # the MMDiT's row, ticked for it
     for name in ("Euler a", "DPM++ 2M Karras"):
         page.get_by_label(name, exact=True).uncheck()
     page.get_by_label("DDIM", exact=True).check()

@@ -118,27 +118,52 @@ def test_every_tab_has_a_model_menu_that_sets_the_requests_model(models):
         assert any(isinstance(b, (gr.Dropdown, gr.CheckboxGroup)) and b.label.startswith("Model") for b in fn.inputs), name
 
 
+def follow_handlers(demo, menu) -> list:
+    return [f for f in demo.fns.values() if (menu._id, "input") in [tuple(t) for t in f.targets]]
+
+
 def test_the_form_follows_the_model_chosen(models):
     from playground.ui import build_app
 
     demo = build_app(models, tiny_settings("unused", cache_hours=0))
     menu = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model")
-    follow = next(f for f in demo.fns.values() if (menu._id, "change") in [tuple(t) for t in f.targets]
-                  and any(getattr(o, "label", "").startswith("Scheduler") for o in f.outputs))
+    follow = next(f for f in follow_handlers(demo, menu)
+                  if any(getattr(o, "label", "").startswith("Scheduler") for o in f.outputs))
     labels = [o.label for o in follow.outputs]
     unet, sd3 = models.names
-    to_sd3 = dict(zip(labels, follow.fn(sd3, "DPM++ 2M Karras")))
+    native = models.first.native_size
+    to_sd3 = dict(zip(labels, follow.fn(sd3, "DPM++ 2M Karras", native, native)))
     assert to_sd3[labels[0]].value == "Flow Euler" and "DDIM" not in to_sd3[labels[0]].choices
     shift = next(label for label in labels if label.startswith("Flow shift"))
     assert to_sd3[shift].visible is True
-    back = dict(zip(labels, follow.fn(unet, "Flow Euler")))
+    back = dict(zip(labels, follow.fn(unet, "Flow Euler", native, native)))
     assert back[labels[0]].value == "DPM++ 2M Karras" and back[shift].visible is False
-    assert dict(zip(labels, follow.fn(unet, "DDIM")))[labels[0]].value == "DDIM"  # a scheduler that fits is kept
+    assert dict(zip(labels, follow.fn(unet, "DDIM", native, native)))[labels[0]].value == "DDIM"  # it fits: kept
+    assert dict(zip(labels, follow.fn(unet, "DDIM", 96, native)))["Width"] == gr.skip()  # the user's own size stays
 
 
-def test_a_grid_of_one_model_named_in_its_rows_runs_on_that_model(models):
+def test_a_form_with_one_setting_to_follow_gets_a_value_not_a_list(models):
+    from playground.ui import build_app
+
+    demo = build_app(models, tiny_settings("unused", cache_hours=0))
+    single = [f for f in demo.fns.values() if len(f.outputs) == 1 and (getattr(f.outputs[0], "label", "") or "").startswith(
+        "Refiner takes over") and f.fn.__name__ == "on_model"]
+    assert single  # the inspector's: its refiner slider alone
+    update = single[0].fn(models.names[1], models.names[1])
+    assert isinstance(update, gr.Slider) and update.visible is False  # gradio read a list as the slider's value
+
+
+def test_a_png_of_another_model_restores_that_models_form(models, tmp_path):
+    from playground.outputs import save_images, Folder
+    from playground.ui import build_app
+
     sd3 = models.names[1]
-    req = GridRequest(base=GenerateRequest(prompt=PROMPT, seed=2, steps=2), schedulers=("Flow Euler",), columns="1, 3",
-                      models=(sd3,))
-    result = models.grid(req)
-    assert {c.generated.params.model for row in result.cells for c in row} == {sd3} and result.flow
+    made = models.generate(GenerateRequest(prompt=PROMPT, seed=3, steps=2, scheduler="Flow Euler", shift=6.0, model=sd3))
+    path = save_images(made.images, Folder(tmp_path))[0][0]
+    demo = build_app(models, tiny_settings("unused", cache_hours=0))
+    restore = next(f for f in demo.fns.values() if f.api_name == "restore")
+    out = restore.fn(path, models.names[0])  # the menu on the U-Net
+    scheduler, shift, message, menu = out[5], out[8], out[11], out[12]
+    assert menu == sd3 and sd3 in message
+    assert scheduler.value == "Flow Euler" and "DDIM" not in scheduler.choices  # the choices come with the value
+    assert shift.visible is True and shift.value == 6.0

@@ -110,7 +110,8 @@ PIXELS_CSS = """
 """
 # A component's label sits above what it shows, never over the top of an image, a plot or an upload box;
 # a status line shows gradio's place in the queue ("queue: 2/3 | 1.2/7.6s") in its height, beside a small spinner;
-# a plot's axis labels are drawn whole, below the plot; a gallery's captions are read whole, under their images.
+# a plot's axis labels are drawn whole, below the plot; a gallery's captions are read whole, under their images, and
+# every row of a gallery is in view (gradio 6 boxes a gallery at 550 px and scrolls inside it, cutting its last row).
 LABELS_CSS = """
 .block label[data-testid="block-label"].float {position: static; margin-bottom: 4px;}
 .block:has(> label[data-testid="block-label"].float) {display: flex; flex-direction: column;}
@@ -125,6 +126,7 @@ LABELS_CSS = """
 .thumbnail-item .caption-label {position: static !important; transform: none !important; margin: 4px auto 0 !important;
                                 max-width: 100% !important; white-space: normal !important; overflow: visible !important;
                                 text-overflow: clip !important;}
+.grid-wrap.fixed-height {height: auto !important; max-height: none !important; overflow: visible !important;}
 .vega-embed svg.marks {overflow: visible;}
 .block:has(> .vega-embed) {overflow: visible !important; padding-bottom: 36px !important;}
 """

@@ -111,16 +111,19 @@ class Fields:
             return
         outputs = [b for b in (scheduler, *size, shift, skip_layer_guidance, refiner_start) if b is not None]
 
-        def on_model(name, current):
+        def on_model(name, current, *sizes):
             f = self.facts(name)
             out = [gr.Dropdown(choices=list(f.schedulers),
                                value=current if current in f.schedulers else f.default_scheduler)] if scheduler else []
-            out += [gr.Slider(value=f.native_size) for _ in size]
+            # a size that is another model's native one becomes this one's; a size of the user's own stays
+            natives = {m.native_size for m in self.models}
+            out += [gr.Slider(value=f.native_size) if s in natives else gr.skip() for s in sizes]
             out += [gr.Slider(visible=f.flow) for box in (shift, skip_layer_guidance) if box is not None]
             out += [gr.Slider(visible=f.refiner, value=0.0)] if refiner_start is not None else []
-            return out
+            return out[0] if len(out) == 1 else out  # gradio reads a list returned to one output as its value
 
-        model.change(on_model, [model, scheduler or model], outputs, api_visibility="private", queue=False)
+        # the user's choice only: a restored PNG sets the model and the whole form at once (prompt.py)
+        model.input(on_model, [model, scheduler or model, *size], outputs, api_visibility="private", queue=False)
 
     def prompt(self, lines: int = 2, examples: bool = True) -> gr.Textbox:
         """The prompt box, starting with the model's first example: an empty prompt draws the unconditional

@@ -184,7 +184,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
             status = status_line()
             info = gr.Markdown()
         with gr.Column(scale=7):
-            sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath",
+            sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath", height=560,
                              elem_classes=["pixels"])
     with gr.Row():
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],

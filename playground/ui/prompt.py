@@ -36,7 +36,8 @@ def summary(result: GenerateResult, native: int) -> str:
     r = result.request
     n = len(result.images)
     lines = [
-        f"**Seed {r.seed}**" + (f" (images use {r.seed}…{r.seed + n - 1})" if n > 1 else ""),
+        f"**Seed {r.seed}**" + (f" (images use {r.seed}…{r.seed + n - 1})" if n > 1 else "")
+        + (f" on {r.model}" if r.model else ""),
         f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}"
         + (f", shift {r.shift:g}" if r.shift else "") + (f", refiner from {r.refiner_start:g}" if r.refiner_start else "")
         + (f", skip-layer guidance {r.skip_layer_guidance:g} (blocks {', '.join(map(str, r.skip_layers))})"
@@ -125,12 +126,20 @@ def build(
         f = fields.facts(p.model if p.model in {m.name for m in fields.models} else model)
         if p.sampler not in f.schedulers:
             gr.Warning(f"Sampler {p.sampler!r} is not in this playground; the scheduler was left as it was")
+        if not f.name or f.name == model:  # the form is this model's already
+            return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
+                    p.sampler if p.sampler in f.schedulers else gr.skip(), p.width, p.height,
+                    p.shift if f.flow else gr.skip(), p.refiner_start if f.refiner else gr.skip(),
+                    p.skip_layer_guidance if f.flow else gr.skip(),
+                    f"Restored settings from the PNG (model: {p.model or 'unknown'}).", gr.skip())
+        # another loaded model's PNG: its model, its schedulers and the settings that show for it, in one update
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
-                p.sampler if p.sampler in f.schedulers else gr.skip(), p.width, p.height,
-                p.shift if f.flow else gr.skip(), p.refiner_start if f.refiner else gr.skip(),
-                p.skip_layer_guidance if f.flow else gr.skip(),
-                f"Restored settings from the PNG (model: {p.model or 'unknown'}).",
-                f.name if f.name and f.name != model else gr.skip())
+                gr.Dropdown(choices=list(f.schedulers),
+                            value=p.sampler if p.sampler in f.schedulers else f.default_scheduler), p.width, p.height,
+                gr.Slider(visible=f.flow, value=p.shift if f.flow else 0.0),
+                gr.Slider(visible=f.refiner, value=p.refiner_start if f.refiner else 0.0),
+                gr.Slider(visible=f.flow, value=p.skip_layer_guidance if f.flow else 0.0),
+                f"Restored settings from the PNG (model: {p.model}, chosen in the Model menu).", f.name)
 
     # -- events -------------------------------------------------------------------------------
     fields.follow(model_box, scheduler_box, (width_box, height_box), shift_box, slg_box, refiner_box)

@@ -36,8 +36,8 @@ def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool
             status = status_line()
             info = gr.Markdown()
     with gr.Row():
-        original = gr.Image(label="Original (fitted to a multiple of 8)", format="png", interactive=False)
-        reconstruction = gr.Image(label="Reconstruction (decoded latent)", format="png", interactive=False)
+        original = gr.Image(label="Original (fitted to a multiple of 8)", format="png", interactive=False, height=300)
+        reconstruction = gr.Image(label="Reconstruction (decoded latent)", format="png", interactive=False, height=300)
     channels = gr.Gallery(label="The latent: 4 channels", columns=4, height="auto", object_fit="contain",
                           format="png", allow_preview=False)
 
