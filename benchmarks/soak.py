@@ -166,7 +166,7 @@ def valid_calls(person: Path, url: str | None = None, scene: Path = SCENE, k: in
         if endpoint == "/draw_pose":
             params["width"] = 64 + 8 * k
         calls[endpoint] = list(params.values())
-    calls["/vae_roundtrip"] = [files["SCENE"]]
+    calls["/vae_roundtrip"] = [files["SCENE"], ""]  # the image, the model ("": the first)
     return calls
 
 

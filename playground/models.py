@@ -19,9 +19,9 @@ from dataclasses import replace
 from playground import walks
 from playground.anatomy import Anatomy
 from playground.engine import Engine, OnProgress
-from playground.errors import InvalidRequest
 from playground.requests import (
-    ControlRequest, GenerateRequest, GridRequest, GridResult, Progress, TokenCount, Trajectory, resolve_seed,
+    ControlRequest, GenerateRequest, GridRequest, GridResult, Progress, TokenCount, Trajectory, model_choice,
+    model_choices, resolve_seed,
 )
 
 
@@ -53,12 +53,8 @@ class Models:
 
     def pick(self, name: str = "") -> Engine:
         """The Engine of the model called `name` ("" or None: the first loaded); InvalidRequest naming the choices."""
-        if not name:
-            return self.first
-        if name not in self.engines:
-            raise InvalidRequest(f"model must be one of the loaded models ({', '.join(map(repr, self.engines))}), "
-                                 f"got {name!r}")
-        return self.engines[name]
+        name = model_choice(name if name is not None else "", self.names)
+        return self.engines[name] if name else self.first
 
     def _route(self, req) -> tuple[Engine, object]:
         engine = self.pick(base_of(req).model)
@@ -124,7 +120,7 @@ class Models:
     def rows(self, req: GridRequest) -> list[tuple[Engine, GridRequest]]:
         """Each model's share of a grid: its Engine and the request of its rows (the chosen schedulers that fit
         it, else its default), one seed for all; a grid of one model is its request as it came."""
-        names = list(dict.fromkeys(req.models)) or [req.base.model]
+        names = list(dict.fromkeys(model_choices(req.models, self.names))) or [req.base.model]
         if len(names) == 1:
             return [self._route(replace(req, models=(), base=replace(req.base, model=names[0])))]
         seed = resolve_seed(req.base.seed)

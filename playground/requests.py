@@ -320,6 +320,22 @@ def choice(name: str, value, options: dict[str, str]) -> str:
     raise InvalidRequest(f"unknown {name} {value!r}; choose one of: {accepted}")
 
 
+def model_choice(value, loaded: list[str]) -> str:
+    """A request's `model`: "" (the first loaded) or a loaded model's name, else InvalidRequest naming the choices."""
+    if not isinstance(value, str):
+        raise InvalidRequest(f"model must be text (a loaded model's name), got {value!r}")
+    if value and value not in loaded:
+        raise InvalidRequest(f"model must be one of the loaded models ({', '.join(map(repr, loaded))}), got {value!r}")
+    return value
+
+
+def model_choices(values, loaded: list[str]) -> tuple[str, ...]:
+    """A grid's `models`: a list of loaded models' names (empty: the base's model)."""
+    if isinstance(values, str) or not isinstance(values, (list, tuple)):
+        raise InvalidRequest(f"models must be a list of loaded models' names, got {values!r}")
+    return tuple(model_choice(v, loaded) for v in values)
+
+
 def resolve_seed(seed: int) -> int:
     """-1 -> a random seed; any other (checked) seed as it is."""
     return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed

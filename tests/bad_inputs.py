@@ -12,13 +12,13 @@ POSE_JSON = '{"people": [{"pose_keypoints_2d": [' + ", ".join(["10, 20, 1"] * 18
 # One valid call per endpoint, by parameter name (the order is the API's).
 VALID = {
     "/generate": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
-                      width=64, height=64, num_images=1, shift=0, refiner_start=0, skip_layer_guidance=0),
+                      width=64, height=64, num_images=1, shift=0, refiner_start=0, skip_layer_guidance=0, model=""),
     "/grid": dict(prompt="a red circle", negative_prompt="", seed=1, steps=2, schedulers=["Euler", "DDIM"],
-                  columns="1, 5", width=64, height=64, axis="cfg", cfg_scale=7.5),
+                  columns="1, 5", width=64, height=64, axis="cfg", cfg_scale=7.5, models=[]),
     "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
-                     width=64, height=64, attention_of="the prompt", refiner_start=0),
+                     width=64, height=64, attention_of="the prompt", refiner_start=0, model=""),
     "/attention": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
-                       width=64, height=64, attention_of="prompt", word="red", resolution="8x8"),
+                       width=64, height=64, attention_of="prompt", word="red", resolution="8x8", model=""),
     "/preprocess": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
                         resize="crop", width=64, height=64, detector="auto", hands=False, face=False, pose=""),
     "/pose": dict(image="PERSON", resize="crop", width=64, height=64, detector="mediapipe", hands=False, face=False),
@@ -26,7 +26,7 @@ VALID = {
     "/control": dict(image="SCENE", mode="Canny edges from the photo", controlnet="canny", low=100, high=200,
                      resize="crop", conditioning_scale=1.0, guidance_start=0.0, guidance_end=1.0,
                      prompt="a red circle", negative_prompt="", seed=1, steps=2, cfg_scale=7.5, scheduler="Euler",
-                     width=64, height=64, num_images=1, detector="auto", hands=False, face=False, pose=""),
+                     width=64, height=64, num_images=1, detector="auto", hands=False, face=False, pose="", model=""),
 }
 
 # (bad value, words the message must contain); the first row of each is the one sent over HTTP
@@ -74,6 +74,8 @@ BAD = {
     "hands": [("yes", ["hands", "true or false", "'yes'"]), (2, ["hands", "2"])],
     "face": [(0.5, ["face", "true or false", "0.5"])],
     "pose": [(12, ["pose JSON", "text", "int"])],
+    "model": [("sdxl", ["model", "loaded models", "'sdxl'"]), (3, ["model", "text", "3"])],
+    "models": [(["sdxl"], ["model", "loaded models", "'sdxl'"]), ("sdxl", ["models", "list", "'sdxl'"])],
     "axis": [("sideways", ["grid axis", "'sideways'", "'Steps' ('steps')"]), (None, ["grid axis", "None"])],
     "columns": [("1, x", ["'x'"]), ("", ["empty"]), ("1, 45", ["CFG scale", "45"]), ("1-5 (+0)", ["above 0"]),
                    ("0-30 [7]", ["2 schedulers x 7 CFG scales = 14 cells"]), (None, ["CFG scales", "empty"]),

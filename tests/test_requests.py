@@ -14,6 +14,8 @@ from playground import control, families, schedulers, tokens
 from playground.control import CannyOptions, PoseOptions
 from playground.requests import (
     ATTENTION_OF,
+    model_choice,
+    model_choices,
     ControlRequest,
     GenerateRequest,
     GridRequest,
@@ -65,10 +67,20 @@ ENDPOINTS = {
 }
 
 
+LOADED = ["playground-offline", "playground-offline-mmdit"]  # the models a request may name (playground.models)
+
+
 def check(endpoint: str, params: dict):
     build, validate = ENDPOINTS[endpoint]
     params = {k: POSE_JSON if v == "POSE" else v for k, v in params.items()}  # the table's stand-in for a pose
-    return validate(build(params), LIMITS)
+    request = build(params)
+    # the model a request names is checked first, by playground.models, then that model's Engine validates
+    base = request if isinstance(request, GenerateRequest) else getattr(request, "base", None)
+    if base is not None:
+        model_choice(base.model, LOADED)
+    if isinstance(request, GridRequest):
+        model_choices(request.models, LOADED)
+    return validate(request, LIMITS)
 
 
 @pytest.mark.parametrize("endpoint", list(VALID))

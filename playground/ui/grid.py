@@ -140,9 +140,9 @@ def grid_request(prompt="", negative_prompt="", seed=-1, steps=DEFAULTS.base.ste
                  cfg_scale=DEFAULTS.base.cfg_scale, models=()) -> GridRequest:
     """The `grid` API's values, as they come, in a request (the Engine checks them). `models`: the rows' models
     (one: that model's grid; several: each model's rows, one after the other)."""
-    models = (models,) if isinstance(models, str) else tuple(models or ())
-    return GridRequest(base=generate_request(dict(locals(), model=models[0] if len(models) == 1 else "")),
-                       schedulers=schedulers, columns=columns, axis=axis, models=models if len(models) > 1 else ())
+    one = models[0] if isinstance(models, (list, tuple)) and len(models) == 1 else ""
+    return GridRequest(base=generate_request(dict(locals(), model=one)), schedulers=schedulers, columns=columns,
+                       axis=axis, models=() if one or models is None else models)
 
 
 def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridRequest], dict[str, int]], fields: Fields,
