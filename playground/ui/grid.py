@@ -114,8 +114,7 @@ def summary(result: GridResult) -> str:
         f"**Seed {r.seed}**, the same starting noise in every cell",
         f"{rows} {'row' if req.models else 'scheduler'}{'s' * (rows > 1)} x {cols} {AXES[req.axis].plural} = "
         f"{rows * cols} cells" + (f" (rows: {', '.join(req.models)}, each with its own schedulers)" if req.models else "")
-        + f"; "
-        f"{r.width}x{r.height}; {how}",
+        + f"; {r.width}x{r.height}; {how}",
         (f"{sum(row[0].unet_calls for row in result.cells)} model evaluations, each on a batch of its row's {cols} "
          f"cells; {result.seconds:.2f} s in all" if axis.batched else
          f"{evals} model evaluations in the cells" + (", plus the reference runs" if axis.reference else "")
@@ -184,8 +183,8 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
             status = status_line()
             info = gr.Markdown()
         with gr.Column(scale=7):
-            sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath", height=560,
-                             elem_classes=["pixels"])
+            sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath",
+                             height=560, elem_classes=["pixels"])
     with gr.Row():
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
                            label="Noise level at each model evaluation (SNR in dB: 1/σ², for SD3's flow ((1 − σ)/σ)²; "
@@ -218,8 +217,8 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
         return on_cost_text(grid_evaluations, settings.grid_reference_steps, schedulers, columns, steps, axis, models)
 
     def on_models(names, chosen, axis):
-        """The rows' schedulers and the axes follow the ticked models (all loaded ones' while none is ticked)."""
-        picked = [m for m in fields.models if m.name in (names or [])] or fields.models
+        """The rows' schedulers and the axes follow the ticked models (none ticked: the first model, as the grid)."""
+        picked = [m for m in fields.models if m.name in (names or [])] or fields.models[:1]
         choices, flow = scheduler_choices(picked), any(m.flow for m in picked)
         kept = [n for n in chosen or [] if n in choices]
         for m in picked:  # every model keeps at least one row it can run
@@ -227,7 +226,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                 kept += default_rows(list(m.schedulers))[:1]
         axes = [(a.label, key) for key, a in AXES.items() if flow or not a.flow]
         return (gr.CheckboxGroup(choices=choices, value=kept),
-                gr.Radio(choices=axes, value=axis if axis in dict((k, k) for _, k in axes) else DEFAULTS.axis))
+                gr.Radio(choices=axes, value=axis if axis in [key for _, key in axes] else DEFAULTS.axis))
 
     def on_axis(axis):
         """A fresh list that suits the new axis; the distance plot only where there is a distance (steps)."""
