@@ -37,6 +37,8 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
         with gr.Column(scale=5):
             form = fields.form()
             form.steps.value = DEFAULTS.base.steps  # 12: a walk runs every frame at once
+            shift_box = fields.shift()  # a flow model's (shown for one)
+            fields.follow(form.model, shift=shift_box)
             between_box = gr.Radio([(label, key) for key, label in WALKS.items()], value=DEFAULTS.between,
                                    label="Walk between")
             to_prompt_box = gr.Textbox(label="Prompt to walk to (between prompts)", lines=2,
@@ -60,7 +62,7 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
 
     @shows_errors
     def on_walk(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, between, to_prompt,
-                to_seed, frames_count, model="", progress=gr.Progress()):
+                to_seed, frames_count, shift=0.0, model="", progress=gr.Progress()):
         req = WalkRequest(generate_request(locals()), between, to_prompt, to_seed, frames_count)
         for item in stream(walk, req):
             if isinstance(item, Progress):
@@ -71,7 +73,7 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
                 yield gif, strip_path, items, summary(item)
 
     inputs = [form.prompt, form.negative_prompt, form.seed, form.steps, form.cfg_scale, form.scheduler, form.width,
-              form.height, between_box, to_prompt_box, to_seed_box, frames_box, form.model]
+              form.height, between_box, to_prompt_box, to_seed_box, frames_box, shift_box, form.model]
     event = heavy(run.click, on_walk, inputs, [animation, strip, frames, info], settings, api_name="walk",
                   preprocess=False, show_progress_on=status)
     stop_button(stop, event, info)
