@@ -11,7 +11,7 @@ from playground import anatomy as anatomy_mod
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.models import Models
-from playground.settings import ASSETS, Settings
+from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui import anatomy, cache, control, grid, inspector, prompt, sessions, walk
 from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
 from playground.ui.fields import Fields, ModelFacts
@@ -59,7 +59,7 @@ def examples(model: LoadedModel) -> list[str]:
 def facts(engine: Engine) -> ModelFacts:
     """What the form needs of one loaded model."""
     model, limits = engine.model, engine.limits
-    own_nets = any(Path(model.source, f"controlnet-{kind}").is_dir() for kind in ("canny", "openpose"))
+    own_nets = any(Path(model.source, f"controlnet-{kind}").is_dir() for kind in CONTROLNETS)
     return ModelFacts(model.name, engine.native_size, tuple(limits.schedulers), limits.flow, limits.refiner,
                       limits.channels, tuple(examples(model)), model.vocabulary,
                       controlnets=own_nets or not model.offline, label=model_label(model, limits.flow))

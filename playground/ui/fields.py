@@ -93,7 +93,8 @@ class Fields:
         return next((m for m in self.models if m.name == name), self.models[0])
 
     def with_controlnets(self) -> "Fields":
-        """The same form over the models that have ControlNets (all of them where none has: the tab says why)."""
+        """The same form over the models that have ControlNets (all of them where none has: a run then names the
+        ControlNet it could not load)."""
         return Fields(self.settings, 0, [], models=[m for m in self.models if m.controlnets] or self.models)
 
     def model(self) -> gr.Dropdown:
