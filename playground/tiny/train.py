@@ -33,7 +33,7 @@ from transformers import CLIPTextModel
 from playground.control import canny
 from playground.loading import MARKER
 from playground.settings import CONTROLNETS
-from playground.tiny import arch, world
+from playground.tiny import arch, grounding, world
 from playground.tiny.arch import OFFLINE, scheduler_config
 from playground.tiny.vocab import build_tokenizer
 
@@ -316,6 +316,7 @@ def train_unet(args) -> None:
 
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
     gen = torch.Generator().manual_seed(SEED_STRIDE["unet"] + step * ranks.size + ranks.rank)
+    capture = grounding.Capture(unet if args.ground else None)
     while ranks.agree(budget.more(done)):
         scenes = batch("unet", step * ranks.size + ranks.rank, args.batch)
         with torch.no_grad():
@@ -324,9 +325,13 @@ def train_unet(args) -> None:
         noise = torch.randn(latents.shape, generator=gen).to(args.device)
         t = timesteps(noise_sched.config.num_train_timesteps, len(scenes), args.noisy_share, gen).to(args.device)
         noisy = noise_sched.add_noise(latents, noise, t)
-        pred = unet(noisy, t, encode_captions(tokenizer, text, captions, args.device)).sample
+        with capture.active() as probs:  # every cross-attention map, when grounding (else nothing recorded)
+            pred = unet(noisy, t, encode_captions(tokenizer, text, captions, args.device)).sample
         target, weight = regression(noise_sched, latents, noise, t, snr[t].to(args.device))
         loss = (weight * ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))).mean()
+        if args.ground:  # colour and shape words attend to their objects (playground/tiny/grounding.py)
+            ground = grounding.loss(probs, *grounding.targets(tokenizer, scenes, captions))
+            loss = loss + args.ground * ground
         opt.zero_grad(set_to_none=True)
         loss.backward()
         ranks.average_gradients(params)
@@ -340,6 +345,8 @@ def train_unet(args) -> None:
         step, done = step + 1, done + 1
         if step % 25 == 0 and ranks.main:
             log("unet", step, loss.item(), started, done * args.batch * ranks.size)
+            if args.ground:
+                print(f"[unet] grounding loss {ground.item():.4f} (weight {args.ground})", flush=True)
         if step % 200 == 0 and ranks.main:
             save()
     if ranks.main:
@@ -481,6 +488,8 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--noisy-share", type=float, default=0.0,
                         help="unet, ControlNets: the share of timesteps drawn from the noisiest 15%% (default 0: uniform)")
+    parser.add_argument("--ground", type=float, default=0.0,
+                        help="unet: weight of the grounding loss (each object's words attend to it; 0 = off)")
     parser.add_argument("--decoder-only", action="store_true", help="vae: train the decoder alone (encoder frozen)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -61,6 +61,8 @@ class Scene:
     image: Image.Image
     keypoints: np.ndarray | None = None  # (18, 2) pixel coordinates of a stick figure, OpenPose order
     canonical: str | None = None  # the scene in the evaluation's phrasing, when the caption says all of it another way
+    objects: list = field(default_factory=list)  # shapes drawn, (colour, shape, cx, cy, side), in the caption's order
+    background: str = ""  # the background's name, where the scene has one
 
 
 # ---------------------------------------------------------------- shapes
@@ -247,7 +249,9 @@ def _shape_scene(rng: random.Random) -> Scene:
     said_size, said_place = size_word if rng.random() < 0.7 else None, place if rng.random() < 0.6 else None
     caption = shape_caption(rng, colour, shape, background, said_size, said_place)
     canonical = one_shape_caption(size_word, colour, shape, place, background) if said_size and said_place else None
-    return Scene(caption, render_shapes([(colour, shape, cx, cy, side)], background, rng), canonical=canonical)
+    drawn = [(colour, shape, cx, cy, side)]
+    return Scene(caption, render_shapes(drawn, background, rng), canonical=canonical, objects=drawn,
+                 background=background)
 
 
 TWO_PLACES = [("on the left", "on the right"), ("at the top", "at the bottom"),
@@ -268,8 +272,10 @@ def _two_shape_scene(rng: random.Random) -> Scene:
         fx, fy = PLACES[place]
         objects.append((colour, shape, fx * SIZE + rng.uniform(-4, 4), fy * SIZE + rng.uniform(-4, 4), rng.uniform(30, 44)))
     said = [(c1, s1, first), (c2, s2, second)]
+    named = list(objects)  # the drawn objects in the caption's order
     if rng.random() < 0.5:  # either object may be named first
         said.reverse()
+        named.reverse()
     if rng.random() < 0.5:
         caption = two_shape_caption(*said[0], *said[1], background)
     else:
@@ -277,7 +283,8 @@ def _two_shape_scene(rng: random.Random) -> Scene:
         caption = (f"{object_phrase(rng, ca, sa).rstrip(',')} {pa} and {object_phrase(rng, cb, sb).rstrip(',')} {pb}"
                    f" on a {background} background")
     canonical = two_shape_caption(c1, s1, first, c2, s2, second, background)
-    return Scene(caption, render_shapes(objects, background, rng), canonical=canonical)
+    return Scene(caption, render_shapes(objects, background, rng), canonical=canonical, objects=named,
+                 background=background)
 
 
 def _person_scene(rng: random.Random) -> Scene:
