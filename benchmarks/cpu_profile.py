@@ -5,6 +5,10 @@ every call), over several runs after a warm-up.
 
     python benchmarks/cpu_profile.py                 # 128 px, DPM++ 2M Karras, 25 steps, CFG 7.5, 2 threads
     python benchmarks/cpu_profile.py --write         # and put the table in BENCHMARKS.md ("CPU profile")
+    python benchmarks/cpu_profile.py --compile --write   # the same with --compile ("CPU profile, compiled")
+
+With --compile, diffusers' pipeline beside it is its own, loaded afresh from the model's folder and run eagerly
+(the compiled modules are ours alone).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import diffusers  # noqa: E402
 
 from playground import schedulers  # noqa: E402
 from playground.engine import Engine  # noqa: E402
-from playground.loading import load_model  # noqa: E402
+from playground.loading import compile_model, load_model  # noqa: E402
 from playground.requests import GenerateRequest  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 from sections import write_section  # noqa: E402
@@ -62,11 +66,16 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--write", action="store_true")
+    p.add_argument("--compile", action="store_true", help="ours through --compile (inductor), warmed up first")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     settings = Settings(model="bundled", device="cpu")
     model = load_model(settings)
     engine = Engine(model, settings)
+    if a.compile:
+        reference = diffusers.StableDiffusionPipeline.from_pretrained(model.source, dtype=torch.float32)
+        compile_model(model)
+        compiled_in = engine.warm_up()
     req = GenerateRequest(prompt=PROMPT, seed=1, steps=25, cfg_scale=7.5, scheduler="DPM++ 2M Karras")
     pipe = model.pipe
 
@@ -89,7 +98,7 @@ def main() -> None:
     parts = {k: v / a.runs for k, v in bucket.items() if not k.endswith(" calls")}
     calls = {k.removesuffix(" calls"): v / a.runs for k, v in bucket.items() if k.endswith(" calls")}
 
-    reference = reference_pipeline(pipe, req.scheduler)
+    reference = reference_pipeline(reference if a.compile else pipe, req.scheduler)
     size = model.native_size
     run = lambda: reference(PROMPT, num_inference_steps=25, guidance_scale=7.5, height=size, width=size,  # noqa: E731
                             generator=torch.Generator().manual_seed(1), output_type="np")
@@ -100,25 +109,29 @@ def main() -> None:
         run()
     theirs = (time.perf_counter() - start) / a.runs
 
+    how = (f"compiled (`--compile`: inductor, static shapes, frozen weights, C++ wrapper; compiled and warmed up "
+           f"in {compiled_in:.0f} s)" if a.compile else "eager")
     rows = [f"| {name} | {1000 * t:.1f} | {100 * t / ours:.1f}% | {calls.get(name, 0):g} |"
             for name, t in sorted(parts.items(), key=lambda kv: -kv[1])]
     rest = ours - sum(parts.values())
     table = "\n".join([
         f"One offline generation ({size} px, DPM++ 2M Karras, 25 steps, CFG 7.5, previews on as in the Prompt "
-        f"tab), {a.threads} threads, mean of {a.runs} runs after a warm-up (`python benchmarks/cpu_profile.py`):",
+        f"tab), {a.threads} threads, ours {how}, mean of {a.runs} runs after a warm-up "
+        f"(`python benchmarks/cpu_profile.py{' --compile' if a.compile else ''}`):",
         "",
         "| part | ms a generation | share | calls |",
         "|---|---|---|---|",
         *rows,
         f"| the rest (our loop's Python, copies, the framework) | {1000 * rest:.1f} | {100 * rest / ours:.1f}% | |",
         f"| **ours, in all** | **{1000 * ours:.1f}** | 100% | |",
-        f"| diffusers' StableDiffusionPipeline, same model and settings (no previews) | {1000 * theirs:.1f} | "
-        f"{ours / theirs:.2f}x ours | |",
+        f"| diffusers' StableDiffusionPipeline, same model and settings (no previews, eager) | {1000 * theirs:.1f} | "
+        f"ours = {ours / theirs:.2f}x this | |",
     ])
     print(table)
     if a.write:
-        write_section(ROOT / "BENCHMARKS.md", "cpu-profile", "## CPU profile: where one offline generation's time goes",
-                      table)
+        key, title = (("cpu-profile-compiled", "## CPU profile, compiled: the exact path through --compile") if a.compile
+                      else ("cpu-profile", "## CPU profile: where one offline generation's time goes"))
+        write_section(ROOT / "BENCHMARKS.md", key, title, table)
 
 
 if __name__ == "__main__":

@@ -220,11 +220,22 @@ def load_pose_detector(source: str, device: torch.device, download: bool = True)
 
 
 def compile_model(model: LoadedModel, backend: str = "inductor") -> None:
-    """torch.compile the denoiser and the VAE decoder in place (dynamic shapes: fewer recompiles)."""
+    """torch.compile the denoiser and the VAE decoder in place.
+
+    On a GPU with dynamic shapes (fewer recompiles). On a CPU with inductor, the way inference runs fastest there
+    (one U-Net call of the offline model on the CFG batch, 2 cores: 27.7 ms eager, 23.6 ms dynamic, 19.8 ms so):
+    static shapes, the weights frozen into the graph as constants (oneDNN packs them once) and a C++ wrapper
+    around the kernels instead of Python's; each new size or batch compiles once (about 35 s here)."""
     pipe = model.pipe
+    cpu_inductor = backend == "inductor" and model.device.type == "cpu"
+    if cpu_inductor:
+        import torch._inductor.config as inductor  # noqa: PLC0415 (1 s to import: only where it compiles)
+
+        inductor.freezing, inductor.cpp_wrapper = True, True
+    dynamic = False if cpu_inductor else True
     name = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
-    setattr(pipe, name, torch.compile(getattr(pipe, name), backend=backend, dynamic=True))
-    pipe.vae.decoder = torch.compile(pipe.vae.decoder, backend=backend, dynamic=True)
+    setattr(pipe, name, torch.compile(getattr(pipe, name), backend=backend, dynamic=dynamic))
+    pipe.vae.decoder = torch.compile(pipe.vae.decoder, backend=backend, dynamic=dynamic)
     model.compiled = backend
 
 

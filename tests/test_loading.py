@@ -141,3 +141,22 @@ def test_compile_flag_wires_through_and_changes_nothing(tiny_dir):
     a, b = plain.generate(req).images, compiled.generate(req).images
     assert all(abs(x.array - y.array).max() <= 1e-5 for x, y in zip(a, b))
     assert compiled.generate(GenerateRequest(prompt="x", seed=1, steps=2, width=72)).images[0].image.size == (72, 64)
+
+
+def test_compile_on_a_cpu_freezes_the_weights_into_static_graphs(tiny_dir, monkeypatch):
+    """Inductor on a CPU: static shapes, frozen weights, the C++ wrapper (measured fastest there, BENCHMARKS.md);
+    any other backend or device keeps dynamic shapes and leaves inductor's settings alone. torch.compile is lazy,
+    so nothing is compiled here: only what compile_model asks for."""
+    import torch._inductor.config as inductor
+
+    monkeypatch.setattr(inductor, "freezing", False)
+    monkeypatch.setattr(inductor, "cpp_wrapper", False)
+    asked = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: asked.append(kw) or module)
+    from playground.loading import compile_model
+
+    compile_model(load_model(tiny_settings(tiny_dir)), "eager")
+    assert asked == [{"backend": "eager", "dynamic": True}] * 2 and not inductor.freezing and not inductor.cpp_wrapper
+    asked.clear()
+    compile_model(load_model(tiny_settings(tiny_dir)), "inductor")
+    assert asked == [{"backend": "inductor", "dynamic": False}] * 2 and inductor.freezing and inductor.cpp_wrapper
