@@ -43,6 +43,7 @@ class LoadedModel:
     compiled: str = ""  # the torch.compile backend, when --compile is on
     description: str = ""  # what the model knows, from the offline model's marker
     examples: tuple[str, ...] = ()  # prompts it understands, from the marker (the UI's gr.Examples)
+    attention_example: str = ""  # the inspector's first prompt, from the marker: each object's words light that object
     vocabulary: frozenset[str] = frozenset()  # every word its captions used, from the marker (empty: any word)
     offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
     refiner: object = None  # SDXL's refiner (a StableDiffusionXLImg2ImgPipeline on the base's encoder and VAE)
@@ -152,6 +153,7 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
                        trained=bool(marker.get("trained", True)), device=device, dtype=dtype,
                        description=marker.get("description", "") if marker.get("trained") else "",
                        examples=tuple(marker.get("examples", ())), offline=bool(marker),
+                       attention_example=marker.get("attention_example", "") if marker.get("trained") else "",
                        vocabulary=frozenset(marker.get("vocabulary", ()) if marker.get("trained") else ()),
                        t5_tokens=marker.get("t5_tokens"))
 

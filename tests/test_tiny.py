@@ -253,6 +253,7 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     settings = settings_mod.Settings(model=str(out), device="cpu", safety_checker=False)
     model = load_model(settings)
     assert model.trained and model.name == "playground-offline" and model.native_size == 128
+    assert model.attention_example == train.ATTENTION_EXAMPLE and train.ATTENTION_EXAMPLE in model.examples
     assert model.pipe.vae.config.scaling_factor == pytest.approx(state["scale"], rel=1e-3)
     engine = Engine(model, settings)
     image = engine.generate(GenerateRequest(prompt="a red circle", seed=1, steps=2, scheduler="DDIM")).images[0]

@@ -197,3 +197,17 @@ def test_the_token_legend_names_t5_only_for_a_model_with_t5(app):
         inspector_tab.attention_part.section(refuse, gr.State(None), joint=True)
     chips = next(b for b in sd3.blocks.values() if isinstance(b, gr.HighlightedText))
     assert {"T5 token", "T5: cut off (past its window)"} <= set(chips.color_map)
+
+
+def test_the_inspector_starts_with_the_models_attention_example():
+    """#25: the offline model names a two-object prompt for the inspector (each colour word lighting its own
+    object); every other tab starts with its first example, and a model that names none changes nothing."""
+    two = "a red circle on the left and a blue square on the right on a white background"
+
+    def prompts(model):
+        demo = build_app(fake_engine(model), Settings())
+        return [b.value for b in demo.blocks.values() if isinstance(b, gr.Textbox) and b.label == "Prompt"]
+
+    named = prompts(fake_model(examples=("a red square", two), attention_example=two))
+    assert named.count(two) == 1 and set(named) == {"a red square", two} and len(named) >= 4
+    assert set(prompts(fake_model(examples=("a red square", two)))) == {"a red square"}

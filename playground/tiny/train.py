@@ -42,6 +42,8 @@ CFG_DROPOUT = 0.1  # the empty caption this often, so one model is both conditio
 SEED_STRIDE = {"vae": 0, "unet": 10_000_000, "canny": 20_000_000, "openpose": 30_000_000}
 
 ARCH = OFFLINE  # the sizes of every component (playground/tiny/arch.py)
+# the inspector's first prompt: two objects, so that clicking a colour word shows it lighting its own object
+ATTENTION_EXAMPLE = "a red circle on the left and a blue square on the right on a white background"
 
 
 # ---------------------------------------------------------------- models
@@ -448,7 +450,9 @@ def export(args) -> None:
             "a large yellow triangle on the right on a gray background",
             "a large orange cross at the bottom left on a black background",
             "a green person with arms raised on a white background",
+            ATTENTION_EXAMPLE,
         ],
+        "attention_example": ATTENTION_EXAMPLE,
     }
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

@@ -61,7 +61,7 @@ def facts(engine: Engine) -> ModelFacts:
     model, limits = engine.model, engine.limits
     own_nets = any(Path(model.source, f"controlnet-{kind}").is_dir() for kind in CONTROLNETS)
     return ModelFacts(model.name, engine.native_size, tuple(limits.schedulers), limits.flow, limits.refiner,
-                      limits.channels, tuple(examples(model)), model.vocabulary,
+                      limits.channels, tuple(examples(model)), model.attention_example, model.vocabulary,
                       controlnets=own_nets or not model.offline, label=model_label(model, limits.flow))
 
 

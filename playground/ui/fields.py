@@ -45,6 +45,7 @@ class ModelFacts:
     refiner: bool = False  # an SDXL refiner is loaded beside it
     channels: int = 4  # its latent channels
     examples: tuple[str, ...] = ()
+    attention_example: str = ""  # the prompt the inspector starts with, where the model names one
     vocabulary: frozenset[str] = frozenset()  # the words it knows, when it lists them (the offline models do)
     controlnets: bool = True  # it has (or may load) ControlNets: an offline model only those in its folder
     label: str = ""  # the Model menu's words for it
@@ -78,10 +79,11 @@ class Fields:
                  vocabulary: frozenset[str] = frozenset(), flow: bool = False, refiner: bool = False,
                  channels: int = 4, models: list[ModelFacts] = ()):
         self.models = list(models) or [ModelFacts("", native_size, tuple(scheduler_names), flow, refiner, channels,
-                                                  tuple(examples), vocabulary)]
+                                                  tuple(examples), vocabulary=vocabulary)]
         first = self.models[0]
         self.settings, self.native_size = settings, first.native_size
         self.scheduler_names, self.examples = list(first.schedulers), list(first.examples)
+        self.attention_example = first.attention_example
         self.vocabulary = first.vocabulary  # the words the model knows, when it lists them (the offline model does)
         self.flow = first.flow  # a flow-matching model (SD3): its schedulers take a shift
         self.refiner = first.refiner  # an SDXL refiner is loaded: the last steps can be handed to it
@@ -126,10 +128,10 @@ class Fields:
         # the user's choice only: a restored PNG sets the model and the whole form at once (prompt.py)
         model.input(on_model, [model, scheduler or model, *size], outputs, api_visibility="private", queue=False)
 
-    def prompt(self, lines: int = 2, examples: bool = True) -> gr.Textbox:
-        """The prompt box, starting with the model's first example: an empty prompt draws the unconditional
-        picture (what CFG pushes away from), which is no way to start."""
-        box = gr.Textbox(label="Prompt", lines=lines, value=self.examples[0] if self.examples else "",
+    def prompt(self, lines: int = 2, examples: bool = True, first: str = "") -> gr.Textbox:
+        """The prompt box, starting with `first` or the model's first example: an empty prompt draws the
+        unconditional picture (what CFG pushes away from), which is no way to start."""
+        box = gr.Textbox(label="Prompt", lines=lines, value=first or (self.examples[0] if self.examples else ""),
                          placeholder="describe the picture (empty: the model's unconditional picture)")
         if examples and self.examples:
             gr.Examples([[e] for e in self.examples], inputs=[box], label="Prompts this model knows")
@@ -181,11 +183,11 @@ class Fields:
     def num_images(self) -> gr.Slider:
         return gr.Slider(1, self.settings.max_images, value=DEFAULTS.num_images, step=1, label="Images")
 
-    def form(self, lines: int = 2) -> Form:
-        """The whole form in the usual order: the model (when there is a choice), prompt, negative prompt,
-        scheduler and steps, CFG and seed, width and height."""
+    def form(self, lines: int = 2, first: str = "") -> Form:
+        """The whole form in the usual order: the model (when there is a choice), prompt (starting with `first`
+        where given), negative prompt, scheduler and steps, CFG and seed, width and height."""
         model = self.model()
-        prompt, negative = self.prompt(lines), self.negative_prompt()
+        prompt, negative = self.prompt(lines, first=first), self.negative_prompt()
         with gr.Row():
             scheduler, steps = self.scheduler("Scheduler"), self.steps()
         with gr.Row():

@@ -88,7 +88,7 @@ def build(
                     "model works on, what it currently believes the clean image is, and how much noise is left.")
         with gr.Row():
             with gr.Column(scale=5):
-                form = fields.form()
+                form = fields.form(first=fields.attention_example)  # two objects, each word lighting its own
                 refiner_box = fields.refiner_start()
                 attention_box = gr.Radio([a.label for a in ATTENTION_OF.values()], value=ATTENTION_OF["prompt"].label,
                                          label="Attention maps of")
