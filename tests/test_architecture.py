@@ -19,7 +19,7 @@ LAYERS = [
     ["control"],
     ["requests"],
     ["attention", "views", "anatomy", "outputs"],
-    ["families"],
+    ["families", "tiny.grounding"],
     ["sampling", "loading"],
     ["annotators"],
     ["engine", "tiny.train", "tiny.untrained"],

@@ -6,6 +6,7 @@ The README's screenshots come from these runs:  PLAYGROUND_SCREENSHOTS=docs pyth
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -179,7 +180,9 @@ def test_grid_tab(page, shots):
 
 def test_inspector_tab(page, shots):
     page.get_by_role("tab", name="Latent inspector").click()
-    visible(page.get_by_label("Prompt", exact=True)).fill("a large red square at the top left on a black background")
+    # it starts with the offline model's attention example: two objects, each colour word lighting its own (#25)
+    two = json.loads((ASSETS / "offline-model" / "playground.json").read_text())["attention_example"]
+    expect(visible(page.get_by_label("Prompt", exact=True))).to_have_value(two)
     page.get_by_role("button", name="Generate and record").click()
     page.get_by_text("Recorded 25 model evaluations").wait_for(timeout=60_000)
     step = page.get_by_label("number input for Step (drag to scrub the trajectory)")
@@ -197,12 +200,15 @@ def test_inspector_tab(page, shots):
     heading = page.get_by_role("heading", name="Which word paints where")
     heading.scroll_into_view_if_needed()
     assert visible(page.get_by_text("<start>")).is_visible() and visible(page.get_by_text("<end>")).is_visible()
-    page.get_by_role("radio", name="square", exact=True).click()
-    page.get_by_text("“square” (prompt) gets").wait_for(timeout=30_000)
     page.get_by_role("radio", name="8x8", exact=True).click()
     page.get_by_text("Layers: 8x8").wait_for(timeout=30_000)
+    page.get_by_role("radio", name="all", exact=True).click()
+    page.get_by_text("Layers: all").wait_for(timeout=30_000)
+    page.get_by_role("radio", name="red", exact=True).click()
+    page.get_by_text("“red” (prompt) gets").wait_for(timeout=30_000)
     strip = page.locator(".block", has=page.get_by_text("every token, summed over all steps")).last
-    assert strip.get_by_text("square ·").count() == 1 and strip.get_by_text("<start> ·").count() == 1
+    assert all(strip.get_by_text(f"{word} ·").count() == 1 for word in ("red", "circle", "blue", "<start>"))
+    assert strip.get_by_text("square ·").count() == 1
     page.mouse.wheel(0, 600)
     settle(page)
     top = heading.bounding_box()["y"] + page.evaluate("window.scrollY") - 10
