@@ -43,7 +43,7 @@ SEED_STRIDE = {"vae": 0, "unet": 10_000_000, "canny": 20_000_000, "openpose": 30
 
 ARCH = OFFLINE  # the sizes of every component (playground/tiny/arch.py)
 # the inspector's first prompt: two objects, so that clicking a colour word shows it lighting its own object
-ATTENTION_EXAMPLE = "a red circle on the left and a blue square on the right on a white background"
+ATTENTION_EXAMPLE = "a red square on the left and a blue circle on the right on a black background"
 
 
 # ---------------------------------------------------------------- models
