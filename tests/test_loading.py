@@ -11,7 +11,7 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from transformers import CLIPConfig, CLIPImageProcessor
 
 from playground.engine import Engine
-from playground.loading import load_model
+from playground.loading import compile_model, load_model
 from playground.requests import GenerateRequest
 from playground.settings import BUNDLED_MODEL
 from playground.ui import banner
@@ -153,8 +153,6 @@ def test_compile_on_a_cpu_freezes_the_weights_into_static_graphs(tiny_dir, monke
     monkeypatch.setattr(inductor, "cpp_wrapper", False)
     asked = []
     monkeypatch.setattr(torch, "compile", lambda module, **kw: asked.append(kw) or module)
-    from playground.loading import compile_model
-
     compile_model(load_model(tiny_settings(tiny_dir)), "eager")
     assert asked == [{"backend": "eager", "dynamic": True}] * 2 and not inductor.freezing and not inductor.cpp_wrapper
     asked.clear()
