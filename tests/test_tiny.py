@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -75,6 +77,32 @@ def test_training_never_sees_an_evaluation_prompt():
         assert world.held_out(world.one_shape_caption(**{k: p[k] for k in ("size", "colour", "shape", "place",
                                                                               "background")}))
         assert all(w in caption for w in (p["colour"], p["shape"], p["place"], p["background"]))
+
+
+def test_the_training_mix_sets_the_share_of_each_kind_of_scene():
+    def kinds(mix):
+        scenes = [world.sample(seed, mix=mix) for seed in range(400)]
+        return Counter("person" if s.keypoints is not None else "two" if len(s.objects) == 2 else "shape"
+                       for s in scenes)
+
+    default = kinds(None)
+    assert 0.38 < default["shape"] / 400 < 0.52 and 0.24 < default["two"] / 400 < 0.36
+    shifted = kinds(train.mix_shares("0.35,0.5,0.15"))
+    assert 0.43 < shifted["two"] / 400 < 0.57 and 0.1 < shifted["person"] / 400 < 0.2
+    assert kinds(train.mix_shares("0,1,0")) == {"two": 400}
+    with pytest.raises(argparse.ArgumentTypeError, match="'0.5,0.5'"):
+        train.mix_shares("0.5,0.5")
+
+
+def test_the_round_trip_ceiling_finds_each_drawn_object_where_it_was_drawn():
+    from playground.tiny.evaluate import drawn_again
+    scenes = [world.sample(seed, "two") for seed in range(30)]
+    found = [analyse.analyse(s.image).objects for s in scenes]  # a perfect round trip: the world's own renders
+    assert all(drawn_again(f, obj) for f, s in zip(found, scenes) for obj in s.objects)
+    colour, shape, cx, cy, side = scenes[0].objects[0]
+    assert not drawn_again(found[0], (colour, shape, cx + 40, cy, side))  # somewhere else
+    other = next(s for s in world.SHAPES if s != shape)
+    assert not drawn_again(found[0], (colour, other, cx, cy, side))  # another shape
 
 
 def test_captions_put_the_colour_before_and_after_the_shape():
@@ -270,7 +298,8 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
 
     # the evaluation runs the same way on any exported model, and reports every target
     from playground.tiny import evaluate
-    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1, n_two=2, n_people=2, n_focus=2)
+    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1, n_two=2, n_people=2, n_focus=2, n_round_trip=2)
+    assert result["round_trip_one"] in (0, 0.5, 1) and result["round_trip_two"] in (0, 0.5, 1)
     for cfg in ("cfg7.5", "cfg1.0"):  # shares of the 2 prompts, and "both" right only where each one is
         scores = result[cfg]
         assert all(scores[k] * 2 in (0, 1, 2) for k in ("colour", "shape", "both", "place", "background", "size"))

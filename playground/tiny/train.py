@@ -71,9 +71,9 @@ def to_tensor(images) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1
 
 
-def batch(stage: str, step: int, size: int, kind: str | None = None):
+def batch(stage: str, step: int, size: int, kind: str | None = None, mix: dict[str, float] | None = None):
     first = SEED_STRIDE[stage] + step * size
-    return [world.sample(first + i, kind) for i in range(size)]
+    return [world.sample(first + i, kind, mix) for i in range(size)]
 
 
 def control_map(stage: str, scene: world.Scene):
@@ -215,7 +215,7 @@ def train_vae(args) -> None:
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
     gen = torch.Generator().manual_seed(step)
     while budget.more(done):
-        x = to_tensor(s.image for s in batch("vae", step, args.batch))
+        x = to_tensor(s.image for s in batch("vae", step, args.batch, mix=args.mix))
         x, weight = object_crops(x, gen)
         x, weight = x.to(args.device), weight.to(args.device)
         posterior = vae.encode(x).latent_dist
@@ -320,7 +320,7 @@ def train_unet(args) -> None:
     gen = torch.Generator().manual_seed(SEED_STRIDE["unet"] + step * ranks.size + ranks.rank)
     capture = grounding.Capture(unet if args.ground else None)
     while ranks.agree(budget.more(done)):
-        scenes = batch("unet", step * ranks.size + ranks.rank, args.batch)
+        scenes = batch("unet", step * ranks.size + ranks.rank, args.batch, mix=args.mix)
         with torch.no_grad():
             latents = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
         captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
@@ -478,6 +478,17 @@ def import_model(args) -> None:
     print(f"imported {src} into {args.run}: steps {steps}")
 
 
+def mix_shares(text: str) -> dict[str, float]:
+    """`--mix 0.35,0.5,0.15` -> the shares of one-shape, two-shape and person scenes."""
+    try:
+        shares = [float(x) for x in text.split(",")]
+    except ValueError:
+        shares = []
+    if len(shares) != 3 or min(shares) < 0 or sum(shares) <= 0:
+        raise argparse.ArgumentTypeError(f"--mix takes three shares, such as 0.35,0.5,0.15; got {text!r}")
+    return dict(zip(("shape", "two", "person"), shares))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("stage", choices=["vae", "unet", *CONTROLNETS, "export", "import"])
@@ -494,6 +505,8 @@ def main(argv=None) -> None:
                         help="unet, ControlNets: the share of timesteps drawn from the noisiest 15%% (default 0: uniform)")
     parser.add_argument("--ground", type=float, default=0.0,
                         help="unet: weight of the grounding loss (each object's words attend to it; 0 = off)")
+    parser.add_argument("--mix", type=mix_shares, default=None, metavar="SHAPE,TWO,PERSON",
+                        help="vae, unet: the shares of one-shape, two-shape and person scenes (default 0.45,0.3,0.25)")
     parser.add_argument("--decoder-only", action="store_true", help="vae: train the decoder alone (encoder frozen)")
     args = parser.parse_args(argv)
     if args.threads:

@@ -301,13 +301,18 @@ def _person_scene(rng: random.Random) -> Scene:
     return Scene(caption, img.resize((SIZE, SIZE), Image.LANCZOS), keypoints)
 
 
-def sample(seed: int, kind: str | None = None) -> Scene:
-    """The scene of `seed`: one shape 45%, two shapes 30%, people 25%; never a held-out scene (a caption
-    that says all an evaluation prompt says, in any phrasing, is held out as that prompt is)."""
+MIX = {"shape": 0.45, "two": 0.30, "person": 0.25}  # the share of each kind of scene
+
+
+def sample(seed: int, kind: str | None = None, mix: dict[str, float] | None = None) -> Scene:
+    """The scene of `seed`: by default one shape 45%, two shapes 30%, people 25% (`mix` changes the shares);
+    never a held-out scene (a caption that says all an evaluation prompt says, in any phrasing, is held out
+    as that prompt is)."""
+    mix = mix or MIX
     rng = random.Random(seed)
     while True:
-        roll = rng.random()
-        pick = kind or ("person" if roll < 0.25 else "two" if roll < 0.55 else "shape")
+        roll = rng.random() * sum(mix.values())
+        pick = kind or ("person" if roll < mix["person"] else "two" if roll < mix["person"] + mix["two"] else "shape")
         scene = {"shape": _shape_scene, "two": _two_shape_scene, "person": _person_scene}[pick](rng)
         if not held_out(scene.canonical or scene.caption) and not held_out(scene.caption):
             return scene
