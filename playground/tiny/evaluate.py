@@ -11,6 +11,8 @@ metric beside its target:
 - the analyser's own accuracy on ground-truth renders (colour, shape, background, place, size, pose);
 - one-shape prompts at CFG 7.5: colour, shape, place (of 9), background, size; colour at CFG 1.0;
 - two-shape prompts: both objects right (colour, shape, and on the side the caption says);
+- the VAE's ceiling: world scenes through the inspector's VAE round trip, read back the same way (a picture the
+  decoder cannot draw, the model cannot either);
 - person prompts: the figure's colour and pose;
 - Canny ControlNet: edge F1 (2 px) between the map and the output's edges, and whether the drawn
   object's centre is within 8 px of the map's;
@@ -94,6 +96,25 @@ def score_two_shapes(engine: Engine, prompts: list[dict], cfg: float = 7.5) -> f
         right += all(any(f.colour == c and f.shape == s and on_side(f, place) for f in found)
                      for c, s, place in p["objects"])
     return right / len(prompts)
+
+
+def drawn_again(found: list[analyse.Found], obj: tuple, within: float = 20.0) -> bool:
+    """Whether a scene's object (colour, shape, cx, cy, side) is found again: same colour and shape, centred within
+    `within` pixels of where the world drew it."""
+    colour, shape, cx, cy, _ = obj
+    return any(f.colour == colour and f.shape == shape and abs(f.centre[0] - cx) < within
+               and abs(f.centre[1] - cy) < within for f in found)
+
+
+def score_round_trip(engine: Engine, n: int, seed: int = 920_000_000) -> dict:
+    """The VAE's ceiling: the share of `n` one-shape and of `n` two-shape world scenes whose objects are all found
+    again after the inspector's round trip (encode, decode)."""
+    out = {}
+    for kind in ("shape", "two"):
+        scenes = [world.sample(seed + i, kind) for i in range(n)]
+        found = [analyse.analyse(engine.roundtrip(s.image).reconstruction).objects for s in scenes]
+        out[kind] = mean(all(drawn_again(f, obj) for obj in s.objects) for f, s in zip(found, scenes))
+    return out
 
 
 def score_people(engine: Engine, prompts: list[dict]) -> dict:
@@ -190,7 +211,7 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
 
 
 def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 60, n_people: int = 48,
-             n_analyser: int = 600, device: str = "auto", n_focus: int = 120) -> dict:
+             n_analyser: int = 600, device: str = "auto", n_focus: int = 120, n_round_trip: int = 200) -> dict:
     started = time.monotonic()
     engine = engine_for(model, device)
     prompts = world.evaluation_prompts(n_prompts)
@@ -201,6 +222,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     two_both_1 = score_two_shapes(engine, two, cfg=1.0) if n_two else None
     focus = score_focus(engine, prompts[:n_focus]) if n_focus else {}
     two_focus = score_two_focus(engine, two[:n_focus // 2]) if n_focus else {}
+    ceiling = score_round_trip(engine, n_round_trip) if n_round_trip else {}
     canny_scores = score_canny(engine, n_control) if n_control else {}
     pose_scores = score_openpose(engine, n_control) if n_control else {}
     result = {
@@ -215,6 +237,9 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
         "two_both": two_both,
         "two_both_cfg1": two_both_1,
         "guidance": two_both - two_both_1 if n_two else None,  # what guidance adds where the prompt is hard
+        "round_trip_scenes": n_round_trip,
+        "round_trip_one": ceiling.get("shape"),
+        "round_trip_two": ceiling.get("two"),
         "focus_prompts": n_focus,
         "focus_colour": focus.get("colour"),
         "focus_shape": focus.get("shape"),
@@ -247,6 +272,9 @@ def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
         ("background right", at_7.get("background"), TARGETS["background"]),
         ("size right (of 3)", at_7.get("size"), None),
         ("two shapes: both right, each on its side", r["two_both"], TARGETS["two_both"]),
+        ("VAE round trip of one-shape world scenes: colour and shape found again", r.get("round_trip_one"), None),
+        ("VAE round trip of two-shape world scenes: both found again (the decoder's ceiling)", r.get("round_trip_two"),
+         None),
         ("person: colour right", person.get("colour"), None),
         ("person: pose right (of 6)", person.get("pose"), None),
         ("colour right at CFG 1.0", at_1.get("colour"), None),
@@ -334,6 +362,8 @@ def main() -> None:
     parser.add_argument("--analyser", type=int, default=600, help="ground-truth renders the analyser is checked on")
     parser.add_argument("--focus", type=int, default=120,
                         help="one-shape prompts whose words' attention is checked (half as many two-shape ones)")
+    parser.add_argument("--round-trip", type=int, default=200,
+                        help="world scenes of each kind (one shape, two) sent through the VAE round trip (0: skip)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present) | cuda | cpu")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--sheet", type=Path, help="only draw a labelled sample sheet (PNG) to this path")
@@ -342,7 +372,7 @@ def main() -> None:
     if args.sheet:
         return sheet(models[0], args.sheet)
     results = [evaluate(model, args.prompts, args.control, args.two, args.people, args.analyser, args.device,
-                        args.focus) for model in models]
+                        args.focus, args.round_trip) for model in models]
     print(report(*results))
     if args.json:
         args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")
