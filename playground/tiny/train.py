@@ -506,7 +506,8 @@ def main(argv=None) -> None:
     parser.add_argument("--ground", type=float, default=0.0,
                         help="unet: weight of the grounding loss (each object's words attend to it; 0 = off)")
     parser.add_argument("--mix", type=mix_shares, default=None, metavar="SHAPE,TWO,PERSON",
-                        help="vae, unet: the shares of one-shape, two-shape and person scenes (default 0.45,0.3,0.25)")
+                        help="vae, unet: the shares of one-shape, two-shape and person scenes (default "
+                        f"{','.join(f'{world.MIX[k]:g}' for k in ('shape', 'two', 'person'))})")
     parser.add_argument("--decoder-only", action="store_true", help="vae: train the decoder alone (encoder frozen)")
     args = parser.parse_args(argv)
     if args.threads:
