@@ -47,6 +47,7 @@ class LoadedModel:
     vocabulary: frozenset[str] = frozenset()  # every word its captions used, from the marker (empty: any word)
     offline: bool = False  # one of the project's own models (it has a marker): it knows only its world
     refiner: object = None  # SDXL's refiner (a StableDiffusionXLImg2ImgPipeline on the base's encoder and VAE)
+    cfg_scale: float | None = None  # the CFG the form starts at, from the marker (None: the app's default, 7.5)
     t5_tokens: int | None = None  # an SD3 trained without T5: the zero tokens in its place it learnt with (marker)
 
     @property
@@ -155,6 +156,7 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
                        examples=tuple(marker.get("examples", ())), offline=bool(marker),
                        attention_example=marker.get("attention_example", "") if marker.get("trained") else "",
                        vocabulary=frozenset(marker.get("vocabulary", ()) if marker.get("trained") else ()),
+                       cfg_scale=marker.get("cfg_scale") if marker.get("trained") else None,
                        t5_tokens=marker.get("t5_tokens"))
 
 

@@ -142,6 +142,26 @@ def test_the_form_follows_the_model_chosen(models):
     assert dict(zip(labels, follow.fn(unet, "DDIM", 96, native)))["Width"] == gr.skip()  # the user's own size stays
 
 
+def test_the_cfg_follows_the_models_recommended_guidance(models):
+    """A model whose marker names a CFG (the offline U-Net: 3) sets the slider when chosen; a CFG the user set
+    stays."""
+    from playground.ui import build_app
+
+    own = Models([Engine(dataclasses.replace(models.first.model, cfg_scale=3.0), models.first.settings),
+                  models.engines[models.names[1]]])
+    demo = build_app(own, tiny_settings("unused", cache_hours=0))
+    cfg = next(b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label.startswith("CFG scale"))
+    assert cfg.value == 3.0
+    menu = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model")
+    follow = next(f for f in follow_handlers(demo, menu) if any(o is cfg for o in f.outputs))
+    at = [o for o in follow.outputs].index(cfg)
+    unet, sd3 = own.names
+    native = own.first.native_size
+    assert follow.fn(sd3, "DDIM", native, native, 3.0)[at].value == 7.5  # the SD3's default (it names none)
+    assert follow.fn(unet, "Flow Euler", native, native, 7.5)[at].value == 3.0
+    assert follow.fn(unet, "Flow Euler", native, native, 5.0)[at] == gr.skip()  # the user's own CFG stays
+
+
 def test_a_form_with_one_setting_to_follow_gets_a_value_not_a_list(models):
     from playground.ui import build_app
 

@@ -199,6 +199,18 @@ def test_the_token_legend_names_t5_only_for_a_model_with_t5(app):
     assert {"T5 token", "T5: cut off (past its window)"} <= set(chips.color_map)
 
 
+def test_every_cfg_slider_starts_at_the_models_recommended_guidance():
+    """A model whose marker names a CFG (the offline U-Net's 3) starts every tab's CFG slider there; a model that
+    names none starts at the request's 7.5."""
+
+    def cfgs(model):
+        demo = build_app(fake_engine(model), Settings())
+        return [b.value for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label.startswith("CFG scale")]
+
+    assert len(cfgs(fake_model())) >= 4 and set(cfgs(fake_model())) == {7.5}  # Prompt, ControlNet, Grid, inspector...
+    assert set(cfgs(fake_model(cfg_scale=3.0))) == {3.0}
+
+
 def test_the_inspector_starts_with_the_models_attention_example():
     """#25: the offline model names a two-object prompt for the inspector (each colour word lighting its own
     object); every other tab starts with its first example, and a model that names none changes nothing."""

@@ -14,7 +14,7 @@ from playground.models import Models
 from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui import anatomy, cache, control, grid, inspector, prompt, sessions, walk
 from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
-from playground.ui.fields import Fields, ModelFacts
+from playground.ui.fields import DEFAULTS, Fields, ModelFacts
 
 CSS = """
 #banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
@@ -62,7 +62,8 @@ def facts(engine: Engine) -> ModelFacts:
     own_nets = any(Path(model.source, f"controlnet-{kind}").is_dir() for kind in CONTROLNETS)
     return ModelFacts(model.name, engine.native_size, tuple(limits.schedulers), limits.flow, limits.refiner,
                       limits.channels, tuple(examples(model)), model.attention_example, model.vocabulary,
-                      controlnets=own_nets or not model.offline, label=model_label(model, limits.flow))
+                      controlnets=own_nets or not model.offline, label=model_label(model, limits.flow),
+                      cfg_scale=model.cfg_scale or DEFAULTS.cfg_scale)
 
 
 def model_label(model: LoadedModel, flow: bool) -> str:

@@ -266,7 +266,7 @@ def build(
     # a mode that feeds one ControlNet picks it; the Canny thresholds show only where Canny runs
     mode_box.change(on_mode, mode_box, [net_box, low_box, high_box], api_visibility="private", queue=False,
                     show_progress="hidden")
-    fields.follow(model_box, scheduler_box, (width_box, height_box))
+    fields.follow(model_box, scheduler_box, (width_box, height_box), cfg=cfg_box)
     inputs = [*map_inputs, scale_box, start_box, end_box, prompt_box, negative_box, seed_box, steps_box, cfg_box,
               scheduler_box, width_box, height_box, images_box, *pose_inputs, model_box]
     event = heavy(run.click, on_control, inputs, [map_view, gallery, info], settings, api_name="control",

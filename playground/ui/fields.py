@@ -49,6 +49,7 @@ class ModelFacts:
     vocabulary: frozenset[str] = frozenset()  # the words it knows, when it lists them (the offline models do)
     controlnets: bool = True  # it has (or may load) ControlNets: an offline model only those in its folder
     label: str = ""  # the Model menu's words for it
+    cfg_scale: float = DEFAULTS.cfg_scale  # the CFG the form starts at: the model's own where its marker names one
 
     @property
     def default_scheduler(self) -> str:
@@ -89,6 +90,7 @@ class Fields:
         self.refiner = first.refiner  # an SDXL refiner is loaded: the last steps can be handed to it
         self.channels = first.channels  # the latent channels the inspector shows (4; SD3's 16)
         self.default_scheduler = first.default_scheduler
+        self.default_cfg = first.cfg_scale  # the model's recommended guidance (the offline U-Net's is lower than SD's)
 
     def facts(self, name: str) -> ModelFacts:
         """The facts of the model called `name` (the first model's for "" or a name not loaded)."""
@@ -107,26 +109,30 @@ class Fields:
 
     def follow(self, model: gr.Dropdown, scheduler: gr.Dropdown | None = None, size: tuple = (),
                shift: gr.Slider | None = None, skip_layer_guidance: gr.Slider | None = None,
-               refiner_start: gr.Slider | None = None) -> None:
+               refiner_start: gr.Slider | None = None, cfg: gr.Slider | None = None) -> None:
         """When the Model menu changes, the form follows the model: its schedulers (the chosen one kept where it
-        fits), its native size, and the flow and refiner settings shown only where they apply."""
+        fits), its native size and recommended CFG, and the flow and refiner settings shown only where they
+        apply."""
         if len(self.models) < 2:
             return
-        outputs = [b for b in (scheduler, *size, shift, skip_layer_guidance, refiner_start) if b is not None]
+        outputs = [b for b in (scheduler, *size, cfg, shift, skip_layer_guidance, refiner_start) if b is not None]
 
-        def on_model(name, current, *sizes):
+        def on_model(name, current, *values):
             f = self.facts(name)
+            sizes, guidance = values[:len(size)], values[len(size):]
             out = [gr.Dropdown(choices=list(f.schedulers),
                                value=current if current in f.schedulers else f.default_scheduler)] if scheduler else []
-            # a size that is another model's native one becomes this one's; a size of the user's own stays
-            natives = {m.native_size for m in self.models}
+            # a size (a CFG) that is another model's native (recommended) one becomes this one's; the user's own stays
+            natives, recommended = {m.native_size for m in self.models}, {m.cfg_scale for m in self.models}
             out += [gr.Slider(value=f.native_size) if s in natives else gr.skip() for s in sizes]
+            out += [gr.Slider(value=f.cfg_scale) if g in recommended else gr.skip() for g in guidance]
             out += [gr.Slider(visible=f.flow) for box in (shift, skip_layer_guidance) if box is not None]
             out += [gr.Slider(visible=f.refiner, value=0.0)] if refiner_start is not None else []
             return out[0] if len(out) == 1 else out  # gradio reads a list returned to one output as its value
 
         # the user's choice only: a restored PNG sets the model and the whole form at once (prompt.py)
-        model.input(on_model, [model, scheduler or model, *size], outputs, api_visibility="private", queue=False)
+        inputs = [model, scheduler or model, *size, *([cfg] if cfg is not None else [])]
+        model.input(on_model, inputs, outputs, api_visibility="private", queue=False)
 
     def prompt(self, lines: int = 2, examples: bool = True, first: str = "") -> gr.Textbox:
         """The prompt box, starting with `first` or the model's first example: an empty prompt draws the
@@ -169,7 +175,7 @@ class Fields:
 
     def cfg_scale(self, label: str = "CFG scale",
                   info: str = "1 = no guidance; higher follows the prompt harder") -> gr.Slider:
-        return gr.Slider(0, self.settings.max_cfg, value=DEFAULTS.cfg_scale, step=0.5, label=label, info=info)
+        return gr.Slider(0, self.settings.max_cfg, value=self.default_cfg, step=0.5, label=label, info=info)
 
     def seed(self, label: str = "Seed (-1 = random)", **kwargs) -> gr.Number:
         return gr.Number(value=DEFAULTS.seed, precision=0, label=label, **kwargs)
@@ -193,5 +199,5 @@ class Fields:
         with gr.Row():
             cfg, seed = self.cfg_scale(info=None), self.seed()
         width, height = self.size()
-        self.follow(model, scheduler, (width, height))
+        self.follow(model, scheduler, (width, height), cfg=cfg)
         return Form(prompt, negative, seed, steps, cfg, width, height, scheduler, model)

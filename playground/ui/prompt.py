@@ -142,7 +142,7 @@ def build(
                 f"Restored settings from the PNG (model: {p.model}, chosen in the Model menu).", f.name)
 
     # -- events -------------------------------------------------------------------------------
-    fields.follow(model_box, scheduler_box, (width_box, height_box), shift_box, slg_box, refiner_box)
+    fields.follow(model_box, scheduler_box, (width_box, height_box), shift_box, slg_box, refiner_box, cfg=cfg_box)
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box,
               shift_box, refiner_box, slg_box, model_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
