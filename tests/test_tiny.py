@@ -282,6 +282,7 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     model = load_model(settings)
     assert model.trained and model.name == "playground-offline" and model.native_size == 128
     assert model.attention_example == train.ATTENTION_EXAMPLE and train.ATTENTION_EXAMPLE in model.examples
+    assert model.cfg_scale == train.CFG_SCALE  # the forms start at the guidance the model was measured best at
     assert model.pipe.vae.config.scaling_factor == pytest.approx(state["scale"], rel=1e-3)
     engine = Engine(model, settings)
     image = engine.generate(GenerateRequest(prompt="a red circle", seed=1, steps=2, scheduler="DDIM")).images[0]
@@ -309,6 +310,12 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     two = evaluate.report(result, {**result, "model": "other"})  # one column per model
     verdicts = lambda t: len(re.findall(r"\b(?:met|NOT MET)\b", t))  # noqa: E731
     assert f"| {Path(result['model']).name} | other | target |" in two and verdicts(two) == 2 * verdicts(text) > 0
+    # beside CFG 7.5, the same prompts at the scale the app starts this model at (its marker's), without targets
+    assert result["own_cfg"] == train.CFG_SCALE and result["cfg_own"]["colour"] * 2 in (0, 1, 2)
+    assert f"at the model's own CFG {train.CFG_SCALE:g}: two shapes both right" in text
+    mixed = evaluate.report(result, {**result, "model": "none", "own_cfg": None})  # a model naming no scale
+    own_row = next(line for line in mixed.splitlines() if "own CFG" in line and "shape right" in line)
+    assert own_row.split(" | ")[2] == "n/a" and len(mixed.splitlines()) == len(text.splitlines()) + 1
 
 
 def test_a_word_lands_on_its_object_only_where_its_map_points_there():

@@ -220,6 +220,9 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     two = world.two_shape_prompts(n_two)
     two_both = score_two_shapes(engine, two) if n_two else None
     two_both_1 = score_two_shapes(engine, two, cfg=1.0) if n_two else None
+    own = engine.model.cfg_scale  # the scale the app's forms start at for this model, when its marker names one
+    at_own = score_prompts(engine, prompts, own) if n_prompts and own else None
+    two_own = score_two_shapes(engine, two, cfg=own) if n_two and own else None
     focus = score_focus(engine, prompts[:n_focus]) if n_focus else {}
     two_focus = score_two_focus(engine, two[:n_focus // 2]) if n_focus else {}
     ceiling = score_round_trip(engine, n_round_trip) if n_round_trip else {}
@@ -237,6 +240,10 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
         "two_both": two_both,
         "two_both_cfg1": two_both_1,
         "guidance": two_both - two_both_1 if n_two else None,  # what guidance adds where the prompt is hard
+        "own_cfg": own,
+        "cfg_own": at_own,
+        "two_both_own": two_own,
+        "guidance_own": two_own - two_both_1 if two_own is not None else None,
         "round_trip_scenes": n_round_trip,
         "round_trip_one": ceiling.get("shape"),
         "round_trip_two": ceiling.get("two"),
@@ -281,6 +288,7 @@ def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
         ("CFG gap (colour at 7.5 minus at 1.0)", r["cfg_gap"], None),
         ("two shapes both right at CFG 1.0", r.get("two_both_cfg1"), None),
         ("what guidance adds: two shapes both right, CFG 7.5 minus CFG 1.0", r.get("guidance"), TARGETS["guidance"]),
+        *own_rows(r),
         ("colour word's attention focus on its object (one shape)", r.get("focus_colour"), TARGETS["focus_colour"]),
         ("shape word's attention focus on its object (one shape)", r.get("focus_shape"), TARGETS["focus_shape"]),
         ("colour words' focus each on its own object (two shapes)", r.get("two_focus_colour"),
@@ -292,6 +300,19 @@ def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
         ("OpenPose ControlNet: limbs drawn (of 12)", r["pose_limbs"], TARGETS["pose_limbs"]),
         ("OpenPose ControlNet: figure pixels on the skeleton (3 px)", r.get("pose_precision"), None),
     ]
+
+
+def own_rows(r: dict) -> list[tuple[str, float | None, None]]:
+    """The same prompts at the CFG the app starts this model at (its marker's `cfg_scale`), where it names one:
+    reported beside the issue's CFG 7.5, never in its place (no targets)."""
+    own, at_own = r.get("own_cfg"), r.get("cfg_own") or {}
+    if not own:
+        return []
+    return [(f"at the model's own CFG {own:g}: {name}", at_own.get(key), None)
+            for name, key in (("colour right", "colour"), ("shape right", "shape"), ("place right", "place"),
+                              ("background right", "background"))] + [
+        (f"at the model's own CFG {own:g}: two shapes both right", r.get("two_both_own"), None),
+        (f"what guidance adds at CFG {own:g}: two shapes both right, minus CFG 1.0", r.get("guidance_own"), None)]
 
 
 def report(*results: dict) -> str:
@@ -308,15 +329,19 @@ def report(*results: dict) -> str:
     table = [rows(r) for r in results]
     lines = [*head, "", "| metric | " + " | ".join(Path(r["model"]).name for r in results) + " | target |",
              "|---|" + "---|" * len(results) + "---|"]
-    for k, (name, _, target) in enumerate(table[0]):
-        figures = " | ".join(cell(t[k][1], target) for t in table)
+    names = list(dict.fromkeys(name for t in table for name, _, _ in t))  # a row a model lacks reads n/a
+    targets = {name: target for t in table for name, _, target in t}
+    for name in names:
+        target = targets[name]
+        figures = " | ".join(cell(dict((n, v) for n, v, _ in t).get(name), target) for t in table)
         lines.append(f"| {name} | {figures} | {'-' if target is None else f'>= {target:.0%}'} |")
     return "\n".join(lines)
 
 
 def sheet(model: str, path: Path, per_row: int = 6) -> None:
-    """A labelled contact sheet of what the model draws: held-out prompts at CFG 7.5 and 1.0, then
-    both ControlNets (map, result). For the README: `--sheet docs/offline-samples.png`."""
+    """A labelled contact sheet of what the model draws: held-out prompts at CFG 7.5 and 1.0, two-shape ones at
+    the model's own CFG and at 7.5 (where its marker names a scale), then both ControlNets (map, result). For the
+    README: `--sheet docs/offline-samples.png`."""
     from PIL import Image, ImageDraw
 
     engine = engine_for(model)
@@ -329,6 +354,12 @@ def sheet(model: str, path: Path, per_row: int = 6) -> None:
         img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25, cfg_scale=1.0,
                                               scheduler=sampler(engine))).images[0].image
         cells.append((img, "same prompt, CFG 1.0"))
+    own = engine.model.cfg_scale  # two-shape prompts at the model's own scale, then at 7.5: what too much guidance does
+    for cfg in (own, 7.5) if own else ():
+        for i, p in enumerate(world.two_shape_prompts(per_row)):
+            img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25, cfg_scale=cfg,
+                                                  scheduler=sampler(engine))).images[0].image
+            cells.append((img, f"{p['prompt']} (CFG {cfg:g})" if cfg == own else f"same, CFG {cfg:g}"))
     for kind, scenes in (("canny", control_scenes("canny", per_row // 2, 900_000_000)),
                          ("openpose", control_scenes("openpose", per_row // 2, 910_000_000))):
         for i, scene in enumerate(scenes):

@@ -44,6 +44,8 @@ SEED_STRIDE = {"vae": 0, "unet": 10_000_000, "canny": 20_000_000, "openpose": 30
 ARCH = OFFLINE  # the sizes of every component (playground/tiny/arch.py)
 # the inspector's first prompt: two objects, so that clicking a colour word shows it lighting its own object
 ATTENTION_EXAMPLE = "a red square on the left and a blue circle on the right on a black background"
+# the CFG the app's forms start at for this model (its marker): measured on held-out prompts (README, #25)
+CFG_SCALE = 3.0
 
 
 # ---------------------------------------------------------------- models
@@ -323,7 +325,7 @@ def train_unet(args) -> None:
         scenes = batch("unet", step * ranks.size + ranks.rank, args.batch, mix=args.mix)
         with torch.no_grad():
             latents = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
-        captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
+        captions = ["" if torch.rand((), generator=gen) < args.caption_dropout else s.caption for s in scenes]
         noise = torch.randn(latents.shape, generator=gen).to(args.device)
         t = timesteps(noise_sched.config.num_train_timesteps, len(scenes), args.noisy_share, gen).to(args.device)
         noisy = noise_sched.add_noise(latents, noise, t)
@@ -453,6 +455,7 @@ def export(args) -> None:
             ATTENTION_EXAMPLE,
         ],
         "attention_example": ATTENTION_EXAMPLE,
+        "cfg_scale": CFG_SCALE,
     }
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
@@ -508,6 +511,9 @@ def main(argv=None) -> None:
     parser.add_argument("--mix", type=mix_shares, default=None, metavar="SHAPE,TWO,PERSON",
                         help="vae, unet: the shares of one-shape, two-shape and person scenes (default "
                         f"{','.join(f'{world.MIX[k]:g}' for k in ('shape', 'two', 'person'))})")
+    parser.add_argument("--caption-dropout", type=float, default=CFG_DROPOUT,
+                        help="unet: the share of empty captions, the unconditional half of classifier-free guidance "
+                        f"(default {CFG_DROPOUT:g})")
     parser.add_argument("--decoder-only", action="store_true", help="vae: train the decoder alone (encoder frozen)")
     args = parser.parse_args(argv)
     if args.threads:
