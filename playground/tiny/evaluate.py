@@ -359,7 +359,7 @@ def sheet(model: str, path: Path, per_row: int = 6) -> None:
         for i, p in enumerate(world.two_shape_prompts(per_row)):
             img = engine.generate(GenerateRequest(prompt=p["prompt"], seed=i, steps=25, cfg_scale=cfg,
                                                   scheduler=sampler(engine))).images[0].image
-            cells.append((img, f"{p['prompt']} (CFG {cfg:g})" if cfg == own else f"same, CFG {cfg:g}"))
+            cells.append((img, f"CFG {cfg:g}: {p['prompt']}" if cfg == own else f"same prompt, CFG {cfg:g}"))
     for kind, scenes in (("canny", control_scenes("canny", per_row // 2, 900_000_000)),
                          ("openpose", control_scenes("openpose", per_row // 2, 910_000_000))):
         for i, scene in enumerate(scenes):
@@ -371,7 +371,8 @@ def sheet(model: str, path: Path, per_row: int = 6) -> None:
             except ControlNetUnavailable:  # a model without this ControlNet (the MMDiT has none yet)
                 break
             cells += [(cmap, f"{kind} map"), (out, prompt)]
-    w, h = 128 + 8, 128 + 50
+    lines = max(len(textwrap.fill(text, 21).splitlines()) for _, text in cells)  # the longest label, whole
+    w, h = 128 + 8, 128 + 10 + 12 * lines
     rows = (len(cells) + per_row - 1) // per_row
     canvas = Image.new("RGB", (per_row * w + 8, rows * h + 8), "white")
     draw = ImageDraw.Draw(canvas)
