@@ -480,11 +480,15 @@ def test_both_offline_models_side_by_side(browser, both_url, shots):
     page.goto(both_url)
     banner = page.locator("#banner").inner_text()
     assert "Models: playground-offline and playground-offline-mmdit" in banner
-    # the Prompt tab on the MMDiT: the form follows it (flow schedulers and shift), the PNG names it
+    # the Prompt tab on the MMDiT: the form follows it (flow schedulers and shift, the CFG the U-Net model's
+    # playground.json set going back to the default), the PNG names it
+    cfg = visible(page.get_by_label("number input for CFG scale"))
+    expect(cfg).to_have_value("3")
     menu = visible(page.get_by_label("Model", exact=True))
     menu.click()
     page.get_by_role("option", name="playground-offline-mmdit (MMDiT, rectified flow)").click()
     expect(visible(page.get_by_label("Scheduler (sampler)"))).to_have_value("Flow Euler")
+    expect(cfg).to_have_value("7.5")
     assert visible(page.get_by_label("Flow shift (0 = the model's own)")).is_visible()
     page.get_by_text("(each of its 2 CLIP text encoders)").first.wait_for()
     page.get_by_role("button", name="Generate", exact=True).first.click()
