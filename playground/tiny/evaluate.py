@@ -329,11 +329,10 @@ def report(*results: dict) -> str:
     table = [rows(r) for r in results]
     lines = [*head, "", "| metric | " + " | ".join(Path(r["model"]).name for r in results) + " | target |",
              "|---|" + "---|" * len(results) + "---|"]
-    names = list(dict.fromkeys(name for t in table for name, _, _ in t))  # a row a model lacks reads n/a
-    targets = {name: target for t in table for name, _, target in t}
-    for name in names:
-        target = targets[name]
-        figures = " | ".join(cell(dict((n, v) for n, v, _ in t).get(name), target) for t in table)
+    targets = {name: target for t in table for name, _, target in t}  # every row in order; one a model lacks: n/a
+    figures_of = [{name: value for name, value, _ in t} for t in table]
+    for name, target in targets.items():
+        figures = " | ".join(cell(f.get(name), target) for f in figures_of)
         lines.append(f"| {name} | {figures} | {'-' if target is None else f'>= {target:.0%}'} |")
     return "\n".join(lines)
 
