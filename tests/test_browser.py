@@ -98,6 +98,7 @@ def settle(page, timeout: int = 20_000) -> None:
     for close in page.locator(".toast-close").all():  # earlier errors: a screenshot shows the page itself
         if close.is_visible():
             close.click()
+            close.wait_for(state="hidden", timeout=5_000)  # its fade-out done: no half-faded toast on a cell
 
 
 def test_prompt_tab(page, shots):
