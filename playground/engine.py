@@ -71,14 +71,15 @@ def job_for(req: GenerateRequest, seeds: list[int], guidance: list[float] | None
                generators=[torch.Generator("cpu").manual_seed(s) for s in seeds], steps=req.steps,
                height=req.height, width=req.width, control=control, shift=req.shift or None,
                end=req.refiner_start or 1.0, skip_layers=tuple(req.skip_layers),
-               skip_scale=req.skip_layer_guidance or 2.8)
+               skip_scale=req.skip_layer_guidance or 2.8, cfg_stop=req.cfg_stop)
 
 
 def params_for(model: str, req: GenerateRequest, **changes) -> Params:
     """The settings of one image made for `req` (its own seed, a grid cell's scale), as its PNG carries them."""
     p = Params(prompt=req.prompt, negative_prompt=req.negative_prompt, steps=req.steps, sampler=req.scheduler,
                cfg_scale=req.cfg_scale, seed=req.seed, width=req.width, height=req.height, model=model,
-               shift=req.shift, refiner_start=req.refiner_start, skip_layer_guidance=req.skip_layer_guidance)
+               shift=req.shift, refiner_start=req.refiner_start, skip_layer_guidance=req.skip_layer_guidance,
+               cfg_stop=req.cfg_stop)
     return replace(p, **changes)
 
 
@@ -153,19 +154,20 @@ def scales_row(run: Callable, model: str, row: GenerateRequest, scales: list[flo
 
 
 def passes_row(run: Callable, model: str, row: GenerateRequest, axis, values: list[float],
-               reference: int | None, progress: tuple, cancel: threading.Event | None
+               reference: float | None, progress: tuple, cancel: threading.Event | None
                ) -> tuple[list[GridCell], list[float]]:
     """One pass per column (an unbatched axis: see grid.Axis) setting its field to its value; with `reference`,
-    a last run of that many steps, and each cell's distance to it (the steps axis)."""
+    a last run with that value (a long run of the steps axis, the CFG stop axis's guided to the end), and each
+    cell's distance to it."""
     on_progress, label, done, total = progress
     passes = []
-    for v in [*values, reference] if reference else values:
+    for v in [*values, reference] if reference is not None else values:
         cell = replace(row, **{axis.field: axis.cast(v)})
         passes.append(run(job_for(cell, [row.seed]), [params_for(model, cell)],
                           progress_observer(on_progress, label, done, total), cancel,
                           f"a {cell.steps}-step cell of {row.width}x{row.height}"))
         done += passes[-1][1].unet_calls
-    ref = passes.pop() if reference else None
+    ref = passes.pop() if reference is not None else None
     cells = [GridCell(row.scheduler, v, made, out.unet_calls, seconds,
                       **({} if ref is None else {"psnr": latents.psnr(made.array, ref[0][0].array, peak=1.0),
                           "latent_rms": float((out.latents - ref[1].latents).float().pow(2).mean().sqrt())}))
@@ -236,7 +238,7 @@ class Engine:
         # 1. Check every cell before any work; one seed for all of them
         req = validate_grid(req, self.limits)
         axis, values = AXES[req.axis], list(req.columns)
-        reference = self.settings.grid_reference_steps if axis.reference else None
+        reference = axis.reference(self.settings.grid_reference_steps) if axis.reference else None
 
         # 2. How many model evaluations the whole grid takes, for one progress bar over all of it
         calls = self._evaluations(req)
@@ -253,7 +255,7 @@ class Engine:
             cells.append(made)
             done += calls[name]
         return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start,
-                          reference_steps=reference, flow=self.model.family.flow)
+                          reference=reference, flow=self.model.family.flow)
 
     def grid_evaluations(self, req: GridRequest) -> dict[str, int]:
         """Model evaluations each row of a grid would make (its reference runs included): its cost, before it runs."""

@@ -23,23 +23,34 @@ class Axis:
     # True: a row's columns run as one batch (the value is per sample in our loop, as CFG is). False: one pass
     # a column (the value changes the whole run: its steps, or a flow model's shift)
     batched: bool
-    # each column compared with a long reference run of its scheduler (the steps axis: what more steps change)
-    reference: bool = False
+    # each column compared with a reference run of its scheduler: the field's value for that run, from the settings'
+    # reference step count (the steps axis: a long run, what more steps change; CFG stop: guided to the end)
+    reference: Callable[[int], float] | None = None
+    reference_text: str = ""  # that run, in a sentence: "a 200-step run"
     flow: bool = False  # only for flow-matching models (SD3's shift)
     cast: Callable[[float], Any] = float  # a column's value as its field takes it (steps: a whole number)
+    steps: bool = False  # the value is the run's step count
+    column: str = ""  # the cell table's column for the value, where its usual columns do not show it
 
     def step_counts(self, values: list[float], base_steps: int, reference: int) -> list[int]:
-        """The step count of each pass one row of this axis makes."""
+        """The step count of each pass one row of this axis makes (its reference run last)."""
         if self.batched:
             return [base_steps]
-        return [*(int(v) for v in values), reference] if self.reference else [base_steps] * len(values)
+        runs = [*values, self.reference(reference)] if self.reference else list(values)
+        return [int(v) if self.steps else base_steps for v in runs]
 
 
 AXES: dict[str, Axis] = {
     "cfg": Axis("CFG scales", "CFG scales", "cfg_scale", lambda v: f"CFG {v:g}", "1, 3, 7.5, 12",
                 fixed=lambda base: f"{base.steps} steps", batched=True),
     "steps": Axis("Steps", "step counts", "steps", lambda v: f"{v:g} steps", "5, 10, 20, 50",
-                  fixed=lambda base: f"CFG {base.cfg_scale:g}", batched=False, reference=True, cast=int),
+                  fixed=lambda base: f"CFG {base.cfg_scale:g}", batched=False, reference=lambda n: n,
+                  reference_text="a {value:g}-step run", cast=int, steps=True),
+    # classifier-free guidance on for the first part of the steps only: the later steps evaluate the prompt alone
+    # (half the batch, so cheaper), each cell compared with the run guided to the end
+    "cfg_stop": Axis("CFG stops at", "CFG stops", "cfg_stop", lambda v: f"CFG to {v:g}", "0.2, 0.4, 0.6, 1",
+                     fixed=lambda base: f"{base.steps} steps, CFG {base.cfg_scale:g}", batched=False,
+                     reference=lambda n: 1.0, reference_text="the run guided to the end", column="CFG stop"),
     # SD3's flow shift: sigma' = shift sigma / (1 + (shift - 1) sigma), more of the steps at high noise
     "shift": Axis("Flow shift", "shifts", "shift", lambda v: f"shift {v:g}", "1, 3, 6",
                   fixed=lambda base: f"{base.steps} steps, CFG {base.cfg_scale:g}", batched=False, flow=True),

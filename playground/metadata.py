@@ -38,6 +38,7 @@ class Params:
     shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (not written)
     refiner_start: float = 0.0  # SDXL: where its refiner took over; 0: no refiner (not written)
     skip_layer_guidance: float = 0.0  # SD3.5: the skip-layer guidance scale; 0: off (not written)
+    cfg_stop: float = 1.0  # the fraction of the steps after which CFG stopped; 1: guided to the end (not written)
 
 
 def _quote(value: str) -> str:
@@ -60,6 +61,7 @@ def format_parameters(p: Params) -> str:
         "Shift": _number(p.shift) if p.shift else "",
         "Refiner start": _number(p.refiner_start) if p.refiner_start else "",
         "SLG scale": _number(p.skip_layer_guidance) if p.skip_layer_guidance else "",
+        "CFG stop": _number(p.cfg_stop) if p.cfg_stop < 1 else "",
         **dict(p.extra),
         "Version": "diffusion-playground",
     }
@@ -96,7 +98,8 @@ def parse_parameters(text: str) -> Params:
                       width=int(width), height=int(height), model=pairs.get("Model", ""),
                       shift=float(pairs.get("Shift", 0) or 0),
                       refiner_start=float(pairs.get("Refiner start", 0) or 0),
-                      skip_layer_guidance=float(pairs.get("SLG scale", 0) or 0))
+                      skip_layer_guidance=float(pairs.get("SLG scale", 0) or 0),
+                      cfg_stop=float(pairs.get("CFG stop", 1) or 1))
     except ValueError as exc:
         raise InvalidRequest(f"unreadable settings line {lines[-1]!r}: {exc}") from None
 

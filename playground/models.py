@@ -167,6 +167,6 @@ class Models:
                             base=replace(results[0][1].request.base, model="")),
             cells=[[replace(c, model=n) for c in row] for n, r in results for row in r.cells],
             sigmas={f"{n} · {s}": v for n, r in results for s, v in r.sigmas.items()},
-            seconds=sum(r.seconds for _, r in results), reference_steps=results[0][1].reference_steps,
+            seconds=sum(r.seconds for _, r in results), reference=results[0][1].reference,
             flow=all(r.flow for _, r in results),
             flow_rows=frozenset(f"{n} · {s}" for n, r in results if r.flow for s in r.sigmas))

@@ -88,6 +88,8 @@ class GenerateRequest:
     skip_layer_guidance: float = 0.0  # SD3.5: skip-layer guidance scale (0: off; 2.8 is diffusers' default)
     skip_layers: tuple[int, ...] = ()  # the blocks it skips: filled in from the settings when it is on
     model: str = ""  # which loaded model runs it, by name ("": the first loaded; see playground.models)
+    # the fraction of the steps after which CFG stops (1: guided to the end): the rest see the prompt alone
+    cfg_stop: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -192,7 +194,9 @@ class GridResult:
     cells: list[list[GridCell]]  # rows (schedulers) x columns (CFG scales or step counts)
     sigmas: dict[str, list[float]]  # noise level at each model evaluation, per scheduler (its first column's)
     seconds: float
-    reference_steps: int | None = None  # steps axis: the long run of each scheduler every cell is compared with
+    # an axis with a reference run (steps, CFG stop): the axis value of the run of each scheduler every cell is
+    # compared with (a step count; CFG stop 1)
+    reference: float | None = None
     flow: bool = False  # the sigmas are a flow model's: x_t = (1 - sigma) x0 + sigma eps
     flow_rows: frozenset[str] = frozenset()  # rows from several models: the `sigmas` keys that are a flow model's
 
@@ -381,6 +385,7 @@ def validate_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
         seed=resolve_seed(integer("seed", req.seed, -1, MAX_SEED)),
         steps=integer("steps", req.steps, 1, limits.max_steps),
         cfg_scale=number("CFG scale", req.cfg_scale, 0.0, limits.max_cfg),
+        cfg_stop=number("CFG stop", req.cfg_stop, 0.0, 1.0),
         scheduler=scheduler(req.scheduler, limits),
         width=width,
         height=height,
@@ -460,6 +465,9 @@ def validate_inspect(req: InspectRequest, limits: Limits) -> InspectRequest:
     if base.skip_layer_guidance:  # its extra pass would be recorded as if it were the prompt's
         raise InvalidRequest("skip-layer guidance is for the Prompt tab; the inspector records runs without it: "
                              "leave it at 0")
+    if base.cfg_stop < 1:  # the recording keeps one shape a step, and its CFG views need both halves at every step
+        raise InvalidRequest(f"CFG stop {base.cfg_stop:g} is for the Prompt and Grid tabs; the "
+                             "inspector records runs guided to the end: leave it at 1")
     of = choice("attention of", req.attention_of, {k: a.label for k, a in ATTENTION_OF.items()})
     ATTENTION_OF[of].check(base)
     return replace(req, base=base, attention_of=of)

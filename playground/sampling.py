@@ -50,6 +50,9 @@ class Job:
     steps: int
     height: int
     width: int
+    # the fraction of the model evaluations after which classifier-free guidance stops (diffusers' guiders' `stop`:
+    # on while index < int(cfg_stop * total)): later evaluations see the prompt alone, half the batch, at scale 1
+    cfg_stop: float = 1.0
     control: Control | None = None
     eta: float = 0.0  # DDIM's eta (0 = deterministic), as diffusers' default
     shift: float | None = None  # a flow scheduler's shift (None: the model's own, SD3's 3.0)
@@ -215,12 +218,16 @@ def denoise(
         seed = torch.Generator("cpu").manual_seed(job.generators[0].initial_seed())
         control_image = family.control_input(c, control.model, control.image, 2 * batch if use_cfg else batch, seed)
 
-    # 7. Denoising loop
+    # 7. Denoising loop; guidance on while the run's evaluation index (both passes of a hand-off) is before the stop
     sigmas_seen: list[float] = []
     total = len(timesteps)
+    guided_until = int(job.cfg_stop * (job.observer_total or total)) - job.observer_offset
     for i, t in enumerate(timesteps):
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"cancelled at step {i} of {total}")
+        if use_cfg and i >= guided_until:  # guidance stops: the prompt's half of every batched input from here on
+            use_cfg, cond = False, cond.half(batch)
+            control_image = control_image[-batch:] if control is not None else None
         model_input = torch.cat([latents] * 2) if use_cfg else latents
         if hasattr(scheduler, "scale_model_input"):  # the flow-matching schedulers have none: x_t goes in as is
             model_input = scheduler.scale_model_input(model_input, t)

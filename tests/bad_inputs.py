@@ -12,7 +12,8 @@ POSE_JSON = '{"people": [{"pose_keypoints_2d": [' + ", ".join(["10, 20, 1"] * 18
 # One valid call per endpoint, by parameter name (the order is the API's).
 VALID = {
     "/generate": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
-                      width=64, height=64, num_images=1, shift=0, refiner_start=0, skip_layer_guidance=0, model=""),
+                      width=64, height=64, num_images=1, shift=0, refiner_start=0, skip_layer_guidance=0, model="",
+                      cfg_stop=1.0),
     "/grid": dict(prompt="a red circle", negative_prompt="", seed=1, steps=2, schedulers=["Euler", "DDIM"],
                   columns="1, 5", width=64, height=64, axis="cfg", cfg_scale=7.5, models=[]),
     "/inspect": dict(prompt="a red circle", negative_prompt="", seed=1, steps=3, cfg_scale=7.5, scheduler="Euler",
@@ -40,6 +41,8 @@ BAD = {
               (2.5, ["steps", "2.5"]), (NAN, ["steps", "nan"]), (None, ["steps", "None"])],
     "cfg_scale": [(-1, ["CFG scale", "0 to 30", "-1"]), (31, ["CFG scale", "31"]), ("high", ["CFG scale", "high"]),
                   (NAN, ["CFG scale", "nan"]), (None, ["CFG scale", "None"])],
+    "cfg_stop": [(1.5, ["CFG stop", "0 to 1", "1.5"]), (-0.1, ["CFG stop", "-0.1"]), ("half", ["CFG stop", "'half'"]),
+                 (NAN, ["CFG stop", "nan"])],
     "scheduler": [("Nope", ["scheduler", "'Nope'", "DPM++ 2M"]), ("", ["scheduler", "''"]),
                   (None, ["scheduler", "None"]), (3, ["scheduler", "3"]), (["Euler"], ["scheduler", "['Euler']"]),
                   ({"a": 1}, ["scheduler", "{'a': 1}", "DDIM"])],

@@ -167,7 +167,7 @@ def steps_engine(tiny_model, tiny_dir):
 def test_steps_axis_cells_equal_the_prompt_tab_and_measure_their_distance(steps_engine):
     result = steps_engine.grid(grid_request(prompt="a red circle", negative_prompt="blurry", seed=5, cfg_scale=6,
                                             schedulers=("DDIM", "Euler a"), columns="2, 4, 16", axis="steps"))
-    assert result.request.columns == (2, 4, 16) and result.reference_steps == 16
+    assert result.request.columns == (2, 4, 16) and result.reference == 16
     assert [[(c.scheduler, c.value) for c in row] for row in result.cells] == [
         [("DDIM", 2), ("DDIM", 4), ("DDIM", 16)], [("Euler a", 2), ("Euler a", 4), ("Euler a", 16)]]
     for row in result.cells:
@@ -191,3 +191,39 @@ def test_steps_axis_progress_counts_the_reference_runs(steps_engine):
     total = (2 * 2 - 1) + (2 * 3 - 1) + (2 * 16 - 1)  # Heun: two evaluations per step but the last
     assert [p.step for p in seen] == list(range(1, total + 1)) and {p.total for p in seen} == {total}
 
+
+
+# ---------------------------------------------------------------- where CFG stops as the columns
+
+def test_cfg_stop_axis_cells_equal_the_prompt_tab_and_measure_their_distance(steps_engine):
+    """Each column a run whose guidance stops at its value, compared with the same run guided to the end."""
+    from playground.ui.grid import cell_table, cost_text, convergence_table, summary
+
+    req = grid_request(prompt="a red circle", negative_prompt="blurry", seed=5, steps=6, cfg_scale=7,
+                       schedulers=("DDIM",), columns="0, 0.5, 1", axis="cfg_stop")
+    calls = steps_engine.grid_evaluations(req)
+    assert calls == {"DDIM": 4 * 6}  # three cells and the reference, 6 steps each
+    result = steps_engine.grid(req)
+    assert result.request.columns == (0, 0.5, 1) and result.reference == 1
+    row = result.cells[0]
+    for cell in row:
+        alone = steps_engine.generate(GenerateRequest(prompt="a red circle", negative_prompt="blurry", seed=5,
+                                                      steps=6, cfg_scale=7, scheduler="DDIM", cfg_stop=cell.value))
+        assert np.abs(cell.generated.array - alone.images[0].array).max() <= 1e-4
+        assert cell.generated.params == alone.images[0].params and cell.generated.params.cfg_stop == cell.value
+    assert row[2].psnr == float("inf") and row[2].latent_rms == 0  # guided to the end: the reference itself
+    assert row[0].latent_rms > row[1].latent_rms > 0  # the earlier guidance stops, the further from it
+    # CFG stop 0 is no guidance at all: the CFG 1 picture
+    unguided = steps_engine.generate(GenerateRequest(prompt="a red circle", negative_prompt="blurry", seed=5,
+                                                     steps=6, cfg_scale=1, scheduler="DDIM"))
+    assert np.abs(row[0].generated.array - unguided.images[0].array).max() <= 1e-5
+    table = cell_table(result)
+    assert list(table["CFG stop"]) == [0, 0.5, 1] and list(table["PSNR vs reference (dB)"])[2] == "inf"
+    assert convergence_table(result).empty  # the distance-by-steps plot is the steps axis's
+    assert "compared with the run guided to the end" in summary(result)
+    assert "including the run guided to the end of each row as its reference." in cost_text(calls, "cfg_stop", 16)
+
+
+def test_cfg_stop_out_of_range_is_named(steps_engine):
+    with pytest.raises(InvalidRequest, match=r"CFG stop must be a number from 0 to 1, got 1.5"):
+        steps_engine.grid(grid_request(prompt="x", seed=1, schedulers=("DDIM",), columns="0.5, 1.5", axis="cfg_stop"))

@@ -47,3 +47,15 @@ def test_png_without_parameters_is_a_named_error(tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="broken.png"):
         read_png(tmp_path / "broken.png")
+
+
+def test_cfg_stop_round_trips_and_is_left_out_at_the_end():
+    from playground.metadata import Params, format_parameters, parse_parameters
+
+    p = Params(prompt="a red circle", negative_prompt="", steps=20, sampler="DDIM", cfg_scale=7.5, seed=3, width=128,
+               height=128, cfg_stop=0.6)
+    text = format_parameters(p)
+    assert "CFG stop: 0.6" in text and parse_parameters(text) == p
+    full = format_parameters(Params(prompt="x", negative_prompt="", steps=20, sampler="DDIM", cfg_scale=7.5, seed=3,
+                                    width=128, height=128))
+    assert "CFG stop" not in full and parse_parameters(full).cfg_stop == 1.0

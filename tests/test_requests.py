@@ -205,3 +205,10 @@ def test_attention_call_is_checked_whole_before_any_work():
     assert validate_attention(InspectRequest(GenerateRequest("a red circle"), "prompt"), LIMITS).tokens == (2,)  # red
     with pytest.raises(InvalidRequest, match="records no maps"):
         validate_attention(InspectRequest(GenerateRequest("a red circle"), "off"), LIMITS)
+
+
+def test_inspector_records_runs_guided_to_the_end():
+    base = GenerateRequest(prompt="a red circle", seed=1, steps=3, cfg_stop=0.5)
+    with pytest.raises(InvalidRequest, match="CFG stop 0.5 is for the Prompt and Grid tabs"):
+        validate_inspect(InspectRequest(base), LIMITS)
+    assert validate_inspect(InspectRequest(dataclasses.replace(base, cfg_stop=1)), LIMITS).base.cfg_stop == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -192,3 +193,55 @@ def test_zero_initialised_controlnet_changes_nothing(tiny_model):
     got = denoise(Components.from_pipeline(base), job(control=Control(model=net, image=cond, scale=1.0))).images
     plain, _ = ours(tiny_model, "DDIM", n=1, steps=6)
     assert (plain.images - got).abs().max() <= 1e-5
+
+
+def _stop_guidance_at(stop: int, *halves: str):
+    """diffusers' way to end CFG part-way (a step-end callback): from evaluation `stop` on, scale 1 and the
+    prompt's half of each batched input named in `halves`."""
+    def callback(pipe, i, t, tensors):
+        if i + 1 != stop:
+            return {}
+        pipe._guidance_scale = 1.0
+        return {name: tensors[name].chunk(2)[1] for name in halves}
+    return callback
+
+
+@pytest.mark.parametrize("name,cfg_stop", [("DDIM", 0.5), ("DPM++ 2M Karras", 0.7), ("Euler a", 0.34)])
+def test_cfg_stop_matches_diffusers(tiny_model, name, cfg_stop):
+    """Guidance that stops after a fraction of the steps: our loop against diffusers' pipeline with a callback
+    that ends CFG at the same evaluation, int(cfg_stop * steps) as diffusers' guiders count it."""
+    steps, stop = 6, int(cfg_stop * 6)
+    seen = []
+    out = denoise(Components.from_pipeline(tiny_model.pipe), replace(job(name, n=2), cfg_stop=cfg_stop),
+                  observer=lambda s: seen.append(s.out_uncond is not None))
+    assert seen == [k < stop for k in range(steps)]  # the unconditional half is gone after the stop
+    mine = (out.images / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    base = tiny_model.pipe
+    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   unet=base.unet, scheduler=schedulers.make(name, base.scheduler.config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    want = pipe(PROMPT, negative_prompt=NEGATIVE, num_inference_steps=steps, guidance_scale=7.5,
+                num_images_per_prompt=2, height=64, width=64, output_type="np",
+                generator=[torch.Generator("cpu").manual_seed(7 + i) for i in range(2)],
+                callback_on_step_end=_stop_guidance_at(stop, "prompt_embeds"),
+                callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"]).images
+    assert np.abs(mine - want).max() <= 1e-4
+    full, _ = ours(tiny_model, name)
+    assert (full.images - out.images).abs().max() > 3e-4  # stopping guidance changes the picture (beyond the 1e-4)
+
+
+@pytest.mark.parametrize("cfg_stop,total", [(0.5, 6), (0.34, 6), (0.6, 25), (0.99, 25), (0.0, 8), (1.0, 8)])
+def test_cfg_stop_counts_as_diffusers_guiders(tiny_model, cfg_stop, total):
+    """The evaluations that are guided are those diffusers' ClassifierFreeGuidance(stop=...) guides."""
+    from diffusers.guiders import ClassifierFreeGuidance
+
+    guider = ClassifierFreeGuidance(guidance_scale=7.5, stop=cfg_stop)
+    want = []
+    for k in range(total):
+        guider.set_state(step=k, num_inference_steps=total, timestep=torch.tensor(0))
+        want.append(guider._is_cfg_enabled())
+    seen = []
+    denoise(Components.from_pipeline(tiny_model.pipe), replace(job("DDIM", steps=total), cfg_stop=cfg_stop),
+            observer=lambda s: seen.append(s.out_uncond is not None))
+    assert seen == want

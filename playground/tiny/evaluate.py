@@ -59,9 +59,9 @@ def engine_for(model: str, device: str = "auto") -> Engine:
     return Engine(load_model(settings), settings)
 
 
-def draw(engine: Engine, prompt: str, seed: int, cfg: float = 7.5, steps: int = 25):
+def draw(engine: Engine, prompt: str, seed: int, cfg: float = 7.5, steps: int = 25, cfg_stop: float = 1.0):
     """What the model draws for `prompt`, as the Prompt tab makes it (DDIM), read back by the analyser."""
-    image = engine.generate(GenerateRequest(prompt=prompt, seed=seed, steps=steps, cfg_scale=cfg,
+    image = engine.generate(GenerateRequest(prompt=prompt, seed=seed, steps=steps, cfg_scale=cfg, cfg_stop=cfg_stop,
                                             scheduler=sampler(engine))).images[0].image
     return analyse.analyse(image)
 
@@ -88,11 +88,11 @@ def on_side(found: analyse.Found, place: str) -> bool:
             "at the bottom": cy > half}[place]
 
 
-def score_two_shapes(engine: Engine, prompts: list[dict], cfg: float = 7.5) -> float:
+def score_two_shapes(engine: Engine, prompts: list[dict], cfg: float = 7.5, cfg_stop: float = 1.0) -> float:
     """The share of two-shape prompts with both objects right: colour, shape, and on their side."""
     right = 0
     for i, p in enumerate(prompts):
-        found = draw(engine, p["prompt"], i, cfg).objects
+        found = draw(engine, p["prompt"], i, cfg, cfg_stop=cfg_stop).objects
         right += all(any(f.colour == c and f.shape == s and on_side(f, place) for f in found)
                      for c, s, place in p["objects"])
     return right / len(prompts)

@@ -177,6 +177,11 @@ class Fields:
                   info: str = "1 = no guidance; higher follows the prompt harder") -> gr.Slider:
         return gr.Slider(0, self.settings.max_cfg, value=self.default_cfg, step=0.5, label=label, info=info)
 
+    def cfg_stop(self) -> gr.Slider:
+        """Where classifier-free guidance stops, as a fraction of the steps (1 = guided to the end)."""
+        return gr.Slider(0, 1, value=DEFAULTS.cfg_stop, step=0.05, label="CFG stops at (1 = the last step)",
+                         info="after this share of the steps, the prompt alone: faster, and no over-guided detail")
+
     def seed(self, label: str = "Seed (-1 = random)", **kwargs) -> gr.Number:
         return gr.Number(value=DEFAULTS.seed, precision=0, label=label, **kwargs)
 

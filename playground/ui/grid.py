@@ -39,7 +39,8 @@ def convergence_table(result: GridResult) -> pd.DataFrame:
     """Steps axis: each cell's PSNR to its scheduler's reference run, against its step count."""
     rows = [{"steps": c.value, "scheduler": c.row, "PSNR vs reference (dB)": round(c.psnr, 2),
              "latent RMS": round(c.latent_rms, 4)}
-            for row in result.cells for c in row if c.psnr is not None and math.isfinite(c.psnr)]
+            for row in result.cells for c in row if c.psnr is not None and math.isfinite(c.psnr)
+            and AXES[result.request.axis].steps]
     frame = pd.DataFrame(rows, columns=["steps", "scheduler", "PSNR vs reference (dB)", "latent RMS"])
     # numbers even when empty (a CFG grid): an empty table of objects would leave the plot's axes as categories
     return frame.astype({"steps": float, "scheduler": str, "PSNR vs reference (dB)": float, "latent RMS": float})
@@ -48,23 +49,26 @@ def convergence_table(result: GridResult) -> pd.DataFrame:
 def cell_table(result: GridResult) -> pd.DataFrame:
     """One row per cell, with the settings its PNG carries (the column's value among them); the distance to the
     reference run only for an axis that has one."""
-    headers = table_headers(result.request.axis, result.flow)
+    headers, axis = table_headers(result.request.axis, result.flow), AXES[result.request.axis]
     rows = []
     for row in result.cells:
         for c in row:
             p = c.generated.params
             distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else []
             shift = [p.shift or "model's own"] if result.flow else []
-            rows.append([c.row, p.cfg_scale, p.steps, *shift, p.seed, c.unet_calls, round(c.seconds, 3),
+            value = [getattr(p, axis.field)] if axis.column else []
+            rows.append([c.row, p.cfg_scale, *value, p.steps, *shift, p.seed, c.unet_calls, round(c.seconds, 3),
                          f"{p.width}x{p.height}", *distance])
     return pd.DataFrame(rows, columns=headers)
 
 
 def table_headers(axis: str, flow: bool = False) -> list[str]:
-    """The cell table's columns: a flow model's shift after the steps, the distance to the reference run only for
-    an axis that has one (steps)."""
-    head = TABLE_HEADERS[:3] + (["shift"] if flow else []) + TABLE_HEADERS[3:]
-    return head if AXES[axis].reference else head[:-2]
+    """The cell table's columns: the axis's own where the others do not show its value (CFG stop), a flow model's
+    shift after the steps, the distance to the reference run only for an axis that has one (steps, CFG stop)."""
+    a = AXES[axis]
+    head = TABLE_HEADERS[:2] + ([a.column] if a.column else []) + TABLE_HEADERS[2:3] + (["shift"] if flow else []) \
+        + TABLE_HEADERS[3:]
+    return head if a.reference else head[:-2]
 
 
 def cost_text(calls: dict[str, int], axis: str, reference: int) -> str:
@@ -72,10 +76,12 @@ def cost_text(calls: dict[str, int], axis: str, reference: int) -> str:
     text = f"This grid takes **{sum(calls.values())} model evaluations**"
     if AXES[axis].batched:
         return text + ", each on a batch of its row's cells (every CFG scale of a scheduler at once)."
-    if not AXES[axis].reference:
+    a = AXES[axis]
+    if not a.reference:
         return text + ", one cell at a time (each value changes the whole run)."
-    return text + (f", one cell at a time, including a {reference}-step reference run of each row (its model's "
-                   "own): the slow kind of grid.")
+    run = a.reference_text.format(value=a.reference(reference))
+    return text + (f", one cell at a time, including {run} of each row as its reference (its model's own): the slow "
+                   "kind of grid." if a.steps else f", one cell at a time, including {run} of each row as its reference.")
 
 
 def on_cost_text(grid_evaluations: Callable, reference: int, schedulers, columns, steps, axis, models=()) -> str:
@@ -107,7 +113,7 @@ def summary(result: GridResult) -> str:
     elif not axis.reference:
         how = f"{axis.fixed(r)}; one run a cell"
     else:
-        how = (f"{axis.fixed(r)}; each cell compared with a {result.reference_steps}-step run of its "
+        how = (f"{axis.fixed(r)}; each cell compared with {axis.reference_text.format(value=result.reference)} of its "
                f"{'model and ' if req.models else ''}scheduler from the same noise (PSNR of the images, RMS of the "
                "final latents)")
     return "  \n".join(line for line in [
@@ -148,12 +154,13 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
           settings: Settings) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
     # -- layout -------------------------------------------------------------------------------
-    gr.Markdown("Rows are schedulers (and models, where more than one is loaded), columns are CFG scales or step "
-                "counts, and every cell starts from the **same "
+    gr.Markdown("Rows are schedulers (and models, where more than one is loaded), columns are CFG scales, step "
+                "counts or where CFG stops, and every cell starts from the **same "
                 "noise**: the only thing that changes is the setting you compare. All scales of a scheduler run as one "
                 "batch. With step counts, each cell is compared with a "
                 f"{settings.grid_reference_steps}-step run of its scheduler: which schedulers are done in 20 steps, "
-                f"and which need 50? At most {settings.max_grid_cells} cells. The downloaded grid and every cell are "
+                "and which need 50? With CFG stops, with the run guided to the end: how much of the picture do the "
+                f"last, cheaper unguided steps change? At most {settings.max_grid_cells} cells. The downloaded grid and every cell are "
                 "PNGs with their settings inside: drop a cell on the Prompt tab's restore box to make it again.")
     with gr.Row():
         with gr.Column(scale=5):
@@ -170,8 +177,8 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
             columns_box = gr.Textbox(value=DEFAULTS.columns, label="Column values",
                                      info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
             with gr.Row():
-                steps_box = fields.steps(DEFAULTS.base.steps, label="Steps (when the columns are CFG scales)")
-                cfg_box = fields.cfg_scale(label="CFG scale (when the columns are steps or shifts)", info=None)
+                steps_box = fields.steps(DEFAULTS.base.steps, label="Steps (unless the columns are step counts)")
+                cfg_box = fields.cfg_scale(label="CFG scale (unless the columns are CFG scales)", info=None)
             seed_box = fields.seed(label="Seed (-1 = random, one for all cells)")
             width_box, height_box = fields.size()
             cost = gr.Markdown(on_cost_text(grid_evaluations, settings.grid_reference_steps,
@@ -190,7 +197,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                            label="Noise level at each model evaluation (SNR in dB: 1/σ², for SD3's flow ((1 − σ)/σ)²; "
                                  "higher is cleaner)")
         convergence = gr.LinePlot(x="steps", y="PSNR vs reference (dB)", color="scheduler",
-                                  tooltip=["scheduler", "steps", "latent RMS"], visible=AXES[DEFAULTS.axis].reference,
+                                  tooltip=["scheduler", "steps", "latent RMS"], visible=AXES[DEFAULTS.axis].steps,
                                   label="Step columns: how close each cell is to its scheduler's long run "
                                         "(PSNR in dB: higher is closer)")
     # every row of cells in view (height "auto"), four a row so that "DPM++ 2M SDE Karras · CFG 12" fits
@@ -229,11 +236,11 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                 gr.Radio(choices=axes, value=axis if axis in [key for _, key in axes] else DEFAULTS.axis))
 
     def on_axis(axis):
-        """A fresh list that suits the new axis; the distance plot only where there is a distance (steps)."""
+        """A fresh list that suits the new axis; the distance plot only for step counts (the distance by steps)."""
         if axis not in AXES:
             return gr.skip(), gr.skip()
         # the distance plot starts afresh: after a CFG grid's empty table it would keep no series to draw
-        return AXES[axis].default, gr.LinePlot(value=None, visible=AXES[axis].reference)
+        return AXES[axis].default, gr.LinePlot(value=None, visible=AXES[axis].steps)
 
     # -- events -------------------------------------------------------------------------------
     inputs = [prompt_box, negative_box, seed_box, steps_box, schedulers_box, columns_box, width_box, height_box,

@@ -116,7 +116,8 @@ def escaped(text: str) -> str:
 def summary(result: GenerateResult) -> str:
     r = result.request
     return (f"**Live**: “{escaped(r.prompt)}” in {result.seconds:.2f} s in the engine. Seed {r.seed}, {r.scheduler}, "
-            f"{r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}. Not saved: **Generate** keeps it as a PNG "
+            f"{r.steps} steps, CFG {r.cfg_scale:g}" + (f" to {r.cfg_stop:g} of the steps" if r.cfg_stop < 1 else "")
+            + f", {r.width}x{r.height}. Not saved: **Generate** keeps it as a PNG "
             "(same settings, same picture).")
 
 
@@ -131,7 +132,7 @@ def wire(live: gr.Checkbox, watched: list, inputs: list, generate: Callable[...,
 
     @shows_errors
     def on_live(stamp, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, shift, refiner_start,
-                skip_layer_guidance, model, request: gr.Request):
+                skip_layer_guidance, model, cfg_stop, request: gr.Request):
         job = dataclasses.replace(generate_request(locals()), num_images=1)
         run = lambda req, on_progress, cancel: live_generate(  # noqa: E731
             generate, edits, request.session_hash, float(stamp or 0), req, on_progress, cancel)

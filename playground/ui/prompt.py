@@ -38,7 +38,8 @@ def summary(result: GenerateResult, native: int) -> str:
     lines = [
         f"**Seed {r.seed}**" + (f" (images use {r.seed}…{r.seed + n - 1})" if n > 1 else "")
         + (f" on {r.model}" if r.model else ""),
-        f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}, {r.width}x{r.height}"
+        f"{r.scheduler}, {r.steps} steps, CFG {r.cfg_scale:g}" + (f" to {r.cfg_stop:g} of the steps" if r.cfg_stop < 1 else "")
+        + f", {r.width}x{r.height}"
         + (f", shift {r.shift:g}" if r.shift else "") + (f", refiner from {r.refiner_start:g}" if r.refiner_start else "")
         + (f", skip-layer guidance {r.skip_layer_guidance:g} (blocks {', '.join(map(str, r.skip_layers))})"
            if r.skip_layer_guidance else ""),
@@ -82,7 +83,7 @@ def build(
             with gr.Row():
                 scheduler_box, steps_box = fields.scheduler(), fields.steps()
             with gr.Row():
-                cfg_box, images_box = fields.cfg_scale(), fields.num_images()
+                cfg_box, stop_box, images_box = fields.cfg_scale(), fields.cfg_stop(), fields.num_images()
             width_box, height_box = fields.size()
             shift_box, refiner_box, slg_box = fields.shift(), fields.refiner_start(), fields.skip_layer_guidance()
             with gr.Row():
@@ -105,7 +106,7 @@ def build(
     # -- handlers -----------------------------------------------------------------------------
     @shows_errors
     def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images, shift=0.0,
-                    refiner_start=0.0, skip_layer_guidance=0.0, model="", progress=gr.Progress()):
+                    refiner_start=0.0, skip_layer_guidance=0.0, model="", cfg_stop=1.0, progress=gr.Progress()):
         for item in stream(generate, generate_request(locals())):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
@@ -120,7 +121,7 @@ def build(
     @shows_errors
     def on_restore(path, model=""):
         if not path:
-            return [gr.skip()] * 13
+            return [gr.skip()] * 14
         p = read_png(path)
         # the PNG's model when it is loaded here (its settings follow it), else the one chosen now
         f = fields.facts(p.model if p.model in {m.name for m in fields.models} else model)
@@ -131,7 +132,7 @@ def build(
                     p.sampler if p.sampler in f.schedulers else gr.skip(), p.width, p.height,
                     p.shift if f.flow else gr.skip(), p.refiner_start if f.refiner else gr.skip(),
                     p.skip_layer_guidance if f.flow else gr.skip(),
-                    f"Restored settings from the PNG (model: {p.model or 'unknown'}).", gr.skip())
+                    f"Restored settings from the PNG (model: {p.model or 'unknown'}).", gr.skip(), p.cfg_stop)
         # another loaded model's PNG: its model, its schedulers and the settings that show for it, in one update
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
                 gr.Dropdown(choices=list(f.schedulers),
@@ -139,21 +140,22 @@ def build(
                 gr.Slider(visible=f.flow, value=p.shift if f.flow else 0.0),
                 gr.Slider(visible=f.refiner, value=p.refiner_start if f.refiner else 0.0),
                 gr.Slider(visible=f.flow, value=p.skip_layer_guidance if f.flow else 0.0),
-                f"Restored settings from the PNG (model: {p.model}, chosen in the Model menu).", f.name)
+                f"Restored settings from the PNG (model: {p.model}, chosen in the Model menu).", f.name, p.cfg_stop)
 
     # -- events -------------------------------------------------------------------------------
     fields.follow(model_box, scheduler_box, (width_box, height_box), shift_box, slg_box, refiner_box, cfg=cfg_box)
     inputs = [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box, images_box,
-              shift_box, refiner_box, slg_box, model_box]
+              shift_box, refiner_box, slg_box, model_box, stop_box]
     # preprocess=False: the inputs are plain values, and the Engine's validation names the field and
     # its range ("steps must be an integer from 1 to 100, got 500"), which gradio's own check does not
     # progress and errors show on the status line under the buttons: the live preview and the gallery stay in view
     # the button and Enter in the prompt box are one event, with one API name
     gen = heavy([run.click, prompt_box.submit], on_generate, inputs, [preview, gallery, info, seed_used], settings,
                 api_name="generate", preprocess=False, show_progress_on=status)
-    live_run = live.wire(live_box, [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, model_box],
+    live_run = live.wire(live_box, [prompt_box, negative_box, seed_box, steps_box, cfg_box, stop_box, scheduler_box,
+                                    model_box],
                          [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box,
-                          shift_box, refiner_box, slg_box, model_box], generate, preview, info, settings,
+                          shift_box, refiner_box, slg_box, model_box, stop_box], generate, preview, info, settings,
                          preset_outputs=[steps_box, seed_box, images_box])
     stop_button(stop, [gen, live_run], info)
     gen.success(lambda: gr.Number(visible=True), None, seed_used, api_visibility="private", queue=False)
@@ -166,4 +168,4 @@ def build(
 
     restore.upload(on_restore, [restore, model_box], [prompt_box, negative_box, seed_box, steps_box, cfg_box,
                                                       scheduler_box, width_box, height_box, shift_box, refiner_box,
-                                                      slg_box, info, model_box], api_name="restore")
+                                                      slg_box, info, model_box, stop_box], api_name="restore")
