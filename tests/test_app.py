@@ -65,3 +65,17 @@ def test_restore_settings_from_png(served, tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "plain.png")
     with pytest.raises(Exception, match="no 'parameters' text chunk"):
         client.predict(handle_file(str(tmp_path / "plain.png")), api_name="/restore")
+
+
+def test_cfg_stop_through_the_api_is_kept_in_the_png_and_restored(served):
+    _, client = served
+    _, gallery, info, _ = client.predict("a red circle", "", 3, 4, 7.5, "DDIM", 64, 64, 1, 0, 0, 0, "", 0.5,
+                                         api_name="/generate")
+    assert read_png(gallery[0]["image"]).cfg_stop == 0.5 and "CFG 7.5 to 0.5 of the steps" in info
+    restored = client.predict(handle_file(gallery[0]["image"]), api_name="/restore")
+    assert restored[-1] == 0.5  # the CFG stop slider, after the model
+    _, full, _, _ = client.predict("a red circle", "", 3, 4, 7.5, "DDIM", 64, 64, 1, api_name="/generate")
+    assert read_png(full[0]["image"]).cfg_stop == 1 and restored[:8] == client.predict(
+        handle_file(full[0]["image"]), api_name="/restore")[:8]
+    with pytest.raises(Exception, match="CFG stop must be a number from 0 to 1, got 2"):
+        client.predict("a red circle", "", 3, 4, 7.5, "DDIM", 64, 64, 1, 0, 0, 0, "", 2, api_name="/generate")

@@ -200,9 +200,9 @@ def test_cfg_stop_axis_cells_equal_the_prompt_tab_and_measure_their_distance(ste
     from playground.ui.grid import cell_table, cost_text, convergence_table, summary
 
     req = grid_request(prompt="a red circle", negative_prompt="blurry", seed=5, steps=6, cfg_scale=7,
-                       schedulers=("DDIM",), columns="0, 0.5, 1", axis="cfg_stop")
+                       schedulers=("DDIM", "Euler a"), columns="0, 0.5, 1", axis="cfg_stop")
     calls = steps_engine.grid_evaluations(req)
-    assert calls == {"DDIM": 4 * 6}  # three cells and the reference, 6 steps each
+    assert calls == {"DDIM": 4 * 6, "Euler a": 4 * 6}  # three cells and the reference, 6 steps each
     result = steps_engine.grid(req)
     assert result.request.columns == (0, 0.5, 1) and result.reference == 1
     row = result.cells[0]
@@ -218,9 +218,11 @@ def test_cfg_stop_axis_cells_equal_the_prompt_tab_and_measure_their_distance(ste
                                                      steps=6, cfg_scale=1, scheduler="DDIM"))
     assert np.abs(row[0].generated.array - unguided.images[0].array).max() <= 1e-5
     table = cell_table(result)
-    assert list(table["CFG stop"]) == [0, 0.5, 1] and list(table["PSNR vs reference (dB)"])[2] == "inf"
+    assert list(table["CFG stop"]) == [0, 0.5, 1] * 2 and list(table["PSNR vs reference (dB)"])[2] == "inf"
     assert convergence_table(result).empty  # the distance-by-steps plot is the steps axis's
     assert "compared with the run guided to the end" in summary(result)
+    # a stochastic sampler's reference draws the same noise as its cells: no distance at the end, and no note
+    assert result.cells[1][2].psnr == float("inf") and "fresh noise" not in summary(result)
     assert "including the run guided to the end of each row as its reference." in cost_text(calls, "cfg_stop", 16)
 
 

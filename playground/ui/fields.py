@@ -179,8 +179,8 @@ class Fields:
 
     def cfg_stop(self) -> gr.Slider:
         """Where classifier-free guidance stops, as a fraction of the steps (1 = guided to the end)."""
-        return gr.Slider(0, 1, value=DEFAULTS.cfg_stop, step=0.05, label="CFG stops at (1 = the last step)",
-                         info="after this share of the steps, the prompt alone: faster, and no over-guided detail")
+        return gr.Slider(0, 1, value=DEFAULTS.cfg_stop, step=0.05, label="CFG stops at",
+                         info="the share of the steps guided (1 = all); after it the prompt alone: faster")
 
     def seed(self, label: str = "Seed (-1 = random)", **kwargs) -> gr.Number:
         return gr.Number(value=DEFAULTS.seed, precision=0, label=label, **kwargs)

@@ -125,7 +125,7 @@ def summary(result: GridResult) -> str:
          f"cells; {result.seconds:.2f} s in all" if axis.batched else
          f"{evals} model evaluations in the cells" + (", plus the reference runs" if axis.reference else "")
          + f"; {result.seconds:.2f} s in all"),
-        stochastic_note(req.schedulers) if axis.reference else "",
+        stochastic_note(req.schedulers) if axis.steps else "",  # a CFG stop's reference draws the same noise
     ] if line)
 
 

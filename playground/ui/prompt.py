@@ -83,8 +83,9 @@ def build(
             with gr.Row():
                 scheduler_box, steps_box = fields.scheduler(), fields.steps()
             with gr.Row():
-                cfg_box, stop_box, images_box = fields.cfg_scale(), fields.cfg_stop(), fields.num_images()
+                cfg_box, stop_box = fields.cfg_scale(), fields.cfg_stop()
             width_box, height_box = fields.size()
+            images_box = fields.num_images()
             shift_box, refiner_box, slg_box = fields.shift(), fields.refiner_start(), fields.skip_layer_guidance()
             with gr.Row():
                 seed_box = fields.seed(scale=3)
