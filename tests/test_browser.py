@@ -178,6 +178,25 @@ def test_grid_tab(page, shots):
     settle(page)
     page.screenshot(path=str(shots / "grid-steps.png"), full_page=True)
 
+    # where CFG stops in the columns: two objects at CFG 7.5, each cell compared with the run guided to the end
+    page.mouse.wheel(0, -6000)
+    visible(page.get_by_label("Prompt", exact=True)).fill(
+        "a red circle on the left and a blue square on the right on a white background")
+    page.get_by_label("CFG stops at", exact=True).check()
+    expect(scales).to_have_value("0.2, 0.4, 0.6, 1")
+    cfg = page.get_by_label("number input for CFG scale (unless the columns are CFG scales)")
+    cfg.fill("7.5")
+    cfg.press("Enter")
+    page.get_by_label("Seed (-1 = random, one for all cells)").fill("1768158368")  # the README's picture
+    page.get_by_role("button", name="Run grid").click()
+    page.get_by_text("each cell compared with the run guided to the end").wait_for(timeout=120_000)
+    assert page.get_by_text("1 scheduler x 4 CFG stops = 4 cells").is_visible()
+    expect(page.get_by_text("CFG to 0.6").first).to_be_attached()  # the cells' captions
+    assert not page.get_by_text("Step columns: how close").first.is_visible()  # the distance-by-steps plot is hidden
+    page.mouse.wheel(0, 2000)
+    settle(page)
+    page.screenshot(path=str(shots / "grid-cfg-stop.png"), full_page=True)
+
 
 def test_inspector_tab(page, shots):
     page.get_by_role("tab", name="Latent inspector").click()
