@@ -1,4 +1,4 @@
-"""Grid tab: schedulers x CFG scales, or x step counts, from one seed, labelled, with what each cell cost."""
+"""Grid tab: schedulers x CFG scales, step counts or CFG stops, from one seed, labelled, with what each cell cost."""
 
 from __future__ import annotations
 
