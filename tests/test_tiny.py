@@ -313,6 +313,8 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     # beside CFG 7.5, the same prompts at the scale the app starts this model at (its marker's), without targets
     assert result["own_cfg"] == train.CFG_SCALE and result["cfg_own"]["colour"] * 2 in (0, 1, 2)
     assert f"at the model's own CFG {train.CFG_SCALE:g}: two shapes both right" in text
+    stop_row = next(line for line in text.splitlines() if "CFG 7.5 stopping at 0.6" in line)
+    assert stop_row.split("|")[2].strip() == f"{100 * result['two_both_stop']:.1f}%"
     mixed = evaluate.report(result, {**result, "model": "none", "own_cfg": None})  # a model naming no scale
     own_row = next(line for line in mixed.splitlines() if "own CFG" in line and "shape right" in line)
     assert own_row.split(" | ")[2] == "n/a" and len(mixed.splitlines()) == len(text.splitlines()) + 1

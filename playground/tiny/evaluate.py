@@ -54,6 +54,9 @@ def sampler(engine: Engine) -> str:
     return "Flow Euler" if engine.model.family.flow else "DDIM"
 
 
+CFG_STOP = 0.6  # a guidance interval measured beside the issue's CFG 7.5 on every step (README: where over-guidance happens)
+
+
 def engine_for(model: str, device: str = "auto") -> Engine:
     settings = settings_mod.Settings(model=model, device=device, safety_checker=False)
     return Engine(load_model(settings), settings)
@@ -223,6 +226,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     own = engine.model.cfg_scale  # the scale the app's forms start at for this model, when its marker names one
     at_own = score_prompts(engine, prompts, own) if n_prompts and own else None
     two_own = score_two_shapes(engine, two, cfg=own) if n_two and own else None
+    two_stop = score_two_shapes(engine, two, cfg_stop=CFG_STOP) if n_two else None  # CFG 7.5 on the early steps
     focus = score_focus(engine, prompts[:n_focus]) if n_focus else {}
     two_focus = score_two_focus(engine, two[:n_focus // 2]) if n_focus else {}
     ceiling = score_round_trip(engine, n_round_trip) if n_round_trip else {}
@@ -244,6 +248,8 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
         "cfg_own": at_own,
         "two_both_own": two_own,
         "guidance_own": two_own - two_both_1 if two_own is not None else None,
+        "two_both_stop": two_stop,
+        "guidance_stop": two_stop - two_both_1 if n_two else None,
         "round_trip_scenes": n_round_trip,
         "round_trip_one": ceiling.get("shape"),
         "round_trip_two": ceiling.get("two"),
@@ -289,6 +295,9 @@ def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
         ("two shapes both right at CFG 1.0", r.get("two_both_cfg1"), None),
         ("what guidance adds: two shapes both right, CFG 7.5 minus CFG 1.0", r.get("guidance"), TARGETS["guidance"]),
         *own_rows(r),
+        (f"two shapes both right at CFG 7.5 stopping at {CFG_STOP:g} (the app's \"CFG stops at\")", r.get("two_both_stop"),
+         None),
+        (f"what guidance adds stopping at {CFG_STOP:g}: two shapes both right, minus CFG 1.0", r.get("guidance_stop"), None),
         ("colour word's attention focus on its object (one shape)", r.get("focus_colour"), TARGETS["focus_colour"]),
         ("shape word's attention focus on its object (one shape)", r.get("focus_shape"), TARGETS["focus_shape"]),
         ("colour words' focus each on its own object (two shapes)", r.get("two_focus_colour"),
