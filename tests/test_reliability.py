@@ -374,10 +374,10 @@ def test_a_server_killed_mid_run_leaves_no_half_file_and_restarts_clean(tiny_dir
 
 
 def test_an_older_client_that_leaves_out_the_newest_parameters_still_works(app):
-    # /generate and /inspect gained parameters at their end (shift, refiner_start, skip_layer_guidance, model); a
-    # gradio_client script written before sends fewer values, and the client fills in the defaults
+    # /generate and /inspect gained parameters at their end (shift, refiner_start, skip_layer_guidance, model, and
+    # /generate cfg_stop); a gradio_client script written before sends fewer values, and the client fills in the defaults
     _, client, _, valid = app
     for endpoint in ("/generate", "/inspect"):
         old = [v for name, v in valid[endpoint].items()
-               if name not in ("shift", "refiner_start", "skip_layer_guidance", "model")]
+               if name not in ("shift", "refiner_start", "skip_layer_guidance", "model", "cfg_stop")]
         assert client.predict(*old, api_name=endpoint)

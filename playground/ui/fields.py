@@ -180,7 +180,7 @@ class Fields:
     def cfg_stop(self) -> gr.Slider:
         """Where classifier-free guidance stops, as a fraction of the steps (1 = guided to the end)."""
         return gr.Slider(0, 1, value=DEFAULTS.cfg_stop, step=0.05, label="CFG stops at",
-                         info="the share of the steps guided (1 = all); after it the prompt alone: faster")
+                         info="how much of the run is guided (1 = all of it); after that, the prompt alone: faster")
 
     def seed(self, label: str = "Seed (-1 = random)", **kwargs) -> gr.Number:
         return gr.Number(value=DEFAULTS.seed, precision=0, label=label, **kwargs)

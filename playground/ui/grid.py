@@ -79,9 +79,11 @@ def cost_text(calls: dict[str, int], axis: str, reference: int) -> str:
     a = AXES[axis]
     if not a.reference:
         return text + ", one cell at a time (each value changes the whole run)."
-    run = a.reference_text.format(value=a.reference(reference))
-    return text + (f", one cell at a time, including {run} of each row as its reference (its model's own): the slow "
-                   "kind of grid." if a.steps else f", one cell at a time, including {run} of each row as its reference.")
+    if a.steps:
+        return text + (f", one cell at a time, including a {reference}-step reference run of each row (its model's "
+                       "own): the slow kind of grid.")
+    return text + f", one cell at a time, including {a.reference_text.format(value=a.reference(reference))} of each " \
+        "row as its reference."
 
 
 def on_cost_text(grid_evaluations: Callable, reference: int, schedulers, columns, steps, axis, models=()) -> str:
