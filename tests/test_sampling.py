@@ -245,3 +245,31 @@ def test_cfg_stop_counts_as_diffusers_guiders(tiny_model, cfg_stop, total):
     denoise(Components.from_pipeline(tiny_model.pipe), replace(job("DDIM", steps=total), cfg_stop=cfg_stop),
             observer=lambda s: seen.append(s.out_uncond is not None))
     assert seen == want
+
+
+def test_cfg_stop_with_a_controlnet_matches_diffusers(tiny_model):
+    """After the stop the ControlNet sees the prompt's half of its map batch too, as diffusers' ControlNet pipeline
+    does when a step-end callback ends CFG there."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    from playground.sampling import Control
+
+    net = _controlnet(tiny_model, zero=False)
+    cond = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    base = tiny_model.pipe
+    ref = StableDiffusionControlNetPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                            unet=base.unet, controlnet=net,
+                                            scheduler=schedulers.make("DDIM", base.scheduler.config),
+                                            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    want = ref(PROMPT, negative_prompt=NEGATIVE, image=cond, num_inference_steps=6, guidance_scale=7.5, height=64,
+               width=64, controlnet_conditioning_scale=0.8, output_type="np",
+               generator=[torch.Generator("cpu").manual_seed(7)],
+               callback_on_step_end=_stop_guidance_at(3, "prompt_embeds", "image"),
+               callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "image"]).images
+    steer = Control(model=net, image=cond, scale=0.8)
+    got = denoise(Components.from_pipeline(base), replace(job(control=steer), cfg_stop=0.5)).images
+    got = (got / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+    assert np.abs(got - want).max() <= 1e-4
+    full = denoise(Components.from_pipeline(base), job(control=steer)).images
+    assert np.abs((full / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy() - want).max() > 3e-4
