@@ -145,6 +145,18 @@ def test_cancel_stops_the_loop(tiny_model):
     assert calls == [0, 1]
 
 
+def _controlnet_pipeline(base, net):
+    """diffusers' own ControlNet pipeline on the tiny model's modules, with DDIM."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    ref = StableDiffusionControlNetPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                            unet=base.unet, controlnet=net,
+                                            scheduler=schedulers.make("DDIM", base.scheduler.config),
+                                            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
 def _controlnet(model, zero: bool):
     from diffusers import ControlNetModel
 
@@ -158,18 +170,12 @@ def _controlnet(model, zero: bool):
 
 
 def test_controlnet_hook_matches_diffusers_controlnet_pipeline(tiny_model):
-    from diffusers import StableDiffusionControlNetPipeline
-
     from playground.sampling import Control
 
     net = _controlnet(tiny_model, zero=False)
     cond = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     base = tiny_model.pipe
-    ref = StableDiffusionControlNetPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
-                                            unet=base.unet, controlnet=net,
-                                            scheduler=schedulers.make("DDIM", base.scheduler.config),
-                                            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    ref.set_progress_bar_config(disable=True)
+    ref = _controlnet_pipeline(base, net)
     want = ref(PROMPT, negative_prompt=NEGATIVE, image=cond, num_inference_steps=6, guidance_scale=7.5, height=64,
                width=64, controlnet_conditioning_scale=0.8, control_guidance_start=0.2, control_guidance_end=0.8,
                output_type="np", generator=[torch.Generator("cpu").manual_seed(7)]).images
@@ -250,18 +256,12 @@ def test_cfg_stop_counts_as_diffusers_guiders(tiny_model, cfg_stop, total):
 def test_cfg_stop_with_a_controlnet_matches_diffusers(tiny_model):
     """After the stop the ControlNet sees the prompt's half of its map batch too, as diffusers' ControlNet pipeline
     does when a step-end callback ends CFG there."""
-    from diffusers import StableDiffusionControlNetPipeline
-
     from playground.sampling import Control
 
     net = _controlnet(tiny_model, zero=False)
     cond = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     base = tiny_model.pipe
-    ref = StableDiffusionControlNetPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
-                                            unet=base.unet, controlnet=net,
-                                            scheduler=schedulers.make("DDIM", base.scheduler.config),
-                                            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    ref.set_progress_bar_config(disable=True)
+    ref = _controlnet_pipeline(base, net)
     want = ref(PROMPT, negative_prompt=NEGATIVE, image=cond, num_inference_steps=6, guidance_scale=7.5, height=64,
                width=64, controlnet_conditioning_scale=0.8, output_type="np",
                generator=[torch.Generator("cpu").manual_seed(7)],
