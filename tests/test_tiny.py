@@ -294,19 +294,24 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     # an exported model is the starting point of a later run
     again = run / "again"
     train.main(["import", str(out), "--ckpt-dir", str(again)])
-    train.main(["unet", "--ckpt-dir", str(again), "--steps", "1", "--batch", "2", "--ground", "0.1"])  # with #25's loss
+    train.main(["unet", "--ckpt-dir", str(again), "--steps", "1", "--batch", "2", "--ground", "0.1",
+                "--agree", "2"])  # with #25's losses
     assert torch.load(again / "unet.pt", weights_only=False)["step"] == 3
 
     # the evaluation runs the same way on any exported model, and reports every target
     result = evaluate.evaluate(str(out), n_prompts=2, n_control=1, n_two=2, n_people=2, n_focus=2, n_round_trip=2)
     assert result["round_trip_one"] in (0, 0.5, 1) and result["round_trip_two"] in (0, 0.5, 1)
-    for cfg in ("cfg7.5", "cfg1.0"):  # shares of the 2 prompts, and "both" right only where each one is
+    for cfg in ("cfg7.5", "cfg1.0", "cfg0.0"):  # shares of the 2 prompts, and "both" right only where each one is
         scores = result[cfg]
         assert all(scores[k] * 2 in (0, 1, 2) for k in ("colour", "shape", "both", "place", "background", "size"))
         assert scores["both"] <= min(scores["colour"], scores["shape"])
     assert result["analyser"]["shape"] >= 0.98
     text = evaluate.report(result)
-    assert text.count(" | >= ") == len(evaluate.TARGETS) and "CFG gap" in text and "n/a" not in text
+    # every target once, the guidance one twice: beside both of the issue's guidance metrics
+    assert text.count(" | >= ") == len(evaluate.TARGETS) + 1 and "CFG gap" in text and "n/a" not in text
+    assert result["guidance_from_0"] == result["cfg7.5"]["both"] - result["cfg0.0"]["both"]
+    from_0 = next(line for line in text.splitlines() if "CFG 7.5 minus CFG 0" in line)
+    assert from_0.split("|")[2].strip().startswith(f"{100 * result['guidance_from_0']:.1f}%")
     two = evaluate.report(result, {**result, "model": "other"})  # one column per model
     verdicts = lambda t: len(re.findall(r"\b(?:met|NOT MET)\b", t))  # noqa: E731
     assert f"| {Path(result['model']).name} | other | target |" in two and verdicts(two) == 2 * verdicts(text) > 0

@@ -9,7 +9,8 @@ model), 25 steps,
 seed = the prompt's index, and read back by the analyser (`analyse.py`). Printed as one table, each
 metric beside its target:
 - the analyser's own accuracy on ground-truth renders (colour, shape, background, place, size, pose);
-- one-shape prompts at CFG 7.5: colour, shape, place (of 9), background, size; colour at CFG 1.0;
+- one-shape prompts at CFG 7.5: colour, shape, place (of 9), background, size; colour at CFG 1.0; colour and shape
+  at CFG 0 (the unconditional prediction alone, at chance), so what guidance adds shows from both ends;
 - two-shape prompts: both objects right (colour, shape, and on the side the caption says);
 - the VAE's ceiling: world scenes through the inspector's VAE round trip, read back the same way (a picture the
   decoder cannot draw, the model cannot either);
@@ -220,6 +221,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     prompts = world.evaluation_prompts(n_prompts)
     at_7 = score_prompts(engine, prompts, 7.5) if n_prompts else None
     at_1 = score_prompts(engine, prompts, 1.0) if n_prompts else None
+    at_0 = score_prompts(engine, prompts, 0.0) if n_prompts else None  # the unconditional prediction alone
     two = world.two_shape_prompts(n_two)
     two_both = score_two_shapes(engine, two) if n_two else None
     two_both_1 = score_two_shapes(engine, two, cfg=1.0) if n_two else None
@@ -240,6 +242,10 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
         "cfg7.5": at_7,
         "cfg1.0": at_1,
         "cfg_gap": at_7["colour"] - at_1["colour"] if n_prompts else None,
+        "cfg0.0": at_0,
+        # the other guidance metric: adherence at CFG 0 (the prompt unused) is at chance, and guidance adds
+        # the rest; colour and shape right together, where chance is 1 in 48
+        "guidance_from_0": at_7["both"] - at_0["both"] if n_prompts else None,
         "two_shapes": n_two,
         "two_both": two_both,
         "two_both_cfg1": two_both_1,
@@ -294,6 +300,10 @@ def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
         ("CFG gap (colour at 7.5 minus at 1.0)", r["cfg_gap"], None),
         ("two shapes both right at CFG 1.0", r.get("two_both_cfg1"), None),
         ("what guidance adds: two shapes both right, CFG 7.5 minus CFG 1.0", r.get("guidance"), TARGETS["guidance"]),
+        ("colour and shape right at CFG 0 (the unconditional prediction alone; chance 1 in 48)",
+         (r.get("cfg0.0") or {}).get("both"), None),
+        ("what guidance adds from CFG 0: colour and shape right, CFG 7.5 minus CFG 0", r.get("guidance_from_0"),
+         TARGETS["guidance"]),
         *own_rows(r),
         (f"two shapes both right at CFG 7.5 stopping at {CFG_STOP:g} (the app's \"CFG stops at\")", r.get("two_both_stop"),
          None),
