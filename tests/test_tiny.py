@@ -320,6 +320,9 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     assert f"at the model's own CFG {train.CFG_SCALE:g}: two shapes both right" in text
     stop_row = next(line for line in text.splitlines() if "CFG 7.5 stopping at 0.6" in line)
     assert stop_row.split("|")[2].strip() == f"{100 * result['two_both_stop']:.1f}%"
+    alone = evaluate.evaluate(str(out), n_prompts=1, n_control=0, n_two=0, n_people=0, n_analyser=0, n_focus=1,
+                              n_round_trip=0)  # one part alone: the word maps without two-shape prompts
+    assert alone["focus_colour"] in (0, 1) and alone["two_focus_colour"] is None and alone["two_both"] is None
     mixed = evaluate.report(result, {**result, "model": "none", "own_cfg": None})  # a model naming no scale
     own_row = next(line for line in mixed.splitlines() if "own CFG" in line and "shape right" in line)
     assert own_row.split(" | ")[2] == "n/a" and len(mixed.splitlines()) == len(text.splitlines()) + 1

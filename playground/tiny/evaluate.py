@@ -214,7 +214,7 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
     return {"recall": mean(recall), "precision": mean(precision), "limbs": mean(limbs)}
 
 
-def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 60, n_people: int = 48,
+def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 120, n_people: int = 48,
              n_analyser: int = 600, device: str = "auto", n_focus: int = 120, n_round_trip: int = 200) -> dict:
     started = time.monotonic()
     engine = engine_for(model, device)
@@ -230,7 +230,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
     two_own = score_two_shapes(engine, two, cfg=own) if n_two and own else None
     two_stop = score_two_shapes(engine, two, cfg_stop=CFG_STOP) if n_two else None  # CFG 7.5 on the early steps
     focus = score_focus(engine, prompts[:n_focus]) if n_focus else {}
-    two_focus = score_two_focus(engine, two[:n_focus // 2]) if n_focus else {}
+    two_focus = score_two_focus(engine, two[:n_focus // 2]) if n_focus and two else {}
     ceiling = score_round_trip(engine, n_round_trip) if n_round_trip else {}
     canny_scores = score_canny(engine, n_control) if n_control else {}
     pose_scores = score_openpose(engine, n_control) if n_control else {}
@@ -407,7 +407,8 @@ def main() -> None:
                         help="the model folder (default: the bundled U-Net model); again for one column per model")
     parser.add_argument("--prompts", type=int, default=240, help="held-out prompts (0: skip)")
     parser.add_argument("--control", type=int, default=40, help="control maps per ControlNet (0: skip)")
-    parser.add_argument("--two", type=int, default=60, help="held-out two-shape prompts (0: skip)")
+    parser.add_argument("--two", type=int, default=120,
+                        help="held-out two-shape prompts (0: skip; each is 1/N of the figure: 2.5 points at 40)")
     parser.add_argument("--people", type=int, default=48, help="held-out person prompts (0: skip)")
     parser.add_argument("--analyser", type=int, default=600, help="ground-truth renders the analyser is checked on")
     parser.add_argument("--focus", type=int, default=120,
