@@ -15,10 +15,12 @@ from functools import lru_cache
 
 import torch
 
-from playground.settings import ASSETS
-from playground.tiny.arch import OFFLINE, SD15_SCHEDULER, rescaled_betas
+from playground.settings import ASSETS, BUNDLED_MODEL
 
 FAMILIES_FILE = ASSETS / "configs" / "families.json"
+# the offline U-Net model's noise schedule, as it was trained: its scheduler config's trained_betas
+OFFLINE_SCHEDULER = BUNDLED_MODEL / "scheduler" / "scheduler_config.json"
+SD15_BETAS = (0.00085, 0.012)  # SD 1.x's (and SDXL's) scaled-linear schedule: beta_start, beta_end
 LOADED = "the loaded model's own modules"  # the source of a loaded model's figures
 
 # class name -> (module, config class or None when the model class takes the config's keys directly)
@@ -206,11 +208,12 @@ def schedules(loaded_config: dict, loaded_name: str, flow: bool) -> list[Schedul
         loaded = flow_schedule(f"loaded: {loaded_name}", float(loaded_config.get("shift", 1.0)), n)
     else:
         loaded = vp_schedule(f"loaded: {loaded_name}", DDPMScheduler.from_config(dict(loaded_config)).betas)
-    sd = dict(SD15_SCHEDULER)
+    start, end = SD15_BETAS
+    offline = json.loads(OFFLINE_SCHEDULER.read_text())["trained_betas"]
     return [loaded,
             vp_schedule("linear (DDPM)", torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)),
             vp_schedule("cosine (improved DDPM)", cosine_betas()),
             vp_schedule("scaled linear (SD 1.x-XL)",
-                        torch.linspace(sd["beta_start"] ** 0.5, sd["beta_end"] ** 0.5, 1000, dtype=torch.float64) ** 2),
-            vp_schedule("offline model (rescaled)", rescaled_betas(OFFLINE.terminal_signal)),
+                        torch.linspace(start ** 0.5, end ** 0.5, 1000, dtype=torch.float64) ** 2),
+            vp_schedule("offline model (rescaled)", torch.tensor(offline, dtype=torch.float64)),
             flow_schedule("SD3 flow, shift 3", 3.0)]

@@ -21,7 +21,7 @@ from playground import poses
 from playground.control import PoseOptions
 from playground.errors import ControlNetUnavailable, InvalidRequest
 from playground.loading import LoadedModel, controlnet_source, load_controlnet, load_pose_detector, shown_source
-from playground.settings import Settings
+from playground.settings import CONTROLNETS, Settings
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,20 @@ class Annotators:
         """kind -> the ControlNets loaded so far (for the anatomy)."""
         with self._controlnet_lock:
             return {kind: net for kind, (net, _) in self._controlnets.items()}
+
+    def preload(self) -> list[str]:
+        """Every ControlNet kind and OpenPose's detector loaded now, on the model's device, for a host where only
+        start-up's loads reach the device (ZeroGPU: a load inside a lease happens in a forked worker and is lost
+        with it). One line each of what was loaded or why not; what failed is tried again on first use."""
+        lines = []
+        for kind in CONTROLNETS:
+            try:
+                lines.append(f"{kind} ControlNet from {shown_source(self.controlnet(kind)[1])}")
+            except ControlNetUnavailable as exc:
+                lines.append(str(exc))
+        detector, note = self.pose_detector(download=True)
+        lines.append(f"OpenPose's detector from {note}" if detector is not None else note)
+        return lines
 
     # -- pose detection ---------------------------------------------------------------------------
     def pose_detector(self, download: bool) -> tuple[object | None, str]:

@@ -49,6 +49,7 @@ class LoadedModel:
     refiner: object = None  # SDXL's refiner (a StableDiffusionXLImg2ImgPipeline on the base's encoder and VAE)
     cfg_scale: float | None = None  # the CFG the form starts at, from the marker (None: the app's default, 7.5)
     t5_tokens: int | None = None  # an SD3 trained without T5: the zero tokens in its place it learnt with (marker)
+    variant: str = ""  # the files it was loaded from ("fp16": the half-precision ones); its hub ControlNets' too
 
     @property
     def family(self) -> StableDiffusion:
@@ -112,13 +113,16 @@ def family(source: str | Path) -> str:
 
 
 def load_pipeline(source: str | Path, dtype: torch.dtype, safety_checker: bool = True,
-                  t5: bool = True) -> StableDiffusionPipeline:
+                  t5: bool = True, variant: str = "") -> StableDiffusionPipeline:
     """The model's own pipeline class (StableDiffusion[XL|3]Pipeline).from_pretrained for a hub id or a directory,
     with an explicit dtype, once its model_index.json says it is a family this app runs. Components the
-    model_index lists as absent (null) are passed as None, as diffusers needs; `t5=False` leaves SD3's T5 out."""
+    model_index lists as absent (null) are passed as None, as diffusers needs; `t5=False` leaves SD3's T5 out;
+    `variant` ("fp16") reads the model's half-precision files."""
     config = StableDiffusionPipeline.load_config(str(source))
     cls = getattr(diffusers, family(source))
     kwargs: dict = {"dtype": dtype}
+    if variant:
+        kwargs["variant"] = variant
     kwargs.update({name: None for name, value in config.items() if name not in cls._optional_components
                    and isinstance(value, list) and len(value) == 2 and value[1] is None})
     if not t5 and "text_encoder_3" in config:
@@ -201,8 +205,9 @@ def controlnet_source(kind: str, settings: Settings, model: LoadedModel) -> str:
 
 def load_controlnet(source: str, model: LoadedModel) -> ControlNetModel:
     """A ControlNet of the base model's family (SD3's are SD3ControlNetModel) in its dtype, on its device
-    (from_pretrained: hub id or folder)."""
-    net = getattr(diffusers, model.family.controlnet_class).from_pretrained(source, dtype=model.dtype)
+    (from_pretrained: hub id or folder; a hub id in the base model's variant)."""
+    variant = {"variant": model.variant} if model.variant and not Path(source).is_dir() else {}
+    net = getattr(diffusers, model.family.controlnet_class).from_pretrained(source, dtype=model.dtype, **variant)
     return net.to(model.device).eval()
 
 
@@ -261,11 +266,13 @@ def load_model(settings: Settings, bundled: str | Path = BUNDLED_MODEL) -> Loade
     else:
         wanted, why = settings.model, f"chosen with --model {shown_source(settings.model)}"
 
+    variant = settings.variant if dtype == torch.float16 else ""  # half-precision files for a half-precision load
     model = None
     if wanted is not None:
         try:
-            model = _finish(load_pipeline(wanted, dtype, settings.safety_checker, settings.t5), wanted, why, device,
-                            dtype)
+            model = _finish(load_pipeline(wanted, dtype, settings.safety_checker, settings.t5, variant), wanted, why,
+                            device, dtype)
+            model.variant = variant
         except Exception as exc:  # offline, not cached, bad id, broken directory: fall back, say why
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             log.warning("could not load %s (%s); falling back to the bundled model", wanted, first)

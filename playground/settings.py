@@ -78,6 +78,9 @@ class Settings:
     device: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DEVICE", "auto"))
     # "auto" (float16 on cuda, float32 elsewhere), "float16", "bfloat16", "float32"
     dtype: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_DTYPE", "auto"))
+    # which files of a hub model and its ControlNets to load: "" (the full-precision ones), or "fp16" (the
+    # half-precision copies SD 1.5 and its ControlNets publish: half the download; with a float16 dtype only)
+    variant: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_VARIANT", ""))
     # torch.compile the UNet and VAE decoder, warming the native size up at start (slow to start, faster after)
     compile: bool = field(default_factory=lambda: _env_bool("PLAYGROUND_COMPILE", False))
     compile_backend: str = field(default_factory=lambda: os.environ.get("PLAYGROUND_COMPILE_BACKEND", "inductor"))
@@ -108,6 +111,10 @@ class Settings:
     host: str = field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     port: int = field(default_factory=lambda: _env_int("GRADIO_SERVER_PORT", 7860))
     gpu_concurrency: int = field(default_factory=lambda: _env_int("GPU_CONCURRENCY", 1))  # jobs on the model at once
+    # ZeroGPU: each action asks for a GPU for LEASE_FLOOR seconds plus this many per model evaluation at 512x512
+    # (SD 1.5 on ZeroGPU's share of an H200: about 0.03 s; the rest is margin), and never more than the ceiling
+    gpu_step_seconds: float = field(default_factory=lambda: _env_float("GPU_STEP_SECONDS", 0.1))
+    max_gpu_seconds: int = field(default_factory=lambda: _env_int("MAX_GPU_SECONDS", 120))
     queue_size: int = field(default_factory=lambda: _env_int("QUEUE_SIZE", 64))  # waiting jobs before "busy"
     # model jobs one browser session (or API client) may have waiting or running at once (0 = no limit)
     session_jobs: int = field(default_factory=lambda: _env_int("SESSION_JOBS", 3))
@@ -135,6 +142,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                         "more models beside the first, each chosen per request")
     p.add_argument("--device", default=s.device, help="auto | cuda | cpu | mps (env PLAYGROUND_DEVICE)")
     p.add_argument("--dtype", default=s.dtype, help="auto | float16 | bfloat16 | float32 (env PLAYGROUND_DTYPE)")
+    p.add_argument("--variant", default=s.variant, choices=["", "fp16"],
+                   help="fp16: a hub model's half-precision files (env PLAYGROUND_VARIANT)")
     p.add_argument("--compile", action="store_true", default=s.compile,
                    help="torch.compile the UNet and VAE decoder (env PLAYGROUND_COMPILE=1)")
     p.add_argument("--no-safety-checker", action="store_true", default=not s.safety_checker,
@@ -151,7 +160,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     a = p.parse_args(argv)
     if a.model:
         s.model, s.more_models = a.model[0], tuple(a.model[1:])
-    s.device, s.dtype = a.device, a.dtype
+    s.device, s.dtype, s.variant = a.device, a.dtype, a.variant
     s.safety_checker = not a.no_safety_checker
     s.t5 = not a.no_t5
     s.refiner = a.refiner

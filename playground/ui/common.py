@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from playground.errors import Cancelled, InvalidRequest
-from playground.gpu import gpu
+from playground.gpu import lease
 from playground.requests import Progress
 from playground.settings import Settings
 from playground.ui import fairness
@@ -23,18 +23,61 @@ from playground.ui import fairness
 GPU = "gpu"  # the one concurrency group every tab's model work goes through
 
 
-def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, counted: bool = True, **kwargs):
+def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, counted: bool = True,
+          evaluations: Callable[..., int] | None = None, **kwargs):
     """Wire `fn` to one trigger (`button.click`, `event.then`) or a list of them as model work: a ZeroGPU
-    lease (`gpu`), and the one concurrency group shared by every tab, `settings.gpu_concurrency` at once; each
-    browser session may hold `settings.session_jobs` of them at once (fairness.py). `counted=False` for the small
-    follow-ups of a job already let in (the inspector's x0 decode as the visitor scrubs: one pending at a time,
-    trigger_mode "always_last"), which a visitor must never see refused."""
+    lease sized by its cost (`lease_seconds`), and the one concurrency group shared by every tab,
+    `settings.gpu_concurrency` at once; each browser session may hold `settings.session_jobs` of them at once
+    (fairness.py). `counted=False` for the small follow-ups of a job already let in (the inspector's x0 decode as
+    the visitor scrubs: one pending at a time, trigger_mode "always_last"), which a visitor must never see refused.
+    `evaluations(*args)`: the model evaluations a call costs, where `model_evaluations` cannot read them."""
     kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency)
     if counted:
         kwargs["validator"] = fairness.of_app(settings.session_jobs, settings.queue_size).validator(inputs)
+    leased = lease(fn, lease_seconds(fn, settings, evaluations))
     if isinstance(triggers, (list, tuple)):
-        return gr.on(triggers, gpu(fn), inputs, outputs, **kwargs)
-    return triggers(gpu(fn), inputs, outputs, **kwargs)
+        return gr.on(triggers, leased, inputs, outputs, **kwargs)
+    return triggers(leased, inputs, outputs, **kwargs)
+
+
+LEASE_FLOOR = 10  # seconds: a call with no denoising (a VAE round trip, one x0 decode, a pose) and the lease's start
+
+
+def model_evaluations(values: dict) -> int:
+    """The denoiser calls a handler's values ask for, read by their API names: steps for each image (or each
+    frame of a walk); 0 for a handler that does not denoise. A value that is not a number counts as its default
+    (the Engine names it as bad before any work starts)."""
+    def whole(name: str, default: int) -> int:
+        try:
+            return max(0, int(float(values.get(name, default))))
+        except (TypeError, ValueError):
+            return default
+    if "steps" not in values:
+        return 0
+    return whole("steps", 25) * max(1, whole("num_images", 1), whole("frames_count", 1))
+
+
+def lease_seconds(fn: Callable, settings: Settings, evaluations: Callable[..., int] | None = None) -> Callable[..., int]:
+    """What a call of `fn` asks ZeroGPU for, from its own arguments: `settings.gpu_step_seconds` for each model
+    evaluation at 512x512 (scaled by the request's pixels), on top of LEASE_FLOOR, at most
+    `settings.max_gpu_seconds`. A shorter lease is served sooner: ZeroGPU queues by the duration asked for."""
+    signature = inspect.signature(fn)
+
+    def seconds(*args, **kwargs) -> int:
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError:  # not a call the handler takes: gradio names it; ask for the most
+            return settings.max_gpu_seconds
+        bound.apply_defaults()
+        values = bound.arguments
+        calls = evaluations(*args, **kwargs) if evaluations is not None else model_evaluations(values)
+        try:
+            pixels = int(values.get("width", 512)) * int(values.get("height", 512)) / (512 * 512)
+        except (TypeError, ValueError):
+            pixels = 1.0
+        asked = LEASE_FLOOR + calls * settings.gpu_step_seconds * max(pixels, 0.25)
+        return int(min(settings.max_gpu_seconds, max(LEASE_FLOOR, round(asked))))
+    return seconds
 
 
 ERROR_SECONDS = 20  # long enough to read a message and fix the value; a toast that never left would cover outputs
