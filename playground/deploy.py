@@ -203,8 +203,10 @@ def smoke(src: str, token: str | None = None) -> str:
     from gradio_client import Client  # noqa: PLC0415
 
     client = Client(src, token=token, verbose=False)
-    _, gallery, info, seed = client.predict(prompt="a red circle on a white background", steps=8, seed=1,
-                                            api_name="/generate")
+    params = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/generate"]["parameters"]
+    values = {p["parameter_name"]: p["parameter_default"] if p.get("parameter_has_default") else "" for p in params}
+    values.update(prompt="a red circle on a white background", steps=8, seed=1)  # the model's own size and CFG
+    _, gallery, info, seed = client.predict(**values, api_name="/generate")
     if not gallery:
         raise DeployError(f"/generate on {src} returned no image ({info!r})")
     return f"/generate answered: {len(gallery)} image(s), seed {seed}"

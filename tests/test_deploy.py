@@ -65,6 +65,14 @@ def test_each_hardware_fetches_only_what_it_loads_in_the_dtype_it_loads(name):
     assert deploy.HARDWARE["zerogpu"].python == "3.12" and hw.variables["MAX_STEPS"] == "50"
 
 
+def test_the_readmes_front_matter_is_the_one_the_deploy_writes_for_a_t4():
+    """For those who push with git: this repository's README configures a T4 Space as the deploy would."""
+    import gradio
+
+    ours = (ROOT / "README.md").read_text().split("---\n")[1]
+    assert ours == deploy.space_readme(deploy.HARDWARE["t4-small"], gradio.__version__).split("---\n")[1]
+
+
 class FakeHub:
     """HfApi's calls the deploy makes, recorded; `fail` maps a method name to the exception it raises."""
 

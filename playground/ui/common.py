@@ -64,8 +64,8 @@ def lease_seconds(fn: Callable, settings: Settings, evaluations: Callable[..., i
     signature = inspect.signature(fn)
 
     def seconds(*args, **kwargs) -> int:
-        try:
-            bound = signature.bind(*args, **kwargs)
+        try:  # partial: gradio adds its own arguments (a gr.Request, a gr.Progress) where the handler takes them
+            bound = signature.bind_partial(*args, **kwargs)
         except TypeError:  # not a call the handler takes: gradio names it; ask for the most
             return settings.max_gpu_seconds
         bound.apply_defaults()
