@@ -210,10 +210,16 @@ def schedules(loaded_config: dict, loaded_name: str, flow: bool) -> list[Schedul
         loaded = vp_schedule(f"loaded: {loaded_name}", DDPMScheduler.from_config(dict(loaded_config)).betas)
     start, end = SD15_BETAS
     offline = json.loads(OFFLINE_SCHEDULER.read_text())["trained_betas"]
-    return [loaded,
-            vp_schedule("linear (DDPM)", torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)),
-            vp_schedule("cosine (improved DDPM)", cosine_betas()),
-            vp_schedule("scaled linear (SD 1.x-XL)",
-                        torch.linspace(start ** 0.5, end ** 0.5, 1000, dtype=torch.float64) ** 2),
-            vp_schedule("offline model (rescaled)", torch.tensor(offline, dtype=torch.float64)),
-            flow_schedule("SD3 flow, shift 3", 3.0)]
+    references = [vp_schedule("linear (DDPM)", torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)),
+                  vp_schedule("cosine (improved DDPM)", cosine_betas()),
+                  vp_schedule("scaled linear (SD 1.x-XL)",
+                              torch.linspace(start ** 0.5, end ** 0.5, 1000, dtype=torch.float64) ** 2),
+                  vp_schedule("offline model (rescaled)", torch.tensor(offline, dtype=torch.float64)),
+                  flow_schedule("SD3 flow, shift 3", 3.0)]
+    # a reference the loaded model follows is drawn once, as the loaded curve named after it (two curves on
+    # top of each other read as one, with a legend that lists two)
+    same = [r for r in references if len(r.alpha_bar) == len(loaded.alpha_bar)
+            and max(abs(a - b) for a, b in zip(r.alpha_bar, loaded.alpha_bar)) < 1e-6]
+    if same:
+        loaded = Schedule(f"{loaded.name} = {same[0].name}", loaded.t, loaded.alpha_bar, loaded.snr_db)
+    return [loaded, *(r for r in references if r not in same)]
