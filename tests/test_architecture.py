@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "playground"
 LAYERS = [
     ["errors", "settings", "gpu", "tiny", "weights", "threads"],
     ["metadata", "tokens", "grid", "schedulers", "poses", "latents", "tiny.world", "tiny.arch", "tiny.vocab",
-     "tiny.analyse"],
+     "tiny.analyse", "deploy", "exercises"],
     ["control"],
     ["requests"],
     ["attention", "views", "anatomy", "outputs"],
