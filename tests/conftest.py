@@ -1,10 +1,16 @@
 """Shared fixtures: a tiny random-weight SD-shaped model saved to disk and loaded the app's way, and
-one factory for launched apps.
+one factory for launched apps; and the rings every test belongs to.
 
-The tests come in three rings: fast units (no model: validation, registries, grid parsing, metadata,
-the tabs built against fake functions), model tests on the tiny random-weight components, and
-`@pytest.mark.slow` (launched servers, the browser, load, benchmarks, training, the shipped weights).
-`python -m pytest -m "not slow"` runs the first two.
+The rings (markers registered in pyproject.toml); each test is in exactly one of the first three:
+  nomodel   fast units with no model at all: validation, registries, grid parsing, metadata, the tabs built against
+            fake functions (a nomodel test that builds a module with real weights fails, naming the ring it needs)
+  tiny      the tiny random-weight models (the fixtures below, or built by the test): the loop against diffusers,
+            every family and action, in one process
+  slow      launched servers, load, training runs, benchmarks, the shipped weights, and the browser
+  browser   the tests that drive Chromium (all of them slow too)
+A test marked nothing is put in a ring here: `tiny` where it uses one of MODEL_FIXTURES or its file is in
+BUILDS_ITS_MODELS, else `nomodel`.
+`python -m pytest -m "not slow"` runs the first two (`-m nomodel`, `-m tiny` each one of them).
 """
 
 from __future__ import annotations
@@ -25,6 +31,44 @@ from playground.settings import Settings
 from playground.tiny import arch, untrained
 
 torch.set_num_threads(int(os.environ.get("PLAYGROUND_TEST_THREADS", "2")))
+
+# the fixtures that write or load a model: a test that uses one (directly or through another fixture) is `tiny`
+MODEL_FIXTURES = frozenset({"tiny_dir", "tiny_vpred_dir", "tiny_sd2_dir", "tiny_sd3_dir", "tiny_sdxl_dir",
+                            "tiny_refiner_dir", "tiny_model", "annotators_dir"})
+
+# files whose tests build their own tiny models (no fixture says so): their unmarked tests are `tiny`
+BUILDS_ITS_MODELS = frozenset({"test_mmdit.py"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Put every test in its ring: `slow` (browser tests included) and `tiny` as marked; a test marked neither is
+    `tiny` if it uses a model fixture or its file builds its models, else `nomodel`. A test marked `nomodel` that uses
+    a model fixture is an error."""
+    for item in items:
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+        uses_model = bool(MODEL_FIXTURES & set(item.fixturenames))
+        if item.get_closest_marker("nomodel") and uses_model:
+            raise pytest.UsageError(f"{item.nodeid} is marked nomodel but uses a model fixture: mark it tiny")
+        if item.get_closest_marker("slow") or item.get_closest_marker("tiny") or item.get_closest_marker("nomodel"):
+            continue
+        builds = item.path.name in BUILDS_ITS_MODELS
+        item.add_marker(pytest.mark.tiny if uses_model or builds else pytest.mark.nomodel)
+
+
+@pytest.fixture(autouse=True)
+def nomodel_builds_no_model(request, monkeypatch):
+    """In the `nomodel` ring, building a module with weights (not on the meta device) fails the test."""
+    if request.node.get_closest_marker("nomodel") is None or request.node.get_closest_marker("slow"):
+        return
+    register = torch.nn.Module.register_parameter
+
+    def refuse(module, name, param):
+        if param is not None and param.device.type != "meta":
+            raise AssertionError(f"a nomodel test built {type(module).__name__} with weights: mark it tiny")
+        return register(module, name, param)
+
+    monkeypatch.setattr(torch.nn.Module, "register_parameter", refuse)
 
 
 def tiny_settings(model_dir, **overrides) -> Settings:
@@ -234,9 +278,9 @@ def tiny_model(tiny_dir) -> LoadedModel:
 
 
 @contextlib.contextmanager
-def launched(engine: Engine, settings: Settings):
-    """The whole app on 127.0.0.1 (settings.port), as app.py serves it; its URL. Closed on exit. Its gradio cache
-    is kept until it stops (CACHE_HOURS=0): a stopping app empties its cache, which is shared by content with
+def serving(engine: Engine, settings: Settings):
+    """The whole app on 127.0.0.1 (settings.port), as app.py serves it: (the app, its URL). Closed on exit. Its gradio
+    cache is kept until it stops (CACHE_HOURS=0): a stopping app empties its cache, which is shared by content with
     the apps launched after it in this process (same seeds, same files)."""
     from playground.ui import build_app, launch_options
 
@@ -244,9 +288,16 @@ def launched(engine: Engine, settings: Settings):
     demo = build_app(engine, settings)
     demo.queue(max_size=settings.queue_size).launch(prevent_thread_lock=True, quiet=True, **launch_options(settings))
     try:
-        yield f"http://127.0.0.1:{settings.port}/"
+        yield demo, f"http://127.0.0.1:{settings.port}/"
     finally:
         demo.close()
+
+
+@contextlib.contextmanager
+def launched(engine: Engine, settings: Settings):
+    """serving()'s URL alone."""
+    with serving(engine, settings) as (_, url):
+        yield url
 
 
 @pytest.fixture(scope="module")

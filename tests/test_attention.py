@@ -242,7 +242,7 @@ def offline() -> Engine:
     "a large yellow star at the top on a black background",
 ])
 def test_the_offline_models_colour_and_shape_words_attend_to_the_object(offline, prompt):
-    """The issue's check: the mass centre of "red" and of "square", summed over the steps, lies on the
+    """The mass centre of "red" and of "square", summed over the steps, lies on the
     object the model drew (its bounding box, as the analyser finds it), wherever the prompt put it."""
     traj = offline.inspect(GenerateRequest(prompt=prompt, seed=0, steps=25, scheduler="DDIM"))
     found = analyse.analyse(traj.image).objects

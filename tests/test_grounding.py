@@ -1,6 +1,8 @@
-"""The grounding loss (#25): which words name which region of a training scene, and the loss on the maps."""
+"""The grounding loss: which words name which region of a training scene, and the loss on the maps."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -8,6 +10,10 @@ import torch
 
 from playground.tiny import arch, grounding, world
 from playground.tiny.vocab import build_tokenizer
+
+# the offline model's layout (three levels, cross-attention at 16x16, 8x8 and 4x4) at a tenth of its widths
+NARROW = dataclasses.replace(arch.OFFLINE, unet_channels=(16, 32, 32), unet_groups=4, text_width=32, text_layers=1,
+                             text_heads=2)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +77,10 @@ def test_the_loss_is_zero_inside_the_region_and_grows_with_the_attention_outside
     assert grounding.loss([outside], masks, torch.zeros(1, 77)) == 0  # nothing grounded (an empty caption)
 
 
+@pytest.mark.tiny  # a narrow U-Net built here
 def test_capture_hands_over_every_cross_attention_map_with_its_gradient_and_leaves_the_output_alone(tokenizer):
     torch.manual_seed(0)
-    unet, text = arch.new_unet(arch.OFFLINE), arch.new_text_encoder(arch.OFFLINE, tokenizer)
+    unet, text = arch.new_unet(NARROW), arch.new_text_encoder(NARROW, tokenizer)
     ids = tokenizer(["a red square on a white background"], padding="max_length", max_length=77,
                     return_tensors="pt").input_ids
     hidden = text(ids).last_hidden_state
@@ -94,11 +101,12 @@ def test_capture_hands_over_every_cross_attention_map_with_its_gradient_and_leav
     assert nothing == [] and all(type(p).__name__ != "_Recorded" for p in unet.attn_processors.values())
 
 
+@pytest.mark.tiny  # a narrow U-Net built here
 def test_agreement_pulls_the_unconditional_prediction_onto_the_conditional_one_on_low_noise_steps_only(tokenizer):
     from playground.tiny import train
 
     torch.manual_seed(0)
-    unet, text = arch.new_unet(arch.OFFLINE), arch.new_text_encoder(arch.OFFLINE, tokenizer)
+    unet, text = arch.new_unet(NARROW), arch.new_text_encoder(NARROW, tokenizer)
     captions = ["a red square on a white background", "", "a blue circle on a black background",
                 "a green star on a gray background"]
     ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids

@@ -106,7 +106,7 @@ def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
     from playground.engine import Engine
     from playground.requests import GenerateRequest, GridRequest, InspectRequest, InvalidRequest
 
-    engine = Engine(sd3, tiny_settings(tiny_sd3_dir))
+    engine = Engine(sd3, tiny_settings(tiny_sd3_dir, grid_reference_steps=16))  # the steps axis: a 16-step reference
     assert engine.limits.schedulers == schedulers.FLOW_NAMES
     req = GenerateRequest(prompt=PROMPT, seed=3, steps=3, scheduler="Flow Euler", width=64, height=64)
     made = engine.generate(req)

@@ -212,7 +212,7 @@ def test_every_cfg_slider_starts_at_the_models_recommended_guidance():
 
 
 def test_the_inspector_starts_with_the_models_attention_example():
-    """#25: the offline model names a two-object prompt for the inspector (each colour word lighting its own
+    """The offline model names a two-object prompt for the inspector (each colour word lighting its own
     object); every other tab starts with its first example, and a model that names none changes nothing."""
     two = "a red circle on the left and a blue square on the right on a white background"
 

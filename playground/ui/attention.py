@@ -154,7 +154,9 @@ def api(attention: Callable[..., tuple[Trajectory, AttentionView]], form_inputs:
     @shows_errors
     def on_attention(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of, word,
                      resolution, model="", progress=gr.Progress()):
-        req = InspectRequest(generate_request(locals()), attention_of, word, resolution)
+        base = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height, model=model)
+        req = InspectRequest(base, attention_of, word, resolution)
         for item in stream(attention, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")

@@ -56,7 +56,10 @@ def control_request(image, mode, controlnet, low=CannyOptions.low, high=CannyOpt
     return ControlRequest(image=upload_path(image), mode=mode, controlnet=controlnet, canny=CannyOptions(low, high),
                           openpose=PoseOptions(detector, hands, face), resize=resize,
                           conditioning_scale=conditioning_scale, guidance_start=guidance_start,
-                          guidance_end=guidance_end, base=generate_request(locals()), pose=pose)
+                          guidance_end=guidance_end, pose=pose,
+                          base=generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                                cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height,
+                                                num_images=num_images, model=model))
 
 
 def control_text(result: ControlResult) -> str:

@@ -3,12 +3,13 @@ settings) and the request built from a handler's values.
 
 Each tab lays the inputs out its own way (the Prompt tab puts the token counters under the boxes,
 the Grid has checkboxes for schedulers), but the labels, ranges and defaults are made here once, and
-`generate_request` is the one place a `GenerateRequest` is built from what the browser or the API sent.
+`generate_request` is the one place a `GenerateRequest` is built from what the browser or the API sent: each
+field passed by its name, so a handler parameter renamed is an error where it is used, never a field silently
+left at its default.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import gradio as gr
@@ -17,13 +18,20 @@ from playground.requests import GenerateRequest
 from playground.settings import Settings
 
 DEFAULTS = GenerateRequest()
-FIELDS = tuple(f.name for f in dataclasses.fields(GenerateRequest))  # also the API's parameter names
 
 
-def generate_request(values: dict) -> GenerateRequest:
-    """The GenerateRequest among a handler's arguments (`locals()`), by their API names, as they come (the
-    Engine checks them); a name the handler does not take keeps the request's default."""
-    return GenerateRequest(**{name: values[name] for name in FIELDS if name in values})
+def generate_request(*, prompt: str, negative_prompt: str, seed: int, steps: int, cfg_scale: float, width: int,
+                     height: int, model: str, scheduler: str = DEFAULTS.scheduler, num_images: int = DEFAULTS.num_images,
+                     shift: float = DEFAULTS.shift, refiner_start: float = DEFAULTS.refiner_start,
+                     skip_layer_guidance: float = DEFAULTS.skip_layer_guidance,
+                     cfg_stop: float = DEFAULTS.cfg_stop) -> GenerateRequest:
+    """The form's values, by name and as they come (the Engine checks them), in a request. Every tab's form has the
+    required ones (one left out is a TypeError, not a default); the others only where the tab shows them (the Grid's
+    rows replace the scheduler)."""
+    return GenerateRequest(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps, cfg_scale=cfg_scale,
+                           scheduler=scheduler, width=width, height=height, num_images=num_images, shift=shift,
+                           refiner_start=refiner_start, skip_layer_guidance=skip_layer_guidance, model=model,
+                           cfg_stop=cfg_stop)
 
 
 def size_note(width: int, height: int, native: int) -> str:

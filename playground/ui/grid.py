@@ -148,8 +148,10 @@ def grid_request(prompt="", negative_prompt="", seed=-1, steps=DEFAULTS.base.ste
     """The `grid` API's values, as they come, in a request (the Engine checks them). `models`: the rows' models
     (one: that model's grid; several: each model's rows, one after the other)."""
     one = models[0] if isinstance(models, (list, tuple)) and len(models) == 1 else ""
-    return GridRequest(base=generate_request(dict(locals(), model=one)), schedulers=schedulers, columns=columns,
-                       axis=axis, models=() if one or models is None else models)
+    base = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                            cfg_scale=cfg_scale, width=width, height=height, model=one)
+    return GridRequest(base=base, schedulers=schedulers, columns=columns, axis=axis,
+                       models=() if one or models is None else models)
 
 
 def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridRequest], dict[str, int]], fields: Fields,

@@ -149,7 +149,10 @@ def build(
     @shows_errors
     def on_inspect(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, attention_of,
                    refiner_start=0.0, model="", progress=gr.Progress()):
-        for item in stream(inspect, InspectRequest(generate_request(locals()), attention_of)):
+        base = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height,
+                                refiner_start=refiner_start, model=model)
+        for item in stream(inspect, InspectRequest(base, attention_of)):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 yield *[gr.skip()] * 2, running(item), *[gr.skip()] * (len(outputs) - 3)
@@ -168,8 +171,7 @@ def build(
     outputs = [traj_state, final, info, download, step_slider, decoded, *step_outputs, *attn.first_outputs]
     attention_inputs = [traj_state, step_slider, attn.token, attn.resolution]
     event = heavy(run.click, on_inspect, [*form_inputs, refiner_box, form.model], outputs, settings, api_name="inspect",
-                  preprocess=False,
-                  show_progress_on=status)
+                  preprocess=False, show_progress_on=status)
     # the step's x0 through the VAE; then the attention map of the step over it
     heavy(event.then, on_decode, [traj_state, step_slider], decoded, settings, counted=False,
           api_visibility="private").then(
@@ -180,8 +182,7 @@ def build(
     step_slider.change(attn.show, attention_inputs, attn.outputs, show_progress="hidden",
                        trigger_mode="always_last", api_visibility="private")
     heavy(step_slider.release, on_decode, [traj_state, step_slider], decoded, settings, counted=False,
-          show_progress="minimal",
-          trigger_mode="always_last", api_visibility="private").then(
+          show_progress="minimal", trigger_mode="always_last", api_visibility="private").then(
         attn.show, attention_inputs, attn.outputs, show_progress="hidden", api_visibility="private")
     for box in (attn.token, attn.resolution):
         box.input(attn.show, attention_inputs, attn.outputs, show_progress="hidden", trigger_mode="always_last",

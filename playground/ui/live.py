@@ -21,7 +21,6 @@ replace each other in the page instead of queueing, so other visitors' jobs keep
 
 from __future__ import annotations
 
-import dataclasses
 import random
 import re
 import threading
@@ -133,7 +132,10 @@ def wire(live: gr.Checkbox, watched: list, inputs: list, generate: Callable[...,
     @shows_errors
     def on_live(stamp, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, shift, refiner_start,
                 skip_layer_guidance, model, cfg_stop, request: gr.Request):
-        job = dataclasses.replace(generate_request(locals()), num_images=1)
+        job = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                               cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height, num_images=1,
+                               shift=shift, refiner_start=refiner_start, skip_layer_guidance=skip_layer_guidance,
+                               model=model, cfg_stop=cfg_stop)
         run = lambda req, on_progress, cancel: live_generate(  # noqa: E731
             generate, edits, request.session_hash, float(stamp or 0), req, on_progress, cancel)
         started = time.monotonic()

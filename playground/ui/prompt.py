@@ -108,7 +108,11 @@ def build(
     @shows_errors
     def on_generate(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, num_images, shift=0.0,
                     refiner_start=0.0, skip_layer_guidance=0.0, model="", cfg_stop=1.0, progress=gr.Progress()):
-        for item in stream(generate, generate_request(locals())):
+        req = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                               cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height,
+                               num_images=num_images, shift=shift, refiner_start=refiner_start,
+                               skip_layer_guidance=skip_layer_guidance, model=model, cfg_stop=cfg_stop)
+        for item in stream(generate, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
                 # the Engine makes a preview a few times a second: each yield is encoded and sent to
@@ -166,7 +170,6 @@ def build(
                     [box, model_box], counter, show_progress="hidden", trigger_mode="always_last",
                     api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
-
     restore.upload(on_restore, [restore, model_box], [prompt_box, negative_box, seed_box, steps_box, cfg_box,
                                                       scheduler_box, width_box, height_box, shift_box, refiner_box,
                                                       slg_box, info, model_box, stop_box], api_name="restore")

@@ -63,7 +63,10 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
     @shows_errors
     def on_walk(prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, between, to_prompt,
                 to_seed, frames_count, shift=0.0, model="", progress=gr.Progress()):
-        req = WalkRequest(generate_request(locals()), between, to_prompt, to_seed, frames_count)
+        base = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height, shift=shift,
+                                model=model)
+        req = WalkRequest(base, between, to_prompt, to_seed, frames_count)
         for item in stream(walk, req):
             if isinstance(item, Progress):
                 progress((item.step, item.total), desc=item.label, unit="steps")
