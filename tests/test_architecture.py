@@ -18,10 +18,10 @@ LAYERS = [
      "tiny.analyse", "deploy", "exercises"],
     ["control"],
     ["requests"],
-    ["attention", "views", "anatomy", "outputs"],
+    ["attention", "views", "anatomy", "outputs", "links"],
     ["families", "tiny.grounding"],
     ["sampling", "loading"],
-    ["annotators"],
+    ["annotators", "batching"],
     ["engine", "tiny.train", "tiny.untrained"],
     ["walks", "tiny.mmdit"],
     ["models"],
@@ -29,7 +29,7 @@ LAYERS = [
     ["ui.fairness", "ui.cache", "ui.sessions"],
     ["ui.common", "ui.fields"],
     ["ui.live"],
-    ["ui.prompt", "ui.grid", "ui.control", "ui.attention", "ui.roundtrip", "ui.anatomy", "ui.walk"],
+    ["ui.prompt", "ui.grid", "ui.control", "ui.attention", "ui.roundtrip", "ui.anatomy", "ui.walk", "ui.lesson"],
     ["ui.inspector"],
     ["ui"],  # assembles the tabs
 ]

@@ -57,7 +57,8 @@ def api_names(demo: gr.Blocks) -> list[str]:
 def test_every_action_has_one_api_name(app):
     demo, _ = app
     assert sorted(api_names(demo)) == sorted(["generate", "restore", "grid", "preprocess", "control", "inspect", "schedules", "walk",
-                                              "vae_roundtrip", "attention", "pose", "draw_pose", "mirror_pose", "anatomy"])  # Generate and Enter: one event, one name
+                                              "vae_roundtrip", "attention", "pose", "draw_pose", "mirror_pose", "anatomy",
+                                              "lesson_compression", "lesson_cfg", "lesson_steps"])  # Generate and Enter: one event, one name
 
 
 def test_controls_come_from_the_settings_and_the_registries(app):

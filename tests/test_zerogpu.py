@@ -50,10 +50,15 @@ for fn in demo.fns.values():
         row["default"] = ask()
         if "steps" in names:
             row["steps 4"], row["steps 40"] = ask(steps=4), ask(steps=40)
-        if "columns" in names:
-            row["2 columns"], row["6 columns"] = ask(columns="1, 3"), ask(columns="1, 2, 3, 4, 5, 6")
+        if "schedulers" in names:  # a grid: each row is its own run
+            rows = base[names.index("schedulers")]
+            row["1 row"], row["all rows"] = ask(schedulers=rows[:1]), ask(schedulers=rows)
+            row["rows"] = len(rows)
     handlers[fn.api_name or fn.name] = row
+from playground.ui import live
+live_boxes = [b for b in demo.blocks.values() if getattr(b, "label", None) == "Live: draw again at every edit"]
 print("REPORT " + json.dumps({"zero_gpu": gpu.ZERO_GPU, "handlers": handlers,
+                              "live": [[b.interactive, b.info == live.ZERO_GPU_NOTE] for b in live_boxes],
                               "devices": [str(e.model.device) for e in models.engines.values()]}), flush=True)
 demo.queue(max_size=settings.queue_size).launch(**launch_options(settings))
 """
@@ -111,10 +116,13 @@ def test_the_app_comes_up_as_zerogpus_main_process_with_leases_sized_by_the_requ
             "preprocess"} <= set(handlers)
     for name, row in handlers.items():
         assert row["leased"], f"{name} runs on the model without a ZeroGPU lease"
+        assert 10 <= row["default"] <= 120, (name, row)  # LEASE_FLOOR to MAX_GPU_SECONDS
         if "steps" in row["params"]:  # a denoising action: more steps, a longer lease
             assert row["steps 4"] < row["steps 40"], (name, row)
-        else:  # a VAE round trip, a pose, an x0 decode: the floor
-            assert row["default"] <= 15, (name, row)
+    for name in ("vae_roundtrip", "pose", "preprocess"):  # no denoising: the floor
+        assert handlers[name]["default"] == 10, (name, handlers[name])
+    assert report["live"] == [[False, True]]  # Live's checkbox off, saying why; its handler not wired
+    assert not any("stamp" in row["params"] for row in handlers.values())
     grid = handlers["grid"]
-    assert grid["2 columns"] < grid["6 columns"], grid
+    assert grid["rows"] >= 2 and grid["1 row"] < grid["all rows"], grid
     assert max(r.get("steps 40", 0) for r in handlers.values()) <= 120  # MAX_GPU_SECONDS

@@ -12,7 +12,7 @@ from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.models import Models
 from playground.settings import ASSETS, CONTROLNETS, Settings
-from playground.ui import anatomy, cache, control, grid, inspector, prompt, sessions, walk
+from playground.ui import anatomy, cache, control, grid, inspector, lesson, prompt, sessions, walk
 from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
 from playground.ui.fields import DEFAULTS, Fields, ModelFacts
 
@@ -81,20 +81,25 @@ def build_app(engines: Models | Engine, settings: Settings) -> gr.Blocks:
     with gr.Blocks(title="Diffusion Playground", delete_cache=cache_schedule(settings)) as demo:
         gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
         gr.Markdown(banner(loaded), elem_id="banner", elem_classes=[] if all(m.trained for m in loaded) else ["untrained"])
-        with gr.Tab("Prompt"):
-            prompt.build(models.generate, models.count_tokens, fields, settings)
-        with gr.Tab("Grid"):
-            grid.build(models.grid, models.grid_evaluations, fields, settings)
-        with gr.Tab("ControlNet"):
-            control.build(models.control, models.preprocess, models.detect_pose, models.draw_pose,
-                          models.controlnet_source, fields, settings, offline=model.offline)
-        with gr.Tab("Walk"):
-            walk.build(models.walk, fields, settings)
-        with gr.Tab("Latent inspector"):
-            inspector.build(models.inspect, models.step_view, models.decode_x0, models.roundtrip,
-                            models.attention_view, models.attention, fields, settings)
-        anatomy.build(loaded=models.anatomy, families=anatomy_mod.families,
-                      schedules=lambda: anatomy_mod.schedules_of(model))
+        with gr.Tabs() as tabs:
+            with gr.Tab("Lesson") as lesson_tab:
+                lesson.build(models, fields, settings)
+            with gr.Tab("Prompt"):
+                prompt.build(models.generate, models.count_tokens, fields, settings)
+            with gr.Tab("Grid"):
+                grid.build(models.grid, models.grid_evaluations, fields, settings)
+            with gr.Tab("ControlNet"):
+                control.build(models.control, models.preprocess, models.detect_pose, models.draw_pose,
+                              models.controlnet_source, fields, settings, offline=model.offline)
+            with gr.Tab("Walk"):
+                walk.build(models.walk, fields, settings)
+            with gr.Tab("Latent inspector"):
+                inspector.build(models.inspect, models.step_view, models.decode_x0, models.roundtrip,
+                                models.attention_view, models.attention, fields, settings)
+            anatomy.build(loaded=models.anatomy, families=anatomy_mod.families,
+                          schedules=lambda: anatomy_mod.schedules_of(model))
+        # a link in the page's address opens its tab with its settings; each tab can write the link to its own
+        lesson.wire_links(demo, tabs, lesson_tab, {name: e.limits for name, e in models.engines.items()})
     cache.atomic_image_writes()  # two requests returning the same picture must not race on its cache file
     schedule = cache_schedule(settings)
     if schedule:  # gradio's delete_cache misses the images it wrote from PIL images: swept here too

@@ -24,13 +24,14 @@ GPU = "gpu"  # the one concurrency group every tab's model work goes through
 
 
 def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, counted: bool = True,
-          evaluations: Callable[..., int] | None = None, **kwargs):
+          evaluations: Callable[[dict], int] | None = None, **kwargs):
     """Wire `fn` to one trigger (`button.click`, `event.then`) or a list of them as model work: a ZeroGPU
     lease sized by its cost (`lease_seconds`), and the one concurrency group shared by every tab,
     `settings.gpu_concurrency` at once; each browser session may hold `settings.session_jobs` of them at once
     (fairness.py). `counted=False` for the small follow-ups of a job already let in (the inspector's x0 decode as
     the visitor scrubs: one pending at a time, trigger_mode "always_last"), which a visitor must never see refused.
-    `evaluations(*args)`: the model evaluations a call costs, where `model_evaluations` cannot read them."""
+    `evaluations(values)`: the model evaluations a call costs, from its values by name, where `model_evaluations`
+    cannot read them (a grid's cells)."""
     kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency)
     if counted:
         kwargs["validator"] = fairness.of_app(settings.session_jobs, settings.queue_size).validator(inputs)
@@ -57,7 +58,7 @@ def model_evaluations(values: dict) -> int:
     return whole("steps", 25) * max(1, whole("num_images", 1), whole("frames_count", 1))
 
 
-def lease_seconds(fn: Callable, settings: Settings, evaluations: Callable[..., int] | None = None) -> Callable[..., int]:
+def lease_seconds(fn: Callable, settings: Settings, evaluations: Callable[[dict], int] | None = None) -> Callable[..., int]:
     """What a call of `fn` asks ZeroGPU for, from its own arguments: `settings.gpu_step_seconds` for each model
     evaluation at 512x512 (scaled by the request's pixels), on top of LEASE_FLOOR, at most
     `settings.max_gpu_seconds`. A shorter lease is served sooner: ZeroGPU queues by the duration asked for."""
@@ -70,7 +71,7 @@ def lease_seconds(fn: Callable, settings: Settings, evaluations: Callable[..., i
             return settings.max_gpu_seconds
         bound.apply_defaults()
         values = bound.arguments
-        calls = evaluations(*args, **kwargs) if evaluations is not None else model_evaluations(values)
+        calls = (evaluations or model_evaluations)(values)
         try:
             pixels = int(values.get("width", 512)) * int(values.get("height", 512)) / (512 * 512)
         except (TypeError, ValueError):

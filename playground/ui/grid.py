@@ -257,6 +257,15 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
         box.change(on_cost, [schedulers_box, columns_box, steps_box, axis_box, models_box], cost,
                    api_visibility="private", show_progress="hidden", trigger_mode="always_last")
     # progress and errors on the status line: the last grid stays in view until the new one is done
+    def evaluations(values: dict) -> int:
+        """What a grid costs (its ZeroGPU lease follows it): every cell's and reference run's model evaluations."""
+        try:
+            return sum(grid_evaluations(grid_request(
+                steps=values["steps"], schedulers=values["schedulers"], columns=values["columns"],
+                axis=values.get("axis", DEFAULTS.axis), models=values.get("models", ()))).values())
+        except (InvalidRequest, KeyError):  # a bad value: the Engine names it before any work
+            return 0
+
     event = heavy(run.click, on_grid, inputs, [sheet, cells, table, plot, convergence, info], settings,
-                  api_name="grid", preprocess=False, show_progress_on=status)
+                  evaluations=evaluations, api_name="grid", preprocess=False, show_progress_on=status)
     stop_button(stop, event, info)

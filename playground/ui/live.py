@@ -31,11 +31,16 @@ from typing import Callable
 import gradio as gr
 
 from playground.errors import Cancelled
+from playground.gpu import ZERO_GPU
 from playground.requests import GenerateResult, Progress
 from playground.settings import Settings
 from playground.ui.common import heavy, running, shows_errors, stream
 from playground.ui.fields import generate_request
 
+# why Live is off on ZeroGPU: each run there is a GPU lease of its own, in a worker forked for it, and the record of
+# which edits are stale lives in the main process, which that worker never sees
+ZERO_GPU_NOTE = ("off on ZeroGPU: every run there waits for a GPU lease of its own, so a run a keystroke would be "
+                 "a queue of leases; press Generate instead")
 LIVE_STEPS = 8  # what turning Live on sets the steps to (at most): 0.2 s an image for the offline model on 2 cores
 DEBOUNCE_MS = 50  # a key within this long of the last replaces its run before it starts; a later one stops it
 # a run's progress shows on the info line once it has taken this long: a quick run's picture comes sooner without
@@ -120,13 +125,23 @@ def summary(result: GenerateResult) -> str:
             "(same settings, same picture).")
 
 
+def checkbox() -> gr.Checkbox:
+    """Live's switch: off on ZeroGPU, where it says why (ZERO_GPU_NOTE)."""
+    return gr.Checkbox(False, label="Live: draw again at every edit", interactive=not ZERO_GPU,
+                       info=ZERO_GPU_NOTE if ZERO_GPU else
+                       f"of the prompt, its weights, the seed, steps, CFG or scheduler; turning it on sets {LIVE_STEPS} "
+                       "steps and a fixed seed; the picture shows in the big image")
+
+
 def wire(live: gr.Checkbox, watched: list, inputs: list, generate: Callable[..., GenerateResult], image: gr.Image,
          info: gr.Markdown, settings: Settings, preset_outputs: list):
     """Wire Live: `watched` are the fields whose edits regenerate; `inputs` the generation form in the order of
     on_live's parameters; the picture goes to `image` and the run's note to `info`, which says "Live: denoising,
     step 3 of 8" while it runs (no spinner: one at every key press is noise, and its animation took CPU from the
     run; an error shows as a message). `preset_outputs` are the steps, seed and images fields turning Live on
-    sets. Returns the run's event (for Stop)."""
+    sets. Returns the run's event (for Stop); on ZeroGPU nothing is wired and it returns None (checkbox())."""
+    if ZERO_GPU:
+        return None
     edits, edit, tick = Edits(), gr.Number(0, visible="hidden"), gr.Number(0, visible="hidden")
 
     @shows_errors

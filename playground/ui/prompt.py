@@ -75,10 +75,7 @@ def build(
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
-            live_box = gr.Checkbox(False, label="Live: draw again at every edit",
-                                   info=f"of the prompt, its weights, the seed, steps, CFG or scheduler; turning it "
-                                        f"on sets {live.LIVE_STEPS} steps and a fixed seed; the picture shows in the "
-                                        "big image")
+            live_box = live.checkbox()
             status = status_line()
             with gr.Row():
                 scheduler_box, steps_box = fields.scheduler(), fields.steps()
@@ -162,7 +159,7 @@ def build(
                          [prompt_box, negative_box, seed_box, steps_box, cfg_box, scheduler_box, width_box, height_box,
                           shift_box, refiner_box, slg_box, model_box, stop_box], generate, preview, info, settings,
                          preset_outputs=[steps_box, seed_box, images_box])
-    stop_button(stop, [gen, live_run], info)
+    stop_button(stop, [gen] + ([live_run] if live_run else []), info)
     gen.success(lambda: gr.Number(visible=True), None, seed_used, api_visibility="private", queue=False)
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
         for trigger in (box.change, model_box.change):  # each model counts with its own tokenizers
