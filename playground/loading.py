@@ -50,6 +50,7 @@ class LoadedModel:
     cfg_scale: float | None = None  # the CFG the form starts at, from the marker (None: the app's default, 7.5)
     t5_tokens: int | None = None  # an SD3 trained without T5: the zero tokens in its place it learnt with (marker)
     variant: str = ""  # the files it was loaded from ("fp16": the half-precision ones); its hub ControlNets' too
+    learning: str = ""  # what it has not learnt yet, from the marker (the Model menu and the Grid's rows say so)
 
     @property
     def family(self) -> StableDiffusion:
@@ -161,7 +162,7 @@ def _finish(pipe: StableDiffusionPipeline, source: str | Path, reason: str, devi
                        attention_example=marker.get("attention_example", "") if marker.get("trained") else "",
                        vocabulary=frozenset(marker.get("vocabulary", ()) if marker.get("trained") else ()),
                        cfg_scale=marker.get("cfg_scale") if marker.get("trained") else None,
-                       t5_tokens=marker.get("t5_tokens"))
+                       t5_tokens=marker.get("t5_tokens"), learning=marker.get("learning", ""))
 
 
 def load_refiner(source: str | Path, model: LoadedModel):

@@ -224,3 +224,18 @@ def test_the_inspector_starts_with_the_models_attention_example():
     named = prompts(fake_model(examples=("a red square", two), attention_example=two))
     assert named.count(two) == 1 and set(named) == {"a red square", two} and len(named) >= 4
     assert set(prompts(fake_model(examples=("a red square", two)))) == {"a red square"}
+
+
+def test_a_model_still_learning_says_so_in_the_model_menu():
+    """The bundled MMDiT's marker says what it has not learnt yet; its entry in the Model menus and in the Grid's
+    "Models (rows)" (both read this label) says so, and a model whose marker says nothing is labelled plainly."""
+    import json
+    from types import SimpleNamespace
+
+    from playground.settings import BUNDLED_MMDIT
+    from playground.ui import model_label
+
+    learning = json.loads((BUNDLED_MMDIT / "playground.json").read_text())["learning"]
+    mmdit = SimpleNamespace(name="playground-offline-mmdit", learning=learning)
+    assert model_label(mmdit, flow=True) == "playground-offline-mmdit (MMDiT, rectified flow; still learning its shapes)"
+    assert model_label(SimpleNamespace(name="playground-offline", learning=""), flow=False) == "playground-offline (U-Net)"

@@ -67,8 +67,10 @@ def facts(engine: Engine) -> ModelFacts:
 
 
 def model_label(model: LoadedModel, flow: bool) -> str:
-    """The Model menu's words: the name and what kind of denoiser it is."""
-    return f"{model.name} ({'MMDiT, rectified flow' if flow else 'U-Net'})"
+    """The Model menu's words: the name, what kind of denoiser it is, and what it is still learning (its marker's
+    word: the bundled MMDiT's shapes are still blobs)."""
+    learning = f"; still learning {model.learning}" if model.learning else ""
+    return f"{model.name} ({'MMDiT, rectified flow' if flow else 'U-Net'}{learning})"
 
 
 def build_app(engines: Models | Engine, settings: Settings) -> gr.Blocks:
