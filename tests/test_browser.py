@@ -102,6 +102,10 @@ def settle(page, timeout: int = 20_000) -> None:
 
 
 def test_prompt_tab(page):
+    banner_line = page.locator("#banner summary").inner_text()  # one line, the rest on demand
+    assert banner_line.startswith("Model: playground-offline on cpu (float32)")
+    assert "trained by the project" not in page.locator("#banner").inner_text()
+    page.locator("#banner summary").click()
     banner = page.locator("#banner").inner_text()
     assert "trained by the project" in banner and "UNTRAINED" not in banner
     # an example prompt the offline model knows, picked as a user would
@@ -482,6 +486,7 @@ def test_both_offline_models_side_by_side(browser, both_url):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()
     open_app(page, both_url)
+    page.locator("#banner summary").click()
     banner = page.locator("#banner").inner_text()
     assert "Models: playground-offline and playground-offline-mmdit" in banner
     # the Prompt tab on the MMDiT: the form follows it (flow schedulers and shift, the CFG the U-Net model's
@@ -666,3 +671,27 @@ def test_a_visitor_typing_live_holds_one_place_in_the_queue_and_another_is_serve
     context.close()
     live_runs = [p for event, p in log if event == "start" and p != ask[0]]
     assert 1 <= len(live_runs) <= len(text) and live_runs[-1] == LIVE_RED + text  # at most one run a key press
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720), (1400, 1000)])
+def test_the_prompt_tabs_first_screen_holds_the_prompt_and_generate(browser, url, width, height):
+    """On a projector (1280x720) and a laptop: the one-line banner, the tabs, the prompt and Generate all on the
+    first screen, no scrolling."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    open_app(page, url)
+    for target in (page.get_by_role("button", name="Generate", exact=True), page.get_by_label("Prompt", exact=True)):
+        box = visible(target).bounding_box()
+        assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height, (width, height, box)
+    assert page.locator("#banner").bounding_box()["height"] < 60  # one line: the details open on demand
+    context.close()
+
+
+def test_on_a_phone_the_banner_leaves_the_screen_to_the_prompt(browser, url):
+    """At 390 px wide the banner is one folded line and the prompt box starts on the first screen."""
+    context = browser.new_context(viewport={"width": 390, "height": 844})
+    page = context.new_page()
+    open_app(page, url)
+    assert page.locator("#banner").bounding_box()["height"] < 120
+    assert visible(page.get_by_label("Prompt", exact=True)).bounding_box()["y"] < 844
+    context.close()

@@ -17,7 +17,9 @@ from playground.ui.common import LABELS_CSS, PIXELS_CSS, PIXELS_JS
 from playground.ui.fields import DEFAULTS, Fields, ModelFacts
 
 CSS = """
-#banner {padding: 6px 12px; border-radius: 8px; background: var(--block-background-fill);}
+#title h2 {margin: 0; font-size: 1.25em;}
+#banner {padding: 4px 12px; border-radius: 8px; background: var(--block-background-fill);}
+#banner summary {cursor: pointer;}
 #banner.untrained {border-left: 6px solid #e0a000;}
 .token-count {font-size: 0.85em; opacity: 0.85; padding: 0 4px;}
 """ + PIXELS_CSS + LABELS_CSS
@@ -39,6 +41,16 @@ def banner(models: LoadedModel | list[LoadedModel]) -> str:
     knows = "".join(f" {m.name} is {m.description}." for m in models if m.description)
     return (f"Models: {names}, on {first.device.type} ({str(first.dtype).removeprefix('torch.')}), each loaded once; "
             f"every tab's Model menu picks one for its requests. Why: {first.reason}.{knows}")
+
+
+def banner_html(models: list[LoadedModel]) -> str:
+    """The banner as the page shows it: one line (which models, on what) that opens to the whole banner (why, what
+    they know), so a projector's first screen keeps its height for the tab."""
+    names = " and ".join(f"{m.name}{'' if m.trained else ' (UNTRAINED)'}" for m in models)
+    first = models[0]
+    line = (f"{'Models' if len(models) > 1 else 'Model'}: {names} on {first.device.type} "
+            f"({str(first.dtype).removeprefix('torch.')}) · why and what {'they know' if len(models) > 1 else 'it knows'}")
+    return f"<details><summary>{line}</summary>\n\n{banner(models)}\n</details>"
 
 
 def banner_one(model: LoadedModel) -> str:
@@ -81,8 +93,9 @@ def build_app(engines: Models | Engine, settings: Settings) -> gr.Blocks:
     sessions.keep_ids()  # gradio 6 grows a session by a block on every streamed job without it
     fields = Fields(settings, 0, [], models=[facts(engine) for engine in models.engines.values()])
     with gr.Blocks(title="Diffusion Playground", delete_cache=cache_schedule(settings)) as demo:
-        gr.Markdown("# Diffusion Playground\nSee how latent diffusion turns noise into a picture, step by step.")
-        gr.Markdown(banner(loaded), elem_id="banner", elem_classes=[] if all(m.trained for m in loaded) else ["untrained"])
+        gr.Markdown("## Diffusion Playground · see how latent diffusion turns noise into a picture, step by step",
+                    elem_id="title")
+        gr.Markdown(banner_html(loaded), elem_id="banner", elem_classes=[] if all(m.trained for m in loaded) else ["untrained"])
         with gr.Tabs() as tabs:
             with gr.Tab("Lesson") as lesson_tab:
                 lesson.build(models, fields, settings)

@@ -67,16 +67,17 @@ def build(
             prompt_box = fields.prompt(lines=3, examples=False)
             prompt_tokens = gr.Markdown(token_text(count_tokens(prompt_box.value, model_box.value), fields.vocabulary),
                                         elem_classes=["token-count"])
-            if fields.examples:
-                gr.Examples([[e] for e in fields.examples], inputs=[prompt_box], label="Prompts this model knows")
-            negative_box = fields.negative_prompt(lines=2)
-            negative_tokens = gr.Markdown(token_text(count_tokens("", model_box.value), fields.vocabulary),
-                                          elem_classes=["token-count"])
+            # the action right under the prompt: on a projector's first screen (1280x720) with the prompt
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Stop", variant="stop", scale=1)
             live_box = live.checkbox()
             status = status_line()
+            negative_box = fields.negative_prompt(lines=2)
+            negative_tokens = gr.Markdown(token_text(count_tokens("", model_box.value), fields.vocabulary),
+                                          elem_classes=["token-count"])
+            if fields.examples:
+                gr.Examples([[e] for e in fields.examples], inputs=[prompt_box], label="Prompts this model knows")
             with gr.Row():
                 scheduler_box, steps_box = fields.scheduler(), fields.steps()
             with gr.Row():
