@@ -239,3 +239,24 @@ def test_a_model_still_learning_says_so_in_the_model_menu():
     mmdit = SimpleNamespace(name="playground-offline-mmdit", learning=learning)
     assert model_label(mmdit, flow=True) == "playground-offline-mmdit (MMDiT, rectified flow; still learning its shapes)"
     assert model_label(SimpleNamespace(name="playground-offline", learning=""), flow=False) == "playground-offline (U-Net)"
+
+
+def test_a_restore_says_what_it_set_beside_the_drop_box(app):
+    """Restoring from a PNG confirms itself right under the drop box (in view of where the file was dropped), not in
+    the run's info at the foot of the other column; the API's outputs stay as they were (14, the message 12th)."""
+    demo, _ = app
+    restore = next(f for f in demo.fns.values() if f.api_name == "restore")
+    assert len(restore.outputs) == 14
+    message = restore.outputs[11]
+    ids = sorted(demo.blocks)
+    drop = next(i for i in ids if isinstance(demo.blocks[i], gr.File) and "restore its settings" in demo.blocks[i].label)
+    assert isinstance(message, gr.Markdown) and message._id == ids[ids.index(drop) + 1]
+
+
+def test_after_stop_the_note_says_the_images_beside_it_are_an_earlier_runs():
+    from playground.ui.common import stopped
+
+    note = stopped("Running: DPM++ 2M Karras, step 7 of 25")
+    assert note.startswith("**Stopped** at step 7 of 25: nothing was finished or saved")
+    assert "from an earlier run" in note
+    assert stopped(None) == "**Stopped** before the first step."

@@ -127,8 +127,8 @@ def stopped(note: str | None) -> str:
     found = re.search(r"(step|model evaluation) (\d+) of (\d+)", note or "")
     if not found:
         return "**Stopped** before the first step."
-    return (f"**Stopped** at {found[1]} {found[2]} of {found[3]}. What is shown is the last view before the stop; "
-            "no image was finished or saved.")
+    return (f"**Stopped** at {found[1]} {found[2]} of {found[3]}: nothing was finished or saved. The preview shows "
+            "its last view before the stop; any finished images beside it are from an earlier run.")
 
 
 def stopped_again(note: str | None) -> str:

@@ -90,6 +90,7 @@ def build(
                 reuse = gr.Button("♻ Reuse last seed", scale=1)
             restore = gr.File(label="Drop a PNG made here (or by A1111) to restore its settings",
                               file_types=[".png"], type="filepath", height=140)
+            restored = gr.Markdown(elem_id="restored")  # what a restore set, in view of the drop box
         with gr.Column(scale=6):
             # 290: a 128 px picture at twice its size, under its label
             # one line of label, so that a 128 px picture gets twice its size; the README says how each is drawn
@@ -170,4 +171,4 @@ def build(
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
     restore.upload(on_restore, [restore, model_box], [prompt_box, negative_box, seed_box, steps_box, cfg_box,
                                                       scheduler_box, width_box, height_box, shift_box, refiner_box,
-                                                      slg_box, info, model_box, stop_box], api_name="restore")
+                                                      slg_box, restored, model_box, stop_box], api_name="restore")
