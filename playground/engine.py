@@ -6,7 +6,9 @@ build a `Job`, and hand it to `run`, the one shared step that runs our loop unde
 and finishes the images. What differs between model families is asked of the model's entry
 (`playground.families`); ControlNets and pose detectors come from the `Annotators` shelf. The Engine
 keeps no per-request state, so concurrent requests cannot leak into each other; it knows nothing of
-gradio, and writes neither files (`playground.outputs`) nor prose for the UI (`playground.ui`).
+gradio, and writes neither files (`playground.outputs`) nor prose for the UI (`playground.ui`). Generate jobs may
+share the denoiser with other visitors' (`playground.batching`, when a Batcher is on): each keeps its own scheduler,
+seeds, progress, Stop and picture.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from PIL import Image
 from playground import anatomy as anatomy_mod, attention, control as control_mod, latents, poses, schedulers, \
     tokens, views
 from playground.annotators import Annotators
+from playground.batching import Batcher, Standing, shared
 from playground.errors import InvalidRequest, OutOfMemory
 from playground.grid import AXES
 from playground.loading import LoadedModel
@@ -103,23 +106,30 @@ def progress_observer(on_progress: OnProgress | None, label: str, done: int = 0,
 
 
 def run_job(model: LoadedModel, c: Components, job: Job, observer: Observer | None,
-            cancel: threading.Event | None) -> Denoised:
-    """Our loop on the model; for a hand-off (job.end < 1) the base's pass, then its refiner's, on one progress bar."""
+            cancel: threading.Event | None, batcher: Batcher | None = None,
+            waiting: Callable[[Standing], None] | None = None) -> Denoised:
+    """Our loop on the model; for a hand-off (job.end < 1) the base's pass, then its refiner's, on one progress bar.
+    With a `batcher`, a job given `waiting` (a generate's: it hears where it stands while the batch is full) that fits
+    runs in the batcher's rounds beside other visitors' jobs, and any other takes the device's turn step by step."""
+    if waiting is not None and batcher is not None and batcher.fits(job):
+        return batcher.denoise(c, job, observer, cancel, waiting)
+    turn = batcher.turn if batcher is not None else None
     if job.end >= 1:
-        return denoise(c, job, observer=observer, cancel=cancel)
+        return denoise(c, job, observer=observer, cancel=cancel, turn=turn)
     job = replace(job, observer_total=sum(pass_evaluations(job.scheduler, dict(p.scheduler.config), job.steps, *span)
                                           for p, span in ((model.pipe, (0.0, job.end)), (model.refiner, (job.end, 1.0)))))
-    return hand_off(model.refiner, job, denoise(c, job, observer=observer, cancel=cancel), observer, cancel)
+    return hand_off(model.refiner, job, denoise(c, job, observer=observer, cancel=cancel, turn=turn), observer, cancel,
+                    turn)
 
 
-def hand_off(refiner, job: Job, first: Denoised, observer: Observer | None, cancel: threading.Event | None
-             ) -> Denoised:
+def hand_off(refiner, job: Job, first: Denoised, observer: Observer | None, cancel: threading.Event | None,
+             turn=None) -> Denoised:
     """SDXL's second stage: the refiner goes on from the base's latents at `job.end` with the base's generators
     where it left them (as the same generators passed to diffusers' base, then to its refiner: a stochastic
     sampler's noise goes on, never repeats the start), without a ControlNet, its steps numbered after the base's."""
     second = denoise(Components.from_pipeline(refiner), replace(
         job, start=job.end, end=1.0, init_latents=first.latents, observer_offset=first.unet_calls, control=None),
-        observer=observer, cancel=cancel)
+        observer=observer, cancel=cancel, turn=turn)
     return replace(second, unet_calls=first.unet_calls + second.unet_calls, sigmas=first.sigmas + second.sigmas,
                    handoff=first.unet_calls)
 
@@ -175,9 +185,24 @@ def passes_row(run: Callable, model: str, row: GenerateRequest, axis, values: li
     return cells, max((out for _, out, _ in passes), key=lambda o: o.unet_calls).sigmas
 
 
+def waiting_note(on_progress: OnProgress | None, model: LoadedModel, req: GenerateRequest
+                 ) -> Callable[[Standing], None]:
+    """Progress at step 0 while a job waits for a place in the shared batch, its label saying where it stands."""
+    if on_progress is None:
+        return lambda s: None
+    total = schedulers.evaluations(req.scheduler, dict(model.pipe.scheduler.config), req.steps)
+
+    def note(s: Standing):
+        wait = "" if s.seconds is None else f", about {math.ceil(s.seconds)} s"
+        on_progress(Progress(0, total, None, f"waiting: {s.ahead} job{'s' * (s.ahead != 1)} ahead{wait}"))
+
+    return note
+
+
 class Engine:
-    def __init__(self, model: LoadedModel, settings: Settings):
+    def __init__(self, model: LoadedModel, settings: Settings, batcher: Batcher | None | bool = True):
         self.model, self.settings = model, settings
+        self.batcher = shared(settings.batch_jobs) if batcher is True else (batcher or None)  # True: as BATCH_JOBS asks
         self.annotators = Annotators(model, settings)  # ControlNets and pose detectors, loaded once each
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
@@ -225,10 +250,11 @@ class Engine:
         req = validate_generate(req, self.limits)
         seeds = [req.seed + i for i in range(req.num_images)]
 
-        # 2. Denoise and finish, with progress every step and a live preview a few times a second
+        # 2. Denoise and finish, with progress every step and a live preview a few times a second (shared: run_job)
         observer = progress_observer(on_progress, "denoising", preview=self._preview)
         made, out, seconds = self.run(job_for(req, seeds), [params_for(self.model.name, req, seed=s) for s in seeds],
-                                       observer, cancel, f"{len(seeds)} image(s) of {req.width}x{req.height}")
+                                       observer, cancel, f"{len(seeds)} image(s) of {req.width}x{req.height}",
+                                       waiting_note(on_progress, self.model, req))
         return GenerateResult(images=made, request=req, unet_calls=out.unet_calls, seconds=seconds)
 
     def grid(self, req: GridRequest, on_progress: OnProgress | None = None,
@@ -404,13 +430,12 @@ class Engine:
         return {name: sum(schedulers.evaluations(name, config, n) for n in counts) for name in req.schedulers}
 
     def run(self, job: Job, params: list[Params], observer: Observer | None, cancel: threading.Event | None,
-             what: str) -> tuple[list[Generated], Denoised, float]:
+             what: str, waiting: Callable[[Standing], None] | None = None) -> tuple[list[Generated], Denoised, float]:
         """Denoise `job` under the memory guard, then finish its images; (images, loop result, seconds)."""
         start = time.perf_counter()
         with memory_guard(what):
-            out = run_job(self.model, self.components, job, observer, cancel)
-        made = finish(self.model, out.images, params)
-        return made, out, time.perf_counter() - start
+            out = run_job(self.model, self.components, job, observer, cancel, self.batcher, waiting)
+        return finish(self.model, out.images, params), out, time.perf_counter() - start
 
     def _preview(self, x0: torch.Tensor) -> Image.Image:
         return latents.preview(x0, self.vae_factor, self.rgb_map)

@@ -16,8 +16,9 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from playground import walks
+from playground import schedulers, walks
 from playground.anatomy import Anatomy
+from playground.batching import Standing
 from playground.engine import Engine, OnProgress
 from playground.requests import (
     ControlRequest, GenerateRequest, GridRequest, GridResult, Progress, TokenCount, Trajectory, model_choice,
@@ -98,6 +99,16 @@ class Models:
 
     def roundtrip(self, image, model: str = ""):
         return self.pick(model).roundtrip(image)
+
+    def standing(self, model: str = "", steps: int = 25, images: int = 1) -> Standing | None:
+        """Where a generate of `steps` steps and `images` images on `model` would stand if it came now (jobs ahead of
+        it for a place in the shared batch, the wait to expect); None where jobs do not share the denoiser."""
+        engine = self.pick(model)
+        if engine.batcher is None:
+            return None
+        config = dict(engine.model.pipe.scheduler.config)
+        return engine.batcher.standing(schedulers.evaluations(engine.model.family.default_scheduler, config, steps),
+                                       images)
 
     def controlnet_source(self, kind: str, model: str = "") -> str:
         return self.pick(model).annotators.source(kind)

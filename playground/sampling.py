@@ -12,10 +12,11 @@ cancellation, and an optional ControlNet whose residuals are added to the UNet.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager
 
 import torch
 from diffusers import ControlNetModel
@@ -24,7 +25,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from playground import schedulers
 from playground.errors import Cancelled
-from playground.families import Components  # noqa: F401 (the loop's input, named here for its callers)
+from playground.families import Components, Conditioning
 
 
 @dataclass
@@ -164,14 +165,43 @@ def _step_kwargs(scheduler: SchedulerMixin, generators: list[torch.Generator], e
     return kwargs
 
 
-@torch.no_grad()
-def denoise(
-    c: Components,
-    job: Job,
-    observer: Observer | None = None,
-    cancel: threading.Event | None = None,
-) -> Denoised:
-    """Run the whole text-to-image loop for one batch and decode it."""
+@dataclass
+class Run:
+    """One job's loop in flight: its own scheduler, timesteps, latents and conditioning, and the index of the model
+    evaluation it makes next. `denoise` steps one run; `playground.batching` steps several through one denoiser
+    call (each with its own scheduler and timestep: the denoiser takes one timestep a sample)."""
+
+    job: Job
+    scheduler: SchedulerMixin
+    sigma_space: bool
+    prediction_type: str
+    use_cfg: bool
+    g: torch.Tensor  # (B, 1, 1, 1) the guidance scale of each sample
+    cond: Conditioning  # (2B, ...) as [uncond..., cond...] with CFG, else (B, ...)
+    timesteps: torch.Tensor
+    timesteps_cpu: torch.Tensor  # a CPU copy for the noise-level maths: no device sync per step
+    latents: torch.Tensor  # (B, C, H/8, W/8) x_t before evaluation `i`
+    step_kwargs: dict
+    control_image: torch.Tensor | None
+    guided_until: int  # guidance on while i is before this
+    i: int = 0
+    sigmas: list[float] = field(default_factory=list)
+
+    @property
+    def batch(self) -> int:
+        return len(self.job.prompts)
+
+    @property
+    def total(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def done(self) -> bool:
+        return self.i >= self.total
+
+
+def start(c: Components, job: Job) -> Run:
+    """Steps 1-6 of the loop for `job`: a fresh scheduler, guidance, prompts encoded, timesteps, noise."""
     # 1. Check inputs; a fresh scheduler of the job's kind, and what its registry entry knows
     batch = len(job.prompts)
     if not (len(job.negative_prompts) == len(job.guidance) == len(job.generators) == batch):
@@ -198,7 +228,6 @@ def denoise(
     scheduler.set_timesteps(job.steps, device=device,
                             **family.timestep_options(c, scheduler, (job.height // f, job.width // f)))
     timesteps = cut_timesteps(scheduler, job.start, job.end)
-    timesteps_cpu = timesteps.cpu()
 
     # 5. Prepare latents: (B, C, H/8, W/8) ~ N(0, 1) from CPU generators, scaled for the scheduler (a flow
     #    scheduler starts at sigma = 1: pure noise, unscaled)
@@ -210,55 +239,94 @@ def denoise(
         if job.noise is not None:  # a walk between two seeds: the noise given (the generators' draw set aside)
             latents = job.noise.to(device=device, dtype=cond.embeds.dtype)
         latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
-    step_kwargs = _step_kwargs(scheduler, job.generators, job.eta)
 
     # 6. Prepare the ControlNet input: one map per sample (2B with CFG, like the latents); SD3's through the VAE
-    control = job.control
+    control, control_image = job.control, None
     if control is not None:
         seed = torch.Generator("cpu").manual_seed(job.generators[0].initial_seed())
         control_image = family.control_input(c, control.model, control.image, 2 * batch if use_cfg else batch, seed)
 
-    # 7. Denoising loop; guidance on while the run's evaluation index (both passes of a hand-off) is before the stop
-    sigmas_seen: list[float] = []
-    total = len(timesteps)
-    guided_until = int(job.cfg_stop * (job.observer_total or total)) - job.observer_offset
-    for i, t in enumerate(timesteps):
+    # guidance on while the run's evaluation index (both passes of a hand-off) is before the stop
+    guided_until = int(job.cfg_stop * (job.observer_total or len(timesteps))) - job.observer_offset
+    return Run(job, scheduler, sigma_space, prediction_type, use_cfg, g, cond, timesteps, timesteps.cpu(), latents,
+               _step_kwargs(scheduler, job.generators, job.eta), control_image, guided_until)
+
+
+def model_input(run: Run) -> torch.Tensor:
+    """What the denoiser takes at the run's next evaluation: x_t, twice with CFG ((2B, C, H/8, W/8)), scaled for
+    the scheduler. Past the guidance stop the run goes on with the prompt's half of every batched input."""
+    if run.use_cfg and run.i >= run.guided_until:
+        run.use_cfg, run.cond = False, run.cond.half(run.batch)
+        run.control_image = run.control_image[-run.batch:] if run.control_image is not None else None
+    x = torch.cat([run.latents] * 2) if run.use_cfg else run.latents
+    if hasattr(run.scheduler, "scale_model_input"):  # the flow-matching schedulers have none: x_t goes in as is
+        x = run.scheduler.scale_model_input(x, run.timesteps[run.i])
+    return x
+
+
+def advance(c: Components, run: Run, out: torch.Tensor, observer: Observer | None = None) -> None:
+    """The rest of the run's evaluation from the denoiser's output for `model_input(run)`: guidance, the
+    scheduler's step, the observer."""
+    i, t, job, batch = run.i, run.timesteps[run.i], run.job, run.batch
+    if run.use_cfg:
+        out_uncond, out_cond = out.chunk(2)
+        out = out_uncond + run.g * (out_cond - out_uncond)
+        if job.skip_layers and job.skip_start * job.steps < i < job.skip_stop * job.steps:
+            skipped = c.family.denoise(c, run.latents, t, run.cond.half(batch), skip_layers=list(job.skip_layers))
+            out = out + (out_cond - skipped) * job.skip_scale
+    else:
+        out_uncond, out_cond = None, out
+
+    x_t = run.latents
+    run.latents = run.scheduler.step(out, t, x_t, **run.step_kwargs, return_dict=False)[0]
+
+    sigma = noise_level(run.scheduler, run.timesteps_cpu[i])
+    run.sigmas.append(sigma)
+    run.i += 1
+    if observer is not None:
+        x0 = predict_x0(x_t, out, sigma, run.sigma_space, run.prediction_type)
+        observer(Step(job.observer_offset + i, job.observer_total or run.total, t, sigma, x_t, x0, out_cond,
+                      out_uncond, out))
+
+
+def finish(c: Components, run: Run) -> Denoised:
+    """Step 8 of the loop: decode, in the VAE's own dtype (SDXL's is kept in fp32: it overflows in fp16); a base
+    that hands off to a refiner returns its latents as they are."""
+    images = c.family.decode(c, run.latents, generator=run.job.generators) if run.job.end >= 1 else None
+    return Denoised(images=images, latents=run.latents, unet_calls=run.total, sigmas=run.sigmas,
+                    sigma_space=run.sigma_space, prediction_type=run.prediction_type)
+
+
+@torch.no_grad()
+def denoise(
+    c: Components,
+    job: Job,
+    observer: Observer | None = None,
+    cancel: threading.Event | None = None,
+    turn: ContextManager | None = None,
+) -> Denoised:
+    """Run the whole text-to-image loop for one batch and decode it. With `turn` (the device's, while jobs share
+    it: playground.batching), each stage's model work holds it, so other jobs' steps come in between."""
+    turn = turn if turn is not None else contextlib.nullcontext()
+    # 1-6. A fresh scheduler, guidance, prompts, timesteps, latents and the ControlNet's input
+    with turn:
+        run = start(c, job)
+    control = job.control
+
+    # 7. Denoising loop
+    while not run.done:
+        i, t = run.i, run.timesteps[run.i]
         if cancel is not None and cancel.is_set():
-            raise Cancelled(f"cancelled at step {i} of {total}")
-        if use_cfg and i >= guided_until:  # guidance stops: the prompt's half of every batched input from here on
-            use_cfg, cond = False, cond.half(batch)
-            control_image = control_image[-batch:] if control is not None else None
-        model_input = torch.cat([latents] * 2) if use_cfg else latents
-        if hasattr(scheduler, "scale_model_input"):  # the flow-matching schedulers have none: x_t goes in as is
-            model_input = scheduler.scale_model_input(model_input, t)
+            raise Cancelled(f"cancelled at step {i} of {run.total}")
+        with turn:
+            x = model_input(run)
+            residuals = None
+            # a ControlNet is on for steps whose position lies inside [start, end] (diffusers' controlnet_keep)
+            if (control is not None and control.scale != 0 and control.start <= i / run.total
+                    and (i + 1) / run.total <= control.end):
+                residuals = c.family.control(c, control.model, x, t, run.cond, run.control_image, control.scale)
+            advance(c, run, c.family.denoise(c, x, t, run.cond, residuals), observer)
 
-        residuals = None
-        # a ControlNet is on for steps whose position lies inside [start, end] (diffusers' controlnet_keep)
-        if control is not None and control.scale != 0 and control.start <= i / total and (i + 1) / total <= control.end:
-            residuals = family.control(c, control.model, model_input, t, cond, control_image, control.scale)
-
-        out = family.denoise(c, model_input, t, cond, residuals)
-        if use_cfg:
-            out_uncond, out_cond = out.chunk(2)
-            out = out_uncond + g * (out_cond - out_uncond)
-            if job.skip_layers and job.skip_start * job.steps < i < job.skip_stop * job.steps:
-                skipped = family.denoise(c, latents, t, cond.half(batch), skip_layers=list(job.skip_layers))
-                out = out + (out_cond - skipped) * job.skip_scale
-        else:
-            out_uncond, out_cond = None, out
-
-        x_t = latents
-        latents = scheduler.step(out, t, x_t, **step_kwargs, return_dict=False)[0]
-
-        sigma = noise_level(scheduler, timesteps_cpu[i])
-        sigmas_seen.append(sigma)
-        if observer is not None:
-            x0 = predict_x0(x_t, out, sigma, sigma_space, prediction_type)
-            observer(Step(job.observer_offset + i, job.observer_total or total, t, sigma, x_t, x0, out_cond,
-                          out_uncond, out))
-
-    # 8. Decode: (B, 3, H, W) in [-1, 1], in the VAE's own dtype (SDXL's is kept in fp32: it overflows in fp16);
-    #    a base that hands off to a refiner returns its latents as they are
-    images = family.decode(c, latents, generator=job.generators) if job.end >= 1 else None
-    return Denoised(images=images, latents=latents, unet_calls=total, sigmas=sigmas_seen, sigma_space=sigma_space,
-                    prediction_type=prediction_type)
+    # 8. Decode: (B, 3, H, W) in [-1, 1]
+    with turn:
+        return finish(c, run)

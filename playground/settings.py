@@ -111,6 +111,9 @@ class Settings:
     host: str = field(default_factory=lambda: os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     port: int = field(default_factory=lambda: _env_int("GRADIO_SERVER_PORT", 7860))
     gpu_concurrency: int = field(default_factory=lambda: _env_int("GPU_CONCURRENCY", 1))  # jobs on the model at once
+    # visitors' generate jobs that share one denoiser call, as images (0: off; off on ZeroGPU, where each call is
+    # its own GPU lease); the GPU group then lets that many jobs in at once, so that they can meet (batching.py)
+    batch_jobs: int = field(default_factory=lambda: _env_int("BATCH_JOBS", 0))
     # ZeroGPU: each action asks for a GPU for LEASE_FLOOR seconds plus this many per model evaluation at 512x512
     # (SD 1.5 on ZeroGPU's share of an H200: about 0.03 s; the rest is margin), and never more than the ceiling
     gpu_step_seconds: float = field(default_factory=lambda: _env_float("GPU_STEP_SECONDS", 0.1))

@@ -260,3 +260,13 @@ def test_after_stop_the_note_says_the_images_beside_it_are_an_earlier_runs():
     assert note.startswith("**Stopped** at step 7 of 25: nothing was finished or saved")
     assert "from an earlier run" in note
     assert stopped(None) == "**Stopped** before the first step."
+
+
+def test_a_job_waiting_for_a_place_in_the_batch_says_where_it_stands():
+    from playground.requests import Progress
+    from playground.ui.common import running, stopped
+
+    waiting = Progress(step=0, total=25, preview=None, label="waiting: 2 jobs ahead, about 6 s")
+    assert running(waiting) == "Waiting: 2 jobs ahead, about 6 s"
+    assert running(Progress(step=3, total=25, preview=None, label="DDIM")) == "Running: DDIM, step 3 of 25"
+    assert stopped(running(waiting)) == "**Stopped** before the first step."

@@ -32,7 +32,9 @@ def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, counted: 
     the visitor scrubs: one pending at a time, trigger_mode "always_last"), which a visitor must never see refused.
     `evaluations(values)`: the model evaluations a call costs, from its values by name, where `model_evaluations`
     cannot read them (a grid's cells)."""
-    kwargs.update(concurrency_id=GPU, concurrency_limit=settings.gpu_concurrency)
+    # with batching on, as many jobs as a batch holds are let in at once (they meet in the batcher's rounds, which
+    # take the device's turn step by step, so the cores are not oversubscribed)
+    kwargs.update(concurrency_id=GPU, concurrency_limit=max(settings.gpu_concurrency, settings.batch_jobs))
     if counted:
         kwargs["validator"] = fairness.of_app(settings.session_jobs, settings.queue_size).validator(inputs)
     leased = lease(fn, lease_seconds(fn, settings, evaluations))
@@ -118,7 +120,10 @@ def status_line() -> gr.Markdown:
 
 
 def running(p: Progress, unit: str = "step") -> str:
-    """An action's info line while it runs (Stop reads it back)."""
+    """An action's info line while it runs (Stop reads it back); a job waiting for a place in a shared batch says
+    where it stands ("Waiting: 2 jobs ahead, about 6 s")."""
+    if p.step == 0 and p.label.startswith("waiting"):
+        return f"Waiting: {p.label.removeprefix('waiting: ')}"
     return f"Running: {p.label}, {unit} {p.step} of {p.total}"
 
 
