@@ -1,4 +1,4 @@
-"""Where CFG stops (#26's options beside the exact path): seconds for one picture with classifier-free guidance on
+"""Where CFG stops (an option beside the exact path that changes the picture): seconds for one picture with classifier-free guidance on
 the first part of the steps only, against the same run guided to the end and against diffusers' own pipeline, and
 what it costs in quality (PSNR to the picture guided to the end), on this machine's CPU, in one run.
 

@@ -1,7 +1,7 @@
 """The one prepared GPU call: benchmarks, a kernel profile, and the offline model trained on CUDA, in one
-time budget, with every result written to one output folder within the device tool's file limits.
+time budget, with every result written to one output folder small enough to copy back from a remote machine.
 
-    bash benchmarks/gpu_run.sh OUT --budget 540          # on the GPU machine (see the README)
+    bash benchmarks/gpu_run.sh OUT --budget 540          # on a GPU machine (see BENCHMARKS.md)
     python benchmarks/gpu_run.py OUT --smoke             # CPU, tiny sizes, seconds: what the tests run
 
 Parts, in order, each a subprocess with its own share of the budget, so that one that fails or runs
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PART_BYTES = 15 * 2**20  # the device tool brings back files of at most 16 MiB
+PART_BYTES = 15 * 2**20  # parts of at most 16 MiB, a size remote copies take
 MAX_FILES = 8
 
 # share of the budget per part, and the smoke mode's arguments (tiny sizes, CPU)
@@ -75,7 +75,7 @@ def pack(folder: Path, out: Path, stem: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="the output folder ($OUT on the GPU machine)")
+    ap.add_argument("out", type=Path, help="the output folder (copied back from the GPU machine)")
     ap.add_argument("--budget", type=float, default=540, help="seconds for all parts together")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: check the command in seconds")
     a = ap.parse_args(argv)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     files = sorted(p.name for p in out.iterdir())
     too_big = [p.name for p in out.iterdir() if p.stat().st_size > 16 * 2**20]
     if len(files) > MAX_FILES or too_big:
-        raise SystemExit(f"the output breaks the device tool's limits: {files}, too big: {too_big}")
+        raise SystemExit(f"the output is larger than the copy-back limits: {files}, too big: {too_big}")
     print(f"[gpu_run] wrote {', '.join(files)} in {time.monotonic() - started:.0f} s")
     return figures
 

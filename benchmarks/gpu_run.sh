@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU call (see benchmarks/gpu_run.py and the README's "On a lent GPU"):
+# The GPU benchmarks in one call (see benchmarks/gpu_run.py and BENCHMARKS.md):
 #   bash benchmarks/gpu_run.sh OUT [--budget SECONDS] [--smoke]
 # The GPU machine has PyTorch, transformers and the rest, but not diffusers: it comes as wheels
 # carried in .whl/ (ignored by git; `bash benchmarks/gpu_wheels.sh` fetches them here).

@@ -1,4 +1,4 @@
-"""Live mode's speed on this machine's CPU, the bundled offline model (#26's targets: at most 0.25 s in the engine at
+"""Live mode's speed on this machine's CPU, the bundled offline model (the project's goals: at most 0.25 s in the engine at
 Live's settings; a median keystroke-to-image time of at most 0.5 s in the browser).
 
 1. In the engine: Live's settings (DPM++ 2M Karras, LIVE_STEPS steps, CFG 7.5, 128 px, one image) against diffusers'

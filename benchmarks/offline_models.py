@@ -1,4 +1,4 @@
-"""The two offline models side by side (#28): seconds per image at their default settings, and how close a few
+"""The two offline models side by side: seconds per image at their default settings, and how close a few
 steps come to each model's own 200-step picture (PSNR), on this machine's CPU, in one run.
 
 The U-Net model (ε/v-prediction on a noise schedule) samples with DPM++ 2M Karras and DDIM; the MMDiT

@@ -1,5 +1,5 @@
 """Walk speed: 16 frames of the bundled offline model in one batch, between two prompts and between two seeds, at
-12 and 25 steps of DPM++ 2M Karras, 128 px, on this machine's CPU (#26's target: 16 frames in at most 4 s).
+12 and 25 steps of DPM++ 2M Karras, 128 px, on this machine's CPU (the project's goal: 16 frames in at most 4 s).
 
     python benchmarks/walk.py
 """

@@ -1,4 +1,4 @@
-"""Ring (a): the shape the code holds (README, "How it works"): layered imports with no circle, no import hidden
+"""The shape the code holds (docs/architecture.md): layered imports with no circle, no import hidden
 in a function to dodge one, an Engine that stays small, tab builders that stay readable."""
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def test_grid_tab(page):
     cfg = page.get_by_label("number input for CFG scale (unless the columns are CFG scales)")
     cfg.fill("7.5")
     cfg.press("Enter")
-    page.get_by_label("Seed (-1 = random, one for all cells)").fill("1768158368")  # the README's picture
+    page.get_by_label("Seed (-1 = random, one for all cells)").fill("1768158368")  # the Grid guide's picture
     page.get_by_role("button", name="Run grid").click()
     page.get_by_text("each cell compared with the run guided to the end").wait_for(timeout=120_000)
     assert page.get_by_text("1 scheduler x 4 CFG stops = 4 cells").is_visible()

@@ -1,5 +1,5 @@
 """The prepared GPU call, run on the CPU at tiny sizes: every part runs, stops at its budget, and
-writes what the device tool brings back (at most 8 files, each under 16 MiB)."""
+writes what can be copied back from a remote machine (at most 8 files, each under 16 MiB)."""
 
 from __future__ import annotations
 

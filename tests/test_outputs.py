@@ -1,4 +1,4 @@
-"""Ring (a): what the playground writes stays bounded (the oldest files go first) and is never half written."""
+"""No model: what the playground writes stays bounded (the oldest files go first) and is never half written."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ring (a): requests and their validators, with no model. The whole bad-input table runs here, built
+"""No model: requests and their validators, with no model. The whole bad-input table runs here, built
 into requests exactly as the tabs' handlers build them, so the HTTP matrix only needs one row per
 parameter to show that the server passes the same message on."""
 

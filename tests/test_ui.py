@@ -1,5 +1,5 @@
-"""Ring (a): the UI without a model. Every tab is built against fake Engine functions, as
-ARCHITECTURE.md promises; its controls come from the registries and the settings, its events carry
+"""The UI without a model. Every tab is built against fake Engine functions, as
+docs/architecture.md describes; its controls come from the registries and the settings, its events carry
 their API names, and its handlers turn results into files and text."""
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def build(
             restored = gr.Markdown(elem_id="restored")  # what a restore set, in view of the drop box
         with gr.Column(scale=6):
             # 290: a 128 px picture at twice its size, under its label
-            # one line of label, so that a 128 px picture gets twice its size; the README says how each is drawn
+            # one line of label, so that a 128 px picture gets twice its size; docs/prompt.md says how each is drawn
             preview = gr.Image(label="Preview: the model's guess while it runs; with Live on, the finished image",
                                format="png",
                                interactive=False, height=290, elem_classes=["pixels"])
