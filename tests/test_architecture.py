@@ -22,7 +22,7 @@ LAYERS = [
     ["families", "tiny.grounding"],
     ["sampling", "loading"],
     ["annotators", "batching"],
-    ["engine", "tiny.train", "tiny.untrained"],
+    ["engine", "tiny.train", "tiny.untrained", "tiny.latents"],
     ["walks", "tiny.mmdit"],
     ["models"],
     ["tiny.evaluate"],

@@ -75,7 +75,7 @@ SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "offline-mmdit"
 def test_the_shipped_mmdit_loads_and_draws_the_colours_and_backgrounds_it_is_asked_for(tmp_path):
     """assets/offline-mmdit through the app's loader: an SD3 at 128 px, one zero T5 token. A red shape on black and
     a blue one on white come out in those colours on those backgrounds, and not in each other's (its shapes are
-    still blobs: README, "The second offline model")."""
+    still blobs: docs/training.md)."""
     from playground.settings import Settings
 
     settings = Settings(model=str(SHIPPED), device="cpu", output_dir=tmp_path)
@@ -96,3 +96,73 @@ def test_the_shipped_mmdit_loads_and_draws_the_colours_and_backgrounds_it_is_ask
     blue = draw("a large blue circle in the center on a white background")
     assert share(red, "red") > 0.05 and share(red, "black") > 0.2 and share(red, "blue") < 0.01
     assert share(blue, "blue") > 0.03 and share(blue, "white") > 0.3 and share(blue, "red") < 0.01
+
+
+# ---------------------------------------------------------------- the latent cache and the grounding loss
+
+def test_cached_latents_are_the_vaes_encoding_of_the_same_scenes(tmp_path):
+    """The cache keeps each scene's posterior (mean, std) as the frozen VAE encodes it, and a cached batch is the
+    sample `latent_dist.sample` gives for the same scenes and the same generator."""
+    from playground.tiny import latents, world
+    from playground.tiny.train import to_tensor
+
+    latents.build(tmp_path, scenes=6, shard=3)
+    cache = latents.LatentCache(tmp_path)
+    scenes = [world.sample(latents.FIRST_SEED + i) for i in range(6)]
+    assert len(cache) == 6 and [s.caption for s in cache.scenes] == [s.caption for s in scenes]
+    assert [s.objects for s in cache.scenes] == [s.objects for s in scenes]
+    vae = mmdit.load_vae("cpu")
+    with torch.no_grad():
+        dist = vae.encode(to_tensor(s.image for s in scenes)).latent_dist
+    torch.testing.assert_close(cache.mean, dist.mean, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cache.std, dist.std, atol=1e-5, rtol=1e-4)
+    x, drawn = cache.draw(1, 4, torch.Generator().manual_seed(7))
+    idx = cache.indices(1, 4)
+    assert drawn == [cache.scenes[i] for i in idx]
+    with torch.no_grad():
+        again = vae.encode(to_tensor(scenes[i].image for i in idx))
+    torch.testing.assert_close(x, again.latent_dist.sample(torch.Generator().manual_seed(7)), atol=1e-5, rtol=1e-4)
+
+
+def test_the_cache_draws_every_scene_once_an_epoch_and_refuses_another_vae(tmp_path):
+    from playground.tiny import latents
+
+    latents.build(tmp_path, scenes=6, shard=3)
+    cache = latents.LatentCache(tmp_path)
+    epoch = [i for step in range(3) for i in cache.indices(step, 2)]
+    assert sorted(epoch) == list(range(6)) and cache.indices(3, 2) + cache.indices(4, 2) != epoch[:4]
+    other = tmp_path / "other-vae"
+    other.mkdir()
+    (other / "diffusion_pytorch_model.safetensors").write_bytes(b"not the same weights")
+    with pytest.raises(ValueError, match="another VAE"):
+        latents.LatentCache(tmp_path, other)
+
+
+def test_training_on_cached_latents_with_the_grounding_loss_resumes(tmp_path):
+    from playground.tiny import latents
+
+    latents.build(tmp_path / "latents", scenes=4, shard=4)
+    args = ["train", "--test-size", "--batch", "4", "--ckpt-dir", str(tmp_path / "run"), "--latents",
+            str(tmp_path / "latents"), "--ground", "0.5"]
+    mmdit.main([*args, "--steps", "2"])
+    mmdit.main([*args, "--steps", "1"])
+    assert torch.load(tmp_path / "run" / "mmdit.pt", weights_only=False)["step"] == 3
+
+
+def test_the_joint_capture_records_each_layers_text_attention_and_changes_nothing():
+    from playground.tiny.vocab import build_tokenizer
+
+    arch, tokenizer = mmdit.TEST_MMDIT, build_tokenizer()
+    model, texts = mmdit.new_transformer(arch), [mmdit.new_text_encoder(arch, tokenizer) for _ in range(2)]
+    context, pooled = mmdit.encode(tokenizer, texts, ["a red circle on the left"], arch.t5_tokens, "cpu")
+    x = torch.randn(1, 4, 16, 16)
+    kwargs = dict(hidden_states=x, timestep=torch.tensor([500.0]), encoder_hidden_states=context,
+                  pooled_projections=pooled)
+    with torch.no_grad():
+        plain = model(**kwargs).sample
+        capture = mmdit.JointCapture(model, tokenizer.model_max_length)
+        with capture.active() as probs:
+            recorded = model(**kwargs).sample
+    assert torch.equal(plain, recorded) and len(probs) == arch.layers
+    assert all(p.shape == (1, 64, tokenizer.model_max_length) for p in probs)
+    assert not any("Recorded" in type(m.processor).__name__ for _, m in capture.layers)

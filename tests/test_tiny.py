@@ -295,7 +295,7 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     again = run / "again"
     train.main(["import", str(out), "--ckpt-dir", str(again)])
     train.main(["unet", "--ckpt-dir", str(again), "--steps", "1", "--batch", "2", "--ground", "0.1",
-                "--agree", "2"])  # with #25's losses
+                "--agree", "2"])  # with the grounding and agreement losses
     assert torch.load(again / "unet.pt", weights_only=False)["step"] == 3
 
     # the evaluation runs the same way on any exported model, and reports every target
@@ -307,7 +307,7 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
         assert scores["both"] <= min(scores["colour"], scores["shape"])
     assert result["analyser"]["shape"] >= 0.98
     text = evaluate.report(result)
-    # every target once, the guidance one twice: beside both of the issue's guidance metrics
+    # every goal once, the guidance one twice: beside both guidance metrics
     assert text.count(" | >= ") == len(evaluate.TARGETS) + 1 and "CFG gap" in text and "n/a" not in text
     assert result["guidance_from_0"] == result["cfg7.5"]["both"] - result["cfg0.0"]["both"]
     from_0 = next(line for line in text.splitlines() if "CFG 7.5 minus CFG 0" in line)
@@ -323,6 +323,11 @@ def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, sm
     alone = evaluate.evaluate(str(out), n_prompts=1, n_control=0, n_two=0, n_people=0, n_analyser=0, n_focus=1,
                               n_round_trip=0)  # one part alone: the word maps without two-shape prompts
     assert alone["focus_colour"] in (0, 1) and alone["two_focus_colour"] is None and alone["two_both"] is None
+    quick = evaluate.evaluate(str(out), n_prompts=1, n_control=0, n_two=1, n_people=0, n_analyser=0, n_focus=0,
+                              n_round_trip=0, low_cfg=False)  # CFG 7.5 alone, to compare training runs
+    assert quick["cfg7.5"]["colour"] in (0, 1) and quick["two_both"] in (0, 1)
+    assert quick["cfg1.0"] is None and quick["two_both_cfg1"] is None and quick["guidance"] is None
+    assert "CFG gap (colour at 7.5 minus at 1.0) | n/a" in evaluate.report(quick)
     mixed = evaluate.report(result, {**result, "model": "none", "own_cfg": None})  # a model naming no scale
     own_row = next(line for line in mixed.splitlines() if "own CFG" in line and "shape right" in line)
     assert own_row.split(" | ")[2] == "n/a" and len(mixed.splitlines()) == len(text.splitlines()) + 1
@@ -360,7 +365,7 @@ def test_shipped_model_is_the_trained_one_within_size(shipped):
 
 @pytest.mark.slow
 def test_shipped_decoder_draws_back_what_the_world_drew(shipped):
-    """#25: the decoder is the ceiling of what the model can draw; the one shipped before drew both objects of
+    """The decoder is the ceiling of what the model can draw; the one shipped before drew both objects of
     these two-shape scenes back in 45% of them, and 87.5% of the one-shape ones (stars came back round, yellow
     came back orange)."""
     found = evaluate.score_round_trip(shipped, 40)

@@ -42,7 +42,8 @@ from playground.loading import load_model
 from playground.control import canny
 from playground.tiny import analyse, world
 
-# the issue's targets (DDIM 25 steps, CFG 7.5 unless named); metrics without one are reported alone
+# the project's goals for the offline models (DDIM 25 steps, CFG 7.5 unless named); metrics without one are
+# reported alone
 TARGETS = {"analyser": 0.98, "colour": 0.95, "shape": 0.92, "place": 0.90, "background": 0.95, "two_both": 0.70,
            "guidance": 0.15, "canny_f1": 0.6, "canny_follows": 0.90, "pose_recall": 0.75, "pose_limbs": 0.80,
            "focus_colour": 0.90, "focus_shape": 0.95, "two_focus_colour": 0.80, "two_focus_shape": 0.85}
@@ -55,7 +56,7 @@ def sampler(engine: Engine) -> str:
     return "Flow Euler" if engine.model.family.flow else "DDIM"
 
 
-CFG_STOP = 0.6  # a guidance interval measured beside the issue's CFG 7.5 on every step (README: where over-guidance happens)
+CFG_STOP = 0.6  # a guidance interval measured beside CFG 7.5 on every step (docs/training.md: where over-guidance happens)
 
 
 def engine_for(model: str, device: str = "auto") -> Engine:
@@ -215,20 +216,21 @@ def score_openpose(engine: Engine, n: int, seed: int = 910_000_000) -> dict:
 
 
 def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int = 120, n_people: int = 48,
-             n_analyser: int = 600, device: str = "auto", n_focus: int = 120, n_round_trip: int = 200) -> dict:
+             n_analyser: int = 600, device: str = "auto", n_focus: int = 120, n_round_trip: int = 200,
+             low_cfg: bool = True) -> dict:
     started = time.monotonic()
     engine = engine_for(model, device)
     prompts = world.evaluation_prompts(n_prompts)
     at_7 = score_prompts(engine, prompts, 7.5) if n_prompts else None
-    at_1 = score_prompts(engine, prompts, 1.0) if n_prompts else None
-    at_0 = score_prompts(engine, prompts, 0.0) if n_prompts else None  # the unconditional prediction alone
+    at_1 = score_prompts(engine, prompts, 1.0) if n_prompts and low_cfg else None
+    at_0 = score_prompts(engine, prompts, 0.0) if n_prompts and low_cfg else None  # the unconditional prediction alone
     two = world.two_shape_prompts(n_two)
     two_both = score_two_shapes(engine, two) if n_two else None
-    two_both_1 = score_two_shapes(engine, two, cfg=1.0) if n_two else None
+    two_both_1 = score_two_shapes(engine, two, cfg=1.0) if n_two and low_cfg else None
     own = engine.model.cfg_scale  # the scale the app's forms start at for this model, when its marker names one
     at_own = score_prompts(engine, prompts, own) if n_prompts and own else None
     two_own = score_two_shapes(engine, two, cfg=own) if n_two and own else None
-    two_stop = score_two_shapes(engine, two, cfg_stop=CFG_STOP) if n_two else None  # CFG 7.5 on the early steps
+    two_stop = score_two_shapes(engine, two, cfg_stop=CFG_STOP) if n_two and low_cfg else None  # CFG 7.5 early on
     focus = score_focus(engine, prompts[:n_focus]) if n_focus else {}
     two_focus = score_two_focus(engine, two[:n_focus // 2]) if n_focus and two else {}
     ceiling = score_round_trip(engine, n_round_trip) if n_round_trip else {}
@@ -241,21 +243,21 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
         "analyser": analyse.accuracy_on_ground_truth(n_analyser) if n_analyser else None,
         "cfg7.5": at_7,
         "cfg1.0": at_1,
-        "cfg_gap": at_7["colour"] - at_1["colour"] if n_prompts else None,
+        "cfg_gap": at_7["colour"] - at_1["colour"] if at_1 else None,
         "cfg0.0": at_0,
-        # the issue's other guidance metric: adherence at CFG 0 (the prompt unused) is at chance, and guidance adds
+        # the second guidance metric: adherence at CFG 0 (the prompt unused) is at chance, and guidance adds
         # the rest; colour and shape right together, where chance is 1 in 48
-        "guidance_from_0": at_7["both"] - at_0["both"] if n_prompts else None,
+        "guidance_from_0": at_7["both"] - at_0["both"] if at_0 else None,
         "two_shapes": n_two,
         "two_both": two_both,
         "two_both_cfg1": two_both_1,
-        "guidance": two_both - two_both_1 if n_two else None,  # what guidance adds where the prompt is hard
+        "guidance": two_both - two_both_1 if two_both_1 is not None else None,  # what guidance adds where the prompt is hard
         "own_cfg": own,
         "cfg_own": at_own,
         "two_both_own": two_own,
-        "guidance_own": two_own - two_both_1 if two_own is not None else None,
+        "guidance_own": two_own - two_both_1 if two_own is not None and two_both_1 is not None else None,
         "two_both_stop": two_stop,
-        "guidance_stop": two_stop - two_both_1 if n_two else None,
+        "guidance_stop": two_stop - two_both_1 if two_stop is not None and two_both_1 is not None else None,
         "round_trip_scenes": n_round_trip,
         "round_trip_one": ceiling.get("shape"),
         "round_trip_two": ceiling.get("two"),
@@ -279,7 +281,7 @@ def evaluate(model: str, n_prompts: int = 240, n_control: int = 40, n_two: int =
 
 
 def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
-    """Every metric of one evaluation: (name, figure, the issue's target or None)."""
+    """Every metric of one evaluation: (name, figure, its goal or None)."""
     at_7, at_1, person = r["cfg7.5"] or {}, r["cfg1.0"] or {}, r["person"] or {}
     return [
         ("analyser on ground truth (worst of its checks)", min(r["analyser"].values()) if r["analyser"] else None,
@@ -323,7 +325,7 @@ def rows(r: dict) -> list[tuple[str, float | None, float | None]]:
 
 def own_rows(r: dict) -> list[tuple[str, float | None, None]]:
     """The same prompts at the CFG the app starts this model at (its marker's `cfg_scale`), where it names one:
-    reported beside the issue's CFG 7.5, never in its place (no targets)."""
+    reported beside CFG 7.5, never in its place (no goals)."""
     own, at_own = r.get("own_cfg"), r.get("cfg_own") or {}
     if not own:
         return []
@@ -417,13 +419,16 @@ def main() -> None:
                         help="world scenes of each kind (one shape, two) sent through the VAE round trip (0: skip)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present) | cuda | cpu")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--quick", action="store_true",
+                        help="CFG 7.5 only (no CFG 1.0 / CFG 0 rows, no two-shape guidance interval): a third of "
+                        "the prompts' cost, to compare training runs")
     parser.add_argument("--sheet", type=Path, help="only draw a labelled sample sheet (PNG) to this path")
     args = parser.parse_args()
     models = args.model or [str(settings_mod.BUNDLED_MODEL)]
     if args.sheet:
         return sheet(models[0], args.sheet)
     results = [evaluate(model, args.prompts, args.control, args.two, args.people, args.analyser, args.device,
-                        args.focus, args.round_trip) for model in models]
+                        args.focus, args.round_trip, not args.quick) for model in models]
     print(report(*results))
     if args.json:
         args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=2) + "\n")

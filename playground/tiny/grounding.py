@@ -8,7 +8,7 @@ are taken from every `attn2` layer, and for each grounded token the share of its
 outside its region is penalised: (1 - inside / total)^2, the token loss of TokenCompose (Wang et al.,
 CVPR 2024), averaged over the grounded tokens and the layers. The denoising loss stays the main one; this
 one only tells the keys which queries are theirs, so a colour word can no longer be "free to mean anything"
-(the causal text encoder lets the shape word carry the colour: see the README's training section).
+(the causal text encoder lets the shape word carry the colour: see docs/training.md).
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 trained by the project on the same world and captions as the U-Net model, with rectified flow.
 
     python -m playground.tiny.mmdit train --minutes 30 --threads 1     # resumable: runs/offline-mmdit/mmdit.pt
+    python -m playground.tiny.latents runs/latents --threads 1         # the VAE's latents of 16,384 scenes, once
+    python -m playground.tiny.mmdit train --latents runs/latents ...   # then train on them: no encoder per step
     python -m playground.tiny.mmdit export assets/offline-mmdit        # an fp16 StableDiffusion3Pipeline folder
     python -m playground.tiny.mmdit import assets/offline-mmdit        # later: train the exported model further
     python app.py --model assets/offline-mmdit                         # every tab, through the app's SD3 path
@@ -23,6 +25,7 @@ the objective).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -31,16 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
+from playground.attention import joint_attention_layers, joint_attention_probs
 from playground.loading import MARKER
-from playground.tiny import world
+from playground.tiny import grounding, world
+from playground.tiny.latents import VAE, LatentCache, load_vae
 from playground.tiny.train import CFG_DROPOUT, Budget, Checkpoint, batch, ema_update, log, resume, to_tensor
 from playground.tiny.vocab import build_tokenizer
 
 RUN = Path("runs/offline-mmdit")
-VAE = Path("assets/offline-model/vae")  # the U-Net model's, shared
 
 
 @dataclass(frozen=True)
@@ -97,8 +101,36 @@ def flow_times(size: int, gen: torch.Generator, shift: float = 1.0) -> torch.Ten
     return shift * t / (1 + (shift - 1) * t)
 
 
-def load_vae(device: str, path: Path = VAE) -> AutoencoderKL:
-    return AutoencoderKL.from_pretrained(path, dtype=torch.float32).to(device).eval().requires_grad_(False)
+class JointCapture:
+    """While active, every joint-attention layer of `transformer` also hands its image queries' attention over the
+    CLIP tokens (with gradients) to `self.probs`, (B, patches, 77) each, for the grounding loss (grounding.py, as
+    the U-Net's `--ground`); its output is its own processor's, unchanged. With no `transformer`, nothing."""
+
+    def __init__(self, transformer, tokens: int):
+        self.layers = joint_attention_layers(transformer) if transformer is not None else []
+        self.tokens, self.probs = tokens, []
+
+    @contextlib.contextmanager
+    def active(self):
+        saved = [layer.processor for _, layer in self.layers]
+        for _, layer in self.layers:
+            layer.set_processor(_Recorded(layer.processor, self.probs, self.tokens))
+        self.probs.clear()
+        try:
+            yield self.probs
+        finally:
+            for (_, layer), processor in zip(self.layers, saved):
+                layer.set_processor(processor)
+
+
+class _Recorded:
+    def __init__(self, inner, out: list, tokens: int):
+        self.inner, self.out, self.tokens = inner, out, tokens
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
+        # the CLIP tokens only: the zero T5 token names nothing in the picture
+        self.out.append(joint_attention_probs(attn, hidden_states, encoder_hidden_states)[..., :self.tokens])
+        return self.inner(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
 
 def train(args) -> None:
@@ -130,18 +162,30 @@ def train(args) -> None:
 
     budget, started, done = Budget(args.minutes, args.steps), time.monotonic(), 0
     gen = torch.Generator().manual_seed(40_000_000 + step)
+    cache = LatentCache(args.latents, args.vae) if args.latents else None
+    if cache:
+        print(f"[mmdit] {len(cache)} scenes' latents from {args.latents} (the VAE is not run)", flush=True)
+    capture = JointCapture(model if args.ground else None, tokenizer.model_max_length)
     while budget.more(done):
-        scenes = batch("unet", 50_000_000 + step, args.batch)  # the U-Net model's world, scenes of their own
-        with torch.no_grad():
-            x0 = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
+        if cache:  # the frozen encoder's posteriors, cached: a fresh sample of each, as encoding again would give
+            x0, scenes = cache.draw(step, args.batch, gen)
+            x0 = x0.to(args.device) * scale
+        else:
+            scenes = batch("unet", 50_000_000 + step, args.batch)  # the U-Net model's world, scenes of their own
+            with torch.no_grad():
+                x0 = vae.encode(to_tensor(s.image for s in scenes).to(args.device)).latent_dist.sample(gen) * scale
         captions = ["" if torch.rand((), generator=gen) < CFG_DROPOUT else s.caption for s in scenes]
         noise = torch.randn(x0.shape, generator=gen).to(args.device)
         t = flow_times(len(scenes), gen, args.time_shift).to(args.device)
         x_t = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
         context, pooled = encode(tokenizer, texts, captions, arch.t5_tokens, args.device)
-        v = model(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=context,
-                  pooled_projections=pooled).sample
+        with capture.active() as probs:  # each joint layer's attention over the text, when grounding
+            v = model(hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=context,
+                      pooled_projections=pooled).sample
         loss = ((v.float() - (noise - x0)) ** 2).mean()
+        if args.ground:  # colour and shape words attend to their objects' patches (playground/tiny/grounding.py)
+            ground = grounding.loss(probs, *grounding.targets(tokenizer, scenes, captions))
+            loss = loss + args.ground * ground
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -154,6 +198,8 @@ def train(args) -> None:
         step, done = step + 1, done + 1
         if step % 25 == 0:
             log("mmdit", step, loss.item(), started, done * args.batch)
+            if args.ground:
+                print(f"[mmdit] grounding loss {ground.item():.4f} (weight {args.ground})", flush=True)
         if step % 100 == 0:
             save()
     save()
@@ -183,6 +229,7 @@ def export(args) -> None:
                        "by the project with rectified flow on the same world as the U-Net model (see "
                        "playground/tiny/mmdit.py)",
         "native_size": arch.image_size,
+        "learning": "its shapes",  # the Model menu says so until its shapes are drawn (docs/training.md)
         "steps": {"mmdit": state["step"]},
         "t5_tokens": arch.t5_tokens,
         "architecture": dataclasses.asdict(arch),
@@ -222,6 +269,11 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--time-shift", type=float, default=1.0,
                         help="train: shift the logit-normal times toward the noise (3: as the sampler's shift)")
+    parser.add_argument("--latents", type=Path, default=None,
+                        help="train: the VAE's latents cached by `python -m playground.tiny.latents` (default: "
+                        "encode every batch)")
+    parser.add_argument("--ground", type=float, default=0.0,
+                        help="train: weight of the grounding loss on the joint attention (0 = off)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--test-size", action="store_true", help="the tests' tiny sizes (64 px, 2 blocks)")

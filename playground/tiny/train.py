@@ -44,7 +44,7 @@ SEED_STRIDE = {"vae": 0, "unet": 10_000_000, "canny": 20_000_000, "openpose": 30
 ARCH = OFFLINE  # the sizes of every component (playground/tiny/arch.py)
 # the inspector's first prompt: two objects, so that clicking a colour word shows it lighting its own object
 ATTENTION_EXAMPLE = "a red square on the left and a blue circle on the right on a black background"
-# the CFG the app's forms start at for this model (its marker): measured on held-out prompts (README, #25)
+# the CFG the app's forms start at for this model (its marker): measured on held-out prompts (docs/training.md)
 CFG_SCALE = 3.0
 
 
@@ -288,7 +288,7 @@ AGREE_BELOW = 0.4  # the least noisy 40% of the schedule: where CFG's push only 
 
 
 def agreement(unet, noisy, t, empty, pred, captions, n: int) -> torch.Tensor:
-    """The unconditional prediction pulled onto the conditional one on the low-noise steps (`--agree`, #25).
+    """The unconditional prediction pulled onto the conditional one on the low-noise steps (`--agree`).
 
     There the picture is decided and x_t alone says what the clean image is, so the two halves of
     classifier-free guidance should agree; on the offline model they differed by about half the
