@@ -4,8 +4,6 @@ makes the same picture as the API with those settings; every link of the Lesson 
 from __future__ import annotations
 
 import io
-import os
-import shutil
 from urllib.parse import parse_qsl
 
 import numpy as np
@@ -22,19 +20,8 @@ from playground.threads import off_main_thread
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("PLAYGROUND_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
-
-try:
-    from playwright.sync_api import expect, sync_playwright
-except ImportError:  # pragma: no cover
-    sync_playwright = None
-
-if sync_playwright is None or not shutil.which(CHROMIUM):
-    if os.environ.get("CI"):
-        raise RuntimeError(f"browser tests need playwright and {CHROMIUM}; .ci/run installs both")
-    pytest.skip(f"needs playwright and {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+# the same Chromium as the other browser tests, checked the same way (skipped without it, required under CI)
+from test_browser import ARGS, CHROMIUM, expect, sync_playwright  # noqa: E402
 
 # the Prompt tab's link: every setting a user sets there, none at its default
 SETTINGS = dict(prompt="a large yellow triangle on the right on a gray background", negative_prompt="blue", seed=1234,
