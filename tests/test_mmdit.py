@@ -114,14 +114,16 @@ def test_cached_latents_are_the_vaes_encoding_of_the_same_scenes(tmp_path):
     vae = mmdit.load_vae("cpu")
     with torch.no_grad():
         dist = vae.encode(to_tensor(s.image for s in scenes)).latent_dist
-    torch.testing.assert_close(cache.mean, dist.mean, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(cache.std, dist.std, atol=1e-5, rtol=1e-4)
+    # to float rounding (batches of another size, 1 or 2 threads: up to 3e-4 seen); a sample in the mean's place
+    # is off by up to 0.6
+    torch.testing.assert_close(cache.mean, dist.mean, atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(cache.std, dist.std, atol=2e-3, rtol=1e-3)
     x, drawn = cache.draw(1, 4, torch.Generator().manual_seed(7))
     idx = cache.indices(1, 4)
     assert drawn == [cache.scenes[i] for i in idx]
     with torch.no_grad():
         again = vae.encode(to_tensor(scenes[i].image for i in idx))
-    torch.testing.assert_close(x, again.latent_dist.sample(torch.Generator().manual_seed(7)), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(x, again.latent_dist.sample(torch.Generator().manual_seed(7)), atol=2e-3, rtol=1e-3)
 
 
 def test_the_cache_draws_every_scene_once_an_epoch_and_refuses_another_vae(tmp_path):

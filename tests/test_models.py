@@ -128,9 +128,10 @@ def test_the_form_follows_the_model_chosen(models):
     from playground.ui import build_app
 
     demo = build_app(models, tiny_settings("unused", cache_hours=0))
-    menu = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model")
-    follow = next(f for f in follow_handlers(demo, menu)
-                  if any(getattr(o, "label", "").startswith("Scheduler") for o in f.outputs))
+    menus = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model"]  # every tab's
+    follow = next(f for menu in menus for f in follow_handlers(demo, menu)  # the Prompt tab's: schedulers, shift
+                  if any(getattr(o, "label", "").startswith("Scheduler") for o in f.outputs)
+                  and any(getattr(o, "label", "").startswith("Flow shift") for o in f.outputs))
     labels = [o.label for o in follow.outputs]
     unet, sd3 = models.names
     native = models.first.native_size
@@ -152,10 +153,10 @@ def test_the_cfg_follows_the_models_recommended_guidance(models):
     own = Models([Engine(dataclasses.replace(models.first.model, cfg_scale=3.0), models.first.settings),
                   models.engines[models.names[1]]])
     demo = build_app(own, tiny_settings("unused", cache_hours=0))
-    cfg = next(b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label.startswith("CFG scale"))
+    cfg = next(b for b in demo.blocks.values() if isinstance(b, gr.Slider) and b.label == "CFG scale")  # Prompt's
     assert cfg.value == 3.0
-    menu = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model")
-    follow = next(f for f in follow_handlers(demo, menu) if any(o is cfg for o in f.outputs))
+    menus = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Model"]
+    follow = next(f for menu in menus for f in follow_handlers(demo, menu) if any(o is cfg for o in f.outputs))
     at = [o for o in follow.outputs].index(cfg)
     unet, sd3 = own.names
     native = own.first.native_size
