@@ -108,8 +108,7 @@ def runtime_files(root: Path = ROOT) -> dict[str, Path]:
         base = root / top
         for path in ([base] if base.is_file() else sorted(base.rglob("*"))):
             rel = path.relative_to(root).as_posix()
-            if path.is_file() and not any(rel.startswith(d + "/") or f"/{d}/" in f"/{rel}" for d in LEFT_OUT_DIRS) \
-                    and path.suffix != ".pyc":
+            if path.is_file() and not any(f"/{d}/" in f"/{rel}" for d in LEFT_OUT_DIRS) and path.suffix != ".pyc":
                 files[rel] = path
     return files
 

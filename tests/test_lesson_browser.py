@@ -21,7 +21,7 @@ from playground.threads import off_main_thread
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 # the same Chromium as the other browser tests, checked the same way (skipped without it, required under CI)
-from test_browser import ARGS, CHROMIUM, expect, sync_playwright  # noqa: E402
+from test_browser import browser, expect  # noqa: E402, F401 (the module's Chromium, as a fixture)
 
 # the Prompt tab's link: every setting a user sets there, none at its default
 SETTINGS = dict(prompt="a large yellow triangle on the right on a gray background", negative_prompt="blue", seed=1234,
@@ -40,14 +40,6 @@ def served(tmp_path_factory):
     engine = off_main_thread(lambda: Engine(load_model(settings), settings))
     with launched(engine, settings) as url:
         yield url, engine
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture
