@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from playground.engine import Engine  # noqa: E402
 from playground.loading import load_model  # noqa: E402
-from playground.requests import GenerateRequest  # noqa: E402
+from playground.schema import GenerateRequest
 from playground.settings import Settings  # noqa: E402
 from cpu_profile import reference_pipeline  # noqa: E402
 from offline_models import PROMPTS, psnr  # noqa: E402

@@ -29,7 +29,7 @@ import diffusers  # noqa: E402
 from playground import schedulers  # noqa: E402
 from playground.engine import Engine  # noqa: E402
 from playground.loading import compile_model, load_model  # noqa: E402
-from playground.requests import GenerateRequest  # noqa: E402
+from playground.schema import GenerateRequest
 from playground.settings import Settings  # noqa: E402
 from sections import write_section  # noqa: E402
 

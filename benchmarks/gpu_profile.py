@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 import grid as grid_bench  # noqa: E402
 
-from playground.requests import GenerateRequest  # noqa: E402
+from playground.schema import GenerateRequest
 from playground.settings import Settings  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from diffusers import StableDiffusionPipeline
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from playground import schedulers  # noqa: E402
 from playground.engine import Engine  # noqa: E402
-from playground.requests import GenerateRequest, GridRequest  # noqa: E402
+from playground.schema import GenerateRequest, GridRequest
 from playground.loading import LoadedModel, load_model, pick_device  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 

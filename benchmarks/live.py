@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from playground.engine import Engine  # noqa: E402
 from playground.loading import load_model  # noqa: E402
-from playground.requests import GenerateRequest  # noqa: E402
+from playground.schema import GenerateRequest
 from playground.settings import Settings  # noqa: E402
 from playground.ui.live import LIVE_STEPS  # noqa: E402
 from cpu_profile import reference_pipeline  # noqa: E402

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from playground.engine import Engine  # noqa: E402
 from playground.loading import load_model  # noqa: E402
-from playground.requests import GenerateRequest  # noqa: E402
+from playground.schema import GenerateRequest
 from playground.settings import BUNDLED_MODEL, Settings  # noqa: E402
 from sections import write_section  # noqa: E402
 

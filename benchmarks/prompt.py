@@ -24,7 +24,7 @@ from diffusers import StableDiffusionPipeline
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from playground import schedulers  # noqa: E402
 from playground.engine import Engine  # noqa: E402
-from playground.requests import GenerateRequest  # noqa: E402
+from playground.schema import GenerateRequest
 from playground.loading import load_model  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 

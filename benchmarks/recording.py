@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import engine_for, sync  # noqa: E402
 
-from playground.requests import GenerateRequest, InspectRequest  # noqa: E402
+from playground.schema import GenerateRequest, InspectRequest
 from playground.settings import Settings  # noqa: E402
 
 

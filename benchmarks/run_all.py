@@ -29,7 +29,7 @@ import grid as grid_bench  # noqa: E402
 import prompt as prompt_bench  # noqa: E402
 import recording as recording_bench  # noqa: E402
 
-from playground.requests import GenerateRequest, GridRequest, InspectRequest  # noqa: E402
+from playground.schema import GenerateRequest, GridRequest, InspectRequest
 from playground.loading import compile_model  # noqa: E402
 from playground.settings import Settings  # noqa: E402
 

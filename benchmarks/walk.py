@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from playground import walks  # noqa: E402
 from playground.engine import Engine  # noqa: E402
 from playground.loading import load_model  # noqa: E402
-from playground.requests import GenerateRequest, WalkRequest  # noqa: E402
+from playground.schema import GenerateRequest, WalkRequest
 from playground.settings import Settings  # noqa: E402
 
 TO = "a blue square at the bottom right on a black background"

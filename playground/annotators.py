@@ -18,7 +18,7 @@ from diffusers import ControlNetModel
 from PIL import Image
 
 from playground import poses
-from playground.control import PoseOptions
+from playground.preprocessors import PoseOptions
 from playground.errors import ControlNetUnavailable, InvalidRequest
 from playground.loading import LoadedModel, controlnet_source, load_controlnet, load_pose_detector, shown_source
 from playground.settings import CONTROLNETS, Settings

@@ -28,18 +28,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from playground import anatomy as anatomy_mod, attention, control as control_mod, latents, poses, schedulers, \
-    tokens, views
+from playground import latents, parts, poses, preprocessors, schedulers, tokens, views
+from playground.attention import capture
 from playground.annotators import Annotators
 from playground.batching import Batcher, Standing, shared
 from playground.errors import InvalidRequest, OutOfMemory
-from playground.grid import AXES
+from playground.axes import AXES
 from playground.loading import LoadedModel
 from playground.metadata import Params
-from playground.requests import (
-    ATTENTION_OF, ControlRequest, ControlResult, Generated, GenerateRequest, GenerateResult, GridCell, GridRequest,
-    GridResult, InspectRequest, Limits, Progress, TokenCount, Trajectory, integer, text, validate_attention,
-    validate_control, validate_draw_pose, validate_generate, validate_grid, validate_inspect, validate_preprocess,
+from playground.attention.sources import ATTENTION_OF
+from playground.limits import Limits
+from playground.schema import (
+    ControlRequest, ControlResult, GenerateRequest, GenerateResult, Generated, GridCell, GridRequest, GridResult, InspectRequest, Progress, TokenCount, Trajectory,
+)
+from playground.validation import (
+    integer, text, validate_attention, validate_control, validate_draw_pose, validate_generate, validate_grid, validate_inspect, validate_preprocess,
 )
 from playground.sampling import Components, Control, Denoised, Job, Observer, cut_timesteps, denoise
 from playground.settings import Settings
@@ -376,7 +379,7 @@ class Engine:
     def detect_pose(self, req: ControlRequest) -> poses.Detection:
         """The people in the request's photo (fitted to the generation size) as keypoints and a control map."""
         req = validate_preprocess(replace(req, mode="openpose", controlnet="openpose"), self.limits)
-        image = control_mod.fit(self._open(req.image), req.base.width, req.base.height, req.resize)
+        image = preprocessors.fit(self._open(req.image), req.base.width, req.base.height, req.resize)
         return self.annotators.detect(image, req.openpose)
 
     def draw_pose(self, pose_json: str, width: int = 0, height: int = 0, mirror: bool = False
@@ -386,9 +389,9 @@ class Engine:
         pose = poses.mirror(pose) if mirror else pose
         return poses.draw(pose, width, height), poses.to_json(pose)
 
-    def anatomy(self) -> anatomy_mod.Anatomy:
+    def anatomy(self) -> parts.Anatomy:
         """The loaded model's parts (with the ControlNets loaded so far), counted from its own modules."""
-        return anatomy_mod.of_pipeline(self.model.pipe, f"loaded: {self.model.name}", self.native_size,
+        return parts.of_pipeline(self.model.pipe, f"loaded: {self.model.name}", self.native_size,
                                        self.annotators.loaded_controlnets(), self.model.refiner)
 
     # -- shared steps -------------------------------------------------------------------------
@@ -402,9 +405,9 @@ class Engine:
         if source.records:
             split, f = c.family.split_prompt(c, source.text(gen)), self.vae_factor
             # the refiner's layers too, when one is loaded (the same list for every recording on this model)
-            layers = c.family.attention_layers(c) + (attention.cross_attention_layers(self.model.refiner.unet)
+            layers = c.family.attention_layers(c) + (capture.cross_attention_layers(self.model.refiner.unet)
                                                      if self.model.refiner is not None else [])
-            maps = attention.recording(layers, attention.AttentionRecorder(
+            maps = capture.recording(layers, capture.AttentionRecorder(
                 source.sample(gen), [t.position for t in tokens.kept(split)], (gen.height // f, gen.width // f)))
 
         # 2. Denoise and finish; the trajectory keeps what the loop reports of its scheduler
@@ -441,11 +444,11 @@ class Engine:
         return latents.preview(x0, self.vae_factor, self.rgb_map)
 
     def _open(self, image: Image.Image | str | Path | None) -> Image.Image:
-        return control_mod.open_upload(image, self.settings.max_size, self.settings.max_upload_pixels)
+        return preprocessors.open_upload(image, self.settings.max_size, self.settings.max_upload_pixels)
 
     def _control_map(self, req: ControlRequest) -> Image.Image:
         """A validated request's map, made by its preprocessor entry (the upload opened and fitted only if read)."""
         w, h = req.base.width, req.base.height
-        image = functools.cache(lambda: control_mod.fit(self._open(req.image), w, h, req.resize))
-        inputs = control_mod.MapInputs(image, req.pose, (w, h), req.canny, req.openpose, self.annotators.detect)
-        return control_mod.PREPROCESSORS[req.mode].make_map(inputs)
+        image = functools.cache(lambda: preprocessors.fit(self._open(req.image), w, h, req.resize))
+        inputs = preprocessors.MapInputs(image, req.pose, (w, h), req.canny, req.openpose, self.annotators.detect)
+        return preprocessors.PREPROCESSORS[req.mode].make_map(inputs)

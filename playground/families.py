@@ -19,8 +19,8 @@ from diffusers import AutoencoderKL, ControlNetModel, SD3Transformer2DModel, UNe
 from diffusers.models.attention_processor import Attention
 from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
 
-from playground.attention import band, cross_attention_layers, joint_attention_layers
-from playground.requests import TokenCount
+from playground.attention.capture import band, cross_attention_layers, joint_attention_layers
+from playground.schema import TokenCount
 from playground.settings import CONTROLNETS, CONTROLNETS_SD3, CONTROLNETS_XL
 from playground.tokens import Token, split_prompt, split_t5, tokenize, weighted_ids
 from playground.weights import plain

@@ -19,17 +19,19 @@ from urllib.parse import quote, urlencode
 
 from PIL import Image
 
-from playground import control
+from playground import preprocessors
 from playground.errors import InvalidRequest
-from playground.grid import AXES
-from playground.requests import (
-    ATTENTION_OF, WALKS, ControlRequest, GenerateRequest, GridRequest, InspectRequest, Limits, WalkRequest,
+from playground.axes import AXES
+from playground.attention.sources import ATTENTION_OF
+from playground.limits import Limits
+from playground.schema import WALKS, ControlRequest, GenerateRequest, GridRequest, InspectRequest, WalkRequest
+from playground.validation import (
     model_choice, validate_control, validate_generate, validate_grid, validate_inspect, validate_walk,
 )
 
 TAB = "tab"  # the address's name for the tab
 GRID = GridRequest()
-MODE_LABELS = {key: p.label for key, p in control.PREPROCESSORS.items()}  # the control tab's radio shows labels
+MODE_LABELS = {key: p.label for key, p in preprocessors.PREPROCESSORS.items()}  # the control tab's radio shows labels
 
 
 @dataclass(frozen=True)
@@ -115,13 +117,13 @@ def mode_key(mode: str) -> str:
 def control_of(values: dict, limits: Limits) -> ControlRequest:
     """The control request; a mode or a ControlNet left out follows the other, as the tab's radios do."""
     d = ControlRequest()
-    feeds = {k: p.feeds for k, p in control.PREPROCESSORS.items()}
+    feeds = {k: p.feeds for k, p in preprocessors.PREPROCESSORS.items()}
     net = values.get("controlnet") or feeds.get(mode_key(values.get("mode", d.mode))) or d.controlnet
     mode = values.get("mode") or next((k for k, f in feeds.items() if f == net), d.mode)
     return ControlRequest(
         image=PLACEHOLDER, mode=mode_key(mode), controlnet=net,
-        canny=control.CannyOptions(values.get("low", d.canny.low), values.get("high", d.canny.high)),
-        openpose=control.PoseOptions(values.get("detector", d.openpose.detector), values.get("hands", d.openpose.hands),
+        canny=preprocessors.CannyOptions(values.get("low", d.canny.low), values.get("high", d.canny.high)),
+        openpose=preprocessors.PoseOptions(values.get("detector", d.openpose.detector), values.get("hands", d.openpose.hands),
                                      values.get("face", d.openpose.face)),
         pose=values.get("pose", d.pose), resize=values.get("resize", d.resize),
         conditioning_scale=values.get("conditioning_scale", d.conditioning_scale),

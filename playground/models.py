@@ -17,13 +17,13 @@ import threading
 from dataclasses import replace
 
 from playground import schedulers, walks
-from playground.anatomy import Anatomy
+from playground.parts import Anatomy
 from playground.batching import Standing
 from playground.engine import Engine, OnProgress
-from playground.requests import (
-    ControlRequest, GenerateRequest, GridRequest, GridResult, Progress, TokenCount, Trajectory, model_choice,
-    model_choices, resolve_seed,
+from playground.schema import (
+    ControlRequest, GenerateRequest, GridRequest, GridResult, Progress, TokenCount, Trajectory,
 )
+from playground.validation import model_choice, model_choices, resolve_seed
 
 
 def base_of(req):

@@ -13,10 +13,10 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from playground.grid import AXES, layout
+from playground.axes import AXES, layout
 from playground.metadata import format_parameters, save_png, write_atomically
 from playground.settings import Settings
-from playground.requests import ControlResult, Generated, GridResult, Trajectory, WalkResult
+from playground.schema import ControlResult, Generated, GridResult, Trajectory, WalkResult
 
 
 STALE_PART_SECONDS = 600  # no write takes this long: an older temporary file is a crash's leftover

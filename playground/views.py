@@ -15,7 +15,8 @@ from PIL import Image
 
 from playground import latents, tokens as tokens_mod
 from playground.errors import InvalidRequest
-from playground.requests import Trajectory, integer, text
+from playground.schema import Trajectory
+from playground.validation import integer, text
 
 
 @dataclass

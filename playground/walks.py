@@ -16,7 +16,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from playground import latents
 from playground.engine import Engine, OnProgress, job_for, params_for, progress_observer
-from playground.requests import WalkRequest, WalkResult, validate_walk
+from playground.schema import WalkRequest, WalkResult
+from playground.validation import validate_walk
 
 
 def mixes(frames: int) -> list[float]:

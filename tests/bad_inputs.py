@@ -1,6 +1,6 @@
 """The bad-input table: one valid call per endpoint, and bad values per parameter with the words the
 error must contain. Every endpoint with a parameter gets every row for it, so a new parameter brings
-its rows to all of them. test_requests.py runs the whole table against the validators (fast);
+its rows to all of them. test_validation.py runs the whole table against the validators (fast);
 test_reliability.py sends one row per parameter per endpoint over HTTP to a launched app."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
-from playground import anatomy
+from playground import parts
 from playground.engine import Engine
 from playground.ui import anatomy as anatomy_tab
 
@@ -27,7 +27,7 @@ PUBLISHED = {
 
 @pytest.fixture(scope="module")
 def families():
-    return anatomy.families()
+    return parts.families()
 
 
 def test_the_families_have_their_published_sizes(families):
@@ -40,7 +40,7 @@ def test_the_families_have_their_published_sizes(families):
     assert (sd15.ratio, xl.ratio, sd3.ratio) == (48, 48, 12)
     assert xl.text == ("CLIP ViT-L/14: 768-d, 77 tokens", "OpenCLIP ViT-bigG/14: 1280-d, 77 tokens")
     assert [p.group for p in sd3.parts].count("text encoders") == 3 and 7.6e9 < sd3.params < 7.8e9
-    assert anatomy.families() is families  # counted once
+    assert parts.families() is families  # counted once
 
 
 def test_the_loaded_model_is_counted_from_its_own_modules(tiny_model, tiny_dir):
@@ -64,7 +64,7 @@ def test_the_loaded_model_is_counted_from_its_own_modules(tiny_model, tiny_dir):
 
 
 def test_the_table_and_the_chart(tiny_model, families):
-    loaded = anatomy.of_pipeline(tiny_model.pipe, "loaded: tiny", 64)
+    loaded = parts.of_pipeline(tiny_model.pipe, "loaded: tiny", 64)
     models = [loaded, *families.values()]
     frame = anatomy_tab.table(models)
     assert list(frame.columns) == ["", "loaded: tiny", "SD 1.5", "SDXL", "SD3 Medium"]
@@ -90,7 +90,7 @@ def test_the_table_and_the_chart(tiny_model, families):
 def test_noise_schedules_side_by_side_cross_0_db_where_their_maths_says():
     import json
 
-    from playground.anatomy import schedules
+    from playground.parts import schedules
     from playground.settings import BUNDLED_MODEL
     from playground.ui.anatomy import crossings, schedule_frame
 

@@ -8,7 +8,7 @@ from gradio_client import handle_file
 from PIL import Image
 
 from playground.metadata import read_png
-from playground.requests import GenerateRequest
+from playground.schema import GenerateRequest
 
 pytestmark = pytest.mark.slow
 

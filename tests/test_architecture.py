@@ -11,14 +11,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent / "playground"
 
 # Each module's floor: a module imports only from its own floor or below. The ground floor imports nothing of
-# the playground; gradio lives only in ui/ (the top), torch nowhere under requests.
+# the playground; gradio lives only in ui/ (the top), torch nowhere under validation.
 LAYERS = [
     ["errors", "settings", "gpu", "tiny", "weights", "threads"],
-    ["metadata", "tokens", "grid", "schedulers", "poses", "latents", "tiny.world", "tiny.arch", "tiny.vocab",
-     "tiny.analyse", "deploy", "exercises"],
-    ["control"],
-    ["requests"],
-    ["attention", "views", "anatomy", "outputs", "links"],
+    ["metadata", "tokens", "axes", "schedulers", "poses", "latents", "tiny.world", "tiny.arch", "tiny.vocab",
+     "tiny.analyse", "deploy", "exercises", "attention"],
+    ["preprocessors", "limits"],
+    ["schema"],
+    ["attention.sources"],
+    ["validation"],
+    ["attention.capture", "views", "parts", "outputs", "links"],
     ["families", "tiny.grounding"],
     ["sampling", "loading"],
     ["annotators", "batching"],

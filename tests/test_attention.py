@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from playground import attention, tokens
-from playground.attention import AttentionRecorder, cross_attention_layers, recording
+from playground import tokens
+from playground.attention import capture
+from playground.attention.capture import AttentionRecorder, cross_attention_layers, recording
 from playground import settings as settings_mod
 from playground.engine import Engine
 from playground.loading import load_model
-from playground.requests import GenerateRequest, InspectRequest, InvalidRequest
+from playground.errors import InvalidRequest
+from playground.schema import GenerateRequest, InspectRequest
 from playground.sampling import Job, denoise
 
 from playground.tiny import analyse
@@ -66,7 +68,7 @@ def test_recording_leaves_the_outputs_identical_and_the_layers_as_they_were(engi
     assert float((plain.latents - recorded.latents).abs().max()) <= 1e-5
     # afterwards every cross-attention layer has its own processor back; self-attention was never wrapped
     assert [type(layer.processor) for _, layer in cross_attention_layers(unet)] == before
-    assert not any(isinstance(m.processor, attention.RecordingProcessor) for _, m in unet.named_modules()
+    assert not any(isinstance(m.processor, capture.RecordingProcessor) for _, m in unet.named_modules()
                    if hasattr(m, "processor"))
 
 
@@ -105,7 +107,7 @@ def test_maps_over_all_77_tokens_sum_to_one_at_every_position(engine):
         assert torch.allclose(maps.float().sum(1), torch.ones(4, *grid), atol=1e-2)
     # and exactly, before storage, for any layer and input
     layer = cross_attention_layers(engine.components.unet)[0][1]
-    probs = attention.cross_attention_probs(layer, torch.randn(2, 64, layer.to_q.in_features),
+    probs = capture.cross_attention_probs(layer, torch.randn(2, 64, layer.to_q.in_features),
                                             torch.randn(2, 77, layer.to_k.in_features))
     assert probs.shape == (2, 64, 77) and torch.allclose(probs.sum(-1), torch.ones(2, 64), atol=1e-5)
 
@@ -182,13 +184,13 @@ def test_finding_a_word(engine, traj):
 
 
 def test_layer_grids_round_up_like_the_unet():
-    assert attention.layer_grid(64 * 64, (64, 64)) == (64, 64)
-    assert attention.layer_grid(8 * 8, (64, 64)) == (8, 8)
-    assert attention.layer_grid(5 * 3, (9, 5)) == (5, 3)  # 9x5 -> 5x3 -> 3x2
-    assert attention.layer_grid(3 * 2, (9, 5)) == (3, 2)
+    assert capture.layer_grid(64 * 64, (64, 64)) == (64, 64)
+    assert capture.layer_grid(8 * 8, (64, 64)) == (8, 8)
+    assert capture.layer_grid(5 * 3, (9, 5)) == (5, 3)  # 9x5 -> 5x3 -> 3x2
+    assert capture.layer_grid(3 * 2, (9, 5)) == (3, 2)
     with pytest.raises(ValueError, match="7 positions"):
-        attention.layer_grid(7, (64, 64))
-    assert attention.mass_centre(np.pad(np.ones((2, 2)), ((0, 6), (6, 0)))) == (0.875, 0.125)
+        capture.layer_grid(7, (64, 64))
+    assert capture.mass_centre(np.pad(np.ones((2, 2)), ((0, 6), (6, 0)))) == (0.875, 0.125)
 
 
 def test_the_pictures_of_a_token(engine, traj):
@@ -222,8 +224,8 @@ def test_the_pictures_of_a_token(engine, traj):
 def test_focus_ignores_the_floor_every_token_gets():
     heat = np.full((8, 8), 0.3)
     heat[:2, 6:] = 0.5  # a little more at the top right, over a floor that alone would centre the mass
-    assert attention.mass_centre(heat)[0] < 0.6
-    assert attention.focus(heat) == pytest.approx((0.875, 0.125))
+    assert capture.mass_centre(heat)[0] < 0.6
+    assert capture.focus(heat) == pytest.approx((0.875, 0.125))
 
 
 # ---------------------------------------------------------------- the offline model
@@ -251,17 +253,17 @@ def test_the_offline_models_colour_and_shape_words_attend_to_the_object(offline,
     size = traj.image.size
     summed = traj.attention.stack()
     for word in prompt.split()[2:4]:
-        fx, fy = attention.focus(summed[find(offline, traj, word)].sum(0))
+        fx, fy = capture.focus(summed[find(offline, traj, word)].sum(0))
         cx, cy = fx * size[0], fy * size[1]
         assert x <= cx <= x + w and y <= cy <= y + h, (word, (round(cx), round(cy)), found[0].bbox)
 
 
 
 def test_the_attention_call_validates_its_request_once(engine, monkeypatch):
-    from playground import requests
+    from playground import validation
 
     calls = []
-    real = requests.validate_generate
-    monkeypatch.setattr(requests, "validate_generate", lambda req, limits: calls.append(req) or real(req, limits))
+    real = validation.validate_generate
+    monkeypatch.setattr(validation, "validate_generate", lambda req, limits: calls.append(req) or real(req, limits))
     traj, view = engine.attention(InspectRequest(REQ, "prompt", "blue", "all"))
     assert len(calls) == 1 and view.token == "blue" and traj.attention.steps == REQ.steps

@@ -14,7 +14,7 @@ import pytest
 from playground.batching import Batcher, Standing, Turn
 from playground.engine import Engine
 from playground.errors import Cancelled
-from playground.requests import GenerateRequest
+from playground.schema import GenerateRequest
 
 from conftest import tiny_settings, wait_until
 

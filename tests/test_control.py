@@ -11,10 +11,11 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from PIL import Image
 from transformers import CLIPTextModel
 
-from playground import control
+from playground import preprocessors
 from playground.engine import Engine
-from playground.control import CannyOptions
-from playground.requests import ControlNetUnavailable, ControlRequest, GenerateRequest, InvalidRequest
+from playground.preprocessors import CannyOptions
+from playground.errors import ControlNetUnavailable, InvalidRequest
+from playground.schema import ControlRequest, GenerateRequest
 from playground.loading import controlnet_source
 from playground.metadata import read_png
 from playground.settings import ASSETS
@@ -64,7 +65,7 @@ def square() -> Image.Image:
 
 
 def test_canny_finds_the_square_outline():
-    edges = np.asarray(control.canny(square(), 100, 200))[..., 0]
+    edges = np.asarray(preprocessors.canny(square(), 100, 200))[..., 0]
     assert set(np.unique(edges)) == {0, 255}
     assert edges[16:48, 14:18].any() and edges[16:48, 46:50].any()  # left and right sides
     assert not edges[22:42, 22:42].any() and not edges[:10].any()  # flat inside and outside: no edges
@@ -72,13 +73,13 @@ def test_canny_finds_the_square_outline():
 
 def test_fit_modes():
     wide = Image.new("RGB", (200, 100), "white")
-    assert control.fit(wide, 64, 64, "crop").size == (64, 64)
-    padded = np.asarray(control.fit(wide, 64, 64, "pad"))
+    assert preprocessors.fit(wide, 64, 64, "crop").size == (64, 64)
+    padded = np.asarray(preprocessors.fit(wide, 64, 64, "pad"))
     assert padded.shape == (64, 64, 3) and padded[0, 32].sum() == 0 and padded[32, 32].sum() == 765  # black bars
-    assert control.fit(wide, 64, 48, "stretch").size == (64, 48)
+    assert preprocessors.fit(wide, 64, 48, "stretch").size == (64, 48)
     with pytest.raises(ValueError, match="unknown resize mode 'zoom'"):
-        control.fit(wide, 64, 64, "zoom")
-    assert max(control.downscale(Image.new("RGB", (5000, 100)), 128).size) == 128
+        preprocessors.fit(wide, 64, 64, "zoom")
+    assert max(preprocessors.downscale(Image.new("RGB", (5000, 100)), 128).size) == 128
 
 
 def test_preprocess_fits_and_validates(engine, tmp_path):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from playground.engine import Engine
-from playground.requests import GenerateRequest, InvalidRequest
+from playground.errors import InvalidRequest
+from playground.schema import GenerateRequest
 
 from conftest import tiny_settings
 

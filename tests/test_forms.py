@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from playground.control import PREPROCESSORS
-from playground.requests import GenerateRequest, TokenCount
+from playground.preprocessors import PREPROCESSORS
+from playground.schema import GenerateRequest, TokenCount
 from playground.settings import Settings
 from playground.ui import control as control_tab
 from playground.ui import grid as grid_tab

@@ -8,9 +8,10 @@ from PIL import Image, ImageDraw
 
 from playground import engine as engine_mod
 from playground.engine import Engine
-from playground.grid import layout, parse_scales
+from playground.axes import layout, parse_scales
 from playground.metadata import read_png
-from playground.requests import GenerateRequest, InvalidRequest
+from playground.errors import InvalidRequest
+from playground.schema import GenerateRequest
 from playground.ui.grid import grid_request
 
 from conftest import tiny_settings
@@ -63,7 +64,7 @@ def test_a_long_title_is_drawn_whole_inside_the_sheet():
     top = sheet.height - 64 - 2
     title_band = px[: top - 28] < 128  # dark text pixels above the column labels
     assert title_band.any() and not title_band[:, -2:].any()  # it stops before the right edge: nothing cut off
-    from playground.grid import font, wrap
+    from playground.axes import font, wrap
     lines = wrap(title, font(14), sheet.width - 4, ImageDraw.Draw(sheet))
     assert len(lines) > 1 and " ".join(lines) == " ".join(title.split())  # wrapped between words, all kept
 

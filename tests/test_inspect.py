@@ -12,7 +12,8 @@ from PIL import Image
 from playground import latents
 from playground.engine import Engine
 from playground.outputs import save_trajectory
-from playground.requests import GenerateRequest, InvalidRequest
+from playground.errors import InvalidRequest
+from playground.schema import GenerateRequest
 from playground.sampling import predict_x0
 
 from conftest import tiny_settings

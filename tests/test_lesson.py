@@ -16,7 +16,7 @@ from conftest import tiny_settings
 from playground import exercises, links
 from playground.engine import Engine
 from playground.models import Models
-from playground.requests import GenerateRequest, GridRequest, InspectRequest
+from playground.schema import GenerateRequest, GridRequest, InspectRequest
 from playground.ui import build_app
 
 pytestmark = pytest.mark.tiny

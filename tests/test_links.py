@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from playground import links
-from playground.requests import Limits
+from playground.limits import Limits
 from playground.settings import ASSETS
 
 pytestmark = pytest.mark.nomodel

@@ -9,7 +9,7 @@ import pytest
 
 from playground.engine import Engine
 from playground.errors import Cancelled
-from playground.requests import GenerateRequest
+from playground.schema import GenerateRequest
 from playground.threads import off_main_thread
 from playground.ui.live import LIVE_STEPS, Edits, escaped, live_generate, preset
 

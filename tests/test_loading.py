@@ -12,7 +12,7 @@ from transformers import CLIPConfig, CLIPImageProcessor
 
 from playground.engine import Engine
 from playground.loading import compile_model, load_model
-from playground.requests import GenerateRequest
+from playground.schema import GenerateRequest
 from playground.settings import BUNDLED_MODEL
 from playground.ui import banner
 

@@ -13,7 +13,7 @@ import torch
 
 from playground.engine import Engine
 from playground.loading import MARKER, load_model
-from playground.requests import GenerateRequest
+from playground.schema import GenerateRequest
 from playground.tiny import mmdit
 
 from conftest import tiny_settings

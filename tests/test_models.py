@@ -14,7 +14,7 @@ from playground.engine import Engine
 from playground.errors import InvalidRequest
 from playground.loading import load_model, load_models
 from playground.models import Models
-from playground.requests import GenerateRequest, GridRequest, InspectRequest
+from playground.schema import GenerateRequest, GridRequest, InspectRequest
 from playground.settings import parse_args
 
 from conftest import tiny_settings

@@ -12,7 +12,7 @@ from PIL import Image
 
 from playground.metadata import Params, read_png, save_png, write_atomically
 from playground.outputs import Folder, output_stem, save_images, save_pose
-from playground.requests import Generated
+from playground.schema import Generated
 from playground.settings import Settings
 
 PARAMS = Params("a red square", "", 2, "DDIM", 7.5, 1, 64, 64, "test")

@@ -14,8 +14,9 @@ from skimage import data as skimage_data
 from playground import poses
 from playground.engine import Engine
 from playground.loading import shown_source
-from playground.control import PoseOptions
-from playground.requests import ControlRequest, GenerateRequest, InvalidRequest
+from playground.preprocessors import PoseOptions
+from playground.errors import InvalidRequest
+from playground.schema import ControlRequest, GenerateRequest
 from playground.settings import ASSETS, Settings
 from playground.tiny import world
 

@@ -86,7 +86,8 @@ def test_the_hand_off_point_matches_diffusers(xl, start):
 
 def test_the_engine_hands_off_and_the_inspector_marks_it(xl, tiny_sdxl_dir, tiny_refiner_dir):
     from playground.engine import Engine
-    from playground.requests import GenerateRequest, InvalidRequest
+    from playground.errors import InvalidRequest
+    from playground.schema import GenerateRequest
     from playground.ui.inspector import inspect_text, noise_plot
 
     engine = Engine(xl, tiny_settings(tiny_sdxl_dir, refiner=str(tiny_refiner_dir)))

@@ -20,7 +20,8 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from playground.engine import Engine
-from playground.requests import GenerateRequest, OutOfMemory
+from playground.errors import OutOfMemory
+from playground.schema import GenerateRequest
 from playground.sampling import Cancelled
 from playground.settings import ASSETS
 
@@ -69,7 +70,7 @@ def raw_call(url: str, endpoint: str, data: list) -> tuple[str, str]:
     return kinds[-1], datas[-1]
 
 
-# The whole table runs against the validators in test_requests.py; here one row per parameter per
+# The whole table runs against the validators in test_validation.py; here one row per parameter per
 # endpoint shows that each reaches the browser as the same named error, and the server goes on.
 @pytest.mark.parametrize("endpoint,name,value,words", FIRST, ids=[case_id(e, n, v) for e, n, v, _ in FIRST])
 def test_bad_input_matrix(app, endpoint, name, value, words):

@@ -104,7 +104,8 @@ def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
     from PIL import Image
 
     from playground.engine import Engine
-    from playground.requests import GenerateRequest, GridRequest, InspectRequest, InvalidRequest
+    from playground.errors import InvalidRequest
+    from playground.schema import GenerateRequest, GridRequest, InspectRequest
 
     engine = Engine(sd3, tiny_settings(tiny_sd3_dir, grid_reference_steps=16))  # the steps axis: a 16-step reference
     assert engine.limits.schedulers == schedulers.FLOW_NAMES
@@ -197,7 +198,7 @@ def test_the_engine_steers_sd3_with_an_sd3_controlnet_from_a_folder(sd3, tiny_sd
     from PIL import Image, ImageDraw
 
     from playground.engine import Engine
-    from playground.requests import ControlRequest, GenerateRequest
+    from playground.schema import ControlRequest, GenerateRequest
 
     sd3_controlnet(sd3).save_pretrained(tmp_path / "controlnet-canny")
     engine = Engine(sd3, tiny_settings(tiny_sd3_dir, controlnets={"canny": str(tmp_path / "controlnet-canny")}))
@@ -271,7 +272,7 @@ def test_the_launched_app_answers_with_sd3(sd3, tiny_sd3_dir, tmp_path):
 
 def test_the_inspector_maps_clip_and_t5_tokens_of_sd3(sd3, tiny_sd3_dir):
     from playground.engine import Engine
-    from playground.requests import GenerateRequest
+    from playground.schema import GenerateRequest
     from playground.ui.attention import token_chips, token_choices
 
     engine = Engine(sd3, tiny_settings(tiny_sd3_dir))
@@ -305,7 +306,8 @@ def test_skip_layer_guidance_matches_diffusers(sd3, name):
 
 def test_skip_layer_guidance_through_the_engine_names_the_blocks(sd3, tiny_sd3_dir):
     from playground.engine import Engine
-    from playground.requests import GenerateRequest, InvalidRequest
+    from playground.errors import InvalidRequest
+    from playground.schema import GenerateRequest
 
     # 10 steps: guidance at the steps between 0.01 and 0.2 of the way, exclusive (diffusers' window): step 1
     req = GenerateRequest(prompt=PROMPT, seed=3, steps=10, scheduler="Flow Euler", width=64, height=64,
@@ -321,7 +323,8 @@ def test_skip_layer_guidance_through_the_engine_names_the_blocks(sd3, tiny_sd3_d
 
 def test_skip_layer_guidance_and_the_refiner_are_refused_where_they_cannot_work(sd3, tiny_sd3_dir):
     from playground.engine import Engine
-    from playground.requests import ControlRequest, GenerateRequest, InspectRequest, InvalidRequest
+    from playground.errors import InvalidRequest
+    from playground.schema import ControlRequest, GenerateRequest, InspectRequest
 
     engine = Engine(sd3, tiny_settings(tiny_sd3_dir, slg_layers=(1,)))
     req = GenerateRequest(prompt=PROMPT, steps=10, scheduler="Flow Euler", width=64, height=64, skip_layer_guidance=2.8)
@@ -334,7 +337,7 @@ def test_skip_layer_guidance_and_the_refiner_are_refused_where_they_cannot_work(
 
 
 def test_an_mmdits_blocks_are_recorded_in_four_bands_of_depth():
-    from playground.attention import band
+    from playground.attention.capture import band
     from playground.tokens import resolution_names
 
     # SD3 Medium's 24 blocks: four bands of six (its maps kept per block were about 225 MB at 1024 px, 50 steps)

@@ -11,7 +11,7 @@ import torch
 from playground import families, schedulers
 from playground.engine import Engine
 from playground.loading import load_model
-from playground.requests import ControlRequest, GenerateRequest, GridRequest
+from playground.schema import ControlRequest, GenerateRequest, GridRequest
 from playground.sampling import Components, Control, Job, denoise
 
 from conftest import tiny_settings

@@ -18,9 +18,9 @@ from PIL import Image
 
 from playground import settings as settings_mod
 from playground.engine import Engine
-from playground.requests import ControlRequest, GenerateRequest
+from playground.schema import ControlRequest, GenerateRequest
 from playground.loading import load_model
-from playground.control import canny
+from playground.preprocessors import canny
 from playground.tiny import analyse, evaluate, train, world
 from playground.tiny.arch import OFFLINE, SD15_SCHEDULER, Arch, rescaled_betas, scheduler_config
 

@@ -12,10 +12,12 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from playground import control, schedulers
+from playground import preprocessors, schedulers
 from playground.loading import LoadedModel
 from playground.metadata import Params, read_png
-from playground.requests import GenerateRequest, GenerateResult, Generated, InvalidRequest, Limits, Progress, TokenCount
+from playground.errors import InvalidRequest
+from playground.limits import Limits
+from playground.schema import GenerateRequest, GenerateResult, Generated, Progress, TokenCount
 from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui import SD_EXAMPLES, banner, build_app, cache_schedule, examples
 from playground.ui import control as control_tab
@@ -71,7 +73,7 @@ def test_controls_come_from_the_settings_and_the_registries(app):
     dropdowns = [b for b in blocks if isinstance(b, gr.Dropdown) and b.label.startswith("Scheduler")]
     assert all([c[0] for c in b.choices] == schedulers.NAMES for b in dropdowns)
     modes = next(b for b in blocks if isinstance(b, gr.Radio) and b.label == "Control map")
-    assert [c[0] for c in modes.choices] == [p.label for p in control.PREPROCESSORS.values()]
+    assert [c[0] for c in modes.choices] == [p.label for p in preprocessors.PREPROCESSORS.values()]
     nets = next(b for b in blocks if isinstance(b, gr.Radio) and b.label == "ControlNet")
     assert [c[0] for c in nets.choices] == list(CONTROLNETS)
     low = next(b for b in blocks if isinstance(b, gr.Slider) and b.label == "Canny low threshold")
@@ -108,7 +110,7 @@ def test_control_examples_follow_the_model_not_the_prompt_text():
     offline, general = control_tab.control_examples(True), control_tab.control_examples(False)
     assert [r[:3] for r in offline] == [r[:3] for r in general]  # the same maps, modes and ControlNets
     assert all("background" in r[3] for r in offline) and not any("background" in r[3] for r in general)
-    labels = {p.label for p in control.PREPROCESSORS.values()}
+    labels = {p.label for p in preprocessors.PREPROCESSORS.values()}
     assert all(Image.open(r[0]) and r[1] in labels and r[2] in CONTROLNETS for r in offline)
     assert sum(r[2] == "openpose" for r in offline) == len(list((ASSETS / "examples").glob("pose-*.png")))
 
@@ -263,7 +265,7 @@ def test_after_stop_the_note_says_the_images_beside_it_are_an_earlier_runs():
 
 
 def test_a_job_waiting_for_a_place_in_the_batch_says_where_it_stands():
-    from playground.requests import Progress
+    from playground.schema import Progress
     from playground.ui.common import running, stopped
 
     waiting = Progress(step=0, total=25, preview=None, label="waiting: 2 jobs ahead, about 6 s")

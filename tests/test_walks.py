@@ -10,7 +10,8 @@ from PIL import Image
 
 from playground import latents, walks
 from playground.engine import Engine
-from playground.requests import GenerateRequest, InvalidRequest, WalkRequest
+from playground.errors import InvalidRequest
+from playground.schema import GenerateRequest, WalkRequest
 
 from conftest import tiny_settings
 

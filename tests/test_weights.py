@@ -63,7 +63,7 @@ def test_weights_turn_a_word_up_in_the_encoders_states(tiny_model):
 def test_the_engine_draws_a_weighted_word_and_its_map_is_found(tiny_model, tiny_dir):
     from conftest import tiny_settings
     from playground.engine import Engine
-    from playground.requests import GenerateRequest, InspectRequest
+    from playground.schema import GenerateRequest, InspectRequest
 
     engine = Engine(tiny_model, tiny_settings(tiny_dir))
     req = GenerateRequest(prompt="a red circle", seed=3, steps=3, scheduler="DDIM", width=64, height=64)

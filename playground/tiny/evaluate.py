@@ -36,10 +36,10 @@ import numpy as np
 from playground import settings as settings_mod
 from playground.engine import Engine
 from playground.errors import ControlNetUnavailable
-from playground.attention import focus
-from playground.requests import ControlRequest, GenerateRequest, InspectRequest
+from playground.attention.capture import focus
+from playground.schema import ControlRequest, GenerateRequest, InspectRequest
 from playground.loading import load_model
-from playground.control import canny
+from playground.preprocessors import canny
 from playground.tiny import analyse, world
 
 # the project's goals for the offline models (DDIM 25 steps, CFG 7.5 unless named); metrics without one are

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from playground.attention import cross_attention_probs
+from playground.attention.capture import cross_attention_probs
 from playground.tiny import world
 
 BACKGROUND = -1  # the region index of the background (every pixel no object covers)

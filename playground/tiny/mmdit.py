@@ -37,7 +37,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-from playground.attention import joint_attention_layers, joint_attention_probs
+from playground.attention.capture import joint_attention_layers, joint_attention_probs
 from playground.loading import MARKER
 from playground.tiny import grounding, world
 from playground.tiny.latents import VAE, LatentCache, load_vae

@@ -30,7 +30,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel
 
-from playground.control import canny
+from playground.preprocessors import canny
 from playground.loading import MARKER
 from playground.settings import CONTROLNETS
 from playground.tiny import arch, grounding, world

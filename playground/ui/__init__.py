@@ -7,7 +7,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from playground import anatomy as anatomy_mod
+from playground import parts
 from playground.engine import Engine
 from playground.loading import LoadedModel
 from playground.models import Models
@@ -111,8 +111,8 @@ def build_app(engines: Models | Engine, settings: Settings) -> gr.Blocks:
             with gr.Tab("Latent inspector"):
                 inspector.build(models.inspect, models.step_view, models.decode_x0, models.roundtrip,
                                 models.attention_view, models.attention, fields, settings)
-            anatomy.build(loaded=models.anatomy, families=anatomy_mod.families,
-                          schedules=lambda: anatomy_mod.schedules_of(model))
+            anatomy.build(loaded=models.anatomy, families=parts.families,
+                          schedules=lambda: parts.schedules_of(model))
         # a link in the page's address opens its tab with its settings; each tab can write the link to its own
         lesson.wire_links(demo, tabs, lesson_tab, {name: e.limits for name, e in models.engines.items()})
     cache.atomic_image_writes()  # two requests returning the same picture must not race on its cache file

@@ -7,7 +7,7 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from playground.anatomy import Anatomy, Schedule
+from playground.parts import Anatomy, Schedule
 
 # the bar chart's stacks and their colours (the legend is drawn under the chart: gradio's own is cut off)
 GROUPS = {"text encoders": "#4c78a8", "denoiser": "#f58518", "VAE": "#54a24b", "ControlNets": "#b279a2"}

@@ -13,7 +13,8 @@ from typing import Callable
 
 import gradio as gr
 
-from playground.requests import ATTENTION_OF, InspectRequest, Progress, Trajectory
+from playground.attention.sources import ATTENTION_OF
+from playground.schema import InspectRequest, Progress, Trajectory
 from playground.settings import Settings
 from playground.ui.common import heavy, shows_errors, stream
 from playground.ui.fields import generate_request

@@ -16,7 +16,7 @@ import gradio as gr
 
 from playground.errors import Cancelled, InvalidRequest
 from playground.gpu import lease
-from playground.requests import Progress
+from playground.schema import Progress
 from playground.settings import Settings
 from playground.ui import fairness
 

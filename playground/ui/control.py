@@ -9,10 +9,10 @@ from typing import Callable
 import gradio as gr
 
 from playground import poses
-from playground.control import PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
+from playground.preprocessors import PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
 from playground.loading import shown_source
 from playground.outputs import Folder, save_control, save_pose
-from playground.requests import ControlRequest, ControlResult, Progress
+from playground.schema import ControlRequest, ControlResult, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui.common import error, heavy, running, shows_errors, status_line, stop_button, stream
 from playground.ui.fields import Fields, generate_request, size_note

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from playground.requests import GenerateRequest
+from playground.schema import GenerateRequest
 from playground.settings import Settings
 
 DEFAULTS = GenerateRequest()

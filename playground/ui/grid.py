@@ -8,12 +8,12 @@ from typing import Callable
 import gradio as gr
 import pandas as pd
 
-from playground.grid import AXES
+from playground.axes import AXES
 from playground.latents import snr_db
 from playground.outputs import Folder, save_grid
 from playground import schedulers
 from playground.errors import InvalidRequest
-from playground.requests import GridRequest, GridResult, Progress
+from playground.schema import GridRequest, GridResult, Progress
 from playground.settings import Settings
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
 from playground.ui.fields import Fields, generate_request

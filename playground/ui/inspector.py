@@ -10,7 +10,8 @@ import pandas as pd
 
 from playground.latents import snr_db
 from playground.outputs import Folder, save_trajectory
-from playground.requests import ATTENTION_OF, InspectRequest, Progress, Trajectory
+from playground.attention.sources import ATTENTION_OF
+from playground.schema import InspectRequest, Progress, Trajectory
 from playground.settings import Settings
 from playground.ui import attention as attention_part, roundtrip as roundtrip_part
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream

@@ -17,10 +17,11 @@ import pandas as pd
 
 from playground import exercises, links
 from playground.errors import InvalidRequest
-from playground.grid import AXES
+from playground.axes import AXES
 from playground.models import Models
 from playground.poses import presets
-from playground.requests import GenerateRequest, GridRequest, InspectRequest, Limits, Progress
+from playground.limits import Limits
+from playground.schema import GenerateRequest, GridRequest, InspectRequest, Progress
 from playground.settings import Settings
 from playground.ui.common import heavy, running, shows_errors, status_line, stream
 from playground.ui.fields import Fields

@@ -32,7 +32,7 @@ import gradio as gr
 
 from playground.errors import Cancelled
 from playground.gpu import ZERO_GPU
-from playground.requests import GenerateResult, Progress
+from playground.schema import GenerateResult, Progress
 from playground.settings import Settings
 from playground.ui.common import heavy, running, shows_errors, stream
 from playground.ui.fields import generate_request

@@ -8,7 +8,7 @@ import gradio as gr
 
 from playground.metadata import read_png
 from playground.outputs import Folder, save_images
-from playground.requests import GenerateResult, Progress, TokenCount
+from playground.schema import GenerateResult, Progress, TokenCount
 from playground.settings import Settings
 from playground.ui import live
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream

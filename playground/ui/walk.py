@@ -8,7 +8,7 @@ from typing import Callable
 import gradio as gr
 
 from playground.outputs import Folder, save_walk
-from playground.requests import MAX_WALK_FRAMES, WALKS, Progress, WalkRequest, WalkResult
+from playground.schema import MAX_WALK_FRAMES, WALKS, Progress, WalkRequest, WalkResult
 from playground.settings import Settings
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
 from playground.ui.fields import Fields, generate_request

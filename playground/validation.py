@@ -1,267 +1,29 @@
-"""Requests, results and their validation: plain data, no torch.
+"""Every request's validation: value checks and one validator per request type; plain data, no torch.
 
 Every validator takes a raw request (values straight from the UI or the API) and one `Limits` value
 (built once from the settings and the loaded model), checks each value, and returns a checked copy
 with the size filled in and the seed resolved, or raises `InvalidRequest`: a ValueError whose message
-names the bad value and what is accepted. Each request is validated once, by its Engine action. Nothing
-here touches a model, so all of it runs in the fast tests.
+names the bad value and what is accepted. Each request is validated once, at the door of its Engine action
+(`playground.actions`). Nothing here touches a model, so all of it runs in the fast tests.
 """
 
 from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import replace
 
-from PIL import Image
-
-from playground import control, poses, schedulers, tokens as tokens_mod
-from playground.control import CannyOptions, PoseOptions
-from playground.errors import ControlNetUnavailable, InvalidRequest, OutOfMemory  # noqa: F401 (named here too)
-from playground.grid import AXES, parse_scales
+from playground import poses, preprocessors, schedulers, tokens
+from playground.attention.sources import ATTENTION_OF
+from playground.axes import AXES, parse_scales
+from playground.errors import InvalidRequest
+from playground.limits import Limits
+from playground.schema import ControlRequest, GenerateRequest, GridRequest, InspectRequest, WALKS, MAX_WALK_FRAMES, \
+    WalkRequest
+from playground.settings import CONTROLNETS
 from playground.weights import plain
-from playground.metadata import Params
-from playground.settings import CONTROLNETS, Settings
-
-if TYPE_CHECKING:  # the tensors a trajectory holds; this module itself never imports torch
-    import numpy as np
-    import torch
 
 MAX_SEED = 2**32 - 1  # seeds are uint32, as torch.Generator.manual_seed and A1111 take them
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What every validator checks against: the settings' limits and the loaded model's facts, built once."""
-
-    max_steps: int = 100
-    max_size: int = 1024  # pixels per side
-    max_images: int = 4
-    max_grid_cells: int = 24
-    max_cfg: float = 30.0
-    max_prompt_chars: int = 20_000
-    native_size: int = 512  # the size a 0 width or height means
-    multiple: int = 8  # width and height are multiples of the VAE's factor
-    tokenizer: Any = None  # the first text encoder's: the attention endpoint's word lookup
-    # (height, width) in pixels -> the attention layer choices the model has there ("all", "8x8", ...)
-    attention_layers: Callable[[int, int], list[str]] = lambda height, width: ["all"]
-    flow: bool = False  # a flow-matching model (SD3): its schedulers, and a shift
-    family: str = "SD 1.x / 2.x"  # the model's family, as errors name it
-    refiner: bool = False  # an SDXL refiner is loaded beside the base
-    channels: int = 4  # the denoiser's latent channels (16 for SD3)
-    blocks: int = 0  # an MMDiT's blocks (SD3), which skip-layer guidance may skip
-    slg_layers: tuple[int, ...] = (7, 8, 9)  # the blocks SLG_LAYERS names
-
-    @classmethod
-    def of(cls, s: Settings, native_size: int, multiple: int = 8, tokenizer=None,
-           attention_layers: Callable[[int, int], list[str]] | None = None, flow: bool = False,
-           family: str = "SD 1.x / 2.x", refiner: bool = False, channels: int = 4, blocks: int = 0) -> "Limits":
-        return cls(max_steps=s.max_steps, max_size=s.max_size, max_images=s.max_images,
-                   max_grid_cells=s.max_grid_cells, max_cfg=s.max_cfg, max_prompt_chars=s.max_prompt_chars,
-                   native_size=native_size, multiple=multiple, tokenizer=tokenizer, flow=flow, family=family,
-                   refiner=refiner, channels=channels, blocks=blocks, slg_layers=tuple(s.slg_layers),
-                   **({"attention_layers": attention_layers} if attention_layers else {}))
-
-    @property
-    def schedulers(self) -> list[str]:
-        """The schedulers that fit the model (schedulers.FLOW_NAMES for a flow model, else NAMES)."""
-        return schedulers.fitting(self.flow)
-
-
-# ---------------------------------------------------------------- requests
-
-@dataclass(frozen=True)
-class GenerateRequest:
-    prompt: str = ""
-    negative_prompt: str = ""
-    seed: int = -1  # -1: pick one at random (the result says which)
-    steps: int = 25
-    cfg_scale: float = 7.5
-    scheduler: str = "DPM++ 2M Karras"
-    width: int = 0  # 0: the model's native size
-    height: int = 0
-    num_images: int = 1
-    shift: float = 0.0  # a flow model's (SD3) scheduler shift; 0: the model's own (3.0)
-    refiner_start: float = 0.0  # SDXL: the fraction of the way at which the refiner takes over (0: no refiner)
-    skip_layer_guidance: float = 0.0  # SD3.5: skip-layer guidance scale (0: off; 2.8 is diffusers' default)
-    skip_layers: tuple[int, ...] = ()  # the blocks it skips: filled in from the settings when it is on
-    model: str = ""  # which loaded model runs it, by name ("": the first loaded; see playground.models)
-    # the fraction of the steps after which CFG stops (1: guided to the end): the rest see the prompt alone
-    cfg_stop: float = 1.0
-
-
-@dataclass(frozen=True)
-class GridRequest:
-    # prompt, negative prompt, seed (one for every cell), steps, CFG scale and size; the rows replace its
-    # scheduler, the columns the field their axis names (number of images: one per cell)
-    base: GenerateRequest = GenerateRequest(steps=20)
-    schedulers: tuple[str, ...] = ("Euler a", "DPM++ 2M Karras")  # rows
-    columns: str | tuple[float, ...] = "1, 3, 7.5, 12"  # a list, or text like "2-12 (+2)"
-    axis: str = "cfg"  # what the columns vary: a key (or label) of grid.AXES
-    # rows from several loaded models, by name (each with the rows' schedulers that fit it, else its default);
-    # empty: the base's model alone
-    models: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ControlRequest:
-    image: Image.Image | str | Path | None = None  # the photo, or a ready control map
-    mode: str = "canny"  # a key or label of control.PREPROCESSORS
-    controlnet: str = "canny"  # a key of settings.CONTROLNETS
-    canny: CannyOptions = CannyOptions()  # the Canny thresholds (checked whatever the mode)
-    openpose: PoseOptions = PoseOptions()  # the pose detector, hands, face (checked whatever the mode)
-    pose: str = ""  # a pose as OpenPose JSON, for the "pose" mode
-    resize: str = "crop"  # how the image is fitted to width x height: see control.RESIZE_MODES
-    conditioning_scale: float = 1.0  # 0..2: how hard the map steers
-    guidance_start: float = 0.0  # fraction of the steps before the ControlNet starts
-    guidance_end: float = 1.0  # fraction after which it stops
-    base: GenerateRequest = GenerateRequest()  # prompt, seed, steps, CFG, scheduler, size, images
-
-
-@dataclass(frozen=True)
-class InspectRequest:
-    base: GenerateRequest = GenerateRequest()  # one image
-    attention_of: str = "prompt"  # whose tokens' attention is recorded: a key (or label) of ATTENTION_OF
-    word: str = ""  # the `attention` call's word ("" = the first word worth a map)
-    resolution: str = "all"  # the `attention` call's layer choice
-    tokens: tuple[int, ...] = ()  # validated: the word's pieces among the kept tokens
-
-
-WALKS = {"prompts": "two prompts (their embeddings mixed, one seed)",
-         "seeds": "two seeds (their noise slerped, one prompt)"}
-MAX_WALK_FRAMES = 16
-
-
-@dataclass(frozen=True)
-class WalkRequest:
-    """Frames on the way from one picture to another: between two prompts or two seeds."""
-
-    base: GenerateRequest = GenerateRequest(steps=12)  # where it starts: its prompt and seed, and every setting
-    between: str = "prompts"  # a key (or label) of WALKS
-    to_prompt: str = ""  # where a walk between prompts ends
-    to_seed: int = -1  # where a walk between seeds ends (-1: a random one)
-    frames: int = 8  # 2 .. MAX_WALK_FRAMES, both ends included
-
-
-# ---------------------------------------------------------------- results
-
-@dataclass
-class Generated:
-    image: Image.Image
-    params: Params  # everything needed to make this image again (its own seed)
-    nsfw: bool = False  # blacked out by the model's safety checker
-    array: np.ndarray | None = None  # (H, W, 3) float32 in [0, 1], before 8-bit rounding
-
-
-@dataclass
-class GenerateResult:
-    images: list[Generated]
-    request: GenerateRequest  # validated, seed resolved
-    unet_calls: int  # model evaluations per image
-    seconds: float
-
-
-@dataclass
-class Progress:
-    step: int  # model evaluations done
-    total: int
-    preview: Image.Image | None  # cheap RGB view of the predicted x0 (first image); None between previews
-    label: str = "denoising"  # what is running, e.g. "Euler a: cells 5-8 of 16"
-
-
-@dataclass
-class GridCell:
-    scheduler: str
-    value: float  # the column's value: a CFG scale, a step count or a flow shift
-    generated: Generated
-    unet_calls: int  # model evaluations for this cell
-    seconds: float  # its own pass, or its share of its row's batched pass
-    psnr: float | None = None  # steps axis: dB between this image and the reference run's (inf when equal)
-    latent_rms: float | None = None  # steps axis: RMS between this cell's final latents and the reference's
-    model: str = ""  # the model that made it, when a grid's rows come from several models
-
-    @property
-    def row(self) -> str:
-        """Its row's name: the scheduler, after the model where the rows come from several models."""
-        return f"{self.model} · {self.scheduler}" if self.model else self.scheduler
-
-
-@dataclass
-class GridResult:
-    request: GridRequest  # validated: seed resolved, scales as a tuple of floats, size filled in
-    cells: list[list[GridCell]]  # rows (schedulers) x columns (CFG scales or step counts)
-    sigmas: dict[str, list[float]]  # noise level at each model evaluation, per scheduler (its first column's)
-    seconds: float
-    # an axis with a reference run (steps, CFG stop): the axis value of the run of each scheduler every cell is
-    # compared with (a step count; CFG stop 1)
-    reference: float | None = None
-    flow: bool = False  # the sigmas are a flow model's: x_t = (1 - sigma) x0 + sigma eps
-    flow_rows: frozenset[str] = frozenset()  # rows from several models: the `sigmas` keys that are a flow model's
-
-
-@dataclass(frozen=True)
-class TokenCount:
-    used: int  # tokens the prompt takes, including CLIP's start and end tokens
-    limit: int  # 77 for CLIP
-    dropped: str  # the text CLIP will not see ("" when it fits)
-    encoders: int = 1  # text encoders reading the prompt, each through its own tokenizer (SDXL: 2, same count)
-    unknown: tuple[str, ...] = ()  # words the model never saw in training (a model that lists its vocabulary)
-    t5: "TokenCount | None" = None  # SD3: T5's own count against its longer window (256 or 512 tokens)
-
-
-@dataclass
-class WalkResult:
-    frames: list[Generated]
-    request: WalkRequest  # validated: seeds resolved
-    mix: list[float]  # where each frame stands on the way, 0 .. 1
-    unet_calls: int  # model evaluations (each on the batch of every frame)
-    seconds: float
-
-
-@dataclass
-class ControlResult:
-    control_map: Image.Image  # what the ControlNet saw, at the generation size
-    images: list[Generated]
-    request: ControlRequest  # validated, seed resolved
-    controlnet: str  # where the ControlNet weights came from
-    unet_calls: int
-    seconds: float
-
-
-@dataclass
-class Trajectory:
-    """One recorded generation: every model evaluation of the denoising loop (per-session state)."""
-
-    request: GenerateRequest  # validated, seed resolved
-    params: Params
-    image: Image.Image  # the final picture
-    tensors: dict[str, torch.Tensor]  # x_t, x0, out_cond, [out_uncond], out: (N, 4, h, w) fp16; timesteps, sigmas
-    sigma_space: bool  # latents are x0 + sigma * eps (Euler-like) rather than sqrt(a) x0 + sqrt(1-a) eps
-    prediction_type: str  # what the model outputs: "epsilon", "v_prediction" or "flow_prediction" (SD3's v = eps - x0)
-    seconds: float
-    decoded: dict[int, Image.Image] = field(default_factory=dict)  # VAE decodes of x0, made on demand
-    handoff: int | None = None  # SDXL with its refiner: the first model evaluation the refiner made
-    attention: Any = None  # attention.AttentionMaps when cross-attention was recorded, else None
-
-    @property
-    def flow(self) -> bool:
-        """Made by a flow model: its sigmas mean x_t = (1 - sigma) x0 + sigma eps."""
-        return self.prediction_type == "flow_prediction"
-
-    @property
-    def steps(self) -> int:
-        return int(self.tensors["x_t"].shape[0])
-
-    @property
-    def sigmas(self) -> list[float]:
-        """Noise level at each recorded model evaluation."""
-        return [float(x) for x in self.tensors["sigmas"]]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
 
 # ---------------------------------------------------------------- value checks
@@ -294,7 +56,7 @@ def text(name: str, value, limit: int) -> str:
     return value
 
 
-def check_param(p: "control.Param", value):
+def check_param(p: "preprocessors.Param", value):
     """A preprocessor parameter's value, checked by its kind: a choice, a flag, or a number in range."""
     if p.choices:
         return choice(p.label, value, {c: c for c in p.choices})
@@ -343,34 +105,6 @@ def model_choices(values, loaded: list[str]) -> tuple[str, ...]:
 def resolve_seed(seed: int) -> int:
     """-1 -> a random seed; any other (checked) seed as it is."""
     return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
-
-
-# ---------------------------------------------------------------- whose attention is recorded
-
-@dataclass(frozen=True)
-class AttentionSource:
-    """Whose tokens the inspector's attention recording follows."""
-
-    label: str  # the choice as the UI and the API name it
-    records: bool = True  # False: no maps at all
-    negative: bool = False  # the negative prompt's tokens, from the unconditional half of the CFG batch
-
-    def text(self, req: GenerateRequest) -> str:
-        return req.negative_prompt if self.negative else req.prompt
-
-    def sample(self, req: GenerateRequest) -> int:
-        """The row of the denoiser's batch to record: it is [negative, prompt] with CFG, [prompt] without."""
-        return 0 if self.negative or req.cfg_scale == 1 else 1
-
-    def check(self, req: GenerateRequest) -> None:
-        if self.negative and req.cfg_scale == 1:
-            raise InvalidRequest("attention of the negative prompt needs a CFG scale other than 1: at CFG 1 the "
-                                 "unconditional (negative prompt) pass is skipped")
-
-
-ATTENTION_OF = {"prompt": AttentionSource("the prompt"),
-                "negative": AttentionSource("the negative prompt", negative=True),
-                "off": AttentionSource("off (no attention maps)", records=False)}
 
 
 # ---------------------------------------------------------------- validators
@@ -480,10 +214,10 @@ def validate_attention(req: InspectRequest, limits: Limits) -> InspectRequest:
     source = ATTENTION_OF[req.attention_of]
     if not source.records:
         raise InvalidRequest("attention of 'off' records no maps; ask for 'prompt' or 'negative'")
-    split = tokens_mod.split_prompt(limits.tokenizer, plain(source.text(req.base)))  # the words, not the weights
-    word = text("word", req.word, tokens_mod.MAX_WORD_CHARS).strip()
-    chosen = tokens_mod.find_word(split, word, limits.tokenizer) if word else [tokens_mod.first_word(split)]
-    resolution = tokens_mod.check_resolution(req.resolution, limits.attention_layers(req.base.height, req.base.width))
+    split = tokens.split_prompt(limits.tokenizer, plain(source.text(req.base)))  # the words, not the weights
+    word = text("word", req.word, tokens.MAX_WORD_CHARS).strip()
+    chosen = tokens.find_word(split, word, limits.tokenizer) if word else [tokens.first_word(split)]
+    resolution = tokens.check_resolution(req.resolution, limits.attention_layers(req.base.height, req.base.width))
     return replace(req, word=word, resolution=resolution, tokens=tuple(chosen))
 
 
@@ -526,15 +260,15 @@ def validate_grid(req: GridRequest, limits: Limits) -> GridRequest:
     return replace(req, base=base, schedulers=tuple(names), columns=tuple(values[:len(scales)]), axis=axis_key)
 
 
-def check_options(options, params: tuple[control.Param, ...]):
+def check_options(options, params: tuple[preprocessors.Param, ...]):
     """A checked copy of a preprocessor's options dataclass: each field by its Param's kind and range."""
     return replace(options, **{p.name: check_param(p, getattr(options, p.name)) for p in params})
 
 
 def validate_preprocess(req: ControlRequest, limits: Limits) -> ControlRequest:
     """The map's part of a ControlNet request: an image, the preprocessor and its options, ControlNet, fit, size."""
-    mode = choice("control mode", req.mode, {k: p.label for k, p in control.PREPROCESSORS.items()})
-    pre = control.PREPROCESSORS[mode]
+    mode = choice("control mode", req.mode, {k: p.label for k, p in preprocessors.PREPROCESSORS.items()})
+    pre = preprocessors.PREPROCESSORS[mode]
     pose = text("pose JSON", req.pose, limits.max_prompt_chars)
     if pre.needs_image and (req.image is None or req.image == ""):
         raise InvalidRequest("no image given; upload one first")
@@ -544,11 +278,11 @@ def validate_preprocess(req: ControlRequest, limits: Limits) -> ControlRequest:
     if pre.feeds and net != pre.feeds:
         raise InvalidRequest(f"{pre.short} need the {pre.feeds} ControlNet; pick '{pre.feeds}', or give a ready map")
     # every option is checked whatever the mode: a bad value is never silently kept
-    canny = check_options(req.canny, control.CANNY_PARAMS)
-    openpose = check_options(req.openpose, control.POSE_PARAMS)
+    canny = check_options(req.canny, preprocessors.CANNY_PARAMS)
+    openpose = check_options(req.openpose, preprocessors.POSE_PARAMS)
     if pre.check is not None:
         pre.check(canny, openpose)
-    resize = choice("resize mode", req.resize, {k: k for k in control.RESIZE_MODES})
+    resize = choice("resize mode", req.resize, {k: k for k in preprocessors.RESIZE_MODES})
     width, height = validate_size(req.base.width, req.base.height, limits)
     return replace(req, mode=mode, controlnet=net, canny=canny, openpose=openpose, resize=resize, pose=pose,
                    base=replace(req.base, width=width, height=height))

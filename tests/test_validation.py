@@ -10,26 +10,14 @@ import sys
 
 import pytest
 
-from playground import control, families, schedulers, tokens
-from playground.control import CannyOptions, PoseOptions
-from playground.requests import (
-    ATTENTION_OF,
-    model_choice,
-    model_choices,
-    ControlRequest,
-    GenerateRequest,
-    GridRequest,
-    InspectRequest,
-    InvalidRequest,
-    Limits,
-    choice,
-    validate_attention,
-    validate_control,
-    validate_draw_pose,
-    validate_generate,
-    validate_grid,
-    validate_inspect,
-    validate_preprocess,
+from playground import families, preprocessors, schedulers, tokens
+from playground.preprocessors import CannyOptions, PoseOptions
+from playground.attention.sources import ATTENTION_OF
+from playground.errors import InvalidRequest
+from playground.limits import Limits
+from playground.schema import ControlRequest, GenerateRequest, GridRequest, InspectRequest
+from playground.validation import (
+    choice, model_choice, model_choices, validate_attention, validate_control, validate_draw_pose, validate_generate, validate_grid, validate_inspect, validate_preprocess,
 )
 from playground.settings import CONTROLNETS, Settings
 from playground.tiny.vocab import build_tokenizer
@@ -99,8 +87,9 @@ def test_bad_value_is_named(endpoint, name, value, words):
         assert w.lower() in str(err.value).lower(), str(err.value)
 
 
-def test_requests_module_imports_no_torch():
-    code = "import sys, playground.requests; print(sorted({'torch', 'diffusers', 'gradio'} & set(sys.modules)))"
+def test_request_types_and_validation_import_no_torch():
+    code = ("import sys, playground.schema, playground.limits, playground.validation, playground.attention.sources; "
+            "print(sorted({'torch', 'diffusers', 'gradio'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -138,14 +127,14 @@ def test_grid_steps_axis_takes_whole_step_counts_within_the_limit():
 
 
 def test_choices_accept_the_key_or_the_label_and_list_both():
-    options = {k: p.label for k, p in control.PREPROCESSORS.items()}
+    options = {k: p.label for k, p in preprocessors.PREPROCESSORS.items()}
     assert choice("control mode", "canny", options) == choice("control mode", "Canny edges from the photo", options)
     with pytest.raises(InvalidRequest, match="'My image is already the control map' \\('image'\\)"):
         choice("control mode", "edges", options)
 
 
 def test_preprocessor_registry_carries_its_rules():
-    for key, p in control.PREPROCESSORS.items():
+    for key, p in preprocessors.PREPROCESSORS.items():
         assert p.label and p.short and (p.feeds is None or p.feeds in CONTROLNETS), key
         for param in p.params:
             if param.choices:
