@@ -85,7 +85,7 @@ def main() -> None:
     wrap(pipe.vae, "decode", bucket, "VAE decode")
     spec = schedulers.REGISTRY[req.scheduler]
     wrap(getattr(diffusers, spec.cls), "step", bucket, "scheduler step")
-    wrap(engine, "_preview", bucket, "live previews")
+    wrap(engine, "preview", bucket, "live previews")
     if getattr(pipe, "safety_checker", None) is not None:
         wrap(pipe, "run_safety_checker", bucket, "safety checker")
 

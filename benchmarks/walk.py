@@ -29,13 +29,13 @@ def main() -> None:
     engine = Engine(load_model(settings), settings)
     base = GenerateRequest(prompt="a red circle at the top left on a white background", seed=1, steps=12,
                            scheduler="DPM++ 2M Karras")
-    walks.walk(engine, WalkRequest(base=base, to_prompt=TO, frames=2))  # warm-up
+    engine.walk(WalkRequest(base=base, to_prompt=TO, frames=2))  # warm-up
     for steps in (12, 25):
         for between in ("prompts", "seeds"):
             req = WalkRequest(base=GenerateRequest(**{**base.__dict__, "steps": steps}), between=between,
                               to_prompt=TO, to_seed=7, frames=16)
             start = time.perf_counter()
-            walks.walk(engine, req)
+            engine.walk(req)
             print(f"{steps} steps, between {between}: 16 frames in {time.perf_counter() - start:.2f} s")
 
 

@@ -27,7 +27,7 @@ class Axis:
     # reference step count (the steps axis: a long run, what more steps change; CFG stop: guided to the end)
     reference: Callable[[int], float] | None = None
     reference_text: str = ""  # that run, in a sentence: "a 200-step run"
-    flow: bool = False  # only for flow-matching models (SD3's shift)
+    needs_shift: bool = False  # only for models whose schedulers take a shift (SD3's rectified flow)
     cast: Callable[[float], Any] = float  # a column's value as its field takes it (steps: a whole number)
     steps: bool = False  # the value is the run's step count
     column: str = ""  # the cell table's column for the value, where its usual columns do not show it
@@ -53,7 +53,7 @@ AXES: dict[str, Axis] = {
                      reference=lambda n: 1.0, reference_text="the run guided to the end", column="CFG stop"),
     # SD3's flow shift: sigma' = shift sigma / (1 + (shift - 1) sigma), more of the steps at high noise
     "shift": Axis("Flow shift", "shifts", "shift", lambda v: f"shift {v:g}", "1, 3, 6",
-                  fixed=lambda base: f"{base.steps} steps, CFG {base.cfg_scale:g}", batched=False, flow=True),
+                  fixed=lambda base: f"{base.steps} steps, CFG {base.cfg_scale:g}", batched=False, needs_shift=True),
 }
 
 _RANGE_STEP = re.compile(r"^(-?[\d.]+)\s*-\s*(-?[\d.]+)\s*\(\s*\+\s*([\d.]+)\s*\)$")  # 2-12 (+2)

@@ -38,7 +38,7 @@ import torch
 
 from playground import gpu, schedulers
 from playground.errors import Cancelled
-from playground.families import Conditioning
+from playground.families.conditioning import Conditioning
 from playground.sampling import Components, Denoised, Job, Observer, Run, advance, finish, model_input, start
 
 DEFAULT_SAMPLES = 16  # one U-Net call of the bundled model costs 37.5 ms a CFG pair alone, 23.7 ms a pair at 16

@@ -1,9 +1,11 @@
 """The Engine owns the one loaded model and runs every action on it.
 
-Each action (generate, grid, control, inspect, attention, VAE round trip) is a short numbered recipe:
-check the request once against the model's `Limits` (`playground.requests`, which names a bad value),
-build a `Job`, and hand it to `run`, the one shared step that runs our loop under the memory guard
-and finishes the images. What differs between model families is asked of the model's entry
+Every action (generate, grid, control, inspect, attention, walk, VAE round trip, the token count, the pose
+tools) has one shape: one request type, one door and one numbered recipe. The door (`action`) checks the request
+once against the model's `Limits` with the action's validator (`playground.validation`, which names a bad value;
+the model choice is one of the values), and the recipe receives the checked request, builds a `Job` and hands it
+to `run`, the one shared step that runs our loop under the memory guard and finishes the images. `ACTIONS` lists
+every action with its validator. What differs between model families is asked of the model's entry
 (`playground.families`); ControlNets and pose detectors come from the `Annotators` shelf. The Engine
 keeps no per-request state, so concurrent requests cannot leak into each other; it knows nothing of
 gradio, and writes neither files (`playground.outputs`) nor prose for the UI (`playground.ui`). Generate jobs may
@@ -28,24 +30,27 @@ import numpy as np
 import torch
 from PIL import Image
 
-from playground import latents, parts, poses, preprocessors, schedulers, tokens, views
-from playground.attention import capture
+from playground import latents, parts, poses, preprocessors, schedulers, tokens, views, walks
 from playground.annotators import Annotators
+from playground.attention import capture
+from playground.attention.sources import ATTENTION_OF
+from playground.axes import AXES
 from playground.batching import Batcher, Standing, shared
 from playground.errors import InvalidRequest, OutOfMemory
-from playground.axes import AXES
+from playground.limits import Limits
 from playground.loading import LoadedModel
 from playground.metadata import Params
-from playground.attention.sources import ATTENTION_OF
-from playground.limits import Limits
-from playground.schema import (
-    ControlRequest, ControlResult, GenerateRequest, GenerateResult, Generated, GridCell, GridRequest, GridResult, InspectRequest, Progress, TokenCount, Trajectory,
-)
-from playground.validation import (
-    integer, text, validate_attention, validate_control, validate_draw_pose, validate_generate, validate_grid, validate_inspect, validate_preprocess,
-)
 from playground.sampling import Components, Control, Denoised, Job, Observer, cut_timesteps, denoise
+from playground.schema import (
+    ControlRequest, ControlResult, Generated, GenerateRequest, GenerateResult, GridCell, GridRequest, GridResult,
+    InspectRequest, PoseRequest, Progress, RoundTripRequest, TokenCount, TokenRequest, Trajectory, WalkRequest,
+    WalkResult,
+)
 from playground.settings import Settings
+from playground.validation import (
+    integer, validate_attention, validate_control, validate_detect_pose, validate_draw_pose, validate_generate,
+    validate_grid, validate_inspect, validate_preprocess, validate_roundtrip, validate_tokens, validate_walk,
+)
 
 PREVIEW_INTERVAL = 0.2  # seconds between live previews (progress itself is reported every step)
 
@@ -155,39 +160,6 @@ def finish(model: LoadedModel, images: torch.Tensor, params: list[Params]) -> li
     return [Generated(image=im, params=p, nsfw=flag, array=a) for im, p, flag, a in zip(pil, params, nsfw, arrays)]
 
 
-# -- grid rows: (cells, the noise level at each model evaluation); `run` is the Engine's run --------------------
-def scales_row(run: Callable, model: str, row: GenerateRequest, scales: list[float], progress: tuple,
-               cancel: threading.Event | None) -> tuple[list[GridCell], list[float]]:
-    """One batched pass: batch = scales, guidance per sample, identical noise."""
-    made, out, seconds = run(job_for(row, [row.seed] * len(scales), guidance=scales),
-                             [params_for(model, row, cfg_scale=g) for g in scales], progress_observer(*progress),
-                             cancel, f"a row of {len(scales)} cells of {row.width}x{row.height}")
-    return [GridCell(row.scheduler, g, m, out.unet_calls, seconds / len(scales)) for g, m in zip(scales, made)], \
-        out.sigmas
-
-
-def passes_row(run: Callable, model: str, row: GenerateRequest, axis, values: list[float],
-               reference: float | None, progress: tuple, cancel: threading.Event | None
-               ) -> tuple[list[GridCell], list[float]]:
-    """One pass per column (an unbatched axis: see grid.Axis) setting its field to its value; with `reference`,
-    a last run with that value (a long run of the steps axis, the CFG stop axis's guided to the end), and each
-    cell's distance to it."""
-    on_progress, label, done, total = progress
-    passes = []
-    for v in [*values, reference] if reference is not None else values:
-        cell = replace(row, **{axis.field: axis.cast(v)})
-        passes.append(run(job_for(cell, [row.seed]), [params_for(model, cell)],
-                          progress_observer(on_progress, label, done, total), cancel,
-                          f"a {cell.steps}-step cell of {row.width}x{row.height}"))
-        done += passes[-1][1].unet_calls
-    ref = passes.pop() if reference is not None else None
-    cells = [GridCell(row.scheduler, v, made, out.unet_calls, seconds,
-                      **({} if ref is None else {"psnr": latents.psnr(made.array, ref[0][0].array, peak=1.0),
-                          "latent_rms": float((out.latents - ref[1].latents).float().pow(2).mean().sqrt())}))
-             for v, ((made,), out, seconds) in zip(values, passes)]
-    return cells, max((out for _, out, _ in passes), key=lambda o: o.unet_calls).sigmas
-
-
 def waiting_note(on_progress: OnProgress | None, model: LoadedModel, req: GenerateRequest
                  ) -> Callable[[Standing], None]:
     """Progress at step 0 while a job waits for a place in the shared batch, its label saying where it stands."""
@@ -202,6 +174,32 @@ def waiting_note(on_progress: OnProgress | None, model: LoadedModel, req: Genera
     return note
 
 
+def attention_choices(family, c: Components, factor: int) -> Callable[[int, int], list[str]]:
+    """(height, width) in pixels -> the attention layer choices there: 'all' and each resolution (a U-Net) or band of
+    blocks (an MMDiT) the model attends at (read from its modules' configs)."""
+    return lambda height, width: tokens.resolution_names(family.attention_grids(c, (height // factor, width // factor)))
+
+
+Validator = Callable[[object, Limits], object]
+ACTIONS: dict[str, Validator] = {}  # every Engine action by name, with the validator its request passes once
+
+
+def action(validate: Validator):
+    """Mark an Engine method as an action: its request is checked once, by `validate` against the Engine's Limits
+    (the model choice included), at this door; the method, the action's recipe, receives the checked request."""
+    def wrap(recipe):
+        ACTIONS[recipe.__name__] = validate
+
+        @functools.wraps(recipe)
+        def door(self, req, *args, **kwargs):
+            return recipe(self, validate(req, self.limits), *args, **kwargs)
+
+        door.validate = validate
+        return door
+
+    return wrap
+
+
 class Engine:
     def __init__(self, model: LoadedModel, settings: Settings, batcher: Batcher | None | bool = True):
         self.model, self.settings = model, settings
@@ -209,8 +207,11 @@ class Engine:
         self.annotators = Annotators(model, settings)  # ControlNets and pose detectors, loaded once each
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
-        self.limits = Limits.of(settings, self.native_size, tokenizer=model.pipe.tokenizer, refiner=model.refiner is not None,
-                                attention_layers=self._attention_layers, **model.family.facts(self.components))
+        self.preview = functools.partial(latents.preview, scale=self.vae_factor, rgb=self.rgb_map)  # x0 -> a cheap RGB view
+        self.limits = Limits.of(settings, self.native_size, model=model.name, models=(model.name,),
+                                tokenizer=model.pipe.tokenizer, refiner=model.refiner is not None,
+                                attention_layers=attention_choices(model.family, self.components, self.vae_factor),
+                                **model.family.facts(self.components))
 
     # -- facts --------------------------------------------------------------------------------
     @property
@@ -226,17 +227,13 @@ class Engine:
     def vae_factor(self) -> int:
         return self.model.pipe.vae_scale_factor  # 8 for SD: latents are H/8 x W/8
 
-    def _attention_layers(self, height: int, width: int) -> list[str]:
-        """The attention layer choices at a size: 'all' and each resolution the model cross-attends at."""
-        f = self.vae_factor
-        return tokens.resolution_names(self.model.family.attention_grids(self.components, (height // f, width // f)))
-
-    def count_tokens(self, prompt: str) -> TokenCount:
-        """How many of the text encoders' tokens `prompt` uses, what gets cut off past the limit, and which words
+    @action(validate_tokens)
+    def count_tokens(self, req: TokenRequest) -> TokenCount:
+        """How many of the text encoders' tokens the prompt uses, what gets cut off past the limit, and which words
         the model never saw (when it lists its vocabulary, as the offline model does)."""
-        count = self.model.family.count_tokens(self.components, text("prompt", prompt, self.limits.max_prompt_chars))
+        count = self.model.family.count_tokens(self.components, req.prompt)
         known = self.model.vocabulary
-        words = dict.fromkeys(w for w in re.findall(r"[a-z]+(?:-[a-z]+)*", prompt.lower()) if w not in known)
+        words = dict.fromkeys(w for w in re.findall(r"[a-z]+(?:-[a-z]+)*", req.prompt.lower()) if w not in known)
         return replace(count, unknown=tuple(words) if known else ())
 
     def warm_up(self) -> float:
@@ -246,26 +243,26 @@ class Engine:
         return time.perf_counter() - start
 
     # -- actions ------------------------------------------------------------------------------
+    @action(validate_generate)
     def generate(self, req: GenerateRequest, on_progress: OnProgress | None = None,
                  cancel: threading.Event | None = None) -> GenerateResult:
         """Text to image."""
-        # 1. Check inputs (the seed resolved); image i uses seed + i
-        req = validate_generate(req, self.limits)
+        # 1. The checked request's seeds: image i uses seed + i
         seeds = [req.seed + i for i in range(req.num_images)]
 
         # 2. Denoise and finish, with progress every step and a live preview a few times a second (shared: run_job)
-        observer = progress_observer(on_progress, "denoising", preview=self._preview)
+        observer = progress_observer(on_progress, "denoising", preview=self.preview)
         made, out, seconds = self.run(job_for(req, seeds), [params_for(self.model.name, req, seed=s) for s in seeds],
                                        observer, cancel, f"{len(seeds)} image(s) of {req.width}x{req.height}",
                                        waiting_note(on_progress, self.model, req))
         return GenerateResult(images=made, request=req, unet_calls=out.unet_calls, seconds=seconds)
 
+    @action(validate_grid)
     def grid(self, req: GridRequest, on_progress: OnProgress | None = None,
              cancel: threading.Event | None = None) -> GridResult:
         """Schedulers x the values of a grid axis, every cell from the same seed's noise: a batched axis (CFG)
         runs each row as one pass, another (steps) each cell alone and compares it with a long reference run."""
-        # 1. Check every cell before any work; one seed for all of them
-        req = validate_grid(req, self.limits)
+        # 1. Every cell was checked at the door, before any work; one seed for all of them
         axis, values = AXES[req.axis], list(req.columns)
         reference = axis.reference(self.settings.grid_reference_steps) if axis.reference else None
 
@@ -278,23 +275,24 @@ class Engine:
         for r, name in enumerate(req.schedulers):
             label = f"{name}: cells {r * len(values) + 1}-{(r + 1) * len(values)} of {len(req.schedulers) * len(values)}"
             row, progress = replace(req.base, scheduler=name), (on_progress, label, done, total)
-            made, sigmas[name] = (
-                scales_row(self.run, self.model.name, row, values, progress, cancel) if axis.batched else
-                passes_row(self.run, self.model.name, row, axis, values, reference, progress, cancel))
+            made, sigmas[name] = (self._scales_row(row, values, progress, cancel) if axis.batched else
+                                  self._passes_row(row, axis, values, reference, progress, cancel))
             cells.append(made)
             done += calls[name]
         return GridResult(request=req, cells=cells, sigmas=sigmas, seconds=time.perf_counter() - start,
-                          reference=reference, flow=self.model.family.flow)
+                          reference=reference,
+                          flow_sigmas=self.model.family.prediction == "flow_prediction")
 
+    @action(validate_grid)
     def grid_evaluations(self, req: GridRequest) -> dict[str, int]:
         """Model evaluations each row of a grid would make (its reference runs included): its cost, before it runs."""
-        return self._evaluations(validate_grid(req, self.limits))
+        return self._evaluations(req)
 
+    @action(validate_control)
     def control(self, req: ControlRequest, on_progress: OnProgress | None = None,
                 cancel: threading.Event | None = None) -> ControlResult:
         """Text to image steered by a ControlNet, on the shared denoiser, VAE and text encoders."""
-        # 1. Check inputs, make the map (opened and fitted once, at the generation size), get the ControlNet
-        req = validate_control(req, self.limits)
+        # 1. Make the map (opened and fitted once, at the generation size), get the ControlNet
         gen, control_map = req.base, self._control_map(req)
         net, source = self.annotators.controlnet(req.controlnet)
 
@@ -315,18 +313,18 @@ class Engine:
         return ControlResult(control_map=control_map, images=made, request=req, controlnet=source,
                              unet_calls=out.unet_calls, seconds=seconds)
 
-    def inspect(self, req: InspectRequest | GenerateRequest, on_progress: OnProgress | None = None,
+    @action(validate_inspect)
+    def inspect(self, req: InspectRequest, on_progress: OnProgress | None = None,
                 cancel: threading.Event | None = None) -> Trajectory:
         """Generate one image while recording every step of the trajectory, and (unless attention is "off")
         the cross-attention maps of the prompt's (or the negative prompt's) tokens."""
-        req = InspectRequest(base=req) if isinstance(req, GenerateRequest) else req
-        return self._record(validate_inspect(req, self.limits), on_progress, cancel)
+        return self._record(req, on_progress, cancel)
 
+    @action(validate_attention)
     def attention(self, req: InspectRequest, on_progress: OnProgress | None = None,
                   cancel: threading.Event | None = None) -> tuple[Trajectory, views.AttentionView]:
         """A recorded generation and the attention pictures of the request's word (all its token pieces;
         "" = the first word) at its last step, every value checked before the run."""
-        req = validate_attention(req, self.limits)
         traj = self._record(req, on_progress, cancel)
         return traj, self.attention_view(traj, traj.steps - 1, list(req.tokens), req.resolution)
 
@@ -341,7 +339,7 @@ class Engine:
         chosen = views.chosen_tokens(traj, token, self.model.pipe.tokenizer)  # names a bad word before any work
         backdrop = traj.decoded.get(index)
         if backdrop is None:
-            backdrop = self._preview(traj.tensors["x0"][integer("step", index, 0, traj.steps - 1)])
+            backdrop = self.preview(traj.tensors["x0"][integer("step", index, 0, traj.steps - 1)])
         return views.attention_view(traj, index, chosen, resolution, backdrop)
 
     @torch.no_grad()
@@ -353,11 +351,35 @@ class Engine:
             traj.decoded[index] = self.model.pipe.image_processor.postprocess(image.float(), output_type="pil")[0]
         return traj.decoded[index]
 
+    @action(validate_walk)
+    def walk(self, req: WalkRequest, on_progress: OnProgress | None = None,
+             cancel: threading.Event | None = None) -> WalkResult:
+        """The frames of a walk between two prompts or two seeds, one batch of our loop (`playground.walks`)."""
+        # 1. Where each frame stands
+        gen, mix = req.base, walks.mixes(req.frames)
+        job = job_for(gen, [gen.seed] * req.frames)
+
+        # 2. Between prompts: the embeddings mixed. Between seeds: each frame's noise slerped between the two seeds'
+        if req.between == "prompts":
+            job.prompts_to, job.mix = [req.to_prompt] * req.frames, mix
+        else:
+            c, f = self.components, self.vae_factor
+            job.noise = walks.slerped_noise((1, c.family.latent_channels(c), gen.height // f, gen.width // f),
+                                            gen.seed, req.to_seed, mix)
+
+        # 3. One batch; each frame's PNG says where on the way it stands
+        what = f"a walk of {req.frames} frames of {gen.width}x{gen.height}"
+        ends = (("Walk to", req.to_prompt),) if req.between == "prompts" else (("Walk to seed", str(req.to_seed)),)
+        params = [params_for(self.model.name, gen, extra=(*ends, ("Walk position", f"{t:.3f}"))) for t in mix]
+        made, out, seconds = self.run(job, params, progress_observer(on_progress, f"walking: {what}"), cancel, what)
+        return WalkResult(frames=made, request=req, mix=mix, unet_calls=out.unet_calls, seconds=seconds)
+
+    @action(validate_roundtrip)
     @torch.no_grad()
-    def roundtrip(self, image: Image.Image | str | Path) -> views.RoundTrip:
+    def roundtrip(self, req: RoundTripRequest) -> views.RoundTrip:
         """Encode an image with the VAE, show its latent channels, decode it back, measure the loss."""
         # 1. Read and fit: RGB, at most MAX_SIZE per side, each side a multiple of the VAE's factor
-        image, f = self._open(image), self.vae_factor
+        image, f = self._open(req.image), self.vae_factor
         w, h = (image.width // f) * f, (image.height // f) * f
         if w < f or h < f:
             raise InvalidRequest(f"image is {image.width}x{image.height}; it must be at least {f}x{f} pixels")
@@ -372,22 +394,23 @@ class Engine:
         # 3. The figures: the latent's channels, the sizes, the PSNR
         return views.round_trip(image, proc.postprocess(back.float(), output_type="pil")[0], z[0].float().cpu())
 
+    @action(validate_preprocess)
     def preprocess(self, req: ControlRequest) -> Image.Image:
         """The control map for `req`: the image opened, fitted to the generation size, preprocessed."""
-        return self._control_map(validate_preprocess(req, self.limits))
+        return self._control_map(req)
 
+    @action(validate_detect_pose)
     def detect_pose(self, req: ControlRequest) -> poses.Detection:
         """The people in the request's photo (fitted to the generation size) as keypoints and a control map."""
-        req = validate_preprocess(replace(req, mode="openpose", controlnet="openpose"), self.limits)
         image = preprocessors.fit(self._open(req.image), req.base.width, req.base.height, req.resize)
         return self.annotators.detect(image, req.openpose)
 
-    def draw_pose(self, pose_json: str, width: int = 0, height: int = 0, mirror: bool = False
-                  ) -> tuple[Image.Image, str]:
+    @action(validate_draw_pose)
+    def draw_pose(self, req: PoseRequest) -> tuple[Image.Image, str]:
         """A pose (OpenPose JSON) drawn at the generation size, mirrored left-right on request; (map, JSON)."""
-        pose, width, height = validate_draw_pose(pose_json, width, height, self.limits)
-        pose = poses.mirror(pose) if mirror else pose
-        return poses.draw(pose, width, height), poses.to_json(pose)
+        pose = poses.from_json(req.pose)
+        pose = poses.mirror(pose) if req.mirror else pose
+        return poses.draw(pose, req.width, req.height), poses.to_json(pose)
 
     def anatomy(self) -> parts.Anatomy:
         """The loaded model's parts (with the ControlNets loaded so far), counted from its own modules."""
@@ -426,6 +449,37 @@ class Engine:
                           handoff=out.handoff,
                           attention=attn.maps(split, req.attention_of) if attn is not None else None)
 
+    def _scales_row(self, row: GenerateRequest, scales: list[float], progress: tuple, cancel: threading.Event | None
+                    ) -> tuple[list[GridCell], list[float]]:
+        """A grid row of a batched axis in one pass: batch = scales, guidance per sample, identical noise; (cells,
+        the noise level at each model evaluation)."""
+        made, out, seconds = self.run(job_for(row, [row.seed] * len(scales), guidance=scales),
+                                      [params_for(self.model.name, row, cfg_scale=g) for g in scales],
+                                      progress_observer(*progress), cancel,
+                                      f"a row of {len(scales)} cells of {row.width}x{row.height}")
+        return [GridCell(row.scheduler, g, m, out.unet_calls, seconds / len(scales)) for g, m in zip(scales, made)], \
+            out.sigmas
+
+    def _passes_row(self, row: GenerateRequest, axis, values: list[float], reference: float | None, progress: tuple,
+                    cancel: threading.Event | None) -> tuple[list[GridCell], list[float]]:
+        """A grid row of an unbatched axis (see axes.Axis): one pass per column setting its field to its value; with
+        `reference`, a last run with that value (a long run of the steps axis, the CFG stop axis's guided to the end),
+        and each cell's distance to it."""
+        on_progress, label, done, total = progress
+        passes = []
+        for v in [*values, reference] if reference is not None else values:
+            cell = replace(row, **{axis.field: axis.cast(v)})
+            passes.append(self.run(job_for(cell, [row.seed]), [params_for(self.model.name, cell)],
+                                   progress_observer(on_progress, label, done, total), cancel,
+                                   f"a {cell.steps}-step cell of {row.width}x{row.height}"))
+            done += passes[-1][1].unet_calls
+        ref = passes.pop() if reference is not None else None
+        cells = [GridCell(row.scheduler, v, made, out.unet_calls, seconds,
+                          **({} if ref is None else {"psnr": latents.psnr(made.array, ref[0][0].array, peak=1.0),
+                              "latent_rms": float((out.latents - ref[1].latents).float().pow(2).mean().sqrt())}))
+                 for v, ((made,), out, seconds) in zip(values, passes)]
+        return cells, max((out for _, out, _ in passes), key=lambda o: o.unet_calls).sigmas
+
     def _evaluations(self, req: GridRequest) -> dict[str, int]:
         """A validated grid's model evaluations per row (scheduler)."""
         counts = AXES[req.axis].step_counts(list(req.columns), req.base.steps, self.settings.grid_reference_steps)
@@ -439,9 +493,6 @@ class Engine:
         with memory_guard(what):
             out = run_job(self.model, self.components, job, observer, cancel, self.batcher, waiting)
         return finish(self.model, out.images, params), out, time.perf_counter() - start
-
-    def _preview(self, x0: torch.Tensor) -> Image.Image:
-        return latents.preview(x0, self.vae_factor, self.rgb_map)
 
     def _open(self, image: Image.Image | str | Path | None) -> Image.Image:
         return preprocessors.open_upload(image, self.settings.max_size, self.settings.max_upload_pixels)

@@ -19,7 +19,8 @@ import diffusers
 import torch
 from diffusers import ControlNetModel, StableDiffusionPipeline
 
-from playground.families import FAMILIES, REFINERS, StableDiffusion, denoiser_of, of_pipeline
+from playground.components import denoiser_of
+from playground.families import FAMILIES, REFINERS, StableDiffusion, of_pipeline
 from playground.settings import BUNDLED_MMDIT, BUNDLED_MODEL, Settings
 
 log = logging.getLogger(__name__)

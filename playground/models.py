@@ -1,10 +1,11 @@
-"""The loaded models, each with its own Engine, and the one door every request goes through.
+"""The loaded models, each with its own Engine: every request goes to the Engine of the model it names.
 
 A process may load several models (with no GPU and no `--model`, both offline ones: the U-Net and the MMDiT). Each
-request names its model (`GenerateRequest.model`, "" for the first loaded), so no request can change another's:
-`Models` picks that model's Engine and hands the request over, with the name filled in so that its result (a
-trajectory scrubbed later, a PNG's "Model") says which model made it. The actions have the Engine's own names and
-signatures, so a tab is wired to `Models` exactly as it would be to one Engine.
+request names its model (`model`, "" for the first loaded), so no request can change another's: `Models` hands it
+to that model's Engine, whose door checks it once, the model's name included (a name that is not loaded goes to
+the first model's door, which names the loaded ones), and fills the name in so that its result (a trajectory
+scrubbed later, a PNG's "Model") says which model made it. The actions have the Engine's own names and signatures,
+so a tab is wired to `Models` exactly as it would be to one Engine.
 
 A grid can take its rows from several models (`GridRequest.models`): each model runs its own rows with the chosen
 schedulers that fit it (or its default one), from the same seed, and a steps axis compares every cell with its own
@@ -16,14 +17,15 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from playground import schedulers, walks
+from playground import schedulers
 from playground.parts import Anatomy
 from playground.batching import Standing
 from playground.engine import Engine, OnProgress
 from playground.schema import (
-    ControlRequest, GenerateRequest, GridRequest, GridResult, Progress, TokenCount, Trajectory,
+    ControlRequest, GenerateRequest, GridRequest, GridResult, PoseRequest, Progress, RoundTripRequest, TokenCount,
+    TokenRequest, Trajectory, WalkRequest,
 )
-from playground.validation import model_choice, model_choices, resolve_seed
+from playground.validation import resolve_seed
 
 
 def base_of(req):
@@ -31,9 +33,9 @@ def base_of(req):
     return req if isinstance(req, GenerateRequest) else req.base
 
 
-def naming(req, name: str):
-    """`req` with its model's name filled in."""
-    return replace(req, model=name) if isinstance(req, GenerateRequest) else replace(req, base=replace(req.base, model=name))
+def model_of(req) -> str:
+    """The model a request names ("": the first loaded): its own field, or its base generation's."""
+    return req.model if hasattr(req, "model") else req.base.model
 
 
 class Models:
@@ -42,6 +44,8 @@ class Models:
         if not engines or len(set(names)) != len(names):
             raise ValueError(f"Models needs one Engine a model name, got {names}")
         self.engines = {e.model.name: e for e in engines}
+        for e in engines:  # each door checks a request's model among every loaded one
+            e.limits = replace(e.limits, models=tuple(names))
 
     # -- which model --------------------------------------------------------------------------
     @property
@@ -53,52 +57,41 @@ class Models:
         return next(iter(self.engines.values()))
 
     def pick(self, name: str = "") -> Engine:
-        """The Engine of the model called `name` ("" or None: the first loaded); InvalidRequest naming the choices."""
-        name = model_choice(name if name is not None else "", self.names)
-        return self.engines[name] if name else self.first
-
-    def _route(self, req) -> tuple[Engine, object]:
-        engine = self.pick(base_of(req).model)
-        return engine, naming(req, engine.model.name)
+        """The Engine of the model called `name`; the first loaded for "" or a name that is not loaded (whose door
+        then refuses the request, naming the loaded models)."""
+        return self.engines.get(name, self.first) if isinstance(name, str) else self.first
 
     # -- actions: the Engine's, on the model the request names --------------------------------
     def generate(self, req: GenerateRequest, on_progress: OnProgress | None = None,
                  cancel: threading.Event | None = None):
-        engine, req = self._route(req)
-        return engine.generate(req, on_progress, cancel)
+        return self.pick(model_of(req)).generate(req, on_progress, cancel)
 
     def control(self, req: ControlRequest, on_progress: OnProgress | None = None, cancel: threading.Event | None = None):
-        engine, req = self._route(req)
-        return engine.control(req, on_progress, cancel)
+        return self.pick(model_of(req)).control(req, on_progress, cancel)
 
     def inspect(self, req, on_progress: OnProgress | None = None, cancel: threading.Event | None = None) -> Trajectory:
-        engine, req = self._route(req)
-        return engine.inspect(req, on_progress, cancel)
+        return self.pick(model_of(req)).inspect(req, on_progress, cancel)
 
     def attention(self, req, on_progress: OnProgress | None = None, cancel: threading.Event | None = None):
-        engine, req = self._route(req)
-        return engine.attention(req, on_progress, cancel)
+        return self.pick(model_of(req)).attention(req, on_progress, cancel)
 
-    def walk(self, req, on_progress: OnProgress | None = None, cancel: threading.Event | None = None):
-        engine, req = self._route(req)
-        return walks.walk(engine, req, on_progress, cancel)
+    def walk(self, req: WalkRequest, on_progress: OnProgress | None = None, cancel: threading.Event | None = None):
+        return self.pick(model_of(req)).walk(req, on_progress, cancel)
 
     def preprocess(self, req: ControlRequest):
-        engine, req = self._route(req)
-        return engine.preprocess(req)
+        return self.pick(model_of(req)).preprocess(req)
 
     def detect_pose(self, req: ControlRequest):
-        engine, req = self._route(req)
-        return engine.detect_pose(req)
+        return self.pick(model_of(req)).detect_pose(req)
 
-    def draw_pose(self, pose_json: str, width: int = 0, height: int = 0, mirror: bool = False):
-        return self.first.draw_pose(pose_json, width, height, mirror)
+    def draw_pose(self, req: PoseRequest):
+        return self.pick(model_of(req)).draw_pose(req)
 
-    def count_tokens(self, prompt: str, model: str = "") -> TokenCount:
-        return self.pick(model).count_tokens(prompt)
+    def count_tokens(self, req: TokenRequest) -> TokenCount:
+        return self.pick(model_of(req)).count_tokens(req)
 
-    def roundtrip(self, image, model: str = ""):
-        return self.pick(model).roundtrip(image)
+    def roundtrip(self, req: RoundTripRequest):
+        return self.pick(model_of(req)).roundtrip(req)
 
     def standing(self, model: str = "", steps: int = 25, images: int = 1) -> Standing | None:
         """Where a generate of `steps` steps and `images` images on `model` would stand if it came now (jobs ahead of
@@ -131,9 +124,10 @@ class Models:
     def rows(self, req: GridRequest) -> list[tuple[Engine, GridRequest]]:
         """Each model's share of a grid: its Engine and the request of its rows (the chosen schedulers that fit
         it, else its default), one seed for all; a grid of one model is its request as it came."""
-        names = list(dict.fromkeys(model_choices(req.models, self.names))) or [req.base.model]
-        if len(names) == 1:
-            return [self._route(replace(req, models=(), base=replace(req.base, model=names[0])))]
+        names = list(dict.fromkeys(req.models)) if isinstance(req.models, (list, tuple)) else req.models
+        if not isinstance(names, list) or len(names) <= 1:  # a bad list is named at the first model's door
+            one = replace(req, models=(), base=replace(req.base, model=names[0])) if names else req
+            return [(self.pick(model_of(one)), one)]
         seed = resolve_seed(req.base.seed)
         shares = []
         for name in names:
@@ -179,5 +173,5 @@ class Models:
             cells=[[replace(c, model=n) for c in row] for n, r in results for row in r.cells],
             sigmas={f"{n} · {s}": v for n, r in results for s, v in r.sigmas.items()},
             seconds=sum(r.seconds for _, r in results), reference=results[0][1].reference,
-            flow=all(r.flow for _, r in results),
-            flow_rows=frozenset(f"{n} · {s}" for n, r in results if r.flow for s in r.sigmas))
+            flow_sigmas=all(r.flow_sigmas for _, r in results),
+            flow_rows=frozenset(f"{n} · {s}" for n, r in results if r.flow_sigmas for s in r.sigmas))

@@ -13,7 +13,9 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from playground.axes import AXES, layout
+from PIL import Image, ImageDraw
+
+from playground.axes import AXES, font, layout, wrap
 from playground.metadata import format_parameters, save_png, write_atomically
 from playground.settings import Settings
 from playground.schema import ControlResult, Generated, GridResult, Trajectory, WalkResult
@@ -127,15 +129,33 @@ def save_walk(result: WalkResult, out_dir: Folder | str | Path, frame_ms: int = 
         path = save_png(g.image, g.params, f"{stem}-{k:02d}.png")
         items.append((str(path), f"{t:.2f}"))
     r = result.request
-    ends = f"“{r.base.prompt[:40]}” to “{r.to_prompt[:40]}”" if r.between == "prompts" else \
+    ends = f"“{r.base.prompt}” to “{r.to_prompt}”" if r.between == "prompts" else \
         f"seed {r.base.seed} to seed {r.to_seed}"
-    strip = layout([[g.image for g in result.frames]], [""], [f"{t:.2f}" for t in result.mix], title=f"walk: {ends}")
+    strip = titled(layout([[g.image for g in result.frames]], [""], [f"{t:.2f}" for t in result.mix]), f"walk: {ends}")
     strip_path = save_png(strip, replace(result.frames[0].params, extra=(("Walk", ends),)), f"{stem}.png")
     images = [g.image for g in result.frames]
     loop = images + images[-2:0:-1]  # there and back, each end shown once
     gif = write_atomically(f"{stem}.gif", lambda tmp: loop[0].save(tmp, format="GIF", save_all=True,
                                                                    append_images=loop[1:], duration=frame_ms, loop=0))
     return str(gif), str(strip_path), items
+
+
+TITLE_CHARS = 72  # letters a line: where a phone shows the strip 320 px wide, they are still 10 px
+
+
+def titled(sheet: Image.Image, title: str) -> Image.Image:
+    """`sheet` under `title`, whole (wrapped between words), in letters sized to the sheet's width: read where shrunk."""
+    size = max(14, round(sheet.width / (TITLE_CHARS * 0.44)))  # a letter of this font is about 0.44 of its size wide
+    f, measure = font(size), ImageDraw.Draw(sheet)
+    margin = size // 2
+    lines = wrap(title, f, sheet.width - 2 * margin, measure)
+    line_height = size + size // 3
+    out = Image.new("RGB", (sheet.width, 2 * margin + len(lines) * line_height + sheet.height), "white")
+    draw = ImageDraw.Draw(out)
+    for k, line in enumerate(lines):
+        draw.text((margin, margin + k * line_height), line, fill="black", font=f)
+    out.paste(sheet, (0, 2 * margin + len(lines) * line_height))
+    return out
 
 
 def save_trajectory(traj: Trajectory, out_dir: Folder | str | Path) -> tuple[Path, Path]:

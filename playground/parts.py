@@ -194,8 +194,8 @@ def cosine_betas(n: int = 1000, s: float = 0.008) -> torch.Tensor:
 
 
 def schedules_of(model) -> list[Schedule]:
-    """schedules() for a loaded model (loading.LoadedModel): its scheduler's config, its name, whether it flows."""
-    return schedules(dict(model.pipe.scheduler.config), model.name, model.family.flow)
+    """schedules() for a loaded model (loading.LoadedModel): its scheduler's config, its name, whether its schedulers are flow ones."""
+    return schedules(dict(model.pipe.scheduler.config), model.name, model.family.schedulers == "flow")
 
 
 def schedules(loaded_config: dict, loaded_name: str, flow: bool) -> list[Schedule]:

@@ -25,7 +25,8 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from playground import schedulers
 from playground.errors import Cancelled
-from playground.families import Components, Conditioning
+from playground.components import Components
+from playground.families.conditioning import Conditioning
 
 
 @dataclass
@@ -209,7 +210,7 @@ def start(c: Components, job: Job) -> Run:
     device, dtype = c.denoiser.device, c.denoiser.dtype
     scheduler = schedulers.make(job.scheduler, c.scheduler_config, job.shift)
     sigma_space = schedulers.REGISTRY[job.scheduler].sigma_space
-    prediction_type = "flow_prediction" if c.family.flow else scheduler.config.get("prediction_type", "epsilon")
+    prediction_type = c.family.prediction or scheduler.config.get("prediction_type", "epsilon")
 
     # 2. Guidance: one scale per sample, shape [B]; skip the unconditional pass when all are 1
     use_cfg = any(scale != 1.0 for scale in job.guidance)

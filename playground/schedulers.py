@@ -1,7 +1,7 @@
 """Scheduler registry: display name (A1111's names) -> diffusers class + options, and which models it fits.
 
 Every request makes its own scheduler with `make(name, config)`; nothing shares scheduler state.
-Adding a scheduler is adding an entry: the UI's dropdowns and the validators read `fitting(flow)`.
+Adding a scheduler is adding an entry: the UI's dropdowns and the validators read `fitting(kind)` (a family's kind).
 
 Two kinds of model need two kinds of sampler. SD 1.x / 2.x and SDXL were trained on DDPM's noise schedule
 and predict the noise (or v): NAMES. SD3 was trained with rectified flow, x_t = (1 - sigma) x0 + sigma eps,
@@ -61,13 +61,15 @@ REGISTRY: dict[str, SchedulerSpec] = {
 }
 
 
-def fitting(flow: bool) -> list[str]:
-    """The schedulers that run a flow-matching model (flow=True) or a noise-prediction one, in registry order."""
-    return [name for name, spec in REGISTRY.items() if spec.flow == flow]
+def fitting(kind: str) -> list[str]:
+    """The schedulers of one kind, in registry order: "flow" (a flow-matching model's) or "noise" (every other)."""
+    if kind not in ("noise", "flow"):
+        raise ValueError(f"scheduler kind must be 'noise' or 'flow', got {kind!r}")
+    return [name for name, spec in REGISTRY.items() if spec.flow == (kind == "flow")]
 
 
-NAMES: list[str] = fitting(False)  # SD 1.x / 2.x, SDXL
-FLOW_NAMES: list[str] = fitting(True)  # SD3
+NAMES: list[str] = fitting("noise")  # SD 1.x / 2.x, SDXL
+FLOW_NAMES: list[str] = fitting("flow")  # SD3
 
 
 def make(name: str, config: dict[str, Any], shift: float | None = None) -> SchedulerMixin:

@@ -75,6 +75,33 @@ class InspectRequest:
     tokens: tuple[int, ...] = ()  # validated: the word's pieces among the kept tokens
 
 
+@dataclass(frozen=True)
+class TokenRequest:
+    """How many of the text encoders' tokens a prompt uses."""
+
+    prompt: str = ""
+    model: str = ""  # which loaded model's tokenizers count ("": the first loaded)
+
+
+@dataclass(frozen=True)
+class RoundTripRequest:
+    """An image through the VAE and back."""
+
+    image: Image.Image | str | Path | None = None  # a picture, or the path of an upload
+    model: str = ""  # whose VAE ("": the first loaded model's)
+
+
+@dataclass(frozen=True)
+class PoseRequest:
+    """A pose (OpenPose JSON) drawn as a control map, mirrored left-right on request."""
+
+    pose: str = ""  # OpenPose JSON: one person or several
+    width: int = 0  # the map's size; 0: the model's native size
+    height: int = 0
+    mirror: bool = False
+    model: str = ""  # whose native size a 0 means ("": the first loaded model's)
+
+
 WALKS = {"prompts": "two prompts (their embeddings mixed, one seed)",
          "seeds": "two seeds (their noise slerped, one prompt)"}
 MAX_WALK_FRAMES = 16
@@ -143,7 +170,7 @@ class GridResult:
     # an axis with a reference run (steps, CFG stop): the axis value of the run of each scheduler every cell is
     # compared with (a step count; CFG stop 1)
     reference: float | None = None
-    flow: bool = False  # the sigmas are a flow model's: x_t = (1 - sigma) x0 + sigma eps
+    flow_sigmas: bool = False  # the sigmas are a flow model's: x_t = (1 - sigma) x0 + sigma eps
     flow_rows: frozenset[str] = frozenset()  # rows from several models: the `sigmas` keys that are a flow model's
 
 

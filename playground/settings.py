@@ -91,8 +91,9 @@ class Settings:
     # it), and how many T5 tokens a prompt gets (diffusers' max_sequence_length: 256, at most 512)
     t5: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_T5", False))
     t5_tokens: int = field(default_factory=lambda: _env_int("T5_TOKENS", 256))
-    # SD3.5's skip-layer guidance: the MMDiT blocks it skips (SD3.5 Medium's recommended 7, 8, 9)
-    slg_layers: tuple[int, ...] = field(default_factory=lambda: _env_ints("SLG_LAYERS", (7, 8, 9)))
+    # SD3.5's skip-layer guidance: the MMDiT blocks it skips; empty: the model's own (the blocks 30-40% of the way
+    # down: SD3.5 Medium's recommended 7, 8, 9 of 24)
+    slg_layers: tuple[int, ...] = field(default_factory=lambda: _env_ints("SLG_LAYERS", ()))
     # keep the model's safety checker when it ships one
     safety_checker: bool = field(default_factory=lambda: not _env_bool("PLAYGROUND_NO_SAFETY_CHECKER", False))
     # request limits (a public Space wants these small)

@@ -18,8 +18,10 @@ from playground.attention.sources import ATTENTION_OF
 from playground.axes import AXES, parse_scales
 from playground.errors import InvalidRequest
 from playground.limits import Limits
-from playground.schema import ControlRequest, GenerateRequest, GridRequest, InspectRequest, WALKS, MAX_WALK_FRAMES, \
-    WalkRequest
+from playground.schema import (
+    MAX_WALK_FRAMES, WALKS, ControlRequest, GenerateRequest, GridRequest, InspectRequest, PoseRequest, RoundTripRequest,
+    TokenRequest, WalkRequest,
+)
 from playground.settings import CONTROLNETS
 from playground.weights import plain
 
@@ -102,6 +104,15 @@ def model_choices(values, loaded: list[str]) -> tuple[str, ...]:
     return tuple(model_choice(v, loaded) for v in values)
 
 
+def own_model(value, limits: Limits) -> str:
+    """A request's `model` at its model's door: "" or this model's name (among the loaded ones, else the choices are
+    named); the checked request names this model, so that its result says which model made it."""
+    value = model_choice(value, list(limits.models or (limits.model,)))
+    if value and value != limits.model:
+        raise InvalidRequest(f"model {value!r} is loaded, but this request reached {limits.model!r}")
+    return limits.model
+
+
 def resolve_seed(seed: int) -> int:
     """-1 -> a random seed; any other (checked) seed as it is."""
     return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
@@ -114,6 +125,7 @@ def validate_generate(req: GenerateRequest, limits: Limits) -> GenerateRequest:
     width, height = validate_size(req.width, req.height, limits)
     return replace(
         req,
+        model=own_model(req.model, limits),
         prompt=text("prompt", req.prompt, limits.max_prompt_chars),
         negative_prompt=text("negative prompt", req.negative_prompt, limits.max_prompt_chars),
         seed=resolve_seed(integer("seed", req.seed, -1, MAX_SEED)),
@@ -142,11 +154,11 @@ def skip_layer_guidance(value, limits: Limits, cfg_scale=7.5) -> dict:
     if not limits.blocks:
         raise InvalidRequest(f"skip-layer guidance {value:g} skips blocks of an MMDiT (SD3); this model "
                              f"({limits.family}) has none: leave it at 0")
-    bad = [k for k in limits.slg_layers if not 0 <= k < limits.blocks]
-    if bad or not limits.slg_layers:
-        raise InvalidRequest(f"skip-layer guidance skips blocks {list(limits.slg_layers)} (SLG_LAYERS), but this "
+    bad = [k for k in limits.skip_layers if not 0 <= k < limits.blocks]
+    if bad or not limits.skip_layers:
+        raise InvalidRequest(f"skip-layer guidance skips blocks {list(limits.skip_layers)} (SLG_LAYERS), but this "
                              f"MMDiT has blocks 0 to {limits.blocks - 1}; set SLG_LAYERS, or leave it at 0")
-    return {"skip_layer_guidance": value, "skip_layers": limits.slg_layers}
+    return {"skip_layer_guidance": value, "skip_layers": limits.skip_layers}
 
 
 def refiner_start(value, limits: Limits) -> float:
@@ -164,7 +176,7 @@ def scheduler(name, limits: Limits) -> str:
     """A scheduler that fits the model; a registered one that does not is refused by name, with those that fit."""
     fits = limits.schedulers
     if isinstance(name, str) and name in schedulers.REGISTRY and name not in fits:
-        kind = "a flow-matching" if limits.flow else "a noise-prediction"
+        kind = {"flow": "a flow-matching", "noise": "a noise-prediction"}[limits.scheduler_kind]
         raise InvalidRequest(f"scheduler {name!r} does not fit this model ({limits.family}, {kind} model); "
                              f"choose one of: {', '.join(map(repr, fits))}")
     return choice("scheduler", name, {n: n for n in fits})
@@ -173,7 +185,7 @@ def scheduler(name, limits: Limits) -> str:
 def shift(value, limits: Limits) -> float:
     """A flow scheduler's shift, 0 (the model's own) or 0.1 to 20; only a flow model takes one."""
     value = number("shift", value, 0.0, 20.0)
-    if value and not limits.flow:
+    if value and not limits.shift:
         raise InvalidRequest(f"shift {value:g} applies to flow-matching models (SD3); this model "
                              f"({limits.family}) has none: leave it at 0")
     if 0 < value < 0.1:
@@ -193,8 +205,10 @@ def validate_size(width, height, limits: Limits) -> tuple[int, int]:
     return width, height
 
 
-def validate_inspect(req: InspectRequest, limits: Limits) -> InspectRequest:
-    """A recorded generation: one image, and whose attention to record (the negative prompt's needs CFG)."""
+def validate_inspect(req: InspectRequest | GenerateRequest, limits: Limits) -> InspectRequest:
+    """A recorded generation: one image, and whose attention to record (the negative prompt's needs CFG); a
+    GenerateRequest is the recording of its prompt's attention."""
+    req = InspectRequest(base=req) if isinstance(req, GenerateRequest) else req
     base = validate_generate(replace(req.base, num_images=1), limits)
     if base.skip_layer_guidance:  # its extra pass would be recorded as if it were the prompt's
         raise InvalidRequest("skip-layer guidance is for the Prompt tab; the inspector records runs without it: "
@@ -237,7 +251,7 @@ def grid_columns(raw, what: str) -> list:
 
 def validate_grid(req: GridRequest, limits: Limits) -> GridRequest:
     """A checked copy of a grid request: every cell passes the Prompt tab's checks; one seed for all."""
-    axis_key = choice("grid axis", req.axis, {k: a.label for k, a in AXES.items() if limits.flow or not a.flow})
+    axis_key = choice("grid axis", req.axis, {k: a.label for k, a in AXES.items() if limits.shift or not a.needs_shift})
     axis = AXES[axis_key]
     scales = grid_columns(req.columns, axis.plural)
     names = [req.schedulers] if isinstance(req.schedulers, str) else list(req.schedulers or [])
@@ -257,7 +271,8 @@ def validate_grid(req: GridRequest, limits: Limits) -> GridRequest:
         for v in scales:  # the Prompt tab's checks, cell by cell, with the cell's own values
             cell = validate_generate(replace(base, scheduler=name, **{axis.field: v}), limits)
             values.append(getattr(cell, axis.field))
-    return replace(req, base=base, schedulers=tuple(names), columns=tuple(values[:len(scales)]), axis=axis_key)
+    return replace(req, base=base, schedulers=tuple(names), columns=tuple(values[:len(scales)]), axis=axis_key,
+                   models=model_choices(req.models, list(limits.models or (limits.model,))))
 
 
 def check_options(options, params: tuple[preprocessors.Param, ...]):
@@ -285,7 +300,12 @@ def validate_preprocess(req: ControlRequest, limits: Limits) -> ControlRequest:
     resize = choice("resize mode", req.resize, {k: k for k in preprocessors.RESIZE_MODES})
     width, height = validate_size(req.base.width, req.base.height, limits)
     return replace(req, mode=mode, controlnet=net, canny=canny, openpose=openpose, resize=resize, pose=pose,
-                   base=replace(req.base, width=width, height=height))
+                   base=replace(req.base, width=width, height=height, model=own_model(req.base.model, limits)))
+
+
+def validate_detect_pose(req: ControlRequest, limits: Limits) -> ControlRequest:
+    """A photo to find people in: the map's part of a ControlNet request, with OpenPose's detector and options."""
+    return validate_preprocess(replace(req, mode="openpose", controlnet="openpose"), limits)
 
 
 def validate_control(req: ControlRequest, limits: Limits) -> ControlRequest:
@@ -315,7 +335,22 @@ def validate_walk(req: WalkRequest, limits: Limits) -> WalkRequest:
                    frames=integer("frames", req.frames, 2, MAX_WALK_FRAMES))
 
 
-def validate_draw_pose(pose_json, width, height, limits: Limits) -> tuple[poses.Pose, int, int]:
-    """A pose to draw: its OpenPose JSON read (every malformed part named) and the size it is drawn at."""
-    width, height = validate_size(width, height, limits)
-    return poses.from_json(text("pose JSON", pose_json, limits.max_prompt_chars)), width, height
+def validate_draw_pose(req: PoseRequest, limits: Limits) -> PoseRequest:
+    """A pose to draw: its OpenPose JSON read (every malformed part named), the size it is drawn at, mirrored or not."""
+    width, height = validate_size(req.width, req.height, limits)
+    pose = text("pose JSON", req.pose, limits.max_prompt_chars)
+    poses.from_json(pose)  # names what is wrong with it
+    return replace(req, pose=pose, width=width, height=height, mirror=flag("mirror", req.mirror),
+                   model=own_model(req.model, limits))
+
+
+def validate_tokens(req: TokenRequest, limits: Limits) -> TokenRequest:
+    """A prompt to count the tokens of (its weighting syntax is not counted)."""
+    return replace(req, prompt=text("prompt", req.prompt, limits.max_prompt_chars), model=own_model(req.model, limits))
+
+
+def validate_roundtrip(req: RoundTripRequest, limits: Limits) -> RoundTripRequest:
+    """An image to send through the VAE (it is opened, fitted and checked by the round trip itself)."""
+    if req.image is None or req.image == "":
+        raise InvalidRequest("no image given; upload one first")
+    return replace(req, model=own_model(req.model, limits))

@@ -1,5 +1,5 @@
-"""The shape the code holds (docs/architecture.md): layered imports with no circle, no import hidden
-in a function to dodge one, an Engine that stays small, tab builders that stay readable."""
+"""The shape the code holds (docs/architecture.md): layered imports with no circle, no import hidden in a function
+to dodge one, and every action of one shape (one request type, checked once at its door, one recipe)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,13 @@ LAYERS = [
     ["attention.sources"],
     ["validation"],
     ["attention.capture", "views", "parts", "outputs", "links"],
-    ["families", "tiny.grounding"],
+    ["families.conditioning", "families.sd"],
+    ["families.sdxl", "families.sd3"],
+    ["families", "components", "tiny.grounding"],
     ["sampling", "loading"],
-    ["annotators", "batching"],
+    ["annotators", "batching", "walks"],
     ["engine", "tiny.train", "tiny.untrained", "tiny.latents"],
-    ["walks", "tiny.mmdit"],
+    ["tiny.mmdit"],
     ["models"],
     ["tiny.evaluate"],
     ["ui.fairness", "ui.cache", "ui.sessions"],
@@ -102,21 +104,56 @@ def test_no_import_circle():
         walk(m)
 
 
-def lengths(path: Path, cls: str | None = None) -> dict[str, int]:
-    """Lines of each top-level function of `path` (or each method of class `cls`), decorators included."""
-    tree = ast.parse(path.read_text())
-    body = next(n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls) if cls else tree.body
-    return {n.name: n.end_lineno - (n.decorator_list[0].lineno if n.decorator_list else n.lineno) + 1
-            for n in body if isinstance(n, ast.FunctionDef)}
+# -- the shape of an action: one request, one door, one recipe ----------------------------------------------------
+ACTIONS = {"generate", "grid", "grid_evaluations", "control", "inspect", "attention", "walk", "roundtrip",
+           "preprocess", "detect_pose", "draw_pose", "count_tokens"}
 
 
-def test_the_engine_stays_small():
+def engine_methods() -> dict[str, ast.FunctionDef]:
     tree = ast.parse((ROOT / "engine.py").read_text())
     engine = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Engine")
-    assert engine.end_lineno - engine.lineno + 1 <= 250
-    assert {name: n for name, n in lengths(ROOT / "engine.py", "Engine").items() if n > 30} == {}
+    return {n.name: n for n in engine.body if isinstance(n, ast.FunctionDef)
+            and "property" not in [ast.unparse(d) for d in n.decorator_list]}
 
 
-@pytest.mark.parametrize("tab", ["prompt", "grid", "control", "inspector", "attention", "roundtrip", "anatomy"])
-def test_tab_builders_stay_readable(tab):
-    assert {name: n for name, n in lengths(ROOT / "ui" / f"{tab}.py").items() if n > 120} == {}
+def test_every_engine_action_has_one_request_and_one_door():
+    """Each public Engine method that takes a request is an action: `@action(its validator)`, one validator each."""
+    doors = {}
+    for name, fn in engine_methods().items():
+        if not name.startswith("_") and [a.arg for a in fn.args.args[1:2]] == ["req"]:
+            doors[name] = [ast.unparse(d.args[0]) for d in fn.decorator_list
+                           if isinstance(d, ast.Call) and ast.unparse(d.func) == "action"]
+    assert set(doors) == ACTIONS
+    assert {name: v for name, v in doors.items() if len(v) != 1 or not v[0].startswith("validate_")} == {}
+
+
+def test_the_registry_lists_every_action_with_its_validator():
+    from playground import engine, validation
+
+    assert set(engine.ACTIONS) == ACTIONS
+    for name, validate in engine.ACTIONS.items():
+        assert getattr(engine.Engine, name).validate is validate is getattr(validation, validate.__name__)
+
+
+def test_requests_are_validated_only_at_the_doors():
+    """No code calls a validator but the validators themselves (which build on each other) and a link's check,
+    which reads a page address before anything runs: every action's request is checked at its door, once."""
+    called = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.name == "validation.py" or path.name == "links.py":
+            continue
+        calls = [ast.unparse(n.func) for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Call) and ast.unparse(n.func).split(".")[-1].startswith("validate_")]
+        if calls:
+            called[module_name(path)] = calls
+    assert called == {}
+
+
+def test_no_helper_calls_back_into_the_engine():
+    """No Engine method hands one of its own methods (bound: `self.run`) to a helper to be called back."""
+    methods = engine_methods()
+    handed = [(name, ast.unparse(arg)) for name, fn in methods.items() for call in ast.walk(fn)
+              if isinstance(call, ast.Call)
+              for arg in [*call.args, *(k.value for k in call.keywords)]
+              if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "self" and arg.attr in methods]
+    assert handed == []

@@ -9,7 +9,7 @@ import pytest
 
 from playground.engine import Engine
 from playground.errors import InvalidRequest
-from playground.schema import GenerateRequest
+from playground.schema import GenerateRequest, TokenRequest
 
 from conftest import tiny_settings
 
@@ -117,9 +117,9 @@ def test_model_evaluations_are_counted(engine):
 
 
 def test_token_counter(engine):
-    short = engine.count_tokens("a red circle")
+    short = engine.count_tokens(TokenRequest("a red circle"))
     assert (short.used, short.limit, short.dropped) == (5, 77, "")  # start + 3 words + end
-    long = engine.count_tokens(" ".join(["red"] * 80))
+    long = engine.count_tokens(TokenRequest(" ".join(["red"] * 80)))
     assert long.used == 82 and long.limit == 77
     assert long.dropped == " ".join(["red"] * 5)  # 75 words fit between start and end
 
@@ -139,7 +139,7 @@ def test_concurrent_requests_do_not_leak(engine):
     results: dict[int, list] = {}
 
     def run(k):
-        tokens = [engine.count_tokens("x " * k) for _ in range(20)]  # tokenizer traffic in between
+        tokens = [engine.count_tokens(TokenRequest("x " * k)) for _ in range(20)]  # tokenizer traffic in between
         results[k] = pixels(engine.generate(reqs[k]))
         assert all(t.used == k + 2 for t in tokens)
 

@@ -103,19 +103,19 @@ def test_capture_hands_over_every_cross_attention_map_with_its_gradient_and_leav
 
 @pytest.mark.tiny  # a narrow U-Net built here
 def test_agreement_pulls_the_unconditional_prediction_onto_the_conditional_one_on_low_noise_steps_only(tokenizer):
-    from playground.tiny import train
+    from playground.tiny import stages
 
     torch.manual_seed(0)
     unet, text = arch.new_unet(NARROW), arch.new_text_encoder(NARROW, tokenizer)
     captions = ["a red square on a white background", "", "a blue circle on a black background",
                 "a green star on a gray background"]
     ids = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt").input_ids
-    hidden, empty = text(ids).last_hidden_state, train.encode_captions(tokenizer, text, [""], "cpu")
+    hidden, empty = text(ids).last_hidden_state, stages.encode_captions(tokenizer, text, [""], "cpu")
     x = torch.randn(4, 4, 16, 16)
-    late = int(1000 * train.AGREE_BELOW) - 1
+    late = int(1000 * stages.AGREE_BELOW) - 1
     t = torch.tensor([late, late, late, 999])  # the third low-noise, the last noisy; the second has no caption
     pred = unet(x, t, hidden).sample
-    loss = train.agreement(unet, x, t, empty, pred, captions, 1000)
+    loss = stages.agreement(unet, x, t, empty, pred, captions, 1000)
     with torch.no_grad():  # by hand: the unconditional prediction of the captioned low-noise samples only
         uncond = unet(x[[0, 2]], t[[0, 2]], empty.expand(2, -1, -1)).sample
     torch.testing.assert_close(loss, ((uncond - pred[[0, 2]]) ** 2).mean())
@@ -124,5 +124,5 @@ def test_agreement_pulls_the_unconditional_prediction_onto_the_conditional_one_o
     # only the empty caption's token learns from it: the conditional side is held fixed
     red = tokenizer.convert_tokens_to_ids("red</w>")
     assert text.embeddings.token_embedding.weight.grad[red].abs().sum() == 0
-    noisy_only = train.agreement(unet, x, torch.full((4,), 999), empty, pred, captions, 1000)
+    noisy_only = stages.agreement(unet, x, torch.full((4,), 999), empty, pred, captions, 1000)
     assert noisy_only.item() == 0  # no low-noise sample: nothing to agree on

@@ -13,7 +13,7 @@ from playground import latents
 from playground.engine import Engine
 from playground.outputs import save_trajectory
 from playground.errors import InvalidRequest
-from playground.schema import GenerateRequest
+from playground.schema import GenerateRequest, RoundTripRequest
 from playground.sampling import predict_x0
 
 from conftest import tiny_settings
@@ -118,16 +118,16 @@ def test_psnr_on_a_smooth_synthetic_image():
 
 def test_vae_round_trip(engine, tmp_path):
     ramp = np.tile(np.linspace(0, 255, 100), (60, 1)).astype(np.uint8)
-    r = engine.roundtrip(Image.fromarray(np.stack([ramp, ramp[::-1], ramp.T[:60, :60].repeat(2, 1)[:, :100]], -1)))
+    r = engine.roundtrip(RoundTripRequest(Image.fromarray(np.stack([ramp, ramp[::-1], ramp.T[:60, :60].repeat(2, 1)[:, :100]], -1))))
     assert r.original.size == (96, 56) and r.reconstruction.size == (96, 56)  # cut to multiples of 8
     assert r.latent_shape == (4, 7, 12) and r.ratio == pytest.approx(48.0)
     assert r.psnr == pytest.approx(latents.psnr(np.asarray(r.original), np.asarray(r.reconstruction)))
     assert len(r.channels) == 4
-    big = engine.roundtrip(Image.new("RGB", (4000, 3000), "red"))  # downscaled to MAX_SIZE first
+    big = engine.roundtrip(RoundTripRequest(Image.new("RGB", (4000, 3000), "red")))  # downscaled to MAX_SIZE first
     assert max(big.original.size) <= 512
     (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
     with pytest.raises(InvalidRequest, match="bad.png is not a readable image"):
-        engine.roundtrip(tmp_path / "bad.png")
+        engine.roundtrip(RoundTripRequest(tmp_path / "bad.png"))
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ StableDiffusion3Pipeline on the same weights, and the import that resumes traini
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 
 from playground.engine import Engine
 from playground.loading import MARKER, load_model
-from playground.schema import GenerateRequest
+from playground.schema import GenerateRequest, TokenRequest
 from playground.tiny import mmdit
 
 from conftest import tiny_settings
@@ -55,7 +56,7 @@ def test_the_export_loads_through_the_app_as_an_sd3_and_matches_diffusers(export
                        width=model.native_size, max_sequence_length=1, output_type="np",
                        generator=torch.Generator().manual_seed(4)).images[0]
     assert float(np.abs(ours - theirs).max()) <= 1e-4
-    count = engine.count_tokens("a red circle")
+    count = engine.count_tokens(TokenRequest("a red circle"))
     assert count.t5 is None or count.t5.limit == 1
 
 
@@ -66,6 +67,52 @@ def test_an_export_imports_back_into_a_checkpoint(exported, tmp_path):
     assert state["step"] >= 2 and "opt" not in state
     mmdit.main(["train", "--test-size", "--steps", "1", "--batch", "2", "--ckpt-dir", str(tmp_path)])
     assert torch.load(tmp_path / "mmdit.pt", weights_only=False)["step"] == state["step"] + 1
+
+
+def test_a_transformer_converts_to_patch_1_keeping_every_weight_the_patch_does_not_shape():
+    torch.manual_seed(0)
+    old, arch = mmdit.new_transformer(mmdit.TEST_MMDIT), dataclasses.replace(mmdit.TEST_MMDIT, patch_size=1)
+    new = mmdit.repatch(old, arch)
+    assert new.config.patch_size == 1 and new.config.num_layers == old.config.num_layers
+    before, after = old.state_dict(), new.state_dict()
+    kept = [n for n in before if after[n].shape == before[n].shape]
+    assert sum("transformer_blocks" in n for n in kept) > 10 and "context_embedder.weight" in kept
+    assert all(torch.equal(after[n], before[n]) for n in kept)
+    # a latent that is flat over each old patch embeds, cell by cell, as its patch did (FlexiViT's resize)
+    x = torch.randn(2, 4, 4, 4).repeat_interleave(2, 2).repeat_interleave(2, 3)  # (B, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(new.pos_embed.proj(x),
+                                   old.pos_embed.proj(x).repeat_interleave(2, 2).repeat_interleave(2, 3))
+        # each new token predicts the mean of what its old token predicted for its four cells
+        h = torch.randn(3, old.inner_dim)
+        torch.testing.assert_close(new.proj_out(h), old.proj_out(h).reshape(3, 2, 2, 4).mean(dim=(1, 2)))
+    # the positions are the old grid's: at the same patch size, diffusers' own grid exactly
+    assert torch.equal(mmdit.repatch(old, mmdit.TEST_MMDIT).pos_embed.pos_embed, old.pos_embed.pos_embed)
+
+
+def test_an_export_imports_at_patch_1_trains_and_loads_through_the_app(exported, tmp_path):
+    _, out = exported
+    run = tmp_path / "patch1"
+    mmdit.main(["import", str(out), "--ckpt-dir", str(run), "--patch", "1"])
+    state = torch.load(run / "mmdit.pt", weights_only=False)
+    assert state["arch"]["patch_size"] == 1 and state["model"]["proj_out.weight"].shape[0] == 4  # 1 x 1 x 4 channels
+    mmdit.main(["train", "--steps", "1", "--batch", "2", "--ckpt-dir", str(run)])  # the run keeps its patch size
+    assert torch.load(run / "mmdit.pt", weights_only=False)["step"] == state["step"] + 1
+    with pytest.raises(SystemExit, match="patch size 1"):
+        mmdit.main(["train", "--steps", "1", "--batch", "2", "--ckpt-dir", str(run), "--patch", "2"])
+    mmdit.main(["export", str(tmp_path / "out"), "--ckpt-dir", str(run)])
+    settings = tiny_settings(tmp_path / "out")
+    model = load_model(settings)
+    assert model.pipe.transformer.config.patch_size == 1
+    # the positions it trained with travel with it (a persistent buffer), not the grid diffusers would build anew
+    positions = model.pipe.transformer.pos_embed.pos_embed.float()
+    torch.testing.assert_close(positions, state["ema_model"]["pos_embed.pos_embed"], atol=2e-3, rtol=0)
+    rebuilt = mmdit.new_transformer(dataclasses.replace(mmdit.TEST_MMDIT, patch_size=1)).pos_embed.pos_embed
+    assert not torch.allclose(positions, rebuilt, atol=0.1)
+    assert json.loads((tmp_path / "out" / MARKER).read_text())["architecture"]["patch_size"] == 1
+    req = GenerateRequest(prompt="a red circle on the left", seed=4, steps=2, scheduler="Flow Euler")
+    image = Engine(model, settings).generate(req).images[0].array
+    assert image.shape[:2] == (model.native_size, model.native_size)
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "offline-mmdit"
@@ -80,7 +127,7 @@ def test_the_shipped_mmdit_loads_and_draws_the_colours_and_backgrounds_it_is_ask
 
     settings = Settings(model=str(SHIPPED), device="cpu", output_dir=tmp_path)
     model = load_model(settings)
-    assert model.family.flow and model.t5_tokens == 1 and model.native_size == 128 and model.trained
+    assert model.family.joint_attention and model.t5_tokens == 1 and model.native_size == 128 and model.trained
     engine = Engine(model, settings)
 
     def draw(prompt):
@@ -104,7 +151,7 @@ def test_cached_latents_are_the_vaes_encoding_of_the_same_scenes(tmp_path):
     """The cache keeps each scene's posterior (mean, std) as the frozen VAE encodes it, and a cached batch is the
     sample `latent_dist.sample` gives for the same scenes and the same generator."""
     from playground.tiny import latents, world
-    from playground.tiny.train import to_tensor
+    from playground.tiny.toolkit import to_tensor
 
     latents.build(tmp_path, scenes=6, shard=3)
     cache = latents.LatentCache(tmp_path)

@@ -14,7 +14,7 @@ from playground.engine import Engine
 from playground.errors import InvalidRequest
 from playground.loading import load_model, load_models
 from playground.models import Models
-from playground.schema import GenerateRequest, GridRequest, InspectRequest
+from playground.schema import GenerateRequest, GridRequest, InspectRequest, TokenRequest
 from playground.settings import parse_args
 
 from conftest import tiny_settings
@@ -63,7 +63,7 @@ def test_a_recording_goes_back_to_the_model_that_made_it(models):
     view = models.step_view(traj, 1)
     assert len(view.channels) == 16  # the tiny SD3's latent channels, not the U-Net's 4
     assert models.decode_x0(traj, 2).size == (64, 64)
-    assert models.count_tokens("a red circle", sd3).t5 is not None and models.count_tokens("a red circle").t5 is None
+    assert models.count_tokens(TokenRequest("a red circle", sd3)).t5 is not None and models.count_tokens(TokenRequest("a red circle")).t5 is None
 
 
 def test_a_grid_takes_rows_from_several_models_from_one_seed(models):
@@ -77,7 +77,7 @@ def test_a_grid_takes_rows_from_several_models_from_one_seed(models):
     seeds = {c.generated.params.seed for row in result.cells for c in row}
     assert len(seeds) == 1 and -1 not in seeds  # one seed resolved once, for every model
     assert {c.generated.params.model for c in result.cells[2]} == {sd3}
-    assert result.flow_rows == {f"{sd3} · Flow Euler"} and not result.flow
+    assert result.flow_rows == {f"{sd3} · Flow Euler"} and not result.flow_sigmas
     # a model none of whose ticked schedulers fits it runs its default one
     only_unet_rows = dataclasses.replace(req, schedulers=("DDIM",))
     assert list(models.grid_evaluations(only_unet_rows)) == [f"{unet} · DDIM", f"{sd3} · Flow Euler"]
@@ -99,7 +99,7 @@ def test_the_settings_load_every_model_once(tiny_dir, tiny_sd3_dir):
                            "--device", "cpu", "--dtype", "float32"])
     assert settings.model == str(tiny_dir) and settings.more_models == (str(tiny_sd3_dir), str(tiny_dir))
     loaded = load_models(settings)
-    assert [m.family.flow for m in loaded] == [False, True]  # the third --model is the first again: loaded once
+    assert [m.family.shift for m in loaded] == [False, True]  # the third --model is the first again: loaded once
     assert "loaded once" in loaded[0].reason
 
 

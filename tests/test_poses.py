@@ -16,7 +16,7 @@ from playground.engine import Engine
 from playground.loading import shown_source
 from playground.preprocessors import PoseOptions
 from playground.errors import InvalidRequest
-from playground.schema import ControlRequest, GenerateRequest
+from playground.schema import ControlRequest, GenerateRequest, PoseRequest
 from playground.settings import ASSETS, Settings
 from playground.tiny import world
 
@@ -173,12 +173,12 @@ def test_preprocess_and_draw_pose_through_the_engine(engine, astronaut):
     drawn = engine.preprocess(ControlRequest(mode="pose", controlnet="openpose", pose=text,
                                              base=GenerateRequest(width=64, height=64)))
     assert np.array_equal(np.asarray(drawn), np.asarray(poses.draw(poses.preset("t-pose"), 64, 64)))
-    image, back = engine.draw_pose(text, 128, 64, mirror=True)
+    image, back = engine.draw_pose(PoseRequest(text, 128, 64, mirror=True))
     assert image.size == (128, 64)
     assert np.allclose(poses.from_json(back).people[0].body, poses.mirror(poses.preset("t-pose")).people[0].body,
                        atol=1e-3)
     with pytest.raises(InvalidRequest, match="width must be a multiple of 8"):
-        engine.draw_pose(text, 100, 64)
+        engine.draw_pose(PoseRequest(text, 100, 64))
 
 
 def test_openpose_results_become_people_with_hands_and_face_and_all_are_drawn():

@@ -21,7 +21,7 @@ from skimage import data as skimage_data
 
 from playground.engine import Engine
 from playground.errors import OutOfMemory
-from playground.schema import GenerateRequest
+from playground.schema import GenerateRequest, RoundTripRequest
 from playground.sampling import Cancelled
 from playground.settings import ASSETS
 
@@ -115,7 +115,7 @@ def test_too_many_pixels_is_refused_before_decoding(app, tmp_path, monkeypatch):
     monkeypatch.setattr(engine.settings, "max_upload_pixels", 1000)
     Image.new("RGB", (100, 20)).save(tmp_path / "wide.png")
     with pytest.raises(Exception, match="wide.png is 100x20 = 0 megapixels; the limit is 0"):
-        engine.roundtrip(tmp_path / "wide.png")
+        engine.roundtrip(RoundTripRequest(tmp_path / "wide.png"))
 
 
 def pixels(path) -> np.ndarray:

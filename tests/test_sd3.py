@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from playground import families, schedulers
+from playground.schema import TokenRequest, RoundTripRequest
 from playground.loading import load_model
 from playground.sampling import Components, Job, denoise
 
@@ -66,7 +67,7 @@ def mine(model, **kwargs) -> np.ndarray:
 def test_the_app_loads_it_as_sd3(sd3, sd3_no_t5):
     c = Components.from_pipeline(sd3.pipe)
     assert type(sd3.pipe).__name__ == "StableDiffusion3Pipeline" and sd3.family.name == "SD3"
-    assert c.family is families.FAMILIES["StableDiffusion3Pipeline"] and c.family.flow
+    assert c.family is families.FAMILIES["StableDiffusion3Pipeline"] and c.family.prediction == "flow_prediction"
     assert c.denoiser is sd3.pipe.transformer and c.family.latent_channels(c) == 16
     assert sd3.native_size == 64 and sd3.pipe.text_encoder_3 is not None and sd3_no_t5.pipe.text_encoder_3 is None
 
@@ -122,7 +123,7 @@ def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
     assert np.abs(shifted.images[0].array - made.images[0].array).max() > 1e-3
     for axis, columns in (("cfg", "1, 5"), ("steps", "2, 3"), ("shift", "1, 3, 6")):
         grid = engine.grid(GridRequest(base=req, schedulers=("Flow Euler", "UniPC (flow)"), columns=columns, axis=axis))
-        assert len(grid.cells) == 2 and len(grid.cells[0]) == len(columns.split(",")) and grid.flow
+        assert len(grid.cells) == 2 and len(grid.cells[0]) == len(columns.split(",")) and grid.flow_sigmas
     by_shift = grid.cells[0]
     assert [c.generated.params.shift for c in by_shift] == [1.0, 3.0, 6.0]
     assert np.array_equal(by_shift[1].generated.array, made.images[0].array)  # 3 is SD3's own shift
@@ -141,11 +142,11 @@ def test_the_engine_runs_every_action_on_sd3(sd3, tiny_sd3_dir, tmp_path):
     assert np.abs(last - np.asarray(traj.image, dtype=float)).max() <= 2
     photo = tmp_path / "photo.png"
     Image.new("RGB", (64, 64), "white").save(photo)
-    trip = engine.roundtrip(str(photo))
+    trip = engine.roundtrip(RoundTripRequest(str(photo)))
     assert len(trip.channels) == 16
     anatomy = engine.anatomy()
     assert any(p.name.startswith("denoiser: SD3Transformer2DModel") for p in anatomy.parts) and len(anatomy.text) == 3
-    count = engine.count_tokens("a red circle")
+    count = engine.count_tokens(TokenRequest("a red circle"))
     assert (count.used, count.limit, count.encoders) == (5, 77, 2) and (count.t5.used, count.t5.limit) == (4, 256)
     from playground.ui.prompt import token_text
 
@@ -313,7 +314,9 @@ def test_skip_layer_guidance_through_the_engine_names_the_blocks(sd3, tiny_sd3_d
     req = GenerateRequest(prompt=PROMPT, seed=3, steps=10, scheduler="Flow Euler", width=64, height=64,
                           skip_layer_guidance=2.8)
     with pytest.raises(InvalidRequest, match=r"skips blocks \[7, 8, 9\] \(SLG_LAYERS\), but this MMDiT has blocks 0 to 1"):
-        Engine(sd3, tiny_settings(tiny_sd3_dir)).generate(req)
+        Engine(sd3, tiny_settings(tiny_sd3_dir, slg_layers=(7, 8, 9))).generate(req)
+    # without SLG_LAYERS, the model's own: the blocks 30-40% of the way down (block 0 of 2)
+    assert Engine(sd3, tiny_settings(tiny_sd3_dir)).generate(req).request.skip_layers == (0,)
     engine = Engine(sd3, tiny_settings(tiny_sd3_dir, slg_layers=(1,)))
     made = engine.generate(req)
     assert made.request.skip_layers == (1,) and made.images[0].params.skip_layer_guidance == 2.8

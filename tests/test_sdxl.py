@@ -11,7 +11,7 @@ import torch
 from playground import families, schedulers
 from playground.engine import Engine
 from playground.loading import load_model
-from playground.schema import ControlRequest, GenerateRequest, GridRequest
+from playground.schema import ControlRequest, GenerateRequest, GridRequest, TokenRequest
 from playground.sampling import Components, Control, Job, denoise
 
 from conftest import tiny_settings
@@ -113,11 +113,11 @@ def test_the_engine_runs_every_action_on_sdxl(xl, tiny_sdxl_dir, tmp_path):
     assert out.images[0].image.size == (64, 64)
     assert engine.anatomy().text[1].startswith("CLIPTextModelWithProjection")
     # the token counter reads the prompt with both tokenizers
-    count = engine.count_tokens(" ".join(["red"] * 80))
+    count = engine.count_tokens(TokenRequest(" ".join(["red"] * 80)))
     assert (count.used, count.limit, count.encoders) == (82, 77, 2) and count.dropped.split() == ["red"] * 5
     from playground.ui.prompt import token_text
 
-    assert token_text(engine.count_tokens("a red circle")) == "5 / 77 tokens (each of its 2 CLIP text encoders)"
+    assert token_text(engine.count_tokens(TokenRequest("a red circle"))) == "5 / 77 tokens (each of its 2 CLIP text encoders)"
     # the default ControlNets follow the family
     assert Engine(xl, tiny_settings(tiny_sdxl_dir)).annotators.source("openpose") == "thibaud/controlnet-openpose-sdxl-1.0"
 

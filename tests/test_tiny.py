@@ -21,8 +21,9 @@ from playground.engine import Engine
 from playground.schema import ControlRequest, GenerateRequest
 from playground.loading import load_model
 from playground.preprocessors import canny
-from playground.tiny import analyse, evaluate, train, world
+from playground.tiny import analyse, evaluate, export, stages, toolkit, train, world
 from playground.tiny.arch import OFFLINE, SD15_SCHEDULER, Arch, rescaled_betas, scheduler_config
+from playground.tiny.vocab import build_tokenizer
 
 
 # ---------------------------------------------------------------- the world
@@ -234,17 +235,17 @@ def test_v_target_is_what_the_schedulers_read():
     sched = DDPMScheduler.from_config(scheduler_config(OFFLINE))
     x0, noise, t = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
     a = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
-    target, weight = train.regression(sched, x0, noise, t, (a / (1 - a)).flatten())
+    target, weight = stages.regression(sched, x0, noise, t, (a / (1 - a)).flatten())
     assert torch.allclose(target, a.sqrt() * noise - (1 - a).sqrt() * x0, atol=1e-6)
     assert weight[2] == pytest.approx(1.0) and weight[0] < 0.01  # full weight where the layout is decided
 
 
 def test_noisy_share_draws_that_share_from_the_noisiest_steps():
     gen = torch.Generator().manual_seed(0)
-    uniform, half = train.timesteps(1000, 4000, 0.0, gen), train.timesteps(1000, 4000, 0.5, gen)
+    uniform, half = stages.timesteps(1000, 4000, 0.0, gen), stages.timesteps(1000, 4000, 0.5, gen)
     assert 0.12 < float((uniform >= 850).float().mean()) < 0.18 and int(uniform.min()) < 20
     assert 0.52 < float((half >= 850).float().mean()) < 0.62 and int(half.min()) < 20  # 0.5 + 0.5 * 0.15
-    assert int(train.timesteps(1000, 500, 1.0, gen).min()) >= 850 and int(half.max()) == 999
+    assert int(stages.timesteps(1000, 500, 1.0, gen).min()) >= 850 and int(half.max()) == 999
 
 
 # ---------------------------------------------------------------- training, export, loading
@@ -253,7 +254,7 @@ def test_noisy_share_draws_that_share_from_the_noisiest_steps():
 def small_arch(monkeypatch_module):
     arch = dataclasses.replace(OFFLINE, vae_channels=(8, 8, 16, 16), unet_channels=(16, 32, 32), text_width=32,
                                text_layers=1, text_heads=2)  # the shipped model's schedule, small
-    monkeypatch_module.setattr(train, "ARCH", arch)
+    monkeypatch_module.setattr(stages, "ARCH", arch)
     return arch
 
 
@@ -264,73 +265,161 @@ def monkeypatch_module():
     mp.undo()
 
 
-@pytest.mark.slow
-def test_training_resumes_and_exports_a_model_the_app_loads(tmp_path_factory, small_arch):
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, small_arch) -> Path:
+    """Every stage of the small model trained for 2 steps of 2, in order (each reads the ones before)."""
     run = tmp_path_factory.mktemp("run")
     for stage in ("vae", "unet", "canny", "openpose"):
         train.main([stage, "--ckpt-dir", str(run), "--steps", "2", "--batch", "2"])
-    train.main(["vae", "--ckpt-dir", str(run), "--steps", "1", "--batch", "2"])  # resumes from its checkpoint
-    assert torch.load(run / "vae.pt", weights_only=False)["step"] == 3
-    state = torch.load(run / "unet.pt", weights_only=False)
-    assert state["step"] == 2 and state["scale"] > 0
+    return run
 
+
+@pytest.fixture(scope="module")
+def exported(run) -> Path:
     out = run / "model"
     train.main(["export", str(out), "--ckpt-dir", str(run)])
-    assert (out / "controlnet-canny").is_dir() and (out / "controlnet-openpose").is_dir()
-    assert all(f.suffix != ".bin" for f in out.rglob("*"))  # safetensors only
-    settings = settings_mod.Settings(model=str(out), device="cpu", safety_checker=False)
+    return out
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, weights_only=False)["step"]
+
+
+@pytest.mark.slow
+def test_each_stage_saves_its_step_and_a_later_chunk_resumes_there(run, tmp_path):
+    assert {stage: step_of(run / f"{stage}.pt") for stage in ("vae", "unet", "canny", "openpose")} == {
+        "vae": 2, "unet": 2, "canny": 2, "openpose": 2}
+    for stage in ("vae", "unet"):  # a copy, so the module's run stays as the export reads it
+        (tmp_path / f"{stage}.pt").write_bytes((run / f"{stage}.pt").read_bytes())
+    trained = torch.load(run / "unet.pt", weights_only=False)
+    # a step too small to move anything: the chunk's weights are the ones it started from
+    train.main(["unet", "--ckpt-dir", str(tmp_path), "--steps", "1", "--batch", "2", "--lr", "1e-12"])
+    state = torch.load(tmp_path / "unet.pt", weights_only=False)
+    assert state["step"] == 3 and state["scale"] == trained["scale"]  # the latent scale is measured once
+    assert int(state["opt"]["state"][0]["step"]) == 3  # the optimiser's moments resumed too
+    assert all(torch.allclose(state[part][k], w, atol=1e-6) for part in ("unet", "text")
+               for k, w in trained[part].items())
+
+
+@pytest.mark.slow
+def test_the_unets_denoising_loss_falls_as_it_trains(run, tmp_path):
+    """The v-prediction loss on 8 fixed scenes, fixed noise and timesteps, before and after 40 steps."""
+    (tmp_path / "vae.pt").write_bytes((run / "vae.pt").read_bytes())
+    train.main(["unet", "--ckpt-dir", str(tmp_path), "--steps", "0"])  # the starting weights, saved
+    from diffusers import DDPMScheduler
+
+    tokenizer, vae = build_tokenizer(), stages.load_vae(tmp_path, "cpu")
+    scenes = toolkit.batch("unet", 10**6, 8, "shape")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        x0 = vae.encode(toolkit.to_tensor(s.image for s in scenes)).latent_dist.mean
+    noise, t = torch.randn(x0.shape, generator=gen), torch.linspace(100, 900, 8).long()
+
+    def loss() -> float:
+        state = torch.load(tmp_path / "unet.pt", weights_only=False)
+        unet, text = stages.new_unet(), stages.new_text_encoder(tokenizer)
+        unet.load_state_dict(state["unet"]), text.load_state_dict(state["text"])
+        sched = DDPMScheduler.from_config(scheduler_config(stages.ARCH))
+        a = sched.alphas_cumprod[t]
+        latents = x0 * state["scale"]
+        with torch.no_grad():
+            pred = unet(sched.add_noise(latents, noise, t), t,
+                        stages.encode_captions(tokenizer, text, [s.caption for s in scenes], "cpu")).sample
+        target, weight = stages.regression(sched, latents, noise, t, a / (1 - a))
+        return float((weight * ((pred - target) ** 2).mean(dim=(1, 2, 3))).mean())
+
+    before = loss()
+    train.main(["unet", "--ckpt-dir", str(tmp_path), "--steps", "40", "--batch", "4", "--lr", "3e-3"])
+    assert loss() < 0.7 * before
+
+
+@pytest.mark.slow
+def test_the_export_is_a_safetensors_diffusers_folder_the_app_loads(run, exported):
+    assert (exported / "controlnet-canny").is_dir() and (exported / "controlnet-openpose").is_dir()
+    assert all(f.suffix != ".bin" for f in exported.rglob("*"))  # safetensors only
+    settings = settings_mod.Settings(model=str(exported), device="cpu", safety_checker=False)
     model = load_model(settings)
     assert model.trained and model.name == "playground-offline" and model.native_size == 128
-    assert model.attention_example == train.ATTENTION_EXAMPLE and train.ATTENTION_EXAMPLE in model.examples
-    assert model.cfg_scale == train.CFG_SCALE  # the forms start at the guidance the model was measured best at
+    assert model.attention_example == export.ATTENTION_EXAMPLE and export.ATTENTION_EXAMPLE in model.examples
+    assert model.cfg_scale == export.CFG_SCALE  # the forms start at the guidance the model was measured best at
+    state = torch.load(run / "unet.pt", weights_only=False)
     assert model.pipe.vae.config.scaling_factor == pytest.approx(state["scale"], rel=1e-3)
-    engine = Engine(model, settings)
+    # the EMA weights, in fp16
+    name, weight = next(iter(state["ema_unet"].items()))
+    assert torch.equal(model.pipe.unet.state_dict()[name].cpu().float(), weight.half().float())
+
+
+@pytest.mark.slow
+def test_the_exported_model_draws_and_follows_a_control_map(exported):
+    settings = settings_mod.Settings(model=str(exported), device="cpu", safety_checker=False)
+    engine = Engine(load_model(settings), settings)
     image = engine.generate(GenerateRequest(prompt="a red circle", seed=1, steps=2, scheduler="DDIM")).images[0]
     assert image.image.size == (128, 128)
     controlled = engine.control(ControlRequest(image=canny(world.sample(1).image), mode="image", base=GenerateRequest(
         prompt="a red circle", seed=1, steps=2))).images[0]
     assert controlled.image.size == (128, 128)
 
-    # an exported model is the starting point of a later run
-    again = run / "again"
-    train.main(["import", str(out), "--ckpt-dir", str(again)])
-    train.main(["unet", "--ckpt-dir", str(again), "--steps", "1", "--batch", "2", "--ground", "0.1",
-                "--agree", "2"])  # with the grounding and agreement losses
-    assert torch.load(again / "unet.pt", weights_only=False)["step"] == 3
 
-    # the evaluation runs the same way on any exported model, and reports every target
-    result = evaluate.evaluate(str(out), n_prompts=2, n_control=1, n_two=2, n_people=2, n_focus=2, n_round_trip=2)
-    assert result["round_trip_one"] in (0, 0.5, 1) and result["round_trip_two"] in (0, 0.5, 1)
-    for cfg in ("cfg7.5", "cfg1.0", "cfg0.0"):  # shares of the 2 prompts, and "both" right only where each one is
-        scores = result[cfg]
+@pytest.mark.slow
+def test_an_export_imports_back_into_checkpoints_a_later_run_trains_on(exported, tmp_path):
+    train.main(["import", str(exported), "--ckpt-dir", str(tmp_path)])
+    state = torch.load(tmp_path / "unet.pt", weights_only=False)
+    assert state["step"] == 2 and "opt" not in state and step_of(tmp_path / "canny.pt") == 2
+    train.main(["unet", "--ckpt-dir", str(tmp_path), "--steps", "1", "--batch", "2", "--ground", "0.1",
+                "--agree", "2"])  # with the grounding and agreement losses
+    assert step_of(tmp_path / "unet.pt") == 3
+
+
+@pytest.fixture(scope="module")
+def evaluated(exported) -> dict:
+    return evaluate.evaluate(str(exported), n_prompts=2, n_control=1, n_two=2, n_people=2, n_focus=2, n_round_trip=2)
+
+
+@pytest.mark.slow
+def test_the_evaluation_scores_each_prompt_once_and_both_only_where_each_is_right(evaluated):
+    for cfg in ("cfg7.5", "cfg1.0", "cfg0.0", "cfg_own"):  # shares of the 2 prompts
+        scores = evaluated[cfg]
         assert all(scores[k] * 2 in (0, 1, 2) for k in ("colour", "shape", "both", "place", "background", "size"))
         assert scores["both"] <= min(scores["colour"], scores["shape"])
-    assert result["analyser"]["shape"] >= 0.98
-    text = evaluate.report(result)
+    assert evaluated["round_trip_one"] * 2 in (0, 1, 2) and evaluated["round_trip_two"] * 2 in (0, 1, 2)
+    assert evaluated["analyser"]["shape"] >= 0.98
+    assert evaluated["guidance_from_0"] == evaluated["cfg7.5"]["both"] - evaluated["cfg0.0"]["both"]
+    assert evaluated["own_cfg"] == export.CFG_SCALE  # the scale the app starts this model at, its marker's
+
+
+@pytest.mark.slow
+def test_the_report_names_every_target_and_each_figure_in_its_row(evaluated):
+    text = evaluate.report(evaluated)
     # every goal once, the guidance one twice: beside both guidance metrics
     assert text.count(" | >= ") == len(evaluate.TARGETS) + 1 and "CFG gap" in text and "n/a" not in text
-    assert result["guidance_from_0"] == result["cfg7.5"]["both"] - result["cfg0.0"]["both"]
     from_0 = next(line for line in text.splitlines() if "CFG 7.5 minus CFG 0" in line)
-    assert from_0.split("|")[2].strip().startswith(f"{100 * result['guidance_from_0']:.1f}%")
-    two = evaluate.report(result, {**result, "model": "other"})  # one column per model
-    verdicts = lambda t: len(re.findall(r"\b(?:met|NOT MET)\b", t))  # noqa: E731
-    assert f"| {Path(result['model']).name} | other | target |" in two and verdicts(two) == 2 * verdicts(text) > 0
-    # beside CFG 7.5, the same prompts at the scale the app starts this model at (its marker's), without targets
-    assert result["own_cfg"] == train.CFG_SCALE and result["cfg_own"]["colour"] * 2 in (0, 1, 2)
-    assert f"at the model's own CFG {train.CFG_SCALE:g}: two shapes both right" in text
+    assert from_0.split("|")[2].strip().startswith(f"{100 * evaluated['guidance_from_0']:.1f}%")
+    assert f"at the model's own CFG {export.CFG_SCALE:g}: two shapes both right" in text
     stop_row = next(line for line in text.splitlines() if "CFG 7.5 stopping at 0.6" in line)
-    assert stop_row.split("|")[2].strip() == f"{100 * result['two_both_stop']:.1f}%"
-    alone = evaluate.evaluate(str(out), n_prompts=1, n_control=0, n_two=0, n_people=0, n_analyser=0, n_focus=1,
+    assert stop_row.split("|")[2].strip() == f"{100 * evaluated['two_both_stop']:.1f}%"
+
+
+@pytest.mark.slow
+def test_the_report_puts_each_model_in_a_column(evaluated):
+    text = evaluate.report(evaluated)
+    two = evaluate.report(evaluated, {**evaluated, "model": "other"})
+    verdicts = lambda t: len(re.findall(r"\b(?:met|NOT MET)\b", t))  # noqa: E731
+    assert f"| {Path(evaluated['model']).name} | other | target |" in two and verdicts(two) == 2 * verdicts(text) > 0
+    mixed = evaluate.report(evaluated, {**evaluated, "model": "none", "own_cfg": None})  # a model naming no scale
+    own_row = next(line for line in mixed.splitlines() if "own CFG" in line and "shape right" in line)
+    assert own_row.split(" | ")[2] == "n/a" and len(mixed.splitlines()) == len(text.splitlines()) + 1
+
+
+@pytest.mark.slow
+def test_the_evaluation_runs_its_parts_alone(exported):
+    alone = evaluate.evaluate(str(exported), n_prompts=1, n_control=0, n_two=0, n_people=0, n_analyser=0, n_focus=1,
                               n_round_trip=0)  # one part alone: the word maps without two-shape prompts
     assert alone["focus_colour"] in (0, 1) and alone["two_focus_colour"] is None and alone["two_both"] is None
-    quick = evaluate.evaluate(str(out), n_prompts=1, n_control=0, n_two=1, n_people=0, n_analyser=0, n_focus=0,
+    quick = evaluate.evaluate(str(exported), n_prompts=1, n_control=0, n_two=1, n_people=0, n_analyser=0, n_focus=0,
                               n_round_trip=0, low_cfg=False)  # CFG 7.5 alone, to compare training runs
     assert quick["cfg7.5"]["colour"] in (0, 1) and quick["two_both"] in (0, 1)
     assert quick["cfg1.0"] is None and quick["two_both_cfg1"] is None and quick["guidance"] is None
     assert "CFG gap (colour at 7.5 minus at 1.0) | n/a" in evaluate.report(quick)
-    mixed = evaluate.report(result, {**result, "model": "none", "own_cfg": None})  # a model naming no scale
-    own_row = next(line for line in mixed.splitlines() if "own CFG" in line and "shape right" in line)
-    assert own_row.split(" | ")[2] == "n/a" and len(mixed.splitlines()) == len(text.splitlines()) + 1
 
 
 def test_a_word_lands_on_its_object_only_where_its_map_points_there():

@@ -16,6 +16,7 @@ from playground import preprocessors, schedulers
 from playground.loading import LoadedModel
 from playground.metadata import Params, read_png
 from playground.errors import InvalidRequest
+from playground.families import FAMILIES
 from playground.limits import Limits
 from playground.schema import GenerateRequest, GenerateResult, Generated, Progress, TokenCount
 from playground.settings import ASSETS, CONTROLNETS, Settings
@@ -38,7 +39,7 @@ def refuse(*args, **kwargs):
 
 
 def fake_engine(model: LoadedModel) -> SimpleNamespace:
-    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda text, model="": TokenCount(2, 77, ""), limits=Limits(),
+    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda req: TokenCount(2, 77, ""), limits=Limits(),
                            annotators=SimpleNamespace(source=lambda kind: f"/models/fake/controlnet-{kind}"),
                            grid_evaluations=lambda req: {name: 20 for name in req.schedulers},
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",
@@ -128,7 +129,7 @@ def test_prompt_handler_streams_progress_then_writes_pngs(tmp_path):
         return GenerateResult(images, GenerateRequest(prompt=req.prompt, seed=40, num_images=2), 2, 0.5)
 
     with gr.Blocks() as demo:
-        prompt_tab.build(generate, lambda text, model="": TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
+        prompt_tab.build(generate, lambda req: TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
     handler = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
     outputs = handler("a red square", "", 40, 2, 7.5, "DDIM", 8, 8, 2, progress=lambda *a, **k: None)
     assert isinstance(next(outputs)[0], Image.Image)  # the live preview first
@@ -170,7 +171,7 @@ def test_every_event_that_runs_the_model_is_in_the_one_gpu_group(app):
 def test_a_bad_png_on_restore_is_named_beside_the_action(tmp_path):
     settings = Settings(output_dir=tmp_path)
     with gr.Blocks() as demo:
-        prompt_tab.build(refuse, lambda text, model="": TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
+        prompt_tab.build(refuse, lambda req: TokenCount(2, 77, ""), Fields(settings, 128, schedulers.NAMES), settings)
     restore = next(f.fn for f in demo.fns.values() if f.api_name == "restore")
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
@@ -239,8 +240,10 @@ def test_a_model_still_learning_says_so_in_the_model_menu():
 
     learning = json.loads((BUNDLED_MMDIT / "playground.json").read_text())["learning"]
     mmdit = SimpleNamespace(name="playground-offline-mmdit", learning=learning)
-    assert model_label(mmdit, flow=True) == "playground-offline-mmdit (MMDiT, rectified flow; still learning its shapes)"
-    assert model_label(SimpleNamespace(name="playground-offline", learning=""), flow=False) == "playground-offline (U-Net)"
+    unet = SimpleNamespace(name="playground-offline", learning="")
+    assert model_label(mmdit, FAMILIES["StableDiffusion3Pipeline"].summary) == \
+        "playground-offline-mmdit (MMDiT, rectified flow; still learning its shapes)"
+    assert model_label(unet, FAMILIES["StableDiffusionPipeline"].summary) == "playground-offline (U-Net)"
 
 
 def test_a_restore_says_what_it_set_beside_the_drop_box(app):

@@ -10,12 +10,13 @@ import sys
 
 import pytest
 
-from playground import families, preprocessors, schedulers, tokens
+from playground import preprocessors, schedulers, tokens
+from playground.families.sd import layer_grids
 from playground.preprocessors import CannyOptions, PoseOptions
 from playground.attention.sources import ATTENTION_OF
 from playground.errors import InvalidRequest
 from playground.limits import Limits
-from playground.schema import ControlRequest, GenerateRequest, GridRequest, InspectRequest
+from playground.schema import ControlRequest, GenerateRequest, GridRequest, InspectRequest, PoseRequest
 from playground.validation import (
     choice, model_choice, model_choices, validate_attention, validate_control, validate_draw_pose, validate_generate, validate_grid, validate_inspect, validate_preprocess,
 )
@@ -31,7 +32,7 @@ UNET_CONFIG = {"down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D")}  # a
 # the limits a tiny model's Engine builds: its native size, VAE factor, tokenizer and attention layers
 LIMITS = Limits.of(Settings(max_steps=50, max_size=128, max_images=4, max_grid_cells=6), native_size=64,
                    multiple=8, tokenizer=TOKENIZER, attention_layers=lambda h, w: tokens.resolution_names(
-                       families.layer_grids(UNET_CONFIG, (h // 8, w // 8))))
+                       layer_grids(UNET_CONFIG, (h // 8, w // 8))))
 
 
 def inspect_request(p: dict) -> InspectRequest:
@@ -50,7 +51,7 @@ ENDPOINTS = {
                                         height=p["height"], detector=p["detector"], hands=p["hands"], face=p["face"]),
               validate_preprocess),
     "/draw_pose": (lambda p: p, lambda p, limits: GenerateRequest(
-        width=validate_draw_pose(p["pose"], p["width"], p["height"], limits)[1])),
+        width=validate_draw_pose(PoseRequest(p["pose"], p["width"], p["height"]), limits).width)),
     "/control": (lambda p: control_request(**p), validate_control),
 }
 

@@ -29,7 +29,7 @@ def arrays(result) -> list[np.ndarray]:
 
 
 def test_a_walk_between_prompts_starts_and_ends_on_the_two_pictures(engine):
-    result = walks.walk(engine, WalkRequest(base=BASE, between="prompts", to_prompt="a blue square", frames=4))
+    result = engine.walk(WalkRequest(base=BASE, between="prompts", to_prompt="a blue square", frames=4))
     frames = arrays(result)
     first = engine.generate(BASE).images[0].array
     last = engine.generate(GenerateRequest(**{**BASE.__dict__, "prompt": "a blue square"})).images[0].array
@@ -41,7 +41,7 @@ def test_a_walk_between_prompts_starts_and_ends_on_the_two_pictures(engine):
 
 
 def test_a_walk_between_seeds_slerps_the_noise(engine):
-    result = walks.walk(engine, WalkRequest(base=BASE, between="seeds", to_seed=9, frames=3))
+    result = engine.walk(WalkRequest(base=BASE, between="seeds", to_seed=9, frames=3))
     frames = arrays(result)
     assert np.abs(frames[0] - engine.generate(BASE).images[0].array).max() <= 2e-3
     assert np.abs(frames[-1] - engine.generate(GenerateRequest(**{**BASE.__dict__, "seed": 9})).images[0].array
@@ -58,10 +58,10 @@ def test_a_walk_is_checked_and_written(engine, tmp_path):
     from playground.outputs import save_walk
 
     with pytest.raises(InvalidRequest, match="frames must be an integer from 2 to 16, got 40"):
-        walks.walk(engine, WalkRequest(base=BASE, frames=40))
+        engine.walk(WalkRequest(base=BASE, frames=40))
     with pytest.raises(InvalidRequest, match="walk between 'colours'"):
-        walks.walk(engine, WalkRequest(base=BASE, between="colours"))
-    result = walks.walk(engine, WalkRequest(base=BASE, to_prompt="a blue square", frames=3))
+        engine.walk(WalkRequest(base=BASE, between="colours"))
+    result = engine.walk(WalkRequest(base=BASE, to_prompt="a blue square", frames=3))
     gif, strip, items = save_walk(result, tmp_path)
     with Image.open(gif) as im:
         assert im.n_frames == 4 and im.info.get("loop") == 0  # 3 frames there, the middle one back

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from playground.schema import TokenRequest
 from playground.weights import is_weighted, parse, plain
 
 
@@ -71,8 +72,8 @@ def test_the_engine_draws_a_weighted_word_and_its_map_is_found(tiny_model, tiny_
     weighted = engine.generate(GenerateRequest(**{**req.__dict__, "prompt": "a (red:1.6) circle"})).images[0]
     assert np.abs(weighted.array - plain_img.array).max() > 1e-3
     assert weighted.params.prompt == "a (red:1.6) circle"  # the PNG keeps the weighted prompt
-    count = engine.count_tokens("a (red:1.6) circle")
-    assert count.used == engine.count_tokens("a red circle").used == 5  # the syntax is not counted
+    count = engine.count_tokens(TokenRequest("a (red:1.6) circle"))
+    assert count.used == engine.count_tokens(TokenRequest("a red circle")).used == 5  # the syntax is not counted
     traj, view = engine.attention(InspectRequest(base=GenerateRequest(**{**req.__dict__, "prompt": "a (red:1.6) circle"}),
                                                  word="red"))
     assert view.token == "red" and [t.text for t in traj.attention.kept] == ["<start>", "a", "red", "circle", "<end>"]

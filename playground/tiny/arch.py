@@ -2,8 +2,8 @@
 
 Every project model has SD 1.x's shape: a VAE with 4 down blocks (f = 8) and 4 latent channels, a
 CLIP text encoder over the offline vocabulary, and a UNet whose blocks all cross-attend to the text
-but the deepest. `untrained.py` builds random-weight stand-ins from it and `train.py` the offline
-model; both read the sizes from here.
+but the deepest. `untrained.py` builds random-weight stand-ins from it and `stages.py` trains the
+offline model (`python -m playground.tiny.train`); both read the sizes from here.
 """
 
 from __future__ import annotations

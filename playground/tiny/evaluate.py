@@ -33,11 +33,12 @@ from statistics import mean
 
 import numpy as np
 
+from playground import schedulers
 from playground import settings as settings_mod
 from playground.engine import Engine
 from playground.errors import ControlNetUnavailable
 from playground.attention.capture import focus
-from playground.schema import ControlRequest, GenerateRequest, InspectRequest
+from playground.schema import ControlRequest, GenerateRequest, InspectRequest, RoundTripRequest
 from playground.loading import load_model
 from playground.preprocessors import canny
 from playground.tiny import analyse, world
@@ -51,9 +52,9 @@ FOLLOW_PX = 8  # Canny "follows": the drawn object's centre within this many pix
 
 
 def sampler(engine: Engine) -> str:
-    """The evaluation's scheduler: DDIM for a noise-prediction model (the U-Net one), Flow Euler for a flow model
-    (the MMDiT), each the plain first-order sampler of its kind."""
-    return "Flow Euler" if engine.model.family.flow else "DDIM"
+    """The evaluation's scheduler: the first the registry lists for the model's family, the plain first-order
+    sampler of its kind: DDIM for a noise-prediction model (the U-Net one), Flow Euler for a flow model (the MMDiT)."""
+    return schedulers.fitting(engine.model.family.schedulers)[0]
 
 
 CFG_STOP = 0.6  # a guidance interval measured beside CFG 7.5 on every step (docs/training.md: where over-guidance happens)
@@ -117,7 +118,7 @@ def score_round_trip(engine: Engine, n: int, seed: int = 920_000_000) -> dict:
     out = {}
     for kind in ("shape", "two"):
         scenes = [world.sample(seed + i, kind) for i in range(n)]
-        found = [analyse.analyse(engine.roundtrip(s.image).reconstruction).objects for s in scenes]
+        found = [analyse.analyse(engine.roundtrip(RoundTripRequest(s.image)).reconstruction).objects for s in scenes]
         out[kind] = mean(all(drawn_again(f, obj) for obj in s.objects) for f, s in zip(found, scenes))
     return out
 
@@ -135,8 +136,8 @@ def score_people(engine: Engine, prompts: list[dict]) -> dict:
 def word_maps(engine: Engine, prompt: str, seed: int, cfg: float = 7.5):
     """The analysis of what the model draws for `prompt` (as `draw` makes it), the kept tokens' texts and
     their cross-attention maps summed over every step and layer ((T, h, w), the inspector's summed view)."""
-    traj = engine.inspect(GenerateRequest(prompt=prompt, seed=seed, steps=25, cfg_scale=cfg,
-                                          scheduler=sampler(engine)))
+    traj = engine.inspect(InspectRequest(base=GenerateRequest(prompt=prompt, seed=seed, steps=25, cfg_scale=cfg,
+                                                              scheduler=sampler(engine))))
     return analyse.analyse(traj.image), [t.text for t in traj.attention.kept], traj.attention.stack(None, "all")
 
 

@@ -25,7 +25,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from playground.tiny import world
-from playground.tiny.train import to_tensor
+from playground.tiny.toolkit import to_tensor
 
 FIRST_SEED = 3_000_000_000  # far from the U-Net's, the MMDiT's own and the evaluation's seeds
 SHARD = 1024  # scenes a shard

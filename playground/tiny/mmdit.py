@@ -35,13 +35,14 @@ from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from playground.attention.capture import joint_attention_layers, joint_attention_probs
 from playground.loading import MARKER
 from playground.tiny import grounding, world
 from playground.tiny.latents import VAE, LatentCache, load_vae
-from playground.tiny.train import CFG_DROPOUT, Budget, Checkpoint, batch, ema_update, log, resume, to_tensor
+from playground.tiny.toolkit import CFG_DROPOUT, Budget, Checkpoint, batch, ema_update, log, resume, to_tensor
 from playground.tiny.vocab import build_tokenizer
 
 RUN = Path("runs/offline-mmdit")
@@ -49,7 +50,8 @@ RUN = Path("runs/offline-mmdit")
 
 @dataclass(frozen=True)
 class MMDiTArch:
-    image_size: int = 128  # native pixels per side; latents are image_size / 8, patches of 2 latents
+    image_size: int = 128  # native pixels per side; latents are image_size / 8
+    patch_size: int = 2  # latent pixels per side one image token covers: 2 -> 64 tokens at 128 px, 1 -> 256
     layers: int = 6  # joint transformer blocks
     heads: int = 4
     head_dim: int = 32  # the transformer's width is heads x head_dim
@@ -67,10 +69,48 @@ TEST_MMDIT = MMDiTArch(image_size=64, layers=2, heads=2, head_dim=8, text_width=
 def new_transformer(arch: MMDiTArch) -> SD3Transformer2DModel:
     latent = arch.image_size // 8
     return SD3Transformer2DModel(
-        sample_size=latent, patch_size=2, in_channels=4, out_channels=4, num_layers=arch.layers,
+        sample_size=latent, patch_size=arch.patch_size, in_channels=4, out_channels=4, num_layers=arch.layers,
         attention_head_dim=arch.head_dim, num_attention_heads=arch.heads, joint_attention_dim=2 * arch.text_width,
         caption_projection_dim=arch.heads * arch.head_dim, pooled_projection_dim=2 * arch.text_width,
-        pos_embed_max_size=4 * latent // 2)  # room for sizes up to 4x the native one
+        pos_embed_max_size=4 * latent // arch.patch_size)  # room for sizes up to 4x the native one
+
+
+def repatch(src: SD3Transformer2DModel, arch: MMDiTArch) -> SD3Transformer2DModel:
+    """A transformer of `arch`'s smaller patch size started from `src`: every weight whose shape matches is copied
+    (the blocks, the text and time embeddings, the output norm); the three parts that depend on the patch are
+    rebuilt from `src`'s so the new model starts where the old one was:
+
+    - the patch embedding: each sub-patch's kernel is the sum of the old kernel over the cells it covers, the
+      pseudo-inverse resize of FlexiViT (Beyer et al. 2023) for a picture upsampled by repetition, so a latent
+      that is flat over an old patch embeds as it did;
+    - the positions: the old sin-cos grid, read at the new tokens' centres (diffusers' own grid for the new
+      size would renumber them, and the places the blocks learnt would be lost);
+    - the output projection: each new token predicts the mean of what the old token predicted for its cells."""
+    old, new_p = src.config.patch_size, arch.patch_size
+    if old % new_p:
+        raise ValueError(f"patch size {new_p} must divide the source's patch size {old}")
+    model, k = new_transformer(arch), old // new_p
+    mine = model.state_dict()
+    model.load_state_dict({n: w for n, w in src.state_dict().items() if n in mine and mine[n].shape == w.shape},
+                          strict=False)
+    with torch.no_grad():
+        w = src.pos_embed.proj.weight  # (D, C, old, old)
+        d, c = w.shape[:2]
+        model.pos_embed.proj.weight.copy_(w.reshape(d, c, new_p, k, new_p, k).sum(dim=(3, 5)))
+        model.pos_embed.proj.bias.copy_(src.pos_embed.proj.bias)
+        # the old grid's position of index i is i * base / max_size (diffusers' get_2d_sincos_pos_embed)
+        step = src.pos_embed.base_size / src.pos_embed.pos_embed_max_size
+        size = model.pos_embed.pos_embed_max_size
+        centre = torch.arange(size, dtype=torch.float32) * new_p + (new_p - 1) / 2  # in latent pixels
+        coords = (centre - (old - 1) / 2) / old * step
+        grid = torch.stack(torch.meshgrid(coords, coords, indexing="xy")).reshape(2, 1, size, size)
+        model.pos_embed.pos_embed.copy_(get_2d_sincos_pos_embed_from_grid(d, grid)[None])
+        # proj_out's rows are (row in patch, column in patch, channel): the old rows averaged over each new cell
+        out = src.proj_out.weight.reshape(new_p, k, new_p, k, -1, d).mean(dim=(1, 3))
+        model.proj_out.weight.copy_(out.reshape(-1, d))
+        bias = src.proj_out.bias.reshape(new_p, k, new_p, k, -1).mean(dim=(1, 3))
+        model.proj_out.bias.copy_(bias.reshape(-1))
+    return model
 
 
 def new_text_encoder(arch: MMDiTArch, tokenizer) -> CLIPTextModelWithProjection:
@@ -135,15 +175,15 @@ class _Recorded:
 
 def train(args) -> None:
     """The transformer and both text encoders on the flow-matching loss, the VAE frozen."""
-    arch = args.arch
     ckpt, tokenizer = Checkpoint(args.run, "mmdit"), build_tokenizer()
+    state = ckpt.load()
+    arch = run_arch(state, args)
     vae = load_vae(args.device, args.vae)
     scale = vae.config.scaling_factor
     model = new_transformer(arch).to(args.device)
     texts = [new_text_encoder(arch, tokenizer).to(args.device) for _ in range(2)]
     params = list(model.parameters()) + [p for t in texts for p in t.parameters()]
     opt = torch.optim.AdamW(params, lr=args.lr or 3e-4, weight_decay=0.01)
-    state = ckpt.load()
     step = resume(state, opt, model=model, text_l=texts[0], text_g=texts[1])
     warm_from = state.get("warm_from", 0) if state and "opt" in state else step
     ema = {"model": copy.deepcopy(model), "text_l": copy.deepcopy(texts[0]), "text_g": copy.deepcopy(texts[1])}
@@ -151,9 +191,9 @@ def train(args) -> None:
         module.requires_grad_(False)
         if state:
             module.load_state_dict(state[f"ema_{key}"])
-    print(f"[mmdit] transformer {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M, text encoders "
-          f"{sum(p.numel() for t in texts for p in t.parameters()) / 1e6:.2f} M parameters; from step {step}",
-          flush=True)
+    print(f"[mmdit] transformer {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M (patch {arch.patch_size}), "
+          f"text encoders {sum(p.numel() for t in texts for p in t.parameters()) / 1e6:.2f} M parameters; "
+          f"from step {step}", flush=True)
 
     def save():
         ckpt.save({"model": model.state_dict(), "text_l": texts[0].state_dict(), "text_g": texts[1].state_dict(),
@@ -210,8 +250,9 @@ def export(args) -> None:
     """The EMA weights as an fp16 StableDiffusion3Pipeline folder the app loads with `from_pretrained`."""
     from diffusers import StableDiffusion3Pipeline
 
-    arch, out, tokenizer = args.arch, Path(args.out), build_tokenizer()
+    out, tokenizer = Path(args.out), build_tokenizer()
     state = Checkpoint(args.run, "mmdit").load()
+    arch = run_arch(state, args)
     model, texts = new_transformer(arch), [new_text_encoder(arch, tokenizer) for _ in range(2)]
     model.load_state_dict(state["ema_model"])
     texts[0].load_state_dict(state["ema_text_l"]), texts[1].load_state_dict(state["ema_text_g"])
@@ -244,16 +285,35 @@ def export(args) -> None:
 
 
 def import_model(args) -> None:
-    """An exported folder back into a checkpoint (fresh optimiser), to train it further."""
+    """An exported folder back into a checkpoint (fresh optimiser), to train it further; with `--patch` smaller
+    than the folder's, its transformer converted to that patch size first (`repatch`)."""
     from diffusers import StableDiffusion3Pipeline
 
     src = Path(args.out)
     pipe = StableDiffusion3Pipeline.from_pretrained(src, dtype=torch.float32, text_encoder_3=None, tokenizer_3=None)
-    step = json.loads((src / MARKER).read_text()).get("steps", {}).get("mmdit", 0)
-    parts = {"model": pipe.transformer.state_dict(), "text_l": pipe.text_encoder.state_dict(),
+    marker = json.loads((src / MARKER).read_text())
+    step = marker.get("steps", {}).get("mmdit", 0)
+    named = marker.get("architecture", {})  # the sizes; the patch size is read from the transformer itself
+    saved = {f.name: named[f.name] for f in dataclasses.fields(MMDiTArch) if f.name in named and f.name != "patch_size"}
+    arch = dataclasses.replace(args.arch, **saved, patch_size=pipe.transformer.config.patch_size)
+    transformer = pipe.transformer
+    if args.patch and args.patch != arch.patch_size:
+        arch = dataclasses.replace(arch, patch_size=args.patch)
+        transformer = repatch(transformer, arch)
+    parts = {"model": transformer.state_dict(), "text_l": pipe.text_encoder.state_dict(),
              "text_g": pipe.text_encoder_2.state_dict()}
-    Checkpoint(args.run, "mmdit").save({**parts, **{f"ema_{k}": v for k, v in parts.items()}, "step": step})
-    print(f"imported {src} into {args.run}: step {step}")
+    Checkpoint(args.run, "mmdit").save({**parts, **{f"ema_{k}": v for k, v in parts.items()}, "step": step,
+                                        "arch": dataclasses.asdict(arch)})
+    print(f"imported {src} into {args.run}: step {step}, patch {arch.patch_size}")
+
+
+def run_arch(state: dict | None, args) -> MMDiTArch:
+    """The checkpoint's architecture when it names one (a run keeps its patch size), else the command line's."""
+    arch = MMDiTArch(**state["arch"]) if state and "arch" in state else args.arch
+    if args.patch and args.patch != arch.patch_size:
+        raise SystemExit(f"--patch {args.patch}: the checkpoint in {args.run} has patch size {arch.patch_size}; "
+                         "convert an exported model with `import --patch` into a new --ckpt-dir")
+    return arch
 
 
 def main(argv=None) -> None:
@@ -277,8 +337,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--test-size", action="store_true", help="the tests' tiny sizes (64 px, 2 blocks)")
+    parser.add_argument("--patch", type=int, choices=[1, 2], default=None,
+                        help="import: convert the transformer to this patch size (1: a token per latent pixel); "
+                        "train: a new run's patch size (default: the checkpoint's, else 2)")
     args = parser.parse_args(argv)
     args.arch = TEST_MMDIT if args.test_size else OFFLINE_MMDIT
+    if args.patch:
+        args.arch = dataclasses.replace(args.arch, patch_size=args.patch)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -2,7 +2,7 @@
 
 The tests build their tiny models with this (`arch.TEST`: 64 px, 8x8 latents), save them with
 `save_pretrained` and load them back through the app's loader. The shipped offline model is trained
-instead (`playground/tiny/train.py`); `arch.BUNDLED` is the untrained stand-in of its first version.
+instead (`python -m playground.tiny.train`); `arch.BUNDLED` is the untrained stand-in of its first version.
 
     python -m playground.tiny.untrained /tmp/random-model
 """

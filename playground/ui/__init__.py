@@ -72,17 +72,18 @@ def facts(engine: Engine) -> ModelFacts:
     """What the form needs of one loaded model."""
     model, limits = engine.model, engine.limits
     own_nets = any(Path(model.source, f"controlnet-{kind}").is_dir() for kind in CONTROLNETS)
-    return ModelFacts(model.name, engine.native_size, tuple(limits.schedulers), limits.flow, limits.refiner,
+    return ModelFacts(model.name, engine.native_size, tuple(limits.schedulers), limits.shift, bool(limits.skip_layers),
+                      limits.joint_attention, limits.refiner,
                       limits.channels, tuple(examples(model)), model.attention_example, model.vocabulary,
-                      controlnets=own_nets or not model.offline, label=model_label(model, limits.flow),
+                      controlnets=own_nets or not model.offline, label=model_label(model, limits.summary),
                       cfg_scale=model.cfg_scale or DEFAULTS.cfg_scale)
 
 
-def model_label(model: LoadedModel, flow: bool) -> str:
+def model_label(model: LoadedModel, summary: str) -> str:
     """The Model menu's words: the name, what kind of denoiser it is, and what it is still learning (its marker's
     word: the bundled MMDiT's shapes are still blobs)."""
     learning = f"; still learning {model.learning}" if model.learning else ""
-    return f"{model.name} ({'MMDiT, rectified flow' if flow else 'U-Net'}{learning})"
+    return f"{model.name} ({summary}{learning})"
 
 
 def build_app(engines: Models | Engine, settings: Settings) -> gr.Blocks:

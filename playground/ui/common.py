@@ -4,15 +4,18 @@ running an Engine action in a worker thread while the handler streams its progre
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import inspect
 import queue
 import re
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Callable, Iterator
 
 import gradio as gr
+from gradio.context import LocalContext
 
 from playground.errors import Cancelled, InvalidRequest
 from playground.gpu import lease
@@ -31,16 +34,26 @@ def heavy(triggers, fn: Callable, inputs, outputs, settings: Settings, counted: 
     (fairness.py). `counted=False` for the small follow-ups of a job already let in (the inspector's x0 decode as
     the visitor scrubs: one pending at a time, trigger_mode "always_last"), which a visitor must never see refused.
     `evaluations(values)`: the model evaluations a call costs, from its values by name, where `model_evaluations`
-    cannot read them (a grid's cells)."""
+    cannot read them (a grid's cells). With `show_progress_on=line`, its errors are named on that line (noted())."""
     # with batching on, as many jobs as a batch holds are let in at once (they meet in the batcher's rounds, which
     # take the device's turn step by step, so the cores are not oversubscribed)
     kwargs.update(concurrency_id=GPU, concurrency_limit=max(settings.gpu_concurrency, settings.batch_jobs))
     if counted:
         kwargs["validator"] = fairness.of_app(settings.session_jobs, settings.queue_size).validator(inputs)
-    leased = lease(fn, lease_seconds(fn, settings, evaluations))
+    return wired(triggers, lease(fn, lease_seconds(fn, settings, evaluations)), inputs, outputs, **kwargs)
+
+
+def wired(triggers, fn: Callable, inputs, outputs, **kwargs):
+    """`fn` wired to one trigger or a list of them; with `show_progress_on=line`, its errors are named on that line,
+    beside the action (noted())."""
+    line = kwargs.get("show_progress_on")
     if isinstance(triggers, (list, tuple)):
-        return gr.on(triggers, leased, inputs, outputs, **kwargs)
-    return triggers(leased, inputs, outputs, **kwargs)
+        event = gr.on(triggers, fn, inputs, outputs, **kwargs)
+    else:
+        event = triggers(fn, inputs, outputs, **kwargs)
+    if line is not None:
+        noted(event, triggers, line)
+    return event
 
 
 LEASE_FLOOR = 10  # seconds: a call with no denoising (a VAE round trip, one x0 decode, a pose) and the lease's start
@@ -113,10 +126,90 @@ def shows_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def escaped(text: str) -> str:
+    """`text` shown as it is in Markdown (a prompt's `*`, `_`, brackets and backslashes are not formatting)."""
+    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text)
+
+
 def status_line() -> gr.Markdown:
     """A line under an action's buttons that shows its progress while it runs (so the outputs stay in view) and
-    its error badge if it fails; not an output of any event (the API's outputs stay as they are)."""
+    the message of its error if it fails (noted()); not an output of the action (the API's outputs stay as they are)."""
     return gr.Markdown("", elem_classes=["status-line"])
+
+
+class Kept:
+    """The newest error message of each session's actions (by status line), until the line shows it."""
+
+    def __init__(self, sessions: int = 10_000):
+        self.sessions, self.messages, self.lock = sessions, OrderedDict(), threading.Lock()
+
+    def put(self, session: str, line: int, message: str | None) -> None:
+        with self.lock:
+            self.messages[session, line] = message
+            self.messages.move_to_end((session, line))
+            while len(self.messages) > self.sessions:
+                self.messages.popitem(last=False)
+
+    def take(self, session: str, line: int) -> str | None:
+        with self.lock:
+            return self.messages.pop((session, line), None)
+
+
+KEPT = Kept()
+
+
+def session() -> str | None:
+    """The browser session of the event being handled on this thread (gradio sets it), or None outside one."""
+    request = LocalContext.request.get(None)
+    return getattr(request, "session_hash", None)
+
+
+def kept_for(fn: Callable, line: gr.Markdown) -> Callable:
+    """`fn`, whose errors (gr.Error) are kept for `line` and raised with no pop-up: gradio's pop-ups gather every
+    tab's errors in one box at the corner, far from the action. The API gets the message as before; outside a
+    browser session (no session to show it to) the pop-up stays."""
+    def start() -> None:  # a message of an earlier call not shown yet (the browser left) is no longer news
+        who = session()
+        if who is not None:
+            KEPT.take(who, line._id)
+
+    def kept(exc: gr.Error) -> gr.Error:
+        who = session()
+        if who is None:
+            return exc
+        KEPT.put(who, line._id, exc.message)
+        return gr.Error(exc.message, duration=exc.duration, visible=False, title=exc.title, print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream_wrapper(*args, **kwargs):
+            start()
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error as exc:
+                raise kept(exc) from None
+        return stream_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        start()
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error as exc:
+            raise kept(exc) from None
+    return wrapper
+
+
+def noted(event, triggers, line: gr.Markdown) -> None:
+    """Name the error of `event` (its fn wrapped by kept_for) on `line`, beside the action, in that tab only; the
+    next run of the action (`triggers`, one or a list) clears it."""
+    def show(request: gr.Request):
+        message = KEPT.take(request.session_hash, line._id)
+        return f"⚠️ {escaped(message)}" if message else gr.skip()
+
+    event.failure(show, None, line, queue=False, api_visibility="private", show_progress="hidden")
+    gr.on(list(triggers) if isinstance(triggers, (list, tuple)) else [triggers], None, None, line, js="() => ''",
+          queue=False, api_visibility="private", show_progress="hidden")
 
 
 def running(p: Progress, unit: str = "step") -> str:
@@ -160,7 +253,8 @@ PIXELS_CSS = """
 # A component's label sits above what it shows, never over the top of an image, a plot or an upload box;
 # a status line shows gradio's place in the queue ("queue: 2/3 | 1.2/7.6s") in its height, beside a small spinner;
 # a plot's axis labels are drawn whole, below the plot; a gallery's captions are read whole, under their images, and
-# every row of a gallery is in view (gradio 6 boxes a gallery at 550 px and scrolls inside it, cutting its last row).
+# every row of a gallery is in view (gradio 6 boxes a gallery at 550 px and scrolls inside it, cutting its last row);
+# an image with elem_classes=["toolbar-above"] (one with words drawn along its top) has its buttons in a row above it.
 LABELS_CSS = """
 .block label[data-testid="block-label"].float {position: static; margin-bottom: 4px;}
 .block:has(> label[data-testid="block-label"].float) {display: flex; flex-direction: column;}
@@ -177,6 +271,10 @@ LABELS_CSS = """
                                 text-overflow: clip !important;}
 .grid-wrap.fixed-height {height: auto !important; max-height: none !important; overflow: visible !important;}
 .vega-embed svg.marks {overflow: visible;}
+.toolbar-above .image-container {display: flex; flex-direction: column;}
+.toolbar-above .image-container > .icon-button-wrapper {position: static !important; align-self: flex-end;
+                                                        margin: 0 0 4px 0 !important;}
+.toolbar-above .image-container > button {flex: 1 1 0; min-height: 0;}
 .block:has(> .vega-embed) {overflow: visible !important; padding-bottom: 36px !important;}
 """
 PIXELS_JS = """<script>
@@ -238,7 +336,11 @@ def stream(action: Callable[..., Any], request: Any) -> Iterator[Progress | Any]
         while True:
             kind, item = events.get()
             while kind == "step" and not events.empty():  # skip stale progress, keep the newest
+                older = item
                 kind, item = events.get()
+                # and the newest preview: previews come a few times a second, between steps that carry none
+                if kind == "step" and item.preview is None and older.preview is not None:
+                    item = dataclasses.replace(item, preview=older.preview)
             if kind == "step":
                 yield item
             elif kind == "error":

@@ -14,13 +14,20 @@ from playground.loading import shown_source
 from playground.outputs import Folder, save_control, save_pose
 from playground.schema import ControlRequest, ControlResult, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
-from playground.ui.common import error, heavy, running, shows_errors, status_line, stop_button, stream
+from playground.ui.common import error, heavy, running, shows_errors, status_line, stop_button, stream, wired
 from playground.ui.fields import Fields, generate_request, size_note
 
 MODES = {p.label: key for key, p in PREPROCESSORS.items()}  # the radio's labels (the API takes these) -> keys
 CANNY = {p.name: p for p in PREPROCESSORS["canny"].params}  # the threshold sliders' ranges and defaults
 POSE = {p.name: p for p in PREPROCESSORS["openpose"].params}  # the detector radio, the hands and face boxes
 DEFAULTS = ControlRequest()
+# the drawn pose brought into view when less than its whole height shows (as on a phone, where it comes under the JSON)
+INTO_VIEW_JS = """() => {
+  const view = document.getElementById("pose-drawn");
+  if (!view) return;
+  const r = view.getBoundingClientRect();
+  if (r.top < 0 || r.bottom > window.innerHeight) view.scrollIntoView({block: "nearest", behavior: "smooth"});
+}"""
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -90,7 +97,8 @@ class PoseSection:
 def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_pose: Callable[..., tuple],
                  image_box, resize_box, width_box, height_box, made_pose: list, settings: Settings) -> PoseSection:
     """The OpenPose accordion: detect the pose in the photo or start from a preset, edit it as JSON, mirror it,
-    draw it; each result shows the map and the JSON, and switches the mode to the pose JSON (`made_pose`)."""
+    draw it; each result shows the map beside the JSON (and in the tab's control map, `made_pose[0]`) and switches the
+    mode to the pose JSON (the mode and ControlNet radios, `made_pose[1:]`)."""
     # -- layout -------------------------------------------------------------------------------
     with gr.Accordion("OpenPose: detect the pose in the photo, or start from a preset; edit it as JSON", open=True):
         with gr.Row():
@@ -117,7 +125,12 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
                     redraw = gr.Button("Draw this pose")
                 edit_status = status_line()  # drawing, mirroring, a preset or an upload: errors show here
                 pose_file = gr.File(label="Download the pose (.json)", interactive=False, height=80)
-    made_pose = [*made_pose[:1], pose_box, pose_file, pose_info, *made_pose[1:]]
+            with gr.Column(scale=4, min_width=240):
+                # the pose as drawn, beside the JSON and its buttons (the tab's control map is a screen above)
+                pose_view = gr.Image(label="The pose, drawn (the control map)", format="png", interactive=False,
+                                     height=300, elem_id="pose-drawn", elem_classes=["pixels"])
+    tab_map = made_pose[0]
+    made_pose = [pose_view, pose_box, pose_file, pose_info, *made_pose[1:]]
 
     # -- handlers -----------------------------------------------------------------------------
     def as_pose_mode(text: str, info: str, control_map):
@@ -154,17 +167,24 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
         return on_draw(text, width, height)
 
     # -- events -------------------------------------------------------------------------------
-    # progress and errors on the section's status line: the map, the JSON and the choices stay usable
-    heavy(detect.click, on_detect, [image_box, resize_box, width_box, height_box, detector_box, hands_box, face_box],
-          made_pose, settings, api_name="pose", preprocess=False, show_progress_on=pose_status)
-    redraw.click(on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose",
-                 show_progress_on=edit_status)
-    mirror.click(on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose",
-                 show_progress_on=edit_status)
-    preset_box.input(on_preset, [preset_box, width_box, height_box], made_pose, api_visibility="private",
-                     show_progress_on=edit_status)
-    pose_upload.upload(on_upload_pose, [pose_upload, width_box, height_box], made_pose, api_visibility="private",
-                       show_progress_on=edit_status)
+    # progress and errors on the section's status lines: the map, the JSON and the choices stay usable
+    drawn = [heavy(detect.click, on_detect, [image_box, resize_box, width_box, height_box, detector_box, hands_box,
+                                             face_box], made_pose, settings, api_name="pose", preprocess=False,
+                   show_progress_on=pose_status)]
+    drawn.append(wired(redraw.click, on_draw, [pose_box, width_box, height_box], made_pose, api_name="draw_pose",
+                       show_progress_on=edit_status))
+    drawn.append(wired(mirror.click, on_mirror, [pose_box, width_box, height_box], made_pose, api_name="mirror_pose",
+                       show_progress_on=edit_status))
+    drawn.append(wired(preset_box.input, on_preset, [preset_box, width_box, height_box], made_pose,
+                       api_visibility="private", show_progress_on=edit_status))
+    drawn.append(wired(pose_upload.upload, on_upload_pose, [pose_upload, width_box, height_box], made_pose,
+                       api_visibility="private", show_progress_on=edit_status))
+    for event in drawn:
+        # the tab's control map is the same picture: the file as it is (no re-encoding), then the drawn pose into
+        # view where the page is narrow and the columns stack
+        event.success(lambda shown: shown or gr.skip(), pose_view, tab_map, preprocess=False, postprocess=False, queue=False,
+                      api_visibility="private", show_progress="hidden")
+        event.success(None, None, None, js=INTO_VIEW_JS, queue=False, api_visibility="private")
     return PoseSection(detector_box, hands_box, face_box, pose_box)
 
 

@@ -49,7 +49,9 @@ class ModelFacts:
     name: str  # the request's `model`, and the Model menu's value
     native_size: int
     schedulers: tuple[str, ...]
-    flow: bool = False  # a flow-matching model (SD3): its schedulers take a shift
+    takes_shift: bool = False  # its schedulers take a timestep shift (SD3's rectified flow)
+    skips_layers: bool = False  # skip-layer guidance can skip some of its blocks (an MMDiT's)
+    joint_attention: bool = False  # its attention is an MMDiT's joint attention, not a U-Net's cross-attention
     refiner: bool = False  # an SDXL refiner is loaded beside it
     channels: int = 4  # its latent channels
     examples: tuple[str, ...] = ()
@@ -85,16 +87,17 @@ class Fields:
     models are loaded (`models`), the form starts with the first one's facts and a Model menu picks another."""
 
     def __init__(self, settings: Settings, native_size: int, scheduler_names: list[str], examples: list[str] = (),
-                 vocabulary: frozenset[str] = frozenset(), flow: bool = False, refiner: bool = False,
-                 channels: int = 4, models: list[ModelFacts] = ()):
-        self.models = list(models) or [ModelFacts("", native_size, tuple(scheduler_names), flow, refiner, channels,
-                                                  tuple(examples), vocabulary=vocabulary)]
+                 vocabulary: frozenset[str] = frozenset(), refiner: bool = False, channels: int = 4,
+                 models: list[ModelFacts] = ()):
+        self.models = list(models) or [ModelFacts("", native_size, tuple(scheduler_names), refiner=refiner,
+                                                  channels=channels, examples=tuple(examples), vocabulary=vocabulary)]
         first = self.models[0]
         self.settings, self.native_size = settings, first.native_size
         self.scheduler_names, self.examples = list(first.schedulers), list(first.examples)
         self.attention_example = first.attention_example
         self.vocabulary = first.vocabulary  # the words the model knows, when it lists them (the offline model does)
-        self.flow = first.flow  # a flow-matching model (SD3): its schedulers take a shift
+        self.takes_shift, self.skips_layers = first.takes_shift, first.skips_layers  # its sliders shown or not
+        self.joint_attention = first.joint_attention
         self.refiner = first.refiner  # an SDXL refiner is loaded: the last steps can be handed to it
         self.channels = first.channels  # the latent channels the inspector shows (4; SD3's 16)
         self.default_scheduler = first.default_scheduler
@@ -134,7 +137,8 @@ class Fields:
             natives, recommended = {m.native_size for m in self.models}, {m.cfg_scale for m in self.models}
             out += [gr.Slider(value=f.native_size) if s in natives else gr.skip() for s in sizes]
             out += [gr.Slider(value=f.cfg_scale) if g in recommended else gr.skip() for g in guidance]
-            out += [gr.Slider(visible=f.flow) for box in (shift, skip_layer_guidance) if box is not None]
+            out += [gr.Slider(visible=f.takes_shift)] if shift is not None else []
+            out += [gr.Slider(visible=f.skips_layers)] if skip_layer_guidance is not None else []
             out += [gr.Slider(visible=f.refiner, value=0.0)] if refiner_start is not None else []
             return out[0] if len(out) == 1 else out  # gradio reads a list returned to one output as its value
 
@@ -163,11 +167,11 @@ class Fields:
         noise, sigma' = shift sigma / (1 + (shift - 1) sigma)."""
         return gr.Slider(0, 20, value=DEFAULTS.shift, step=0.5, label="Flow shift (0 = the model's own)",
                          info="higher spends more steps at high noise (composition), lower more on detail",
-                         visible=self.flow)
+                         visible=self.takes_shift)
 
     def skip_layer_guidance(self) -> gr.Slider:
         """SD3.5's skip-layer guidance scale (shown for SD3; 0 = off)."""
-        return gr.Slider(0, 10, value=DEFAULTS.skip_layer_guidance, step=0.1, visible=self.flow,
+        return gr.Slider(0, 10, value=DEFAULTS.skip_layer_guidance, step=0.1, visible=self.skips_layers,
                          label="Skip-layer guidance (SD3.5; 0 = off, 2.8 is usual)",
                          info="early on, also pushes away from the model with some middle blocks skipped: "
                               "sharper structure")

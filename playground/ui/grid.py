@@ -31,7 +31,7 @@ def noise_table(result: GridResult) -> pd.DataFrame:
     for name, sigmas in result.sigmas.items():
         for k, sigma in enumerate(sigmas):
             rows.append({"model evaluation": k + 1, "scheduler": name, "sigma": round(sigma, 4),
-                         "SNR (dB)": round(snr_db(sigma, result.flow or name in result.flow_rows), 2)})
+                         "SNR (dB)": round(snr_db(sigma, result.flow_sigmas or name in result.flow_rows), 2)})
     return pd.DataFrame(rows, columns=["model evaluation", "scheduler", "sigma", "SNR (dB)"])
 
 
@@ -49,13 +49,13 @@ def convergence_table(result: GridResult) -> pd.DataFrame:
 def cell_table(result: GridResult) -> pd.DataFrame:
     """One row per cell, with the settings its PNG carries (the column's value among them); the distance to the
     reference run only for an axis that has one."""
-    headers, axis = table_headers(result.request.axis, result.flow), AXES[result.request.axis]
+    headers, axis = table_headers(result.request.axis, result.flow_sigmas), AXES[result.request.axis]
     rows = []
     for row in result.cells:
         for c in row:
             p = c.generated.params
             distance = [f"{c.psnr:.2f}", f"{c.latent_rms:.4f}"] if c.psnr is not None else []
-            shift = [p.shift or "model's own"] if result.flow else []
+            shift = [p.shift or "model's own"] if result.flow_sigmas else []
             value = [getattr(p, axis.field)] if axis.column else []
             rows.append([c.row, p.cfg_scale, *value, p.steps, *shift, p.seed, c.unet_calls, round(c.seconds, 3),
                          f"{p.width}x{p.height}", *distance])
@@ -176,7 +176,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
             schedulers_box = gr.CheckboxGroup(fields.scheduler_names, value=default_rows(fields.scheduler_names),
                                               label="Schedulers (rows; each model runs those that fit it, else its "
                                                     "default)" if len(fields.models) > 1 else "Schedulers (rows)")
-            axis_box = gr.Radio([(a.label, key) for key, a in AXES.items() if fields.flow or not a.flow],
+            axis_box = gr.Radio([(a.label, key) for key, a in AXES.items() if fields.takes_shift or not a.needs_shift],
                                 value=DEFAULTS.axis, label="Columns vary")
             columns_box = gr.Textbox(value=DEFAULTS.columns, label="Column values",
                                      info="a list such as 1, 3, 7.5, 12 or a range such as 2-12 (+2) or 1-15 [5]")
@@ -207,7 +207,7 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
     # every row of cells in view (height "auto"), four a row so that "DPM++ 2M SDE Karras · CFG 12" fits
     cells = gr.Gallery(label="Cells", format="png", columns=4, object_fit="contain", height="auto", fit_columns=False,
                        elem_classes=["pixels"])
-    table = gr.Dataframe(headers=table_headers(DEFAULTS.axis, fields.flow),
+    table = gr.Dataframe(headers=table_headers(DEFAULTS.axis, fields.takes_shift),
                          label="What each cell cost", interactive=False)
 
     # -- handlers -----------------------------------------------------------------------------
@@ -230,12 +230,12 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
     def on_models(names, chosen, axis):
         """The rows' schedulers and the axes follow the ticked models (none ticked: the first model, as the grid)."""
         picked = [m for m in fields.models if m.name in (names or [])] or fields.models[:1]
-        choices, flow = scheduler_choices(picked), any(m.flow for m in picked)
+        choices, shift = scheduler_choices(picked), any(m.takes_shift for m in picked)
         kept = [n for n in chosen or [] if n in choices]
         for m in picked:  # every model keeps at least one row it can run
             if not any(n in m.schedulers for n in kept):
                 kept += default_rows(list(m.schedulers))[:1]
-        axes = [(a.label, key) for key, a in AXES.items() if flow or not a.flow]
+        axes = [(a.label, key) for key, a in AXES.items() if shift or not a.needs_shift]
         return (gr.CheckboxGroup(choices=choices, value=kept),
                 gr.Radio(choices=axes, value=axis if axis in [key for _, key in axes] else DEFAULTS.axis))
 

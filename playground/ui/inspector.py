@@ -118,7 +118,7 @@ def build(
                             color_map={name: colour for name, (colour, _) in NOISE_SERIES.items()},
                             colors_in_legend=[])
         gr.HTML(noise_legend())
-        attn = attention_part.section(attention_view, traj_state, joint=fields.flow)
+        attn = attention_part.section(attention_view, traj_state, joint=fields.joint_attention)
         gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts twice (the noise, or SD3's velocity), with the prompt "
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()

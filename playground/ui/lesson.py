@@ -436,8 +436,8 @@ def wire_links(demo: gr.Blocks, tabs: gr.Tabs, lesson_tab: gr.Tab, limits: dict[
         if name != "axis":
             return value
         rows = link.values.get("models") or list(limits)[:1]
-        flow = any(limits[m].flow for m in rows if m in limits)
-        return gr.Radio(choices=[(a.label, k) for k, a in AXES.items() if flow or not a.flow], value=value)
+        shift = any(limits[m].shift for m in rows if m in limits)
+        return gr.Radio(choices=[(a.label, k) for k, a in AXES.items() if shift or not a.needs_shift], value=value)
 
     def stage(k: int, request: gr.Request | None) -> list:
         link = read(request)

@@ -9,8 +9,9 @@ How an edit becomes a picture:
    not one a letter, when the keys come faster than that). Then it stamps a hidden `tick`.
 3. The tick's change runs the request as it reads then (trigger_mode "always_last": while a run is still
    stopping, the newest edit waits, and only the newest).
-4. The picture goes to the Prompt tab's big image with the engine's time beside it; nothing is saved (Generate
-   keeps it as a PNG: same settings, same seed, same picture).
+4. While it runs, the Prompt tab's big image shows the model's guess (the predicted x0, a few times a second, as
+   Generate shows it) once the run has taken QUIET_S; then the picture, with the engine's time beside it. Nothing is
+   saved (Generate keeps it as a PNG: same settings, same seed, same picture).
 (Gradio's own `cancels` would do step 1 too, but two cancels of one run, as fast typing sends, make its /cancel
 route fail with a KeyError and a traceback in the server's log, gradio 6.31.)
 
@@ -22,7 +23,6 @@ replace each other in the page instead of queueing, so other visitors' jobs keep
 from __future__ import annotations
 
 import random
-import re
 import threading
 import time
 from collections import OrderedDict
@@ -30,11 +30,11 @@ from typing import Callable
 
 import gradio as gr
 
-from playground.errors import Cancelled
+from playground.errors import Cancelled, InvalidRequest
 from playground.gpu import ZERO_GPU
 from playground.schema import GenerateResult, Progress
 from playground.settings import Settings
-from playground.ui.common import heavy, running, shows_errors, stream
+from playground.ui.common import escaped, heavy, running, stream
 from playground.ui.fields import generate_request
 
 # why Live is off on ZeroGPU: each run there is a GPU lease of its own, in a worker forked for it, and the record of
@@ -43,7 +43,7 @@ ZERO_GPU_NOTE = ("off on ZeroGPU: every run there waits for a GPU lease of its o
                  "a queue of leases; press Generate instead")
 LIVE_STEPS = 8  # what turning Live on sets the steps to (at most): 0.2 s an image for the offline model on 2 cores
 DEBOUNCE_MS = 50  # a key within this long of the last replaces its run before it starts; a later one stops it
-# a run's progress shows on the info line once it has taken this long: a quick run's picture comes sooner without
+# a run's progress and previews show once it has taken this long: a quick run's picture comes sooner without
 # (a note each step put a quick run's key-press-to-picture from 0.48 s to 0.57 s on 2 cores)
 QUIET_S = 0.4
 SESSIONS = 10_000  # the newest edit's stamp is kept for this many sessions (the least recently edited go first)
@@ -112,11 +112,6 @@ def live_generate(generate: Callable[..., GenerateResult], edits: Edits, session
         return None
 
 
-def escaped(text: str) -> str:
-    """`text` shown as it is in Markdown (a prompt's `*`, `_`, brackets and backslashes are not formatting)."""
-    return re.sub(r"([\\`*_\[\]<>#|~])", r"\\\1", text)
-
-
 def summary(result: GenerateResult) -> str:
     r = result.request
     return (f"**Live**: “{escaped(r.prompt)}” in {result.seconds:.2f} s in the engine. Seed {r.seed}, {r.scheduler}, "
@@ -136,32 +131,37 @@ def checkbox() -> gr.Checkbox:
 def wire(live: gr.Checkbox, watched: list, inputs: list, generate: Callable[..., GenerateResult], image: gr.Image,
          info: gr.Markdown, settings: Settings, preset_outputs: list):
     """Wire Live: `watched` are the fields whose edits regenerate; `inputs` the generation form in the order of
-    on_live's parameters; the picture goes to `image` and the run's note to `info`, which says "Live: denoising,
-    step 3 of 8" while it runs (no spinner: one at every key press is noise, and its animation took CPU from the
-    run; an error shows as a message). `preset_outputs` are the steps, seed and images fields turning Live on
-    sets. Returns the run's event (for Stop); on ZeroGPU nothing is wired and it returns None (checkbox())."""
+    on_live's parameters; the previews and the picture go to `image` and the run's note to `info`, which says "Live:
+    denoising, step 3 of 8" while it runs (no spinner: one at every key press is noise, and its animation took CPU
+    from the run) and names a bad value, if one was typed. `preset_outputs` are the steps, seed and images fields
+    turning Live on sets. Returns the run's event (for Stop); on ZeroGPU nothing is wired and it returns None
+    (checkbox())."""
     if ZERO_GPU:
         return None
     edits, edit, tick = Edits(), gr.Number(0, visible="hidden"), gr.Number(0, visible="hidden")
 
-    @shows_errors
     def on_live(stamp, prompt, negative_prompt, seed, steps, cfg_scale, scheduler, width, height, shift, refiner_start,
                 skip_layer_guidance, model, cfg_stop, request: gr.Request):
-        job = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
-                               cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height, num_images=1,
-                               shift=shift, refiner_start=refiner_start, skip_layer_guidance=skip_layer_guidance,
-                               model=model, cfg_stop=cfg_stop)
-        run = lambda req, on_progress, cancel: live_generate(  # noqa: E731
-            generate, edits, request.session_hash, float(stamp or 0), req, on_progress, cancel)
         started = time.monotonic()
-        for item in stream(run, job):
-            if isinstance(item, GenerateResult):
-                yield item.images[0].image, summary(item)
-            elif isinstance(item, Progress):  # the run is on its way (and Stop reads where it got to)
-                if time.monotonic() - started > QUIET_S:
-                    yield gr.skip(), f"Live: {running(item).removeprefix('Running: ')}"
-            else:  # stale: a newer edit's run comes next
-                yield gr.skip(), gr.skip()
+        try:
+            job = generate_request(prompt=prompt, negative_prompt=negative_prompt, seed=seed, steps=steps,
+                                   cfg_scale=cfg_scale, scheduler=scheduler, width=width, height=height, num_images=1,
+                                   shift=shift, refiner_start=refiner_start, skip_layer_guidance=skip_layer_guidance,
+                                   model=model, cfg_stop=cfg_stop)
+            run = lambda req, on_progress, cancel: live_generate(  # noqa: E731
+                generate, edits, request.session_hash, float(stamp or 0), req, on_progress, cancel)
+            for item in stream(run, job):
+                if isinstance(item, GenerateResult):
+                    yield item.images[0].image, summary(item)
+                elif isinstance(item, Progress):  # the run is on its way (and Stop reads where it got to)
+                    # the model's guess so far, as Generate shows it (a few times a second: the Engine's previews)
+                    if time.monotonic() - started > QUIET_S:
+                        yield (item.preview if item.preview is not None else gr.skip(),
+                               f"Live: {running(item).removeprefix('Running: ')}")
+                else:  # stale: a newer edit's run comes next
+                    yield gr.skip(), gr.skip()
+        except (InvalidRequest, gr.Error) as exc:  # a bad value typed: named on Live's own line, the picture kept
+            yield gr.skip(), f"⚠️ **Live**: {escaped(str(getattr(exc, 'message', None) or exc))}"
 
     run = heavy(tick.change, on_live, [tick, *inputs], [image, info], settings, api_visibility="private",
                 preprocess=False, trigger_mode="always_last", show_progress="hidden")

@@ -8,7 +8,7 @@ import gradio as gr
 
 from playground.metadata import read_png
 from playground.outputs import Folder, save_images
-from playground.schema import GenerateResult, Progress, TokenCount
+from playground.schema import GenerateResult, Progress, TokenCount, TokenRequest
 from playground.settings import Settings
 from playground.ui import live
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
@@ -55,7 +55,7 @@ def summary(result: GenerateResult, native: int) -> str:
 
 def build(
     generate: Callable[..., GenerateResult],
-    count_tokens: Callable[[str, str], TokenCount],
+    count_tokens: Callable[[TokenRequest], TokenCount],
     fields: Fields,
     settings: Settings,
 ) -> None:
@@ -65,7 +65,7 @@ def build(
         with gr.Column(scale=5):
             model_box = fields.model()
             prompt_box = fields.prompt(lines=3, examples=False)
-            prompt_tokens = gr.Markdown(token_text(count_tokens(prompt_box.value, model_box.value), fields.vocabulary),
+            prompt_tokens = gr.Markdown(token_text(count_tokens(TokenRequest(prompt_box.value, model_box.value)), fields.vocabulary),
                                         elem_classes=["token-count"])
             # the action right under the prompt: on a projector's first screen (1280x720) with the prompt
             with gr.Row():
@@ -74,7 +74,7 @@ def build(
             live_box = live.checkbox()
             status = status_line()
             negative_box = fields.negative_prompt(lines=2)
-            negative_tokens = gr.Markdown(token_text(count_tokens("", model_box.value), fields.vocabulary),
+            negative_tokens = gr.Markdown(token_text(count_tokens(TokenRequest("", model_box.value)), fields.vocabulary),
                                           elem_classes=["token-count"])
             if fields.examples:
                 gr.Examples([[e] for e in fields.examples], inputs=[prompt_box], label="Prompts this model knows")
@@ -134,16 +134,16 @@ def build(
         if not f.name or f.name == model:  # the form is this model's already
             return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
                     p.sampler if p.sampler in f.schedulers else gr.skip(), p.width, p.height,
-                    p.shift if f.flow else gr.skip(), p.refiner_start if f.refiner else gr.skip(),
-                    p.skip_layer_guidance if f.flow else gr.skip(),
+                    p.shift if f.takes_shift else gr.skip(), p.refiner_start if f.refiner else gr.skip(),
+                    p.skip_layer_guidance if f.skips_layers else gr.skip(),
                     f"Restored settings from the PNG (model: {p.model or 'unknown'}).", gr.skip(), p.cfg_stop)
         # another loaded model's PNG: its model, its schedulers and the settings that show for it, in one update
         return (p.prompt, p.negative_prompt, p.seed, p.steps, p.cfg_scale,
                 gr.Dropdown(choices=list(f.schedulers),
                             value=p.sampler if p.sampler in f.schedulers else f.default_scheduler), p.width, p.height,
-                gr.Slider(visible=f.flow, value=p.shift if f.flow else 0.0),
+                gr.Slider(visible=f.takes_shift, value=p.shift if f.takes_shift else 0.0),
                 gr.Slider(visible=f.refiner, value=p.refiner_start if f.refiner else 0.0),
-                gr.Slider(visible=f.flow, value=p.skip_layer_guidance if f.flow else 0.0),
+                gr.Slider(visible=f.skips_layers, value=p.skip_layer_guidance if f.skips_layers else 0.0),
                 f"Restored settings from the PNG (model: {p.model}, chosen in the Model menu).", f.name, p.cfg_stop)
 
     # -- events -------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def build(
     gen.success(lambda: gr.Number(visible=True), None, seed_used, api_visibility="private", queue=False)
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
         for trigger in (box.change, model_box.change):  # each model counts with its own tokenizers
-            trigger(lambda text, model: token_text(count_tokens(text, model), fields.facts(model).vocabulary),
+            trigger(lambda text, model: token_text(count_tokens(TokenRequest(text, model)), fields.facts(model).vocabulary),
                     [box, model_box], counter, show_progress="hidden", trigger_mode="always_last",
                     api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)

@@ -7,6 +7,7 @@ from typing import Callable
 import gradio as gr
 
 from playground.errors import InvalidRequest
+from playground.schema import RoundTripRequest
 from playground.settings import Settings
 from playground.ui.common import heavy, shows_errors, status_line
 from playground.views import RoundTrip
@@ -47,7 +48,7 @@ def build(roundtrip: Callable[..., RoundTrip], settings: Settings, offline: bool
         path = upload.get("path") if isinstance(upload, dict) else upload
         if not path:
             raise InvalidRequest("Upload an image first")
-        r = roundtrip(path, model) if model else roundtrip(path)
+        r = roundtrip(RoundTripRequest(path, model or ""))
         return r.original, r.reconstruction, [(im, f"channel {k}") for k, im in enumerate(r.channels)], \
             roundtrip_text(r, offline)
 

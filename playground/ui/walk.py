@@ -55,8 +55,9 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
         with gr.Column(scale=6):
             animation = gr.Image(label="The walk, there and back (GIF)", type="filepath", interactive=False,
                                  height=300, elem_classes=["pixels"])
+            # its title is drawn in the picture: the buttons go above it, not over it
             strip = gr.Image(label="Every frame, in order (PNG with the settings)", type="filepath", format="png",
-                             interactive=False, height=220)
+                             interactive=False, height=260, elem_classes=["toolbar-above"])
             frames = gr.Gallery(label="Frames (each a PNG that restores in the Prompt tab)", format="png", columns=4,
                                 height="auto", object_fit="contain", allow_preview=False)
 
