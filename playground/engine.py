@@ -207,7 +207,8 @@ class Engine:
         self.annotators = Annotators(model, settings)  # ControlNets and pose detectors, loaded once each
         # latent -> RGB for previews: published factors for SD's VAE, else fitted once, now (not in a request)
         self.rgb_map = latents.rgb_map_for(model.pipe.vae)
-        self.preview = functools.partial(latents.preview, scale=self.vae_factor, rgb=self.rgb_map)  # x0 -> a cheap RGB view
+        # x0 -> a cheap RGB view, a few times a second during a run
+        self.preview = functools.partial(latents.preview, scale=self.vae_factor, rgb=self.rgb_map)
         self.limits = Limits.of(settings, self.native_size, model=model.name, models=(model.name,),
                                 tokenizer=model.pipe.tokenizer, refiner=model.refiner is not None,
                                 attention_layers=attention_choices(model.family, self.components, self.vae_factor),

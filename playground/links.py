@@ -5,7 +5,7 @@ A link names the tab (`?tab=grid`) and its settings by the API parameter names o
 `?tab=grid&prompt=a%20red%20square&seed=7&schedulers=Euler,DDIM&columns=1,3,7.5`. It carries the values
 themselves, not a session, so it still works after the server restarts and reads well in a lesson plan.
 
-Reading a link checks every value the way the API's validators do (`playground.requests`, against the
+Reading a link checks every value the way the API's validators do (`playground.validation`, against the
 chosen model's `Limits`), one setting at a time and each with those already accepted: an unknown name or a bad
 value is named in a note and left out, and the rest still applies. No gradio here (the Lesson tab wires it).
 """

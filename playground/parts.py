@@ -194,7 +194,7 @@ def cosine_betas(n: int = 1000, s: float = 0.008) -> torch.Tensor:
 
 
 def schedules_of(model) -> list[Schedule]:
-    """schedules() for a loaded model (loading.LoadedModel): its scheduler's config, its name, whether its schedulers are flow ones."""
+    """schedules() for a loaded model (loading.LoadedModel): its scheduler's config, its name, its schedulers' kind."""
     return schedules(dict(model.pipe.scheduler.config), model.name, model.family.schedulers == "flow")
 
 

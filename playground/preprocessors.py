@@ -4,7 +4,7 @@ Every preprocessor has one entry in PREPROCESSORS that carries its rules: the la
 the API show, whether it needs an uploaded image (`needs_image`) or a pose as OpenPose JSON
 (`needs_pose`), the options it reads (`params`, with their ranges or choices and defaults), which
 ControlNet its maps feed, and how it makes its map (`make_map(MapInputs) -> PIL RGB`). The UI builds its
-radio, sliders and checkboxes from these entries, `requests.validate_preprocess` checks requests against
+radio, sliders and checkboxes from these entries, `validation.validate_preprocess` checks requests against
 them, and the Engine only asks the chosen entry for its map. A new preprocessor over the existing options
 is one entry; one with options of its own also adds them to `ControlRequest` and `MapInputs`. The pure
 ones are OpenCV / PIL functions; the pose detector's weights are kept by `playground.annotators`, which

@@ -45,7 +45,7 @@ class GridRequest:
     base: GenerateRequest = GenerateRequest(steps=20)
     schedulers: tuple[str, ...] = ("Euler a", "DPM++ 2M Karras")  # rows
     columns: str | tuple[float, ...] = "1, 3, 7.5, 12"  # a list, or text like "2-12 (+2)"
-    axis: str = "cfg"  # what the columns vary: a key (or label) of grid.AXES
+    axis: str = "cfg"  # what the columns vary: a key (or label) of axes.AXES
     # rows from several loaded models, by name (each with the rows' schedulers that fit it, else its default);
     # empty: the base's model alone
     models: tuple[str, ...] = ()
@@ -54,12 +54,12 @@ class GridRequest:
 @dataclass(frozen=True)
 class ControlRequest:
     image: Image.Image | str | Path | None = None  # the photo, or a ready control map
-    mode: str = "canny"  # a key or label of control.PREPROCESSORS
+    mode: str = "canny"  # a key or label of preprocessors.PREPROCESSORS
     controlnet: str = "canny"  # a key of settings.CONTROLNETS
     canny: CannyOptions = CannyOptions()  # the Canny thresholds (checked whatever the mode)
     openpose: PoseOptions = PoseOptions()  # the pose detector, hands, face (checked whatever the mode)
     pose: str = ""  # a pose as OpenPose JSON, for the "pose" mode
-    resize: str = "crop"  # how the image is fitted to width x height: see control.RESIZE_MODES
+    resize: str = "crop"  # how the image is fitted to width x height: see preprocessors.RESIZE_MODES
     conditioning_scale: float = 1.0  # 0..2: how hard the map steers
     guidance_start: float = 0.0  # fraction of the steps before the ControlNet starts
     guidance_end: float = 1.0  # fraction after which it stops

@@ -19,8 +19,8 @@ from playground.axes import AXES, parse_scales
 from playground.errors import InvalidRequest
 from playground.limits import Limits
 from playground.schema import (
-    MAX_WALK_FRAMES, WALKS, ControlRequest, GenerateRequest, GridRequest, InspectRequest, PoseRequest, RoundTripRequest,
-    TokenRequest, WalkRequest,
+    MAX_WALK_FRAMES, WALKS, ControlRequest, GenerateRequest, GridRequest, InspectRequest, PoseRequest,
+    RoundTripRequest, TokenRequest, WalkRequest,
 )
 from playground.settings import CONTROLNETS
 from playground.weights import plain

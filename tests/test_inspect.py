@@ -118,7 +118,8 @@ def test_psnr_on_a_smooth_synthetic_image():
 
 def test_vae_round_trip(engine, tmp_path):
     ramp = np.tile(np.linspace(0, 255, 100), (60, 1)).astype(np.uint8)
-    r = engine.roundtrip(RoundTripRequest(Image.fromarray(np.stack([ramp, ramp[::-1], ramp.T[:60, :60].repeat(2, 1)[:, :100]], -1))))
+    picture = Image.fromarray(np.stack([ramp, ramp[::-1], ramp.T[:60, :60].repeat(2, 1)[:, :100]], -1))
+    r = engine.roundtrip(RoundTripRequest(picture))
     assert r.original.size == (96, 56) and r.reconstruction.size == (96, 56)  # cut to multiples of 8
     assert r.latent_shape == (4, 7, 12) and r.ratio == pytest.approx(48.0)
     assert r.psnr == pytest.approx(latents.psnr(np.asarray(r.original), np.asarray(r.reconstruction)))

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.nomodel
 
 UNET, MMDIT = "playground-offline", "playground-offline-mmdit"
 LIMITS = {UNET: Limits(native_size=128, channels=4),
-          MMDIT: Limits(native_size=128, scheduler_kind="flow", shift=True, joint_attention=True, family="SD3", channels=16)}
+          MMDIT: Limits(native_size=128, scheduler_kind="flow", shift=True, joint_attention=True, family="SD3",
+                        channels=16)}
 POSE = json.dumps(json.loads((ASSETS / "poses" / "waving.json").read_text()), separators=(",", ":"))
 
 # one link's settings per tab, every setting the tab takes, none at its "off" value

@@ -117,7 +117,8 @@ def test_the_engine_runs_every_action_on_sdxl(xl, tiny_sdxl_dir, tmp_path):
     assert (count.used, count.limit, count.encoders) == (82, 77, 2) and count.dropped.split() == ["red"] * 5
     from playground.ui.prompt import token_text
 
-    assert token_text(engine.count_tokens(TokenRequest("a red circle"))) == "5 / 77 tokens (each of its 2 CLIP text encoders)"
+    count = engine.count_tokens(TokenRequest("a red circle"))
+    assert token_text(count) == "5 / 77 tokens (each of its 2 CLIP text encoders)"
     # the default ControlNets follow the family
     assert Engine(xl, tiny_settings(tiny_sdxl_dir)).annotators.source("openpose") == "thibaud/controlnet-openpose-sdxl-1.0"
 

@@ -39,7 +39,8 @@ def refuse(*args, **kwargs):
 
 
 def fake_engine(model: LoadedModel) -> SimpleNamespace:
-    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda req: TokenCount(2, 77, ""), limits=Limits(),
+    return SimpleNamespace(model=model, native_size=128, count_tokens=lambda req: TokenCount(2, 77, ""),
+                           limits=Limits(),
                            annotators=SimpleNamespace(source=lambda kind: f"/models/fake/controlnet-{kind}"),
                            grid_evaluations=lambda req: {name: 20 for name in req.schedulers},
                            **{name: refuse for name in ("generate", "grid", "control", "preprocess", "inspect",

@@ -18,7 +18,8 @@ from playground.errors import InvalidRequest
 from playground.limits import Limits
 from playground.schema import ControlRequest, GenerateRequest, GridRequest, InspectRequest, PoseRequest
 from playground.validation import (
-    choice, model_choice, model_choices, validate_attention, validate_control, validate_draw_pose, validate_generate, validate_grid, validate_inspect, validate_preprocess,
+    choice, model_choice, model_choices, validate_attention, validate_control, validate_draw_pose,
+    validate_generate, validate_grid, validate_inspect, validate_preprocess,
 )
 from playground.settings import CONTROLNETS, Settings
 from playground.tiny.vocab import build_tokenizer

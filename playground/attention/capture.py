@@ -245,7 +245,7 @@ class AttentionMaps:
     """Recorded cross-attention of one trajectory: per step, per layer resolution, per kept token."""
 
     tokens: list[Token]  # the whole split prompt (dropped ones too); maps follow kept(tokens)
-    of: str  # whose tokens: a key of requests.ATTENTION_OF ("prompt" or "negative")
+    of: str  # whose tokens: a key of attention.sources.ATTENTION_OF ("prompt" or "negative")
     latent_hw: tuple[int, int]
     layers: dict[tuple[int, int], int]  # resolution -> how many layers were averaged there
     window: int  # how many text tokens every position attends over (77 for CLIP): the kept ones plus padding

@@ -65,7 +65,8 @@ def build(
         with gr.Column(scale=5):
             model_box = fields.model()
             prompt_box = fields.prompt(lines=3, examples=False)
-            prompt_tokens = gr.Markdown(token_text(count_tokens(TokenRequest(prompt_box.value, model_box.value)), fields.vocabulary),
+            counted = count_tokens(TokenRequest(prompt_box.value, model_box.value))
+            prompt_tokens = gr.Markdown(token_text(counted, fields.vocabulary),
                                         elem_classes=["token-count"])
             # the action right under the prompt: on a projector's first screen (1280x720) with the prompt
             with gr.Row():
@@ -165,7 +166,8 @@ def build(
     gen.success(lambda: gr.Number(visible=True), None, seed_used, api_visibility="private", queue=False)
     for box, counter in ((prompt_box, prompt_tokens), (negative_box, negative_tokens)):
         for trigger in (box.change, model_box.change):  # each model counts with its own tokenizers
-            trigger(lambda text, model: token_text(count_tokens(TokenRequest(text, model)), fields.facts(model).vocabulary),
+            trigger(lambda text, model: token_text(count_tokens(TokenRequest(text, model)),
+                                                   fields.facts(model).vocabulary),
                     [box, model_box], counter, show_progress="hidden", trigger_mode="always_last",
                     api_visibility="private", queue=False)
     reuse.click(lambda s: s if s is not None else -1, seed_used, seed_box, api_visibility="private", queue=False)
