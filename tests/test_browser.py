@@ -673,6 +673,39 @@ def test_a_visitor_typing_live_holds_one_place_in_the_queue_and_another_is_serve
     assert 1 <= len(live_runs) <= len(text) and live_runs[-1] == LIVE_RED + text  # at most one run a key press
 
 
+# each tab's main action, the first of its inputs and where its main output starts: all on the first screen
+FIRST_SCREENS = {
+    "Lesson": (("link", "Open the inspector on one shape"), None, None),
+    "Prompt": (("button", "Generate"), "Prompt", "#prompt-preview"),
+    "Grid": (("button", "Run grid"), "Prompt", "#grid-sheet"),
+    "Latent inspector": (("button", "Generate and record"), "Prompt", "#inspect-final"),
+    "Model anatomy": (("button", "Count again (a ControlNet loaded since the tab opened is counted too)"), None,
+                      "#anatomy-table"),
+}
+
+
+@pytest.mark.parametrize("width, height", [(1280, 720), (1400, 1000)])
+@pytest.mark.parametrize("tab", list(FIRST_SCREENS))
+def test_every_tabs_first_screen_holds_its_action_its_first_input_and_its_output(browser, url, tab, width, height):
+    """On a projector (1280x720) and a laptop, with no scrolling: the tab's main action, its first input and the
+    top of its main output."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    open_app(page, url)
+    page.get_by_role("tab", name=tab, exact=True).first.click()
+    (role, name), first_input, output = FIRST_SCREENS[tab]
+    shown = [visible(page.get_by_role(role, name=name, exact=True))]
+    shown += [visible(page.get_by_label(first_input, exact=True))] if first_input else []
+    for target in shown:
+        target.wait_for()
+        box = target.bounding_box()
+        assert box is not None and 0 <= box["y"] and box["y"] + box["height"] <= height, (tab, width, height, box)
+    if output:
+        top = page.locator(output).filter(visible=True).first.bounding_box()
+        assert top is not None and top["y"] + 60 <= height, (tab, output, top)  # at least its label and first lines
+    context.close()
+
+
 @pytest.mark.parametrize("width, height", [(1280, 720), (1400, 1000)])
 def test_the_prompt_tabs_first_screen_holds_the_prompt_and_generate(browser, url, width, height):
     """On a projector (1280x720) and a laptop: the one-line banner, the tabs, the prompt and Generate all on the

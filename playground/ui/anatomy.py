@@ -113,7 +113,7 @@ def build(loaded: Callable[[], Anatomy | list[Anatomy]], families: Callable[[], 
             "are counted from each model's published configs, built on PyTorch's meta device (no weights, no "
             "download); the loaded model's from its own modules.")
         show = gr.Button("Count again (a ControlNet loaded since the tab opened is counted too)")
-        compare = gr.Markdown()
+        compare = gr.Markdown(elem_id="anatomy-table")
         chart = gr.BarPlot(x="model", y="parameters (millions)", color="component", label="Parameters by component",
                            height=400, color_map=GROUPS, colors_in_legend=[], x_label_angle=0)
         key = gr.HTML()

@@ -11,6 +11,7 @@ left at its default.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -80,6 +81,7 @@ class Form:
     height: gr.Slider
     scheduler: gr.Dropdown
     model: gr.Dropdown  # the Model menu (hidden with one model loaded)
+    action: Any = None  # what the tab's `action` laid out under the prompt (its buttons, its status line)
 
 
 class Fields:
@@ -206,15 +208,21 @@ class Fields:
     def num_images(self) -> gr.Slider:
         return gr.Slider(1, self.settings.max_images, value=DEFAULTS.num_images, step=1, label="Images")
 
-    def form(self, lines: int = 2, first: str = "") -> Form:
+    def form(self, lines: int = 2, first: str = "", action: Callable[[], Any] | None = None) -> Form:
         """The whole form in the usual order: the model (when there is a choice), prompt (starting with `first`
-        where given), negative prompt, scheduler and steps, CFG and seed, width and height."""
+        where given), negative prompt, scheduler and steps, CFG and seed, width and height. `action` lays out the
+        tab's action (its buttons and status line) right under the prompt, the examples going after the settings:
+        on a projector's first screen (1280x720) with the prompt."""
         model = self.model()
-        prompt, negative = self.prompt(lines, first=first), self.negative_prompt()
+        prompt = self.prompt(lines, first=first, examples=action is None)
+        laid_out = action() if action is not None else None
+        negative = self.negative_prompt()
         with gr.Row():
             scheduler, steps = self.scheduler("Scheduler"), self.steps()
         with gr.Row():
             cfg, seed = self.cfg_scale(info=None), self.seed()
         width, height = self.size()
+        if action is not None and self.examples:
+            gr.Examples([[e] for e in self.examples], inputs=[prompt], label="Prompts this model knows")
         self.follow(model, scheduler, (width, height), cfg=cfg)
-        return Form(prompt, negative, seed, steps, cfg, width, height, scheduler, model)
+        return Form(prompt, negative, seed, steps, cfg, width, height, scheduler, model, laid_out)

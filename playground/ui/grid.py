@@ -158,17 +158,29 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
           settings: Settings) -> None:
     """Lay out the tab inside the current Blocks and wire its events."""
     # -- layout -------------------------------------------------------------------------------
-    gr.Markdown("Rows are schedulers (and models, where more than one is loaded), columns are CFG scales, step "
-                "counts or where CFG stops, and every cell starts from the **same "
-                "noise**: the only thing that changes is the setting you compare. All scales of a scheduler run as one "
-                "batch. With step counts, each cell is compared with a "
-                f"{settings.grid_reference_steps}-step run of its scheduler: which schedulers are done in 20 steps, "
-                "and which need 50? With CFG stops, with the run guided to the end: how much of the picture do the "
-                f"last, cheaper unguided steps change? At most {settings.max_grid_cells} cells. The downloaded grid and every cell are "
-                "PNGs with their settings inside: drop a cell on the Prompt tab's restore box to make it again.")
+    # one line in view; the rest on demand, so that the action and the grid are on a projector's first screen
+    gr.Markdown("Rows are schedulers, columns are CFG scales, step counts or where CFG stops, and every cell starts "
+                "from the **same noise**: only the setting you compare changes.")
+    with gr.Accordion("How the grid runs, and what to look for", open=False):
+        gr.Markdown("Rows are schedulers (and models, where more than one is loaded). All scales of a scheduler run "
+                    "as one batch. With step counts, each cell is compared with a "
+                    f"{settings.grid_reference_steps}-step run of its scheduler: which schedulers are done in 20 "
+                    "steps, and which need 50? With CFG stops, with the run guided to the end: how much of the picture "
+                    f"do the last, cheaper unguided steps change? At most {settings.max_grid_cells} cells. The "
+                    "downloaded grid and every cell are PNGs with their settings inside: drop a cell on the Prompt "
+                    "tab's restore box to make it again.")
     with gr.Row():
         with gr.Column(scale=5):
-            prompt_box, negative_box = fields.prompt(), fields.negative_prompt()
+            prompt_box = fields.prompt(examples=False)
+            # the action right under the prompt, with its cost: on a projector's first screen (1280x720)
+            with gr.Row():
+                run = gr.Button("Run grid", variant="primary", scale=3)
+                stop = gr.Button("Stop", variant="stop", scale=1)
+            status = status_line()
+            cost = gr.Markdown(on_cost_text(grid_evaluations, settings.grid_reference_steps,
+                                            default_rows(fields.scheduler_names), DEFAULTS.columns, DEFAULTS.base.steps,
+                                            DEFAULTS.axis))
+            info = gr.Markdown()
             first = [m.name for m in fields.models[:1]]
             models_box = gr.CheckboxGroup([(m.label or m.name, m.name) for m in fields.models], value=first,
                                           label="Models (rows): tick both to compare them from the same noise",
@@ -185,17 +197,12 @@ def build(grid: Callable[..., GridResult], grid_evaluations: Callable[[GridReque
                 cfg_box = fields.cfg_scale(label="CFG scale (unless the columns are CFG scales)", info=None)
             seed_box = fields.seed(label="Seed (-1 = random, one for all cells)")
             width_box, height_box = fields.size()
-            cost = gr.Markdown(on_cost_text(grid_evaluations, settings.grid_reference_steps,
-                                            default_rows(fields.scheduler_names), DEFAULTS.columns, DEFAULTS.base.steps,
-                                            DEFAULTS.axis))
-            with gr.Row():
-                run = gr.Button("Run grid", variant="primary", scale=3)
-                stop = gr.Button("Stop", variant="stop", scale=1)
-            status = status_line()
-            info = gr.Markdown()
+            negative_box = fields.negative_prompt()
+            if fields.examples:
+                gr.Examples([[e] for e in fields.examples], inputs=[prompt_box], label="Prompts this model knows")
         with gr.Column(scale=7):
             sheet = gr.Image(label="Grid", show_label=False, format="png", interactive=False, type="filepath",
-                             height=560, elem_classes=["pixels"])
+                             height=560, elem_classes=["pixels"], elem_id="grid-sheet")
     with gr.Row():
         plot = gr.LinePlot(x="model evaluation", y="SNR (dB)", color="scheduler", tooltip=["scheduler", "sigma"],
                            label="Noise level at each model evaluation (SNR in dB: 1/σ², for SD3's flow ((1 − σ)/σ)²; "

@@ -89,19 +89,22 @@ def build(
                     "model works on, what it currently believes the clean image is, and how much noise is left.")
         with gr.Row():
             with gr.Column(scale=5):
-                form = fields.form(first=fields.attention_example)  # two objects, each word lighting its own
+                def action():
+                    with gr.Row():
+                        run = gr.Button("Generate and record", variant="primary", scale=3)
+                        stop = gr.Button("Stop", variant="stop", scale=1)
+                    return run, stop, status_line(), gr.Markdown()
+
+                # two objects, each word lighting its own
+                form = fields.form(first=fields.attention_example, action=action)
+                run, stop, status, info = form.action
                 refiner_box = fields.refiner_start()
                 attention_box = gr.Radio([a.label for a in ATTENTION_OF.values()], value=ATTENTION_OF["prompt"].label,
                                          label="Attention maps of")
-                with gr.Row():
-                    run = gr.Button("Generate and record", variant="primary", scale=3)
-                    stop = gr.Button("Stop", variant="stop", scale=1)
-                status = status_line()
-                info = gr.Markdown()
                 download = gr.File(label="Download the trajectory (.safetensors: every x_t, x0 and model output)")
             with gr.Column(scale=4):
                 final = gr.Image(label="Final image", format="png", interactive=False, type="filepath", height=300,
-                                 elem_classes=["pixels"])
+                                 elem_classes=["pixels"], elem_id="inspect-final")
         # the slider right above the pictures it drives: both in view at once
         step_slider = gr.Slider(1, 2, value=1, step=1, label="Step (drag to scrub the trajectory)", interactive=False)
         with gr.Row():

@@ -97,7 +97,7 @@ def build(
             # one line of label, so that a 128 px picture gets twice its size; docs/prompt.md says how each is drawn
             preview = gr.Image(label="Preview: the model's guess while it runs; with Live on, the finished image",
                                format="png",
-                               interactive=False, height=290, elem_classes=["pixels"])
+                               interactive=False, height=290, elem_classes=["pixels"], elem_id="prompt-preview")
             gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
                                  object_fit="contain", height="auto", fit_columns=False, elem_classes=["pixels"])
             info = gr.Markdown(label="Run info")
