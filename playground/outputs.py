@@ -144,7 +144,7 @@ TITLE_CHARS = 72  # letters a line: where a phone shows the strip 320 px wide, t
 
 
 def titled(sheet: Image.Image, title: str) -> Image.Image:
-    """`sheet` under `title`, whole (wrapped between words), in letters sized to the sheet's width: read where shrunk."""
+    """`sheet` under `title`, whole (wrapped between words), in letters sized to the sheet's width."""
     size = max(14, round(sheet.width / (TITLE_CHARS * 0.44)))  # a letter of this font is about 0.44 of its size wide
     f, measure = font(size), ImageDraw.Draw(sheet)
     margin = size // 2

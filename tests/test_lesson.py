@@ -29,6 +29,14 @@ def app(tiny_model, tiny_dir):
     return build_app(models, settings), models
 
 
+@pytest.fixture(scope="module")
+def short_app(tiny_model, tiny_dir):
+    """The app with fewer steps allowed and a shorter reference run: the steps exercise's columns 5, 10 and 20."""
+    settings = tiny_settings(tiny_dir, grid_reference_steps=30, max_steps=25, cache_hours=0)
+    models = Models([Engine(tiny_model, settings)])
+    return build_app(models, settings), models
+
+
 def endpoint(demo: gr.Blocks, name: str):
     return next(f for f in demo.fns.values() if f.api_name == name)
 
@@ -124,8 +132,8 @@ def test_the_cfg_exercise_names_a_step_outside_the_run(app):
         last(endpoint(demo, "lesson_cfg").fn("a red square", 7, 4, 9, 3.0, "", progress=silent))
 
 
-def test_the_steps_exercise_marks_the_knee_of_the_grids_errors(app):
-    demo, models = app
+def test_the_steps_exercise_marks_the_knee_of_the_grids_errors(short_app):
+    demo, models = short_app
     name = models.first.model.name
     table, frame, text = last(endpoint(demo, "lesson_steps").fn("a red square", 7, "DDIM", 3.0, name, progress=silent))
     counts = tuple(n for n in exercises.STEP_COUNTS if n <= models.first.limits.max_steps)
@@ -138,7 +146,7 @@ def test_the_steps_exercise_marks_the_knee_of_the_grids_errors(app):
     assert list(table["toy: RMS vs reference"]) == [round(e, 6) for _, e in toy]
     knee = exercises.knee(errors)
     assert (f"knee is at **{knee} steps**" if knee is not None else "no knee") in text
-    assert "discretisation" in text and "60-step run" in text
+    assert "discretisation" in text and "30-step run" in text
     assert set(frame["series"]) == {name, "1-D toy, perfect predictor"}
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from playground.engine import Engine
 from playground.errors import Cancelled
+from playground.limits import Limits
 from playground.schema import GenerateRequest
 from playground.threads import off_main_thread
 from playground.ui.live import LIVE_STEPS, Edits, escaped, live_generate, preset
@@ -96,7 +97,9 @@ def test_app_loads_its_model_off_the_main_thread(monkeypatch):
 
     where = []
     monkeypatch.setattr(app, "load_models", lambda s: where.append(threading.current_thread()) or ["model"])
-    monkeypatch.setattr(app, "Engine", lambda model, s: type("E", (), {"model": type("M", (), {"name": model})})())
+    # an Engine as Models sees one: its model's name and its limits
+    monkeypatch.setattr(app, "Engine", lambda model, s: type("E", (), {"model": type("M", (), {"name": model}),
+                                                                      "limits": Limits()})())
     monkeypatch.setattr(app, "banner", lambda model: "")
     monkeypatch.setattr(app.poses, "preload", lambda: None)
     monkeypatch.setattr(app, "build_app", lambda engine, s: (_ for _ in ()).throw(SystemExit(0)))
@@ -105,3 +108,32 @@ def test_app_loads_its_model_off_the_main_thread(monkeypatch):
         app.main()
     assert where and where[0] is not threading.main_thread()
 
+
+
+def test_progress_skipped_while_the_page_was_busy_keeps_its_preview():
+    """A handler that falls behind gets the newest step only (ui/common.py's stream), and still the newest preview:
+    previews come a few times a second, between steps that carry none."""
+    from PIL import Image
+
+    from playground.schema import Progress
+    from playground.ui.common import stream
+
+    picture, gates = Image.new("RGB", (8, 8), "red"), [threading.Event() for _ in range(3)]
+
+    def action(request, on_progress, cancel):
+        on_progress(Progress(1, 4, None))
+        gates[0].wait(10)  # the handler is still busy with step 1 while steps 2 to 4 come
+        on_progress(Progress(2, 4, picture))
+        on_progress(Progress(3, 4, None))
+        on_progress(Progress(4, 4, None))
+        gates[1].set()
+        gates[2].wait(10)
+        return "done"
+
+    shown = stream(action, None)
+    assert next(shown).step == 1
+    gates[0].set()
+    gates[1].wait(10)
+    newest = next(shown)
+    gates[2].set()
+    assert (newest.step, newest.preview) == (4, picture) and next(shown) == "done"

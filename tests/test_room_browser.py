@@ -176,3 +176,33 @@ def test_each_actions_error_shows_beside_it_and_in_its_tab_only(page):
     generate.click()
     page.get_by_text("model evaluations per image").wait_for(timeout=60_000)
     assert shown_anywhere(page, width_bad) == 0
+
+
+# ---------------------------------------------------------------- the walk's strip
+
+@pytest.mark.parametrize("width,height", [(1280, 720), (1600, 900), (1920, 1080)])
+def test_the_walk_strips_buttons_sit_above_its_title_not_over_it(browser, url, width, height):
+    """The strip's title is drawn along its top (whole: outputs.titled): the image's buttons are in a row above the
+    picture, not over its title, on a projector and on a wide screen (where the strip fills its box's height)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    open_app(page, url)
+    open_tab(page, "Walk")
+    visible(page.get_by_label("number input for Steps")).fill("3")
+    page.get_by_role("button", name="Walk", exact=True).click()
+    page.get_by_text(" s a frame").first.wait_for(timeout=120_000)
+    strip = page.locator(".block", has=page.get_by_text("Every frame, in order")).first
+    strip.scroll_into_view_if_needed()
+    image = strip.locator("img").first
+    page.wait_for_function("(i) => i.complete && i.naturalWidth > 0", arg=image.element_handle(), timeout=30_000)
+    # where the picture is drawn in its box (object-fit: contain), and the row of buttons
+    drawn = image.evaluate("""i => { const r = i.getBoundingClientRect();
+        const k = Math.min(r.width / i.naturalWidth, r.height / i.naturalHeight);
+        const w = i.naturalWidth * k, h = i.naturalHeight * k;
+        return {x: r.x + (r.width - w) / 2, y: r.y + (r.height - h) / 2, width: w, height: h}; }""")
+    for name in ("Fullscreen", "Download"):
+        b = box(strip.get_by_role("button", name=name).first)
+        apart = (b["y"] + b["height"] <= drawn["y"] + 1 or b["x"] >= drawn["x"] + drawn["width"] - 1
+                 or b["x"] + b["width"] <= drawn["x"] + 1)
+        assert apart, (name, b, drawn)  # not over the picture
+    context.close()

@@ -47,6 +47,8 @@ def wired(triggers, fn: Callable, inputs, outputs, **kwargs):
     """`fn` wired to one trigger or a list of them; with `show_progress_on=line`, its errors are named on that line,
     beside the action (noted())."""
     line = kwargs.get("show_progress_on")
+    if line is not None:
+        fn = kept_for(fn, line)
     if isinstance(triggers, (list, tuple)):
         event = gr.on(triggers, fn, inputs, outputs, **kwargs)
     else:

@@ -12,7 +12,7 @@ from playground import poses
 from playground.preprocessors import PREPROCESSORS, RESIZE_MODES, CannyOptions, PoseOptions
 from playground.loading import shown_source
 from playground.outputs import Folder, save_control, save_pose
-from playground.schema import ControlRequest, ControlResult, Progress
+from playground.schema import ControlRequest, ControlResult, PoseRequest, Progress
 from playground.settings import ASSETS, CONTROLNETS, Settings
 from playground.ui.common import error, heavy, running, shows_errors, status_line, stop_button, stream, wired
 from playground.ui.fields import Fields, generate_request, size_note
@@ -94,7 +94,7 @@ class PoseSection:
     pose: gr.Code
 
 
-def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_pose: Callable[..., tuple],
+def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_pose: Callable[[PoseRequest], tuple],
                  image_box, resize_box, width_box, height_box, made_pose: list, settings: Settings) -> PoseSection:
     """The OpenPose accordion: detect the pose in the photo or start from a preset, edit it as JSON, mirror it,
     draw it; each result shows the map beside the JSON (and in the tab's control map, `made_pose[0]`) and switches the
@@ -147,7 +147,7 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
 
     @shows_errors
     def on_draw(pose, width, height, flip=False):
-        control_map, text = draw_pose(pose, width, height, mirror=flip)
+        control_map, text = draw_pose(PoseRequest(pose, width, height, mirror=flip))
         return as_pose_mode(text, "Mirrored left-right: the person's right is now their left." if flip
                             else "Drawn from the pose JSON.", control_map)
 
@@ -182,8 +182,8 @@ def pose_section(detect_pose: Callable[[ControlRequest], poses.Detection], draw_
     for event in drawn:
         # the tab's control map is the same picture: the file as it is (no re-encoding), then the drawn pose into
         # view where the page is narrow and the columns stack
-        event.success(lambda shown: shown or gr.skip(), pose_view, tab_map, preprocess=False, postprocess=False, queue=False,
-                      api_visibility="private", show_progress="hidden")
+        event.success(lambda shown: shown or gr.skip(), pose_view, tab_map, preprocess=False, postprocess=False,
+                      queue=False, api_visibility="private", show_progress="hidden")
         event.success(None, None, None, js=INTO_VIEW_JS, queue=False, api_visibility="private")
     return PoseSection(detector_box, hands_box, face_box, pose_box)
 
@@ -192,7 +192,7 @@ def build(
     control: Callable[..., ControlResult],
     preprocess: Callable[[ControlRequest], object],
     detect_pose: Callable[[ControlRequest], poses.Detection],
-    draw_pose: Callable[..., tuple[object, str]],
+    draw_pose: Callable[[PoseRequest], tuple[object, str]],
     controlnet_source: Callable[[str, str], str],
     fields: Fields,
     settings: Settings,

@@ -95,7 +95,7 @@ def build(
         with gr.Column(scale=6):
             # 290: a 128 px picture at twice its size, under its label
             # one line of label, so that a 128 px picture gets twice its size; docs/prompt.md says how each is drawn
-            preview = gr.Image(label="Preview: the model's guess while it runs; with Live on, the finished image",
+            preview = gr.Image(label="Preview: the model's guess while it runs (Generate or Live), then Live's picture",
                                format="png",
                                interactive=False, height=290, elem_classes=["pixels"], elem_id="prompt-preview")
             gallery = gr.Gallery(label="Images (PNG with settings inside)", format="png", columns=2,
