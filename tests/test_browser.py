@@ -681,6 +681,8 @@ FIRST_SCREENS = {
     "Lesson": (("link", "Open the inspector on one shape"), None, None),
     "Prompt": (("button", "Generate"), "Prompt", "#prompt-preview"),
     "Grid": (("button", "Run grid"), "Prompt", "#grid-sheet"),
+    "ControlNet": (("button", "Generate"), "Prompt", "#control-gallery"),
+    "Walk": (("button", "Walk"), "Prompt", "#walk-animation"),
     "Latent inspector": (("button", "Generate and record"), "Prompt", "#inspect-final"),
     "Model anatomy": (("button", "Count again (a ControlNet loaded since the tab opened is counted too)"), None,
                       "#anatomy-table"),

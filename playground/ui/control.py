@@ -221,7 +221,16 @@ def build(
             map_status = status_line()
         with gr.Column(scale=5):
             model_box = fields.model()
-            prompt_box, negative_box = fields.prompt(examples=False), fields.negative_prompt()
+            prompt_box = fields.prompt(examples=False)
+            # the action and its pictures right under the prompt: on a projector's first screen (1280x720)
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", scale=3)
+                stop = gr.Button("Stop", variant="stop", scale=1)
+            status = status_line()
+            gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height="auto",
+                                 object_fit="contain", fit_columns=False, elem_classes=["pixels"],
+                                 elem_id="control-gallery")
+            negative_box = fields.negative_prompt()
             with gr.Row():
                 scale_box = gr.Slider(0, 2, value=DEFAULTS.conditioning_scale, step=0.05, label="Conditioning scale")
                 start_box = gr.Slider(0, 1, value=DEFAULTS.guidance_start, step=0.05, label="Guidance start")
@@ -232,15 +241,9 @@ def build(
             width_box, height_box = fields.size()
             with gr.Row():
                 seed_box, images_box = fields.seed(), fields.num_images()
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary", scale=3)
-                stop = gr.Button("Stop", variant="stop", scale=1)
-            status = status_line()
-    with gr.Row():  # the outputs right under the form; the examples and the pose editor below them
-        map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
-                            height=300, elem_classes=["pixels"])
-        gallery = gr.Gallery(label="Control map, then the images", format="png", columns=3, height="auto",
-                             object_fit="contain", fit_columns=False, elem_classes=["pixels"])
+    # the map as the ControlNet sees it under the form; the examples and the pose editor below it
+    map_view = gr.Image(label="Control map (what the ControlNet sees)", format="png", interactive=False,
+                        height=300, elem_classes=["pixels"])
     info = gr.Markdown()
     # offline examples: drawn scenes for Canny, and pose maps (presets) for OpenPose, with prompts
     gr.Examples(control_examples(offline), inputs=[image_box, mode_box, net_box, prompt_box],

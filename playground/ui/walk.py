@@ -35,26 +35,29 @@ def build(walk: Callable[..., WalkResult], fields: Fields, settings: Settings) -
                 "batch.")
     with gr.Row():
         with gr.Column(scale=5):
-            form = fields.form()
+            def action():
+                """Where the walk goes and the action, right under where it starts: on a projector's first screen."""
+                to_prompt = gr.Textbox(label="Prompt to walk to (between prompts)", lines=2,
+                                       value=fields.examples[1] if len(fields.examples) > 1 else "")
+                with gr.Row():
+                    run = gr.Button("Walk", variant="primary", scale=3)
+                    stop = gr.Button("Stop", variant="stop", scale=1)
+                return to_prompt, run, stop, status_line(), gr.Markdown()
+
+            form = fields.form(action=action)
+            to_prompt_box, run, stop, status, info = form.action
             form.steps.value = DEFAULTS.base.steps  # 12: a walk runs every frame at once
             shift_box = fields.shift()  # a flow model's (shown for one)
             fields.follow(form.model, shift=shift_box)
             between_box = gr.Radio([(label, key) for key, label in WALKS.items()], value=DEFAULTS.between,
                                    label="Walk between")
-            to_prompt_box = gr.Textbox(label="Prompt to walk to (between prompts)", lines=2,
-                                       value=fields.examples[1] if len(fields.examples) > 1 else "")
             with gr.Row():
                 to_seed_box = gr.Number(value=DEFAULTS.to_seed, precision=0, label="Seed to walk to (between seeds; "
                                                                                    "-1 = random)")
                 frames_box = gr.Slider(2, MAX_WALK_FRAMES, value=DEFAULTS.frames, step=1, label="Frames")
-            with gr.Row():
-                run = gr.Button("Walk", variant="primary", scale=3)
-                stop = gr.Button("Stop", variant="stop", scale=1)
-            status = status_line()
-            info = gr.Markdown()
         with gr.Column(scale=6):
             animation = gr.Image(label="The walk, there and back (GIF)", type="filepath", interactive=False,
-                                 height=300, elem_classes=["pixels"])
+                                 height=300, elem_classes=["pixels"], elem_id="walk-animation")
             # its title is drawn in the picture: the buttons go above it, not over it
             strip = gr.Image(label="Every frame, in order (PNG with the settings)", type="filepath", format="png",
                              interactive=False, height=260, elem_classes=["toolbar-above"])
