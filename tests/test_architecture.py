@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent / "playground"
 LAYERS = [
     ["errors", "settings", "gpu", "tiny", "weights", "threads"],
     ["metadata", "tokens", "axes", "schedulers", "poses", "latents", "tiny.world", "tiny.arch", "tiny.vocab",
-     "tiny.analyse", "deploy", "exercises", "attention"],
+     "tiny.analyse", "tiny.toolkit", "deploy", "exercises", "attention"],
     ["preprocessors", "limits"],
     ["schema"],
     ["attention.sources"],
@@ -26,7 +26,7 @@ LAYERS = [
     ["families", "components", "tiny.grounding"],
     ["sampling", "loading"],
     ["annotators", "batching", "walks"],
-    ["engine", "tiny.train", "tiny.untrained", "tiny.latents"],
+    ["engine", "tiny.stages", "tiny.export", "tiny.train", "tiny.untrained", "tiny.latents"],
     ["tiny.mmdit"],
     ["models"],
     ["tiny.evaluate"],
