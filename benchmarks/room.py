@@ -56,6 +56,7 @@ OFF = Setting("batching off", {"BATCH_JOBS": "0", "GPU_CONCURRENCY": "1"})
 ON = Setting("batching on", {"BATCH_JOBS": str(BATCH), "GPU_CONCURRENCY": str(BATCH)})
 FACILITATOR = [
     Setting("on, 12 steps", ON.env, {"steps": 12}),
+    Setting("on, 8 steps", ON.env, {"steps": 8}),
     Setting("on, 12 steps, Live on", ON.env, {"steps": 12}, live=True),
 ]
 LIVE_STEPS = 8  # what turning Live on sets the steps to (ui/live.py)

@@ -184,7 +184,7 @@ Validator = Callable[[object, Limits], object]
 ACTIONS: dict[str, Validator] = {}  # every Engine action by name, with the validator its request passes once
 
 
-def action(validate: Validator):
+def action(validate: Validator) -> Callable[[Callable], Callable]:
     """Mark an Engine method as an action: its request is checked once, by `validate` against the Engine's Limits
     (the model choice included), at this door; the method, the action's recipe, receives the checked request."""
     def wrap(recipe):

@@ -10,7 +10,7 @@ The rings (markers registered in pyproject.toml); each test is in exactly one of
   browser   the tests that drive Chromium (all of them slow too)
 A test marked nothing is put in a ring here: `tiny` where it uses one of MODEL_FIXTURES or its file is in
 BUILDS_ITS_MODELS, else `nomodel`.
-`python -m pytest -m "not slow"` runs the first two (`-m nomodel`, `-m tiny` each one of them).
+`python -m pytest -m "not slow" -n 2` runs the first two on both cores (`-m nomodel`, `-m tiny` each one of them).
 """
 
 from __future__ import annotations
@@ -30,7 +30,10 @@ from playground.loading import LoadedModel, load_model
 from playground.settings import Settings
 from playground.tiny import arch, untrained
 
-torch.set_num_threads(int(os.environ.get("PLAYGROUND_TEST_THREADS", "2")))
+# one thread: the tests' models are tiny, so a second thread only adds OpenMP's hand-offs, and where the other core
+# is busy (a shared machine, a server under test) each hand-off waits for it: a tiny convolution measured 80 us on one
+# thread against 15-29 ms on two (benchmarks/ measure the app's own threads)
+torch.set_num_threads(int(os.environ.get("PLAYGROUND_TEST_THREADS", "1")))
 
 # the fixtures that write or load a model: a test that uses one (directly or through another fixture) is `tiny`
 MODEL_FIXTURES = frozenset({"tiny_dir", "tiny_vpred_dir", "tiny_sd2_dir", "tiny_sd3_dir", "tiny_sdxl_dir",

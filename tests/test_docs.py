@@ -154,3 +154,13 @@ def test_every_setting_is_in_the_configuration_reference():
     assert names and flags
     missing = sorted(n for n in names | flags if f"`{n}" not in reference)
     assert not missing, f"settings.py reads {missing}; say what each does in docs/configuration.md"
+
+
+def test_ci_runs_the_readmes_install_and_test_commands():
+    """The README's two commands that matter on a fresh machine are the ones CI runs."""
+    readme, ci = (ROOT / "README.md").read_text(), (ROOT / ".ci" / "run").read_text()
+    test = next(line for line in readme.splitlines() if line.startswith("pip install -r requirements-test.txt"))
+    assert test.replace("pip install", "python -m pip install -q").split("   #")[0].strip() in ci
+    install = next(line for line in readme.splitlines() if line.startswith("python3 -m venv .venv"))
+    assert "pip install -r requirements.txt && pip install --no-deps controlnet_aux==0.0.10" in install
+    assert "python -m pip install -q -r requirements.txt && python -m pip install -q --no-deps controlnet_aux==0.0.10" in ci

@@ -8,21 +8,12 @@ import re
 import pytest
 
 # the same Chromium and app as the other browser tests, checked the same way (skipped without it, required under CI)
-from test_browser import COVERED, browser, expect, open_app, steps, url, visible  # noqa: F401 (fixtures)
+from test_browser import COVERED, browser, expect, open_app, page, steps, url, visible  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 SIZES = [(1400, 1000), (1280, 720), (390, 844)]  # a laptop, a projector's first screen, a phone
 LIVE_RED = "a large red square at the top left on a black background"
-
-
-@pytest.fixture
-def page(browser, url):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    open_app(page, url)
-    yield page
-    context.close()
 
 
 def open_tab(page, name: str) -> None:
