@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from playground import latents, tokens as tokens_mod
+from playground import latents, tokens
 from playground.errors import InvalidRequest
 from playground.schema import Trajectory
 from playground.validation import integer, text
@@ -141,7 +141,7 @@ def chosen_tokens(traj: Trajectory, token: int | str | list[int], tokenizer) -> 
     if traj.attention is None:
         raise InvalidRequest("this trajectory was recorded without attention maps")
     if isinstance(token, str):
-        return tokens_mod.find_word(traj.attention.tokens, text("word", token, tokens_mod.MAX_WORD_CHARS), tokenizer)
+        return tokens.find_word(traj.attention.tokens, text("word", token, tokens.MAX_WORD_CHARS), tokenizer)
     return list(token) if isinstance(token, (list, tuple)) else [token]
 
 
@@ -149,19 +149,19 @@ def attention_view(traj: Trajectory, index: int, token: int | str | list[int], r
                    backdrop: Image.Image, tokenizer=None) -> AttentionView:  # a word needs the tokenizer
     """Maps of the chosen kept tokens (their sum: a word CLIP splits in pieces) at step `index` over
     `backdrop`, and over all steps over the final image; plus every token's map over all steps."""
-    tokens = chosen_tokens(traj, token, tokenizer)
+    chosen = chosen_tokens(traj, token, tokenizer)
     maps = traj.attention
     index = integer("step", index, 0, traj.steps - 1)
     names = [t.text for t in maps.kept]
-    for k in tokens:
+    for k in chosen:
         integer("token", k, 0, len(names) - 1)
     at_step, summed = maps.stack(index, resolution), maps.stack(None, resolution)
     share = maps.shares(at_step)
-    heat = at_step[tokens].sum(0)
+    heat = at_step[chosen].sum(0)
     base = backdrop.convert("RGB").resize(traj.image.size)
     overall = maps.shares(summed, summed=True)
     strip = [(overlay(traj.image, summed[k]), f"{name} · {100 * overall[k]:.1f}%") for k, name in enumerate(names)]
-    return AttentionView(token=" ".join(names[k] for k in tokens), step=index, at_step=overlay(base, heat),
-                         summed=overlay(traj.image, summed[tokens].sum(0)), strip=strip, low=float(heat.min()),
-                         high=float(heat.max()), share=float(share[tokens].sum()),
+    return AttentionView(token=" ".join(names[k] for k in chosen), step=index, at_step=overlay(base, heat),
+                         summed=overlay(traj.image, summed[chosen].sum(0)), strip=strip, low=float(heat.min()),
+                         high=float(heat.max()), share=float(share[chosen].sum()),
                          together=float(share.sum()))

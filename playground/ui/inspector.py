@@ -13,7 +13,7 @@ from playground.outputs import Folder, save_trajectory
 from playground.attention.sources import ATTENTION_OF
 from playground.schema import InspectRequest, Progress, Trajectory
 from playground.settings import Settings
-from playground.ui import attention as attention_part, roundtrip as roundtrip_part
+from playground.ui import attention, roundtrip
 from playground.ui.common import heavy, running, shows_errors, status_line, stop_button, stream
 from playground.ui.fields import Fields, generate_request, size_note
 from playground.views import AttentionView, RoundTrip, StepView
@@ -73,9 +73,9 @@ def build(
     inspect: Callable[..., Trajectory],
     step_view: Callable[[Trajectory, int], StepView],
     decode_x0: Callable[[Trajectory, int], object],
-    roundtrip: Callable[..., RoundTrip],
+    run_roundtrip: Callable[..., RoundTrip],
     attention_view: Callable[..., AttentionView],
-    attention: Callable[..., tuple[Trajectory, AttentionView]],
+    run_attention: Callable[..., tuple[Trajectory, AttentionView]],
     fields: Fields,
     settings: Settings,
 ) -> None:
@@ -121,7 +121,7 @@ def build(
                             color_map={name: colour for name, (colour, _) in NOISE_SERIES.items()},
                             colors_in_legend=[])
         gr.HTML(noise_legend())
-        attn = attention_part.section(attention_view, traj_state, joint=fields.joint_attention)
+        attn = attention.section(attention_view, traj_state, joint=fields.joint_attention)
         gr.Markdown("### What classifier-free guidance amplifies\nThe model predicts twice (the noise, or SD3's velocity), with the prompt "
                     "and without it; the scheduler steps with *uncond + CFG × (cond − uncond)*.")
         cfg_text = gr.Markdown()
@@ -131,10 +131,10 @@ def build(
             f"difference, what CFG multiplies: channels 0-{fields.channels - 1}")]
         form_inputs = [form.prompt, form.negative_prompt, form.seed, form.steps, form.cfg_scale, form.scheduler,
                        form.width, form.height, attention_box]
-        attention_part.api(attention, form_inputs, attn, settings, form.model)
+        attention.api(run_attention, form_inputs, attn, settings, form.model)
         fields.follow(form.model, refiner_start=refiner_box)
     with gr.Tab("VAE round trip"):
-        roundtrip_part.build(roundtrip, settings, offline=bool(fields.vocabulary), model_box=fields.model())
+        roundtrip.build(run_roundtrip, settings, offline=bool(fields.vocabulary), model_box=fields.model())
 
     # -- handlers -----------------------------------------------------------------------------
     def show_step(traj: Trajectory | None, step: int):
