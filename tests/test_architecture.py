@@ -157,3 +157,23 @@ def test_no_helper_calls_back_into_the_engine():
               for arg in [*call.args, *(k.value for k in call.keywords)]
               if isinstance(arg, ast.Attribute) and ast.unparse(arg.value) == "self" and arg.attr in methods]
     assert handed == []
+
+
+def test_the_app_never_imports_the_training_code():
+    """The bundled models' facts come from their folders: nothing outside playground/tiny imports it."""
+    reached = {m: [n for n, _ in deps if n == "tiny" or n.startswith("tiny.")] for m, deps in GRAPH.items()
+               if m != "tiny" and not m.startswith("tiny.")}
+    assert {m: n for m, n in reached.items() if n} == {}
+
+
+def test_no_module_of_the_playground_is_imported_under_another_name():
+    """Module names need no aliases: none shadows a library, an action or a ui/ module it is used beside."""
+    aliased = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("playground"):
+                names = [f"{a.name} as {a.asname}" for a in node.names if a.asname
+                         and f"{node.module.removeprefix('playground').lstrip('.')}.{a.name}".lstrip(".") in FLOOR]
+                if names:
+                    aliased[module_name(path)] = names
+    assert aliased == {}

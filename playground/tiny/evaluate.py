@@ -34,7 +34,7 @@ from statistics import mean
 import numpy as np
 
 from playground import schedulers
-from playground import settings as settings_mod
+from playground.settings import BUNDLED_MODEL, Settings
 from playground.engine import Engine
 from playground.errors import ControlNetUnavailable
 from playground.attention.capture import focus
@@ -61,7 +61,7 @@ CFG_STOP = 0.6  # a guidance interval measured beside CFG 7.5 on every step (doc
 
 
 def engine_for(model: str, device: str = "auto") -> Engine:
-    settings = settings_mod.Settings(model=model, device=device, safety_checker=False)
+    settings = Settings(model=model, device=device, safety_checker=False)
     return Engine(load_model(settings), settings)
 
 
@@ -425,7 +425,7 @@ def main() -> None:
                         "the prompts' cost, to compare training runs")
     parser.add_argument("--sheet", type=Path, help="only draw a labelled sample sheet (PNG) to this path")
     args = parser.parse_args()
-    models = args.model or [str(settings_mod.BUNDLED_MODEL)]
+    models = args.model or [str(BUNDLED_MODEL)]
     if args.sheet:
         return sheet(models[0], args.sheet)
     results = [evaluate(model, args.prompts, args.control, args.two, args.people, args.analyser, args.device,
