@@ -14,7 +14,7 @@ import torch
 
 from playground.engine import Engine
 from playground.loading import MARKER, load_model
-from playground.schema import GenerateRequest, TokenRequest
+from playground.schema import GenerateRequest, InspectRequest, TokenRequest
 from playground.tiny import mmdit
 
 from conftest import tiny_settings
@@ -111,8 +111,12 @@ def test_an_export_imports_at_patch_1_trains_and_loads_through_the_app(exported,
     assert not torch.allclose(positions, rebuilt, atol=0.1)
     assert json.loads((tmp_path / "out" / MARKER).read_text())["architecture"]["patch_size"] == 1
     req = GenerateRequest(prompt="a red circle on the left", seed=4, steps=2, scheduler="Flow Euler")
-    image = Engine(model, settings).generate(req).images[0].array
+    engine = Engine(model, settings)
+    image = engine.generate(req).images[0].array
     assert image.shape[:2] == (model.native_size, model.native_size)
+    # the inspector's word maps: one cell a token, so a latent pixel a cell (twice the patch-2 maps' side)
+    maps = engine.inspect(InspectRequest(base=req)).attention.stack(None, "all")
+    assert maps.shape[-2:] == (model.native_size // 8, model.native_size // 8)
 
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "offline-mmdit"

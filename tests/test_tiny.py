@@ -422,6 +422,47 @@ def test_the_evaluation_runs_its_parts_alone(exported):
     assert "CFG gap (colour at 7.5 minus at 1.0) | n/a" in evaluate.report(quick)
 
 
+class Drawer:
+    """An engine stand-in that draws the world's own picture of what a prompt asks for (through `change`)."""
+
+    def __init__(self, drawings: dict[str, tuple[list, str]], change=lambda objects: objects):
+        self.drawings, self.change = drawings, change
+        self.model = argparse.Namespace(family=argparse.Namespace(schedulers="flow"))
+
+    def generate(self, req: GenerateRequest):
+        objects, background = self.drawings[req.prompt]
+        image = world.render_shapes(self.change(objects), background)
+        return argparse.Namespace(images=[argparse.Namespace(image=image)])
+
+
+def at(place: str, side: float) -> tuple[float, float, float]:
+    fx, fy = world.PLACES[place]
+    return fx * world.SIZE, fy * world.SIZE, side
+
+
+def test_the_evaluation_scores_a_right_picture_right_and_a_wrong_shape_wrong():
+    prompts = world.evaluation_prompts(24)
+    drawings = {p["prompt"]: ([(p["colour"], p["shape"], *at(p["place"], sum(world.SIZES[p["size"]]) / 2))],
+                              p["background"]) for p in prompts}
+    right = evaluate.score_prompts(Drawer(drawings), prompts, 7.5)
+    assert min(right.values()) >= 0.9, right  # the analyser reads the world's own pictures (>= 98% on them)
+    circles = evaluate.score_prompts(Drawer(drawings, lambda objs: [(c, "circle", *rest) for c, _, *rest in objs]),
+                                     prompts, 7.5)
+    asked = sum(p["shape"] == "circle" for p in prompts) / len(prompts)
+    assert circles["shape"] <= asked + 0.05 and circles["both"] <= circles["shape"] and circles["colour"] >= 0.9
+
+
+def test_two_shapes_are_both_right_only_with_each_on_its_own_side():
+    prompts = world.two_shape_prompts(12)
+    drawings = {p["prompt"]: ([(c, s, *at(place, 40)) for c, s, place in p["objects"]], p["background"])
+                for p in prompts}
+    assert evaluate.score_two_shapes(Drawer(drawings), prompts) >= 0.9
+    swapped = lambda objs: [(a[0], a[1], *b[2:]) for a, b in zip(objs, objs[::-1])]  # noqa: E731 (sides swapped)
+    assert evaluate.score_two_shapes(Drawer(drawings, swapped), prompts) == 0
+    one = lambda objs: objs[:1]  # noqa: E731 (the second object left out)
+    assert evaluate.score_two_shapes(Drawer(drawings, one), prompts) == 0
+
+
 def test_a_word_lands_on_its_object_only_where_its_map_points_there():
     square = analyse.Found(colour="red", shape="square", area=900, bbox=(8, 8, 30, 30), iou=1.0)  # top left
     heat = np.full((16, 16), 0.1)

@@ -6,6 +6,7 @@ trained by the project on the same world and captions as the U-Net model, with r
     python -m playground.tiny.mmdit train --latents runs/latents ...   # then train on them: no encoder per step
     python -m playground.tiny.mmdit export assets/offline-mmdit        # an fp16 StableDiffusion3Pipeline folder
     python -m playground.tiny.mmdit import assets/offline-mmdit        # later: train the exported model further
+    python -m playground.tiny.mmdit import assets/offline-mmdit --ckpt-dir runs/p1 --patch 1   # ... at patch 1
     python app.py --model assets/offline-mmdit                         # every tab, through the app's SD3 path
 
 Rectified flow (Liu et al. 2022, as SD3 trains, Esser et al. 2024): x_t = (1 - t) x0 + t noise, a straight line
@@ -14,7 +15,8 @@ from the image to the noise, and the transformer learns its velocity v = noise -
 flow schedulers (Flow Euler by default) at the shift the export names.
 
 The parts, as StableDiffusion3Pipeline wants them: `SD3Transformer2DModel` (patch 2 over the 16x16 latents of a
-128 px image: 64 image tokens, joint attention with the text tokens in every block); CLIP "L" and CLIP "G", both
+128 px image: 64 image tokens, joint attention with the text tokens in every block; `--patch 1` gives each latent
+pixel its own token, 256 of them, converted from patch-2 weights by `repatch`); CLIP "L" and CLIP "G", both
 `CLIPTextModelWithProjection` over the offline vocabulary, their penultimate states side by side as the text
 tokens and their projections side by side as the pooled vector; no T5 (SD3 runs without it, with zeros in its
 place: this model is trained with one zero token there, and its playground.json tells the app so); the U-Net

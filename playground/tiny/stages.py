@@ -1,6 +1,6 @@
 """The U-Net model's training stages, top to bottom: 1. the VAE, 2. the UNet and its text encoder, 3, 4. a
-ControlNet each (Canny edges, OpenPose maps). Each resumes from `<run>/<stage>.pt` and trains in chunks; the
-command line is `python -m playground.tiny.train STAGE`, the folder the app loads `export.py`."""
+ControlNet each (Canny edges, OpenPose maps). Each resumes from `<run>/<stage>.pt` and trains in chunks. The
+command line is `python -m playground.tiny.train STAGE` (train.py); export.py writes the folder the app loads."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from playground.tiny.arch import OFFLINE, scheduler_config
 from playground.tiny.toolkit import SEED_STRIDE, Budget, Checkpoint, Ranks, batch, ema_update, log, resume, to_tensor
 from playground.tiny.vocab import build_tokenizer
 
-ARCH = OFFLINE  # the sizes of every component (playground/tiny/arch.py)
+ARCH = OFFLINE  # the sizes of every component (playground/tiny/arch.py); export.py reads them from here too
 
 
 # ---------------------------------------------------------------- models
