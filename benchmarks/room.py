@@ -250,8 +250,11 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--write", action="store_true", help="put the table in BENCHMARKS.md")
     ap.add_argument("--out", type=Path, help="write the table here (--write: BENCHMARKS.md)")
     ap.add_argument("--json", type=Path, help="also save every figure as JSON")
+    ap.add_argument("--threads", type=int, help="the app's torch threads (OMP_NUM_THREADS); default: torch's own")
     a = ap.parse_args(argv)
     settings = [OFF, ON] + (FACILITATOR if a.facilitator else [])
+    if a.threads:  # the app's processes inherit it (and the report's torch, which says so)
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)
     if a.quick:
         learners, seconds, think, drain = 2, 10.0, (1.0, 2.0), 60.0
         settings = [replace(s, generate={"steps": 4}) for s in (OFF, ON)]
