@@ -124,8 +124,10 @@ class Models:
     def rows(self, req: GridRequest) -> list[tuple[Engine, GridRequest]]:
         """Each model's share of a grid: its Engine and the request of its rows (the chosen schedulers that fit
         it, else its default), one seed for all; a grid of one model is its request as it came."""
-        names = list(dict.fromkeys(req.models)) if isinstance(req.models, (list, tuple)) else req.models
-        if not isinstance(names, list) or len(names) <= 1:  # a bad list is named at the first model's door
+        if not isinstance(req.models, (list, tuple)):  # not a list: named at the first model's door
+            return [(self.first, req)]
+        names = [n for k, n in enumerate(req.models) if n not in req.models[:k]]  # a model ticked twice is one
+        if len(names) <= 1:
             one = replace(req, models=(), base=replace(req.base, model=names[0])) if names else req
             return [(self.pick(model_of(one)), one)]
         seed = resolve_seed(req.base.seed)

@@ -55,6 +55,17 @@ def test_a_model_not_loaded_is_named_with_the_choices(models):
         models.generate(GenerateRequest(prompt=PROMPT, steps=2, scheduler="DDIM", model=models.names[1]))
 
 
+def test_a_grids_models_are_checked_at_the_first_models_door(models):
+    """A grid's `models` that is not a list of loaded names is named before any work, whatever it holds."""
+    base = GenerateRequest(prompt=PROMPT, steps=2)
+    with pytest.raises(InvalidRequest, match=r"models must be a list of loaded models' names, got 'sdxl'"):
+        models.grid(GridRequest(base=base, models="sdxl"))
+    with pytest.raises(InvalidRequest, match=r"model must be text \(a loaded model's name\), got \{'a': 1\}"):
+        models.grid(GridRequest(base=base, models=[{"a": 1}, models.names[0]]))
+    with pytest.raises(InvalidRequest, match=r"model must be one of the loaded models .*got 'sdxl'"):
+        models.grid_evaluations(GridRequest(base=base, models=[models.names[0], "sdxl"]))
+
+
 def test_a_recording_goes_back_to_the_model_that_made_it(models):
     sd3 = models.names[1]
     traj = models.inspect(InspectRequest(base=GenerateRequest(prompt=PROMPT, seed=1, steps=3, scheduler="Flow Euler",
