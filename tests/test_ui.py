@@ -199,7 +199,7 @@ def test_the_token_legend_names_t5_only_for_a_model_with_t5(app):
     chips = next(b for b in demo.blocks.values() if isinstance(b, gr.HighlightedText))
     assert set(chips.color_map) == {"start / end", "word", "cut off (past 77 tokens)"}
     with gr.Blocks() as sd3:  # an MMDiT's: T5's tokens follow CLIP's
-        inspector_tab.attention_part.section(refuse, gr.State(None), joint=True)
+        inspector_tab.attention.section(refuse, gr.State(None), joint=True)
     chips = next(b for b in sd3.blocks.values() if isinstance(b, gr.HighlightedText))
     assert {"T5 token", "T5: cut off (past its window)"} <= set(chips.color_map)
 
