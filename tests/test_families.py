@@ -68,6 +68,12 @@ def test_the_limits_state_the_family_capabilities(engine):
     assert (limits.shift, limits.joint_attention) == (family.shift, family.joint_attention)
     assert bool(limits.skip_layers) == family.skip_layer_guidance
     assert limits.channels == engine.components.denoiser.config.in_channels
+    # what the entry says of its text encoders and denoiser holds of the loaded model
+    c = engine.components
+    windows = [t.model_max_length for t in family.tokenizers(c)]
+    assert [w for name, w in family.text_encoders if "CLIP" in name] == windows
+    mmdit = type(c.denoiser).__name__ == "SD3Transformer2DModel"
+    assert (family.denoiser == "MMDiT") == family.joint_attention == mmdit
 
 
 def test_generate_grid_and_walk(engine):
