@@ -24,7 +24,6 @@ import platform
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,13 +31,13 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import httpx
 import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from sections import write_section  # noqa: E402
+from soak import Server  # noqa: E402  (app.py launched in its own process)
 
 BEFORE_P95 = 73.7  # s: thirty learners' 95th-percentile wait with every job alone, measured before sharing
 BATCH = 16  # images one shared call carries (BATCH_JOBS) and jobs let into the engine at once (GPU_CONCURRENCY)
@@ -69,40 +68,6 @@ class Done:
     seconds: float
     images: int
     error: str = ""
-
-
-class Server:
-    """app.py on the bundled model in its own process, with `env` on top of its defaults."""
-
-    def __init__(self, work: Path, env: dict):
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        full = {**os.environ, "PLAYGROUND_OUTPUT_DIR": str(work / "outputs"), "GRADIO_TEMP_DIR": str(work / "cache"),
-                "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1", "SESSION_JOBS": "3", **env}
-        self.log = (work / "server.log").open("w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "bundled", "--host",
-                                      "127.0.0.1", "--port", str(self.port)], cwd=work, env=full, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}/"
-        deadline = time.monotonic() + 300  # a loaded 2-core machine can take minutes
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.url, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        raise RuntimeError(f"the app did not start: see {work / 'server.log'}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
 
 
 def learner(url: str, k: int, setting: Setting, start: float, seconds: float, think: tuple[float, float],
