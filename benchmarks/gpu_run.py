@@ -141,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 4. How the trained model scores (the same evaluation as on the CPU, fewer prompts in smoke mode)
     if (exported / "model_index.json").is_file():
-        counts = (["--prompts", "2", "--control", "1", "--two", "1", "--people", "1", "--analyser", "20"] if a.smoke
+        counts = (["--prompts", "2", "--control", "1", "--two", "1", "--people", "1", "--analyser", "20", "--focus", "2",
+                   "--round-trip", "2"] if a.smoke
                   else ["--prompts", "120", "--control", "20", "--two", "30", "--people", "24"])  # fits its share
         figures["parts"]["evaluation"] = run_part(
             "evaluation", [py, "-m", "playground.tiny.evaluate", "--model", str(exported), *counts,

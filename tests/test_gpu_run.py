@@ -61,4 +61,5 @@ def test_the_command_in_smoke_mode_writes_every_result(tmp_path):
         names = t.getnames()
     assert "offline-model/model_index.json" in names and "offline-model/controlnet-openpose/config.json" in names
     scores = json.loads((out / "eval.json").read_text())
-    assert scores["prompts"] == 2 and scores["control_images"] == 1
+    assert scores["prompts"] == 2 and scores["control_images"] == 1  # every part of it, each at its smoke size
+    assert scores["round_trip_scenes"] == 2 and scores["focus_prompts"] == 2 and scores["people"] == 1
