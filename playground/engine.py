@@ -52,7 +52,10 @@ from playground.validation import (
     validate_grid, validate_inspect, validate_preprocess, validate_roundtrip, validate_tokens, validate_walk,
 )
 
-PREVIEW_INTERVAL = 0.2  # seconds between live previews (progress itself is reported every step)
+PREVIEW_INTERVAL = 0.2  # seconds between live previews (progress itself is reported every step); jobs sharing the
+# denoiser's rounds each wait that times the jobs in the batch, so the server sends about five a second in all (each is
+# made in the round, then encoded, written and sent: with sixteen jobs at five a second each, a room's previews alone
+# took a large part of the server)
 
 OnProgress = Callable[[Progress], None]
 
@@ -95,9 +98,11 @@ def params_for(model: str, req: GenerateRequest, **changes) -> Params:
 
 
 def progress_observer(on_progress: OnProgress | None, label: str, done: int = 0, total: int | None = None,
-                      preview: Callable[[torch.Tensor], Image.Image] | None = None) -> Observer | None:
+                      preview: Callable[[torch.Tensor], Image.Image] | None = None,
+                      sharing: Callable[[], int] | None = None) -> Observer | None:
     """Progress after every model evaluation (`done` before this pass, of `total` in all); with `preview`,
-    a cheap RGB view of the predicted x0 a few times a second (each one is a copy to the CPU)."""
+    a cheap RGB view of the predicted x0 a few times a second (each one is a copy to the CPU), spaced by the number
+    of jobs `sharing()` says share the denoiser now (the first and the last step always have one)."""
     if on_progress is None:
         return None
     last = -math.inf
@@ -105,7 +110,8 @@ def progress_observer(on_progress: OnProgress | None, label: str, done: int = 0,
     def observer(step):
         nonlocal last
         image = None
-        if preview and (time.monotonic() - last >= PREVIEW_INTERVAL or step.index + 1 == step.total):
+        interval = PREVIEW_INTERVAL * max(1, sharing() if sharing else 1)
+        if preview and (time.monotonic() - last >= interval or step.index + 1 == step.total):
             last = time.monotonic()
             image = preview(step.x0[0])
         on_progress(Progress(done + step.index + 1, total or step.total, image, label))
@@ -252,7 +258,8 @@ class Engine:
         seeds = [req.seed + i for i in range(req.num_images)]
 
         # 2. Denoise and finish, with progress every step and a live preview a few times a second (shared: run_job)
-        observer = progress_observer(on_progress, "denoising", preview=self.preview)
+        observer = progress_observer(on_progress, "denoising", preview=self.preview,
+                                     sharing=self.batcher.sharing if self.batcher is not None else None)
         made, out, seconds = self.run(job_for(req, seeds), [params_for(self.model.name, req, seed=s) for s in seeds],
                                        observer, cancel, f"{len(seeds)} image(s) of {req.width}x{req.height}",
                                        waiting_note(on_progress, self.model, req))

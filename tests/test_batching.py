@@ -165,6 +165,21 @@ def test_a_full_batch_makes_jobs_wait_in_order_and_says_where_they_stand(alone, 
     assert "about" in labels[3][-1]
 
 
+def test_a_generate_spaces_its_previews_by_the_jobs_sharing_its_rounds(shared, monkeypatch):
+    """The Prompt tab's generate asks its Engine's batcher how many jobs share the rounds: with (as if) a thousand,
+    only its first and last steps bring a preview; with none, every step of a 0.2 s interval would."""
+    from playground import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "PREVIEW_INTERVAL", 1e-9)
+    seen = []
+    shared.generate(REQUESTS[0], on_progress=seen.append)
+    assert all(p.preview is not None for p in seen) and len(seen) == REQUESTS[0].steps
+    monkeypatch.setattr(shared.batcher, "sharing", lambda: 1e12)
+    seen = []
+    shared.generate(REQUESTS[0], on_progress=seen.append)
+    assert [p.preview is not None for p in seen] == [True] + [False] * (len(seen) - 2) + [True]
+
+
 def test_where_a_job_stands_follows_the_batch():
     b = Batcher(max_samples=2)
     assert b.standing(10) == Standing(ahead=0, running=0, seconds=None)  # nothing measured yet

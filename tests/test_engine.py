@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from playground.engine import Engine
 from playground.errors import InvalidRequest
@@ -109,6 +110,29 @@ def test_previews_are_throttled(engine, monkeypatch):
     seen = []
     engine.generate(GenerateRequest(**{**OK, "steps": 6}, scheduler="Euler"), on_progress=seen.append)
     assert [p.preview is not None for p in seen] == [True, False, False, False, False, True]
+
+
+def test_jobs_sharing_the_denoiser_space_their_previews_by_how_many_share_it(monkeypatch):
+    """Alone, a preview every PREVIEW_INTERVAL; with four jobs in the batch, every four intervals (the server sends
+    about as many in all); the first and the last step always have one."""
+    from types import SimpleNamespace
+
+    from playground import engine as engine_mod
+
+    clock = iter(np.arange(0, 100, 0.25))  # a step every quarter of a second
+    monkeypatch.setattr(engine_mod.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(engine_mod, "PREVIEW_INTERVAL", 0.2)
+
+    def previews(sharing):
+        seen = []
+        observer = engine_mod.progress_observer(seen.append, "denoising", preview=lambda x0: "image",
+                                                sharing=sharing)
+        for i in range(12):
+            observer(SimpleNamespace(index=i, total=12, x0=torch.zeros(1, 4, 8, 8)))
+        return [k for k, p in enumerate(seen) if p.preview is not None]
+
+    assert previews(None) == list(range(12)) and previews(lambda: 1) == list(range(12))
+    assert previews(lambda: 4) == [0, 4, 8, 11]
 
 
 def test_model_evaluations_are_counted(engine):
