@@ -12,6 +12,7 @@ its picture: median, 95th percentile, longest.
 
     python benchmarks/room.py --learners 30 --write                  # off and on, into BENCHMARKS.md ("Room")
     python benchmarks/room.py --learners 30 --facilitator --write    # and what a facilitator can set
+    python benchmarks/room.py --learners 30 --flat-out --write       # and what the machine makes flat out
     python benchmarks/room.py --quick                                # seconds: 3 learners, a few jobs each
 """
 
@@ -49,6 +50,7 @@ class Setting:
     env: dict = field(default_factory=dict)  # the app's environment (its settings)
     generate: dict = field(default_factory=dict)  # what learners change on the form (steps, size)
     live: bool = False  # learners type with Live on: a few 8-step runs before each generate
+    think: tuple[float, float] | None = None  # seconds between a learner's jobs, when not the room's 10-30
 
 
 OFF = Setting("batching off", {"BATCH_JOBS": "0", "GPU_CONCURRENCY": "1"})
@@ -58,6 +60,9 @@ FACILITATOR = [
     Setting("on, 8 steps", ON.env, {"steps": 8}),
     Setting("on, 12 steps, Live on", ON.env, {"steps": 12}, live=True),
 ]
+# the machine flat out: every learner sends again as soon as its picture comes, so the images a minute are what the
+# machine can make, not what thirty people thinking between pictures ask for
+FLAT_OUT = [replace(OFF, name="off, flat out", think=(0.0, 0.0)), replace(ON, name="on, flat out", think=(0.0, 0.0))]
 LIVE_STEPS = 8  # what turning Live on sets the steps to (ui/live.py)
 
 
@@ -202,6 +207,10 @@ def report(results: list[dict], command: str) -> str:
                   f"1.5x); the 95th-percentile wait {on['wait_p95']:.1f} s against {off['wait_p95']:.1f} s alone "
                   f"(goal with thirty learners: at most {BEFORE_P95 / 2:.2f} s, half of the {BEFORE_P95} s measured "
                   "before sharing)."]
+    if FLAT_OUT[0].name in by and FLAT_OUT[1].name in by:
+        off, on = (by[s.name]["images_a_minute"] for s in FLAT_OUT)
+        lines += ["", f"Flat out (no learner thinking between pictures): {on / off:.2f}x the images a minute of one job "
+                  "at a time."]
     return "\n".join(lines)
 
 
@@ -211,13 +220,14 @@ def main(argv: list[str] | None = None) -> str:
     ap.add_argument("--minutes", type=float, default=2.0)
     ap.add_argument("--drain", type=float, default=180.0, help="seconds after the last send that jobs are waited for")
     ap.add_argument("--facilitator", action="store_true", help="also the settings a facilitator can choose")
+    ap.add_argument("--flat-out", action="store_true", help="also both with no thinking: what the machine can make")
     ap.add_argument("--quick", action="store_true", help="3 learners, 20 s, thinking 1-3 s: a check that it runs")
     ap.add_argument("--write", action="store_true", help="put the table in BENCHMARKS.md")
     ap.add_argument("--out", type=Path, help="write the table here (--write: BENCHMARKS.md)")
     ap.add_argument("--json", type=Path, help="also save every figure as JSON")
     ap.add_argument("--threads", type=int, help="the app's torch threads (OMP_NUM_THREADS); default: torch's own")
     a = ap.parse_args(argv)
-    settings = [OFF, ON] + (FACILITATOR if a.facilitator else [])
+    settings = [OFF, ON] + (FACILITATOR if a.facilitator else []) + (FLAT_OUT if a.flat_out else [])
     if a.threads:  # the app's processes inherit it (and the report's torch, which says so)
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
     if a.quick:
@@ -226,7 +236,7 @@ def main(argv: list[str] | None = None) -> str:
     else:
         learners, seconds, think, drain = a.learners, 60 * a.minutes, (10.0, 30.0), a.drain
     command = "python benchmarks/room.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    results = [run_setting(s, learners, seconds, think, drain) for s in settings]
+    results = [run_setting(s, learners, seconds, s.think or think, drain) for s in settings]
     text = report(results, command.strip())
     print(text)
     if a.json:

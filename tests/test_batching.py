@@ -200,6 +200,31 @@ def test_the_turn_goes_in_the_order_asked():
     assert order == [0, 1, 2, 3, 4]
 
 
+def test_the_room_reports_the_machine_flat_out_beside_the_room(monkeypatch):
+    """--flat-out adds both settings with no thinking between pictures; the report sets their images a minute side by
+    side (the room's own line stays the room's)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import room
+    finally:
+        sys.path.remove(str(BENCH))
+    ran = []
+
+    def fake(setting, learners, seconds, think, drain):
+        ran.append((setting.name, think))
+        made = {"batching off": 30.0, "batching on": 40.0, "off, flat out": 50.0, "on, flat out": 80.0}[setting.name]
+        return dict(setting=setting.name, learners=learners, seconds=seconds, images_a_minute=made, wait_median=1.0,
+                    wait_p95=2.0, wait_max=3.0, generates=4, unfinished_generates=0, grids=1, lives=0, unfinished=0,
+                    grid_wait_median=4.0, live_wait_median=float("nan"), errors=[], load_mean=1.0, load_max=2.0)
+
+    monkeypatch.setattr(room, "run_setting", fake)
+    text = room.main(["--flat-out"])
+    assert ran == [("batching off", (10.0, 30.0)), ("batching on", (10.0, 30.0)), ("off, flat out", (0.0, 0.0)),
+                   ("on, flat out", (0.0, 0.0))]
+    assert "1.33x the images a minute of one job at a time" in text
+    assert "Flat out (no learner thinking between pictures): 1.60x" in text
+
+
 @pytest.mark.slow
 def test_room_benchmark_quick(tmp_path):
     sys.path.insert(0, str(BENCH))
