@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from diffusers import SD3Transformer2DModel
 
 from playground.engine import Engine
 from playground.loading import MARKER, load_model
@@ -88,6 +89,35 @@ def test_a_transformer_converts_to_patch_1_keeping_every_weight_the_patch_does_n
         torch.testing.assert_close(new.proj_out(h), old.proj_out(h).reshape(3, 2, 2, 4).mean(dim=(1, 2)))
     # the positions are the old grid's: at the same patch size, diffusers' own grid exactly
     assert torch.equal(mmdit.repatch(old, mmdit.TEST_MMDIT).pos_embed.pos_embed, old.pos_embed.pos_embed)
+
+
+def test_a_new_transformers_positions_tell_neighbouring_tokens_apart():
+    cos = torch.nn.functional.cosine_similarity
+    for arch in (mmdit.OFFLINE_MMDIT, dataclasses.replace(mmdit.OFFLINE_MMDIT, patch_size=1)):
+        model = mmdit.new_transformer(arch)
+        side = arch.image_size // 8  # latent pixels a side at the native size
+        positions = model.pos_embed.cropped_pos_embed(side, side)[0]  # (tokens, D), row by row
+        # diffusers' grid (a quarter unit a token) gave 0.999 and 0.91: tokens the attention could not tell apart
+        assert cos(positions[0], positions[1], dim=0) < 0.99  # neighbours in a row
+        assert cos(positions[0], positions[-1], dim=0) < 0.8  # opposite corners
+    # a run started on diffusers' grid keeps it: the grid a checkpoint names, exactly as diffusers lays it
+    legacy = dataclasses.replace(mmdit.TEST_MMDIT, position_unit=mmdit.DIFFUSERS_UNIT)
+    latent = legacy.image_size // 8
+    theirs = SD3Transformer2DModel(sample_size=latent, patch_size=2, num_layers=1, attention_head_dim=8,
+                                   num_attention_heads=2, pos_embed_max_size=4 * latent // 2)
+    assert torch.equal(mmdit.new_transformer(legacy).pos_embed.pos_embed, theirs.pos_embed.pos_embed)
+    args = mmdit.argparse.Namespace(arch=mmdit.TEST_MMDIT, patch=None, run=None)
+    old_state = {"arch": {k: v for k, v in dataclasses.asdict(mmdit.TEST_MMDIT).items() if k != "position_unit"}}
+    assert mmdit.run_arch(old_state, args).position_unit == mmdit.DIFFUSERS_UNIT
+
+
+def test_an_import_can_lay_the_positions_on_another_grid(exported, tmp_path):
+    _, out = exported
+    mmdit.main(["import", str(out), "--ckpt-dir", str(tmp_path), "--position-unit", str(mmdit.DIFFUSERS_UNIT)])
+    state = torch.load(tmp_path / "mmdit.pt", weights_only=False)
+    assert state["arch"]["position_unit"] == mmdit.DIFFUSERS_UNIT
+    legacy = mmdit.new_transformer(dataclasses.replace(mmdit.TEST_MMDIT, position_unit=mmdit.DIFFUSERS_UNIT))
+    torch.testing.assert_close(state["model"]["pos_embed.pos_embed"], legacy.pos_embed.pos_embed)
 
 
 def test_an_export_imports_at_patch_1_trains_and_loads_through_the_app(exported, tmp_path):

@@ -7,6 +7,7 @@ trained by the project on the same world and captions as the U-Net model, with r
     python -m playground.tiny.mmdit export assets/offline-mmdit        # an fp16 StableDiffusion3Pipeline folder
     python -m playground.tiny.mmdit import assets/offline-mmdit        # later: train the exported model further
     python -m playground.tiny.mmdit import assets/offline-mmdit --ckpt-dir runs/p1 --patch 1   # ... at patch 1
+    python -m playground.tiny.mmdit import assets/offline-mmdit --ckpt-dir runs/t1 --position-unit 1  # DiT's grid
     python app.py --model assets/offline-mmdit                         # every tab, through the app's SD3 path
 
 Rectified flow (Liu et al. 2022, as SD3 trains, Esser et al. 2024): x_t = (1 - t) x0 + t noise, a straight line
@@ -37,7 +38,7 @@ from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_2d_sincos_pos_embed_from_grid
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from playground.attention.capture import joint_attention_layers, joint_attention_probs
@@ -62,19 +63,40 @@ class MMDiTArch:
     text_heads: int = 4
     t5_tokens: int = 1  # zero tokens in T5's place (no T5): trained with this many, so sampled with it
     shift: float = 3.0  # the flow schedulers' shift the export names: chosen by benchmarks/offline_models.py
+    position_unit: float = 1.0  # sin-cos grid units between neighbouring image tokens (DiT's); see new_transformer
 
 
 OFFLINE_MMDIT = MMDiTArch()
 TEST_MMDIT = MMDiTArch(image_size=64, layers=2, heads=2, head_dim=8, text_width=16, text_layers=2, text_heads=2)
+DIFFUSERS_UNIT = 0.25  # diffusers' own grid here: base / max size = (latent / patch) / (4 latent / patch); the shipped
+# weights (step 6,500) and every run before 2026-12-07 were trained on it
 
 
 def new_transformer(arch: MMDiTArch) -> SD3Transformer2DModel:
+    """SD3's transformer at `arch`'s sizes, its sin-cos positions `arch.position_unit` apart a token.
+
+    diffusers lays the grid at base / max size = 1/4 unit a token here (SD3 itself: 1/3, over 64 tokens a side). Over
+    our 8 tokens a side that spans 1.75 radians of the fastest frequency: neighbouring tokens' positions are 0.999
+    alike (cosine), opposite corners 0.91; half the blocks of the model trained on it spread their attention nearly
+    evenly over the image, and it placed objects but drew no outlines (docs/training.md). At one unit a token (DiT's
+    grid) neighbours are 0.98 alike and corners 0.73. The grid is a persistent buffer: it travels with every
+    checkpoint and export, so a run keeps the grid it started with."""
     latent = arch.image_size // 8
-    return SD3Transformer2DModel(
+    model = SD3Transformer2DModel(
         sample_size=latent, patch_size=arch.patch_size, in_channels=4, out_channels=4, num_layers=arch.layers,
         attention_head_dim=arch.head_dim, num_attention_heads=arch.heads, joint_attention_dim=2 * arch.text_width,
         caption_projection_dim=arch.heads * arch.head_dim, pooled_projection_dim=2 * arch.text_width,
         pos_embed_max_size=4 * latent // arch.patch_size)  # room for sizes up to 4x the native one
+    with torch.no_grad():
+        model.pos_embed.pos_embed.copy_(position_grid(model, arch.position_unit))
+    return model
+
+
+def position_grid(model: SD3Transformer2DModel, unit: float) -> torch.Tensor:
+    """(1, max_size², D): the sin-cos positions of `model`'s whole grid, neighbouring tokens `unit` apart."""
+    size = model.pos_embed.pos_embed_max_size
+    # diffusers' grid: index i at i * base_size / size; base_size = size * unit puts neighbours `unit` apart
+    return get_2d_sincos_pos_embed(model.inner_dim, size, base_size=size * unit, output_type="pt")[None]
 
 
 def repatch(src: SD3Transformer2DModel, arch: MMDiTArch) -> SD3Transformer2DModel:
@@ -100,8 +122,8 @@ def repatch(src: SD3Transformer2DModel, arch: MMDiTArch) -> SD3Transformer2DMode
         d, c = w.shape[:2]
         model.pos_embed.proj.weight.copy_(w.reshape(d, c, new_p, k, new_p, k).sum(dim=(3, 5)))
         model.pos_embed.proj.bias.copy_(src.pos_embed.proj.bias)
-        # the old grid's position of index i is i * base / max_size (diffusers' get_2d_sincos_pos_embed)
-        step = src.pos_embed.base_size / src.pos_embed.pos_embed_max_size
+        # the old grid's position of index i is i * unit (new_transformer); the conversion keeps the unit
+        step = arch.position_unit
         size = model.pos_embed.pos_embed_max_size
         centre = torch.arange(size, dtype=torch.float32) * new_p + (new_p - 1) / 2  # in latent pixels
         coords = (centre - (old - 1) / 2) / old * step
@@ -296,22 +318,27 @@ def import_model(args) -> None:
     marker = json.loads((src / MARKER).read_text())
     step = marker.get("steps", {}).get("mmdit", 0)
     named = marker.get("architecture", {})  # the sizes; the patch size is read from the transformer itself
+    named = {"position_unit": DIFFUSERS_UNIT, **named}  # a folder that names no unit was exported on diffusers' grid
     saved = {f.name: named[f.name] for f in dataclasses.fields(MMDiTArch) if f.name in named and f.name != "patch_size"}
     arch = dataclasses.replace(args.arch, **saved, patch_size=pipe.transformer.config.patch_size)
     transformer = pipe.transformer
     if args.patch and args.patch != arch.patch_size:
         arch = dataclasses.replace(arch, patch_size=args.patch)
         transformer = repatch(transformer, arch)
+    if args.position_unit and args.position_unit != arch.position_unit:  # the blocks relearn what a place looks like
+        arch = dataclasses.replace(arch, position_unit=args.position_unit)
+        with torch.no_grad():
+            transformer.pos_embed.pos_embed.copy_(position_grid(transformer, arch.position_unit))
     parts = {"model": transformer.state_dict(), "text_l": pipe.text_encoder.state_dict(),
              "text_g": pipe.text_encoder_2.state_dict()}
     Checkpoint(args.run, "mmdit").save({**parts, **{f"ema_{k}": v for k, v in parts.items()}, "step": step,
                                         "arch": dataclasses.asdict(arch)})
-    print(f"imported {src} into {args.run}: step {step}, patch {arch.patch_size}")
+    print(f"imported {src} into {args.run}: step {step}, patch {arch.patch_size}, positions {arch.position_unit} apart")
 
 
 def run_arch(state: dict | None, args) -> MMDiTArch:
     """The checkpoint's architecture when it names one (a run keeps its patch size), else the command line's."""
-    arch = MMDiTArch(**state["arch"]) if state and "arch" in state else args.arch
+    arch = MMDiTArch(**{"position_unit": DIFFUSERS_UNIT, **state["arch"]}) if state and "arch" in state else args.arch
     if args.patch and args.patch != arch.patch_size:
         raise SystemExit(f"--patch {args.patch}: the checkpoint in {args.run} has patch size {arch.patch_size}; "
                          "convert an exported model with `import --patch` into a new --ckpt-dir")
@@ -342,6 +369,9 @@ def main(argv=None) -> None:
     parser.add_argument("--patch", type=int, choices=[1, 2], default=None,
                         help="import: convert the transformer to this patch size (1: a token per latent pixel); "
                         "train: a new run's patch size (default: the checkpoint's, else 2)")
+    parser.add_argument("--position-unit", type=float, default=None,
+                        help="import: lay the positions this many grid units a token apart (1: DiT's, the default for "
+                        "new runs; folders exported before 2026-12-07 have diffusers' 0.25)")
     args = parser.parse_args(argv)
     args.arch = TEST_MMDIT if args.test_size else OFFLINE_MMDIT
     if args.patch:
