@@ -10,9 +10,7 @@ The rings (markers registered in pyproject.toml); each test is in exactly one of
   browser   the tests that drive Chromium (all of them slow too)
 A test marked nothing is put in a ring here: `tiny` where it uses one of MODEL_FIXTURES or its file is in
 BUILDS_ITS_MODELS, else `nomodel`.
-`python -m pytest -m "not slow" -n 2` runs the first two on both cores (`-m nomodel`, `-m tiny` each one of them);
-`python -m pytest -m slow -n 2 --dist worksteal` the third, two tests at a time (a test's server or browser waits
-while the other computes); every launched server takes a free port.
+`python -m pytest -m "not slow" -n 2` runs the first two on both cores (`-m nomodel`, `-m tiny` each one of them).
 """
 
 from __future__ import annotations
