@@ -187,10 +187,6 @@ class Batcher:
         with self._lock:
             return len(self._queue), len(self._batch)
 
-    def sharing(self) -> int:
-        """Jobs in the batch now (read without the lock: a progress observer asks it at every step)."""
-        return len(self._batch)
-
     def standing(self, evaluations: int = 25, samples: int = 1) -> Standing:
         """Where a job of `samples` images and `evaluations` model evaluations would stand if it came now."""
         with self._lock:

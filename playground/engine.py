@@ -110,8 +110,8 @@ def progress_observer(on_progress: OnProgress | None, label: str, done: int = 0,
     def observer(step):
         nonlocal last
         image = None
-        interval = PREVIEW_INTERVAL * max(1, sharing() if sharing else 1)
-        if preview and (time.monotonic() - last >= interval or step.index + 1 == step.total):
+        if preview and (time.monotonic() - last >= PREVIEW_INTERVAL * max(1, sharing() if sharing else 1)
+                        or step.index + 1 == step.total):
             last = time.monotonic()
             image = preview(step.x0[0])
         on_progress(Progress(done + step.index + 1, total or step.total, image, label))
@@ -259,7 +259,7 @@ class Engine:
 
         # 2. Denoise and finish, with progress every step and a live preview a few times a second (shared: run_job)
         observer = progress_observer(on_progress, "denoising", preview=self.preview,
-                                     sharing=self.batcher.sharing if self.batcher is not None else None)
+                                     sharing=(lambda: self.batcher.counts()[1]) if self.batcher is not None else None)
         made, out, seconds = self.run(job_for(req, seeds), [params_for(self.model.name, req, seed=s) for s in seeds],
                                        observer, cancel, f"{len(seeds)} image(s) of {req.width}x{req.height}",
                                        waiting_note(on_progress, self.model, req))

@@ -174,7 +174,7 @@ def test_a_generate_spaces_its_previews_by_the_jobs_sharing_its_rounds(shared, m
     seen = []
     shared.generate(REQUESTS[0], on_progress=seen.append)
     assert all(p.preview is not None for p in seen) and len(seen) == REQUESTS[0].steps
-    monkeypatch.setattr(shared.batcher, "sharing", lambda: 1e12)
+    monkeypatch.setattr(shared.batcher, "counts", lambda: (0, 1e12))
     seen = []
     shared.generate(REQUESTS[0], on_progress=seen.append)
     assert [p.preview is not None for p in seen] == [True] + [False] * (len(seen) - 2) + [True]
