@@ -209,8 +209,8 @@ def report(results: list[dict], command: str) -> str:
                   "before sharing)."]
     if FLAT_OUT[0].name in by and FLAT_OUT[1].name in by:
         off, on = (by[s.name]["images_a_minute"] for s in FLAT_OUT)
-        lines += ["", f"Flat out (no learner thinking between pictures): {on / off:.2f}x the images a minute of one job "
-                  "at a time."]
+        lines += ["", f"Flat out (no learner thinking between pictures): {on / off:.2f}x the images a minute of one "
+                  "job at a time."]
     return "\n".join(lines)
 
 
